@@ -1,0 +1,1 @@
+pub use ditmoe_tensor as tensor;

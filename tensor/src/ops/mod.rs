@@ -1,0 +1,15 @@
+//! CPU kernels, one family per module. Each adds methods to [`Tensor`](crate::Tensor) and is
+//! tested against a naive loop implementation on random, strided and broadcast inputs.
+
+pub mod binary;
+pub mod create;
+pub mod index;
+pub mod matmul;
+pub mod norm;
+pub mod reduce;
+pub mod shape;
+pub mod softmax;
+pub mod unary;
+
+#[cfg(test)]
+pub(crate) mod testing;

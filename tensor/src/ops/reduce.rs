@@ -1,0 +1,319 @@
+//! Reductions over any set of dimensions: sum, mean, max, min, var, and argmax along one.
+//!
+//! Every reduction first moves the reduced dimensions to the end, so each output element is the
+//! reduction of one contiguous row.
+
+use crate::dtype::{Element, FloatElement};
+use crate::error::{Result, TensorError};
+use crate::layout::Layout;
+use crate::parallel::{for_each_chunk_mut, rows_per_chunk};
+use crate::{with_float_type, Tensor};
+use std::borrow::Cow;
+
+/// How the rows of a reduction are combined.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ReduceOp {
+    Sum,
+    Mean,
+    Max,
+    Min,
+    /// Variance with `correction` subtracted from the count (1 = unbiased, 0 = population).
+    Var {
+        correction: usize,
+    },
+}
+
+impl ReduceOp {
+    fn name(self) -> &'static str {
+        match self {
+            ReduceOp::Sum => "sum",
+            ReduceOp::Mean => "mean",
+            ReduceOp::Max => "max",
+            ReduceOp::Min => "min",
+            ReduceOp::Var { .. } => "var",
+        }
+    }
+
+    fn reduce_row<T: FloatElement>(self, row: &[T]) -> T {
+        let n = T::from_f64(row.len() as f64);
+        match self {
+            ReduceOp::Sum => row.iter().copied().sum(),
+            ReduceOp::Mean => row.iter().copied().sum::<T>() / n,
+            ReduceOp::Max => row.iter().copied().fold(T::neg_infinity(), T::max),
+            ReduceOp::Min => row.iter().copied().fold(T::infinity(), T::min),
+            ReduceOp::Var { correction } => {
+                let mean = row.iter().copied().sum::<T>() / n;
+                let squares: T = row.iter().map(|&v| (v - mean) * (v - mean)).sum();
+                squares / T::from_f64(row.len().saturating_sub(correction) as f64)
+            }
+        }
+    }
+}
+
+/// A tensor viewed as `outer` rows of `inner` elements, the reduced dimensions innermost.
+pub(crate) struct Rows {
+    /// Shape of the result with the reduced dimensions kept as size 1.
+    pub kept_shape: Vec<usize>,
+    /// Shape of the result with the reduced dimensions removed.
+    pub dropped_shape: Vec<usize>,
+    pub inner: usize,
+    /// The permuted tensor whose rows are reduced.
+    pub permuted: Tensor,
+}
+
+impl Rows {
+    /// Number of rows (= elements of the result).
+    pub fn outer(&self) -> usize {
+        self.dropped_shape.iter().product()
+    }
+}
+
+/// Validates `dims` (empty = all dimensions) and moves them to the end.
+pub(crate) fn rows_over(t: &Tensor, op: &'static str, dims: &[usize]) -> Result<Rows> {
+    let all: Vec<usize> = (0..t.rank()).collect();
+    let dims = if dims.is_empty() { &all[..] } else { dims };
+    let mut reduced = vec![false; t.rank()];
+    for &d in dims {
+        t.layout().check_dim(op, d)?;
+        if std::mem::replace(&mut reduced[d], true) {
+            return Err(TensorError::invalid(
+                op,
+                format!("expected distinct dims, found {dims:?}"),
+            ));
+        }
+    }
+    let kept: Vec<usize> = (0..t.rank()).filter(|&d| !reduced[d]).collect();
+    let perm: Vec<usize> = kept.iter().chain(dims).copied().collect();
+    let shape = t.shape();
+    Ok(Rows {
+        kept_shape: (0..t.rank())
+            .map(|d| if reduced[d] { 1 } else { shape[d] })
+            .collect(),
+        dropped_shape: kept.iter().map(|&d| shape[d]).collect(),
+        inner: dims.iter().map(|&d| shape[d]).product(),
+        permuted: t.permute(&perm)?,
+    })
+}
+
+/// Applies `f` to each of the `outer` rows of `inner` elements, one output value per row.
+pub(crate) fn map_rows<T: FloatElement, U: Default + Clone + Send>(
+    values: &[T],
+    outer: usize,
+    inner: usize,
+    f: impl Fn(&[T]) -> U + Sync + Send,
+) -> Vec<U> {
+    let mut out = vec![U::default(); outer];
+    let chunk = rows_per_chunk(outer, 1);
+    for_each_chunk_mut(&mut out, chunk, values.len(), |c, o| {
+        for (j, o) in o.iter_mut().enumerate() {
+            let row = (c * chunk + j) * inner;
+            *o = f(&values[row..row + inner]);
+        }
+    });
+    out
+}
+
+impl Tensor {
+    /// Reduces `dims` (empty = every dimension) with `op`; `keepdim` keeps them as size 1.
+    pub fn reduce(&self, op: ReduceOp, dims: &[usize], keepdim: bool) -> Result<Tensor> {
+        self.ensure_cpu(op.name())?;
+        let rows = rows_over(self, op.name(), dims)?;
+        let shape = if keepdim {
+            &rows.kept_shape
+        } else {
+            &rows.dropped_shape
+        };
+        if rows.inner == 0 && !matches!(op, ReduceOp::Sum) {
+            return Err(TensorError::shape(
+                op.name(),
+                "a non-empty reduced extent",
+                self.shape(),
+            ));
+        }
+        with_float_type!(self.dtype(), op.name(), T => {
+            let values: Cow<[T]> = rows.permuted.values::<T>()?;
+            let out = map_rows(&values, rows.outer(), rows.inner, |row| op.reduce_row(row));
+            Ok(Tensor::from_storage(T::into_storage(out), Layout::contiguous(shape)))
+        })
+    }
+
+    pub fn sum(&self, dims: &[usize], keepdim: bool) -> Result<Tensor> {
+        self.reduce(ReduceOp::Sum, dims, keepdim)
+    }
+    pub fn mean(&self, dims: &[usize], keepdim: bool) -> Result<Tensor> {
+        self.reduce(ReduceOp::Mean, dims, keepdim)
+    }
+    pub fn max(&self, dims: &[usize], keepdim: bool) -> Result<Tensor> {
+        self.reduce(ReduceOp::Max, dims, keepdim)
+    }
+    pub fn min(&self, dims: &[usize], keepdim: bool) -> Result<Tensor> {
+        self.reduce(ReduceOp::Min, dims, keepdim)
+    }
+    /// Variance; `unbiased` divides by n − 1 (Bessel's correction), otherwise by n.
+    pub fn var(&self, dims: &[usize], keepdim: bool, unbiased: bool) -> Result<Tensor> {
+        let correction = usize::from(unbiased);
+        self.reduce(ReduceOp::Var { correction }, dims, keepdim)
+    }
+    /// Sum of every element, as a rank-0 tensor.
+    pub fn sum_all(&self) -> Result<Tensor> {
+        self.sum(&[], false)
+    }
+
+    /// Index of the largest element along `dim` (the first one on ties), as i64.
+    pub fn argmax(&self, dim: usize, keepdim: bool) -> Result<Tensor> {
+        self.ensure_cpu("argmax")?;
+        let rows = rows_over(self, "argmax", &[dim])?;
+        if rows.inner == 0 {
+            return Err(TensorError::shape(
+                "argmax",
+                "a non-empty dimension",
+                self.shape(),
+            ));
+        }
+        let shape = if keepdim {
+            &rows.kept_shape
+        } else {
+            &rows.dropped_shape
+        };
+        with_float_type!(self.dtype(), "argmax", T => {
+            let values = rows.permuted.values::<T>()?;
+            let out: Vec<i64> = map_rows(&values, rows.outer(), rows.inner, |row| {
+                let mut best = 0;
+                for (i, &v) in row.iter().enumerate() {
+                    if v > row[best] {
+                        best = i;
+                    }
+                }
+                best as i64
+            });
+            Ok(Tensor::from_storage(i64::into_storage(out), Layout::contiguous(shape)))
+        })
+    }
+
+    /// Sums away the dimensions that broadcasting added, so the result has `shape`
+    /// (the gradient of `broadcast_to(shape)`).
+    pub fn sum_to_shape(&self, shape: &[usize]) -> Result<Tensor> {
+        if self.shape() == shape {
+            return Ok(self.clone());
+        }
+        let error = || {
+            TensorError::shape(
+                "sum_to_shape",
+                format!("a shape that {shape:?} broadcasts to"),
+                self.shape(),
+            )
+        };
+        if shape.len() > self.rank() {
+            return Err(error());
+        }
+        let lead = self.rank() - shape.len();
+        let mut dims: Vec<usize> = (0..lead).collect();
+        for (d, &s) in shape.iter().enumerate() {
+            match (s, self.shape()[lead + d]) {
+                (a, b) if a == b => {}
+                (1, _) => dims.push(lead + d),
+                _ => return Err(error()),
+            }
+        }
+        self.sum(&dims, true)?.reshape(shape)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testing::{assert_close, random_strided, ravel, unravel};
+    use crate::DType;
+
+    /// Naive reference: visit every input element and fold it into its output slot.
+    fn reference(t: &Tensor, dims: &[usize], op: ReduceOp) -> Vec<f64> {
+        let shape = t.shape();
+        let out_shape: Vec<usize> = (0..t.rank())
+            .map(|d| if dims.contains(&d) { 1 } else { shape[d] })
+            .collect();
+        let n_out: usize = out_shape.iter().product();
+        let mut groups = vec![Vec::new(); n_out];
+        for (i, v) in t.to_vec_f64().into_iter().enumerate() {
+            let mut index = unravel(i, shape);
+            for &d in dims {
+                index[d] = 0;
+            }
+            groups[ravel(&index, &out_shape)].push(v);
+        }
+        groups
+            .iter()
+            .map(|g| {
+                let n = g.len() as f64;
+                let mean = g.iter().sum::<f64>() / n;
+                match op {
+                    ReduceOp::Sum => g.iter().sum(),
+                    ReduceOp::Mean => mean,
+                    ReduceOp::Max => g.iter().cloned().fold(f64::MIN, f64::max),
+                    ReduceOp::Min => g.iter().cloned().fold(f64::MAX, f64::min),
+                    ReduceOp::Var { correction } => {
+                        g.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - correction as f64)
+                    }
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn reductions_match_reference_over_dim_sets() {
+        let t = random_strided(&[3, 4, 5], -2.0, 2.0, 3);
+        let dim_sets: [&[usize]; 5] = [&[0], &[2], &[0, 2], &[1, 0], &[0, 1, 2]];
+        for op in [
+            ReduceOp::Sum,
+            ReduceOp::Mean,
+            ReduceOp::Max,
+            ReduceOp::Min,
+            ReduceOp::Var { correction: 1 },
+            ReduceOp::Var { correction: 0 },
+        ] {
+            for dims in dim_sets {
+                let kept = t.reduce(op, dims, true).unwrap();
+                assert_close(
+                    &kept.to_vec_f64(),
+                    &reference(&t, dims, op),
+                    1e-12,
+                    &format!("{op:?} {dims:?}"),
+                );
+                let dropped = t.reduce(op, dims, false).unwrap();
+                assert_eq!(dropped.rank(), 3 - dims.len());
+            }
+        }
+    }
+
+    #[test]
+    fn argmax_picks_the_first_maximum() {
+        let t = Tensor::from_vec(vec![1.0f32, 3.0, 3.0, 0.0, -1.0, -2.0], &[2, 3]).unwrap();
+        assert_eq!(
+            t.argmax(1, false).unwrap().to_vec::<i64>().unwrap(),
+            vec![1, 0]
+        );
+        assert_eq!(t.argmax(0, true).unwrap().shape(), &[1, 3]);
+    }
+
+    #[test]
+    fn sum_to_shape_undoes_broadcasting() {
+        let t = Tensor::ones(&[2, 3, 4], DType::F64).unwrap();
+        let s = t.sum_to_shape(&[3, 1]).unwrap();
+        assert_eq!(s.shape(), &[3, 1]);
+        assert_eq!(s.to_vec_f64(), vec![8.0; 3]);
+        assert!(t.sum_to_shape(&[2, 4]).is_err());
+    }
+
+    #[test]
+    fn bad_dims_are_reported() {
+        let t = Tensor::ones(&[2, 3], DType::F32).unwrap();
+        assert!(matches!(
+            t.sum(&[2], false),
+            Err(TensorError::DimOutOfRange {
+                dim: 2,
+                rank: 2,
+                ..
+            })
+        ));
+        assert!(t.sum(&[1, 1], false).is_err());
+    }
+}

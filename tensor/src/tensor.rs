@@ -1,0 +1,382 @@
+//! `Tensor`: an `Arc`-shared [`Storage`] seen through a [`Layout`]. Cloning a tensor and
+//! taking views never copies elements; kernels always produce a new contiguous tensor.
+
+use crate::dtype::{DType, Element};
+use crate::error::{Result, TensorError};
+use crate::layout::Layout;
+use crate::storage::Storage;
+use crate::Device;
+use half::{bf16, f16};
+use std::borrow::Cow;
+use std::sync::Arc;
+
+#[derive(Debug, Clone)]
+pub struct Tensor {
+    storage: Arc<Storage>,
+    layout: Layout,
+    device: Device,
+}
+
+impl Tensor {
+    /// A contiguous tensor of `shape` holding `values` (row-major).
+    pub fn from_vec<T: Element>(values: Vec<T>, shape: &[usize]) -> Result<Tensor> {
+        let numel: usize = shape.iter().product();
+        if values.len() != numel {
+            return Err(TensorError::invalid(
+                "from_vec",
+                format!(
+                    "shape {shape:?} needs {numel} elements, found {}",
+                    values.len()
+                ),
+            ));
+        }
+        Ok(Tensor::from_storage(
+            T::into_storage(values),
+            Layout::contiguous(shape),
+        ))
+    }
+
+    /// Like [`Tensor::from_vec`] but copies from a slice.
+    pub fn from_slice<T: Element>(values: &[T], shape: &[usize]) -> Result<Tensor> {
+        Tensor::from_vec(values.to_vec(), shape)
+    }
+
+    /// A rank-0 tensor.
+    pub fn scalar<T: Element>(value: T) -> Tensor {
+        Tensor::from_storage(T::into_storage(vec![value]), Layout::contiguous(&[]))
+    }
+
+    pub(crate) fn from_storage(storage: Storage, layout: Layout) -> Tensor {
+        Tensor {
+            storage: Arc::new(storage),
+            layout,
+            device: Device::Cpu,
+        }
+    }
+
+    /// Same storage, new layout.
+    pub(crate) fn with_layout(&self, layout: Layout) -> Tensor {
+        Tensor {
+            storage: Arc::clone(&self.storage),
+            layout,
+            device: self.device,
+        }
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        self.layout.shape()
+    }
+    pub fn rank(&self) -> usize {
+        self.layout.rank()
+    }
+    pub fn numel(&self) -> usize {
+        self.layout.numel()
+    }
+    pub fn dtype(&self) -> DType {
+        self.storage.dtype()
+    }
+    pub fn device(&self) -> Device {
+        self.device
+    }
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+    pub fn is_contiguous(&self) -> bool {
+        self.layout.is_contiguous()
+    }
+    /// Size of dimension `dim`.
+    pub fn dim(&self, dim: usize) -> Result<usize> {
+        self.layout.check_dim("dim", dim)?;
+        Ok(self.shape()[dim])
+    }
+    /// True when both tensors view the same storage buffer.
+    pub fn shares_storage_with(&self, other: &Tensor) -> bool {
+        Arc::ptr_eq(&self.storage, &other.storage)
+    }
+
+    /// Moves the tensor to `device`. Only `Cpu` exists today; `Cuda` gives a clear error.
+    pub fn to_device(&self, device: Device) -> Result<Tensor> {
+        device.ensure_available()?;
+        Ok(self.clone())
+    }
+
+    /// Fails unless this tensor's dtype is `expected`.
+    pub fn check_dtype(&self, op: &'static str, expected: DType) -> Result<()> {
+        if self.dtype() == expected {
+            Ok(())
+        } else {
+            Err(TensorError::DType {
+                op,
+                expected,
+                found: self.dtype(),
+            })
+        }
+    }
+
+    /// Fails unless this tensor's shape is `expected`.
+    pub fn check_shape(&self, op: &'static str, expected: &[usize]) -> Result<()> {
+        if self.shape() == expected {
+            Ok(())
+        } else {
+            Err(TensorError::shape(
+                op,
+                format!("{expected:?}"),
+                self.shape(),
+            ))
+        }
+    }
+
+    /// The underlying storage slice when this dtype is `T`.
+    fn typed_storage<T: Element>(&self, op: &'static str) -> Result<&[T]> {
+        T::slice(&self.storage).ok_or(TensorError::DType {
+            op,
+            expected: T::DTYPE,
+            found: self.dtype(),
+        })
+    }
+
+    /// The elements in row-major logical order, borrowed when the layout is contiguous.
+    pub fn values<T: Element>(&self) -> Result<Cow<'_, [T]>> {
+        let data = self.typed_storage::<T>("values")?;
+        if self.is_contiguous() {
+            let start = self.layout.offset();
+            Ok(Cow::Borrowed(&data[start..start + self.numel()]))
+        } else {
+            Ok(Cow::Owned(self.layout.offsets().map(|i| data[i]).collect()))
+        }
+    }
+
+    /// The elements in row-major logical order as a new vector.
+    pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
+        Ok(self.values::<T>()?.into_owned())
+    }
+
+    /// The elements converted to `f64`, whatever the dtype (for tests, printing, reports).
+    pub fn to_vec_f64(&self) -> Vec<f64> {
+        self.layout
+            .offsets()
+            .map(|i| self.storage.get_f64(i))
+            .collect()
+    }
+
+    /// The value of a one-element tensor, as `f64`.
+    pub fn item(&self) -> Result<f64> {
+        if self.numel() != 1 {
+            return Err(TensorError::shape(
+                "item",
+                "exactly one element",
+                self.shape(),
+            ));
+        }
+        Ok(self.storage.get_f64(self.layout.offset()))
+    }
+
+    /// A contiguous copy, or `self` (shared) when already contiguous.
+    pub fn contiguous(&self) -> Tensor {
+        if self.is_contiguous() {
+            return self.clone();
+        }
+        let storage = match &*self.storage {
+            Storage::F32(v) => Storage::F32(self.gather_offsets(v)),
+            Storage::F64(v) => Storage::F64(self.gather_offsets(v)),
+            Storage::BF16(v) => Storage::BF16(self.gather_offsets(v)),
+            Storage::F16(v) => Storage::F16(self.gather_offsets(v)),
+            Storage::I64(v) => Storage::I64(self.gather_offsets(v)),
+        };
+        Tensor::from_storage(storage, Layout::contiguous(self.shape()))
+    }
+
+    fn gather_offsets<T: Copy>(&self, data: &[T]) -> Vec<T> {
+        self.layout.offsets().map(|i| data[i]).collect()
+    }
+
+    /// Converts every element to `dtype` (rounding to nearest for bf16/f16, truncating
+    /// toward zero for i64).
+    pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
+        if dtype == self.dtype() {
+            return Ok(self.clone());
+        }
+        fn convert<T: Element>(t: &Tensor) -> Storage {
+            T::into_storage(
+                t.layout
+                    .offsets()
+                    .map(|i| T::from_f64(t.storage.get_f64(i)))
+                    .collect(),
+            )
+        }
+        let storage = match dtype {
+            DType::F32 => match &*self.storage {
+                Storage::BF16(v) => {
+                    Storage::F32(self.layout.offsets().map(|i| v[i].to_f32()).collect())
+                }
+                Storage::F16(v) => {
+                    Storage::F32(self.layout.offsets().map(|i| v[i].to_f32()).collect())
+                }
+                _ => convert::<f32>(self),
+            },
+            DType::F64 => convert::<f64>(self),
+            DType::BF16 => match &*self.storage {
+                Storage::F32(v) => Storage::BF16(
+                    self.layout
+                        .offsets()
+                        .map(|i| bf16::from_f32(v[i]))
+                        .collect(),
+                ),
+                _ => convert::<bf16>(self),
+            },
+            DType::F16 => match &*self.storage {
+                Storage::F32(v) => {
+                    Storage::F16(self.layout.offsets().map(|i| f16::from_f32(v[i])).collect())
+                }
+                _ => convert::<f16>(self),
+            },
+            DType::I64 => convert::<i64>(self),
+        };
+        Ok(Tensor::from_storage(
+            storage,
+            Layout::contiguous(self.shape()),
+        ))
+    }
+
+    // ---- views: new layouts over the same storage ----
+
+    /// Same elements, new shape; a view when the layout allows, a copy otherwise.
+    /// One dimension may be given as `usize::MAX` to be inferred.
+    pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
+        let shape = infer_shape(shape, self.numel(), self.shape())?;
+        match self.layout.reshape(&shape) {
+            Some(layout) => Ok(self.with_layout(layout)),
+            None => Ok(self.contiguous().with_layout(Layout::contiguous(&shape))),
+        }
+    }
+
+    /// Collapses all dimensions into one.
+    pub fn flatten(&self) -> Result<Tensor> {
+        self.reshape(&[self.numel()])
+    }
+
+    /// Reorders dimensions: output dim `i` is input dim `perm[i]`.
+    pub fn permute(&self, perm: &[usize]) -> Result<Tensor> {
+        Ok(self.with_layout(self.layout.permute(perm)?))
+    }
+
+    /// Swaps two dimensions.
+    pub fn transpose(&self, dim0: usize, dim1: usize) -> Result<Tensor> {
+        self.layout.check_dim("transpose", dim0)?;
+        self.layout.check_dim("transpose", dim1)?;
+        let mut perm: Vec<usize> = (0..self.rank()).collect();
+        perm.swap(dim0, dim1);
+        self.permute(&perm)
+    }
+
+    /// Swaps the last two dimensions (the matrix transpose of each batch entry).
+    pub fn t(&self) -> Result<Tensor> {
+        if self.rank() < 2 {
+            return Err(TensorError::shape("t", "rank >= 2", self.shape()));
+        }
+        self.transpose(self.rank() - 2, self.rank() - 1)
+    }
+
+    /// Elements `start..start + len` along `dim`.
+    pub fn narrow(&self, dim: usize, start: usize, len: usize) -> Result<Tensor> {
+        Ok(self.with_layout(self.layout.narrow(dim, start, len)?))
+    }
+
+    /// Repeats size-1 dimensions (and adds leading ones) to reach `shape`, without copying.
+    pub fn broadcast_to(&self, shape: &[usize]) -> Result<Tensor> {
+        Ok(self.with_layout(self.layout.broadcast_to(shape)?))
+    }
+
+    /// Inserts a size-1 dimension at `dim`.
+    pub fn unsqueeze(&self, dim: usize) -> Result<Tensor> {
+        Ok(self.with_layout(self.layout.unsqueeze(dim)?))
+    }
+
+    /// Removes dimension `dim`, which must have size 1.
+    pub fn squeeze(&self, dim: usize) -> Result<Tensor> {
+        Ok(self.with_layout(self.layout.squeeze(dim)?))
+    }
+
+    /// Fails with a device error unless the tensor lives on the CPU.
+    pub(crate) fn ensure_cpu(&self, op: &'static str) -> Result<()> {
+        if self.device == Device::Cpu {
+            Ok(())
+        } else {
+            Err(TensorError::DeviceMismatch {
+                op,
+                expected: Device::Cpu,
+                found: self.device,
+            })
+        }
+    }
+}
+
+/// Resolves one `usize::MAX` entry of `shape` so that the element count is `numel`.
+fn infer_shape(shape: &[usize], numel: usize, from: &[usize]) -> Result<Vec<usize>> {
+    let unknown = shape.iter().filter(|&&s| s == usize::MAX).count();
+    let known: usize = shape.iter().filter(|&&s| s != usize::MAX).product();
+    let mut out = shape.to_vec();
+    match unknown {
+        0 if known == numel => Ok(out),
+        1 if known > 0 && numel % known == 0 => {
+            let pos = shape.iter().position(|&s| s == usize::MAX).unwrap();
+            out[pos] = numel / known;
+            Ok(out)
+        }
+        _ => Err(TensorError::shape(
+            "reshape",
+            format!("a shape with {numel} elements to replace {shape:?}"),
+            from,
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn views_share_storage_and_reshape_copies_only_when_needed() {
+        let t = Tensor::from_vec((0..6).map(|v| v as f32).collect(), &[2, 3]).unwrap();
+        let tt = t.t().unwrap();
+        assert!(tt.shares_storage_with(&t));
+        assert_eq!(tt.to_vec::<f32>().unwrap(), vec![0., 3., 1., 4., 2., 5.]);
+        let flat = tt.reshape(&[6]).unwrap();
+        assert!(!flat.shares_storage_with(&t));
+        assert_eq!(flat.to_vec::<f32>().unwrap(), vec![0., 3., 1., 4., 2., 5.]);
+        assert!(t.reshape(&[3, usize::MAX]).unwrap().shares_storage_with(&t));
+        assert!(t.reshape(&[4, 2]).is_err());
+    }
+
+    #[test]
+    fn dtype_round_trips() {
+        let t = Tensor::from_vec(vec![1.5f32, -2.25, 3.0], &[3]).unwrap();
+        for dtype in [DType::F64, DType::BF16, DType::F16] {
+            let back = t.to_dtype(dtype).unwrap().to_dtype(DType::F32).unwrap();
+            assert_eq!(back.to_vec::<f32>().unwrap(), vec![1.5, -2.25, 3.0]);
+        }
+        assert_eq!(
+            t.to_dtype(DType::I64).unwrap().to_vec::<i64>().unwrap(),
+            vec![1, -2, 3]
+        );
+        assert!(matches!(t.to_vec::<f64>(), Err(TensorError::DType { .. })));
+    }
+
+    #[test]
+    fn cuda_device_is_a_clear_error() {
+        let t = Tensor::scalar(1.0f32);
+        let err = t.to_device(Device::Cuda(0)).unwrap_err().to_string();
+        assert!(err.contains("cuda:0"), "{err}");
+    }
+
+    #[test]
+    fn from_vec_checks_the_element_count() {
+        let err = Tensor::from_vec(vec![1.0f32; 5], &[2, 3])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("needs 6 elements, found 5"), "{err}");
+    }
+}
