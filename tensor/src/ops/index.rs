@@ -207,7 +207,8 @@ impl Tensor {
         with_float_type!(self.dtype(), "topk", T => {
             let x = rows.permuted.values::<T>()?;
             let (mut values, mut indices) = (Vec::new(), Vec::new());
-            for row in x.chunks(rows.inner.max(1)).take(if rows.inner == 0 { 0 } else { x.len() / rows.inner }) {
+            for r in 0..rows.outer() {
+                let row = &x[r * rows.inner..(r + 1) * rows.inner];
                 for &i in sort_row(row, largest).iter().take(k) {
                     values.push(row[i]);
                     indices.push(i as i64);
@@ -291,9 +292,9 @@ mod tests {
         let added = x.index_add(1, &idx, &src).unwrap();
         let mut expected = xv.clone();
         let sv = src.to_vec_f64();
-        for p in 0..18 {
+        for (p, s) in sv.iter().enumerate() {
             let i = unravel(p, &[3, 3, 2]);
-            expected[ravel(&[i[0], [3, 0, 3][i[1]], i[2]], &[3, 4, 2])] += sv[p];
+            expected[ravel(&[i[0], [3, 0, 3][i[1]], i[2]], &[3, 4, 2])] += s;
         }
         assert_close(&added.to_vec_f64(), &expected, 1e-12, "index_add");
         assert!(matches!(
