@@ -54,6 +54,33 @@ pub fn broadcast_shapes(op: &'static str, a: &[usize], b: &[usize]) -> Result<Ve
     Ok(out)
 }
 
+/// Merges adjacent dimensions that are laid out back to back in every one of `strides` (one
+/// stride vector per operand, all over `shape`), so loops run over fewer, longer dimensions.
+/// Returns the merged shape and each operand's merged strides.
+pub fn coalesce(shape: &[usize], strides: &[&[usize]]) -> (Vec<usize>, Vec<Vec<usize>>) {
+    let mut merged_shape: Vec<usize> = Vec::new();
+    let mut merged: Vec<Vec<usize>> = vec![Vec::new(); strides.len()];
+    for d in 0..shape.len() {
+        let joins_previous = !merged_shape.is_empty()
+            && strides
+                .iter()
+                .zip(&merged)
+                .all(|(s, m)| *m.last().unwrap() == s[d] * shape[d]);
+        if joins_previous {
+            *merged_shape.last_mut().unwrap() *= shape[d];
+            for (s, m) in strides.iter().zip(merged.iter_mut()) {
+                *m.last_mut().unwrap() = s[d];
+            }
+        } else {
+            merged_shape.push(shape[d]);
+            for (s, m) in strides.iter().zip(merged.iter_mut()) {
+                m.push(s[d]);
+            }
+        }
+    }
+    (merged_shape, merged)
+}
+
 impl Layout {
     /// A contiguous row-major layout starting at offset 0.
     pub fn contiguous(shape: &[usize]) -> Self {
@@ -317,6 +344,15 @@ mod tests {
             vec![4, 5, 3]
         );
         assert!(broadcast_shapes("t", &[2, 3], &[4, 3]).is_err());
+    }
+
+    #[test]
+    fn coalesce_merges_back_to_back_dims() {
+        // A [2, 3, 4] contiguous tensor with a [3, 4] bias broadcast over it: the last two dims
+        // merge for both; the first does not (bias stride 0).
+        let (shape, strides) = coalesce(&[2, 3, 4], &[&[12, 4, 1], &[0, 4, 1]]);
+        assert_eq!(shape, vec![2, 12]);
+        assert_eq!(strides, vec![vec![12, 1], vec![0, 1]]);
     }
 
     #[test]

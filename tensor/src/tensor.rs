@@ -145,7 +145,7 @@ impl Tensor {
             let start = self.layout.offset();
             Ok(Cow::Borrowed(&data[start..start + self.numel()]))
         } else {
-            Ok(Cow::Owned(self.layout.offsets().map(|i| data[i]).collect()))
+            Ok(Cow::Owned(self.gather_offsets(data)))
         }
     }
 
@@ -189,8 +189,28 @@ impl Tensor {
         Tensor::from_storage(storage, Layout::contiguous(self.shape()))
     }
 
+    /// The elements in row-major logical order, copied one innermost row at a time.
     fn gather_offsets<T: Copy>(&self, data: &[T]) -> Vec<T> {
-        self.layout.offsets().map(|i| data[i]).collect()
+        let layout = &self.layout;
+        let Some((&inner, outer_shape)) = layout.shape().split_last() else {
+            return vec![data[layout.offset()]];
+        };
+        let rank = layout.rank();
+        let inner_stride = layout.strides()[rank - 1];
+        let outer = Layout::new(
+            outer_shape.to_vec(),
+            layout.strides()[..rank - 1].to_vec(),
+            layout.offset(),
+        );
+        let mut out = Vec::with_capacity(self.numel());
+        for start in outer.offsets().filter(|_| inner > 0) {
+            if inner_stride == 1 {
+                out.extend_from_slice(&data[start..start + inner]);
+            } else {
+                out.extend((0..inner).map(|i| data[start + i * inner_stride]));
+            }
+        }
+        out
     }
 
     /// Converts every element to `dtype` (rounding to nearest for bf16/f16, truncating

@@ -2,7 +2,7 @@
 
 use crate::dtype::FloatElement;
 use crate::error::Result;
-use crate::layout::{broadcast_shapes, Layout};
+use crate::layout::{broadcast_shapes, coalesce, Layout};
 use crate::parallel::{for_each_chunk_mut, rows_per_chunk};
 use crate::{with_float_type, Tensor};
 
@@ -61,23 +61,76 @@ impl BinaryOp {
     }
 }
 
-/// `f(a, b)` over the broadcast shape. Inputs that already have the output shape and are
-/// contiguous are read in place; others are first expanded into contiguous copies.
+/// Storage offsets where each innermost row of `t` (viewed with `shape` and `strides`) starts.
+fn row_starts(shape: &[usize], strides: &[usize], offset: usize) -> Vec<usize> {
+    let outer = shape.len().saturating_sub(1);
+    Layout::new(shape[..outer].to_vec(), strides[..outer].to_vec(), offset)
+        .offsets()
+        .collect()
+}
+
+/// `f(a, b)` over the broadcast shape, reading both inputs in place through their strides.
+/// After merging back-to-back dimensions the work is a list of rows; along a row each input
+/// either advances (stride 1), stays (a broadcast, stride 0) or jumps (any other stride).
 fn zip_map<T: FloatElement>(
     a: &Tensor,
     b: &Tensor,
     shape: &[usize],
     f: impl Fn(T, T) -> T + Sync + Send,
 ) -> Result<Tensor> {
-    let a = a.broadcast_to(shape)?;
-    let b = b.broadcast_to(shape)?;
-    let (a, b) = (a.values::<T>()?, b.values::<T>()?);
-    let mut out = vec![T::zero(); a.len()];
-    let chunk = rows_per_chunk(out.len(), 1);
-    for_each_chunk_mut(&mut out, chunk, a.len(), |i, out| {
-        let start = i * chunk;
-        for ((o, &x), &y) in out.iter_mut().zip(&a[start..]).zip(&b[start..]) {
-            *o = f(x, y);
+    let numel: usize = shape.iter().product();
+    if numel == 0 {
+        return Tensor::zeros(shape, T::DTYPE);
+    }
+    let (a, b) = (a.broadcast_to(shape)?, b.broadcast_to(shape)?);
+    let (a_data, b_data) = (
+        T::slice(a.storage()).expect("dtype checked"),
+        T::slice(b.storage()).expect("dtype checked"),
+    );
+    let (merged, strides) = coalesce(shape, &[a.layout().strides(), b.layout().strides()]);
+    let (merged, strides) = if merged.is_empty() {
+        (vec![1], vec![vec![1], vec![1]])
+    } else {
+        (merged, strides)
+    };
+    let inner = *merged.last().unwrap();
+    let (sa, sb) = (*strides[0].last().unwrap(), *strides[1].last().unwrap());
+    let a_rows = row_starts(&merged, &strides[0], a.layout().offset());
+    let b_rows = row_starts(&merged, &strides[1], b.layout().offset());
+    let mut out = vec![T::zero(); numel];
+    let chunk = rows_per_chunk(numel, inner);
+    for_each_chunk_mut(&mut out, chunk, numel, |c, out| {
+        for (r, out_row) in out.chunks_mut(inner).enumerate() {
+            let row = c * (chunk / inner) + r;
+            let (ra, rb) = (a_rows[row], b_rows[row]);
+            match (sa, sb) {
+                (1, 1) => {
+                    for ((o, &x), &y) in out_row
+                        .iter_mut()
+                        .zip(&a_data[ra..ra + inner])
+                        .zip(&b_data[rb..rb + inner])
+                    {
+                        *o = f(x, y);
+                    }
+                }
+                (1, 0) => {
+                    let y = b_data[rb];
+                    for (o, &x) in out_row.iter_mut().zip(&a_data[ra..ra + inner]) {
+                        *o = f(x, y);
+                    }
+                }
+                (0, 1) => {
+                    let x = a_data[ra];
+                    for (o, &y) in out_row.iter_mut().zip(&b_data[rb..rb + inner]) {
+                        *o = f(x, y);
+                    }
+                }
+                _ => {
+                    for (i, o) in out_row.iter_mut().enumerate() {
+                        *o = f(a_data[ra + i * sa], b_data[rb + i * sb]);
+                    }
+                }
+            }
         }
     });
     Ok(Tensor::from_storage(
@@ -94,7 +147,16 @@ impl Tensor {
         other.ensure_cpu(name)?;
         other.check_dtype(name, self.dtype())?;
         let shape = broadcast_shapes(name, self.shape(), other.shape())?;
-        with_float_type!(self.dtype(), name, T => zip_map::<T>(self, other, &shape, |a, b| op.apply(a, b)))
+        // One monomorphised loop per op: with the op a constant, the loop body inlines and
+        // vectorises instead of matching on the op for every element.
+        macro_rules! per_op {
+            ($T:ty: $($variant:ident),*) => {
+                match op {
+                    $(BinaryOp::$variant => zip_map::<$T>(self, other, &shape, |a, b| BinaryOp::$variant.apply(a, b)),)*
+                }
+            };
+        }
+        with_float_type!(self.dtype(), name, T => per_op!(T: Add, Sub, Mul, Div, Maximum, Minimum, Gt, Lt, Eq))
     }
 
     pub fn add(&self, other: &Tensor) -> Result<Tensor> {
@@ -215,6 +277,20 @@ mod tests {
             1e-12,
             "mul",
         );
+    }
+
+    #[test]
+    fn empty_and_scalar_operands() {
+        let empty = Tensor::zeros(&[0, 3], DType::F32).unwrap();
+        assert_eq!(
+            empty
+                .add(&Tensor::ones(&[3], DType::F32).unwrap())
+                .unwrap()
+                .shape(),
+            &[0, 3]
+        );
+        let s = Tensor::scalar(2.0f64).mul(&Tensor::scalar(3.0f64)).unwrap();
+        assert_eq!((s.rank(), s.item().unwrap()), (0, 6.0));
     }
 
     #[test]

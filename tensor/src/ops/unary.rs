@@ -141,7 +141,16 @@ impl Tensor {
     /// y = op(x), elementwise.
     pub fn unary(&self, op: UnaryOp) -> Result<Tensor> {
         self.ensure_cpu("unary")?;
-        with_float_type!(self.dtype(), "unary", T => map_elements::<T>(self, |v| op.apply(v)))
+        // One monomorphised loop per op (the op a constant, so the body inlines and vectorises).
+        macro_rules! per_op {
+            ($T:ty: $($variant:ident),* ; $($param:ident),*) => {
+                match op {
+                    $(UnaryOp::$variant => map_elements::<$T>(self, |v| UnaryOp::$variant.apply(v)),)*
+                    $(UnaryOp::$param(p) => map_elements::<$T>(self, move |v| UnaryOp::$param(p).apply(v)),)*
+                }
+            };
+        }
+        with_float_type!(self.dtype(), "unary", T => per_op!(T: Neg, Exp, Log, Sqrt, Rsqrt, Tanh, Sigmoid, Relu, Silu, GeluTanh, Sin, Cos, Abs; Powf, AddScalar, MulScalar))
     }
 
     /// grad_out · op'(self): the gradient of a unary op with respect to its input, fused.
