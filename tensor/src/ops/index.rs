@@ -345,6 +345,30 @@ mod tests {
     }
 
     #[test]
+    fn topk_matches_repeated_argmax_on_random_rows() {
+        let x = random_strided(&[4, 9, 3], -1.0, 1.0, 7);
+        let (values, picks) = x.topk(4, 1, true).unwrap();
+        let (xv, vv, iv) = (
+            x.to_vec_f64(),
+            values.to_vec_f64(),
+            picks.to_vec::<i64>().unwrap(),
+        );
+        for a in 0..4 {
+            for c in 0..3 {
+                // Naive: take the maximum k times, striking out each winner.
+                let mut column: Vec<f64> =
+                    (0..9).map(|j| xv[ravel(&[a, j, c], &[4, 9, 3])]).collect();
+                for slot in 0..4 {
+                    let best = (0..9).fold(0, |b, j| if column[j] > column[b] { j } else { b });
+                    let at = ravel(&[a, slot, c], &[4, 4, 3]);
+                    assert_eq!((iv[at], vv[at]), (best as i64, column[best]));
+                    column[best] = f64::NEG_INFINITY;
+                }
+            }
+        }
+    }
+
+    #[test]
     fn one_hot_where_and_masked_fill() {
         let y = ints(&[2, 0], &[2]).one_hot(3, DType::F32).unwrap();
         assert_eq!(y.to_vec::<f32>().unwrap(), vec![0., 0., 1., 1., 0., 0.]);
