@@ -12,7 +12,13 @@ fn ditmoe_threads_sets_the_pool_size_and_results_do_not_depend_on_it() {
     let b = Tensor::randn(&[300, 70], 0.0, 1.0, DType::F64, &mut seeded_rng(2)).unwrap();
     let whole = a.matmul(&b).unwrap().to_vec::<f64>().unwrap();
     for row in [0, 57, 199] {
-        let single = a.narrow(0, row, 1).unwrap().matmul(&b).unwrap().to_vec::<f64>().unwrap();
+        let single = a
+            .narrow(0, row, 1)
+            .unwrap()
+            .matmul(&b)
+            .unwrap()
+            .to_vec::<f64>()
+            .unwrap();
         assert_eq!(&whole[row * 70..(row + 1) * 70], single.as_slice());
     }
 }
