@@ -60,31 +60,12 @@ fn dim_subset(rank: usize, seed: u64) -> Vec<usize> {
     dims
 }
 
-const UNARY_OPS: [UnaryOp; 16] = [
-    UnaryOp::Neg,
-    UnaryOp::Exp,
-    UnaryOp::Log,
-    UnaryOp::Sqrt,
-    UnaryOp::Rsqrt,
-    UnaryOp::Tanh,
-    UnaryOp::Sigmoid,
-    UnaryOp::Relu,
-    UnaryOp::Silu,
-    UnaryOp::GeluTanh,
-    UnaryOp::Sin,
-    UnaryOp::Cos,
-    UnaryOp::Abs,
-    UnaryOp::Powf(2.5),
-    UnaryOp::AddScalar(1.5),
-    UnaryOp::MulScalar(-0.7),
-];
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
     #[test]
-    fn unary_ops(shape in shape(3), seed in any::<u64>(), which in 0..UNARY_OPS.len()) {
-        let op = UNARY_OPS[which];
+    fn unary_ops(shape in shape(3), seed in any::<u64>(), which in 0..UnaryOp::EVERY.len()) {
+        let op = UnaryOp::EVERY[which];
         let needs_positive = matches!(op, UnaryOp::Log | UnaryOp::Sqrt | UnaryOp::Rsqrt | UnaryOp::Powf(_));
         let x = if needs_positive { positive(&shape, seed) } else { normal(&shape, seed) };
         assert_grads(|v| v[0].unary(op), &[x]);

@@ -5,12 +5,18 @@
 use crate::Var;
 use ditmoe_tensor::{Result, Tensor};
 
+/// A zero tensor shaped like `v`, made only if and when a backward rule runs.
+fn zeros_like_later(v: &Var) -> impl FnOnce() -> Result<Tensor> {
+    let (shape, dtype) = (v.shape().to_vec(), v.value().dtype());
+    move || Tensor::zeros(&shape, dtype)
+}
+
 impl Var {
     pub fn index_select(&self, dim: usize, index: &Tensor) -> Result<Var> {
         let value = self.value().index_select(dim, index)?;
-        let (zeros, index) = (self.value().zeros_like()?, index.clone());
+        let (zeros, index) = (zeros_like_later(self), index.clone());
         Ok(Var::from_op("index_select", value, &[self], move |g| {
-            Ok(vec![Some(zeros.index_add(dim, &index, g)?)])
+            Ok(vec![Some(zeros()?.index_add(dim, &index, g)?)])
         }))
     }
 
@@ -27,9 +33,9 @@ impl Var {
 
     pub fn gather(&self, dim: usize, index: &Tensor) -> Result<Var> {
         let value = self.value().gather(dim, index)?;
-        let (zeros, index) = (self.value().zeros_like()?, index.clone());
+        let (zeros, index) = (zeros_like_later(self), index.clone());
         Ok(Var::from_op("gather", value, &[self], move |g| {
-            Ok(vec![Some(zeros.scatter_add(dim, &index, g)?)])
+            Ok(vec![Some(zeros()?.scatter_add(dim, &index, g)?)])
         }))
     }
 
@@ -47,9 +53,9 @@ impl Var {
     /// The `k` largest (or smallest) values along `dim` and their (non-differentiable) indices.
     pub fn topk(&self, k: usize, dim: usize, largest: bool) -> Result<(Var, Tensor)> {
         let (values, indices) = self.value().topk(k, dim, largest)?;
-        let (zeros, saved) = (self.value().zeros_like()?, indices.clone());
+        let (zeros, saved) = (zeros_like_later(self), indices.clone());
         let var = Var::from_op("topk", values, &[self], move |g| {
-            Ok(vec![Some(zeros.scatter_add(dim, &saved, g)?)])
+            Ok(vec![Some(zeros()?.scatter_add(dim, &saved, g)?)])
         });
         Ok((var, indices))
     }

@@ -45,6 +45,26 @@ fn c<T: FloatElement>(v: f64) -> T {
 }
 
 impl UnaryOp {
+    /// Every variant, the parametrised ones with a sample parameter (for tests and benchmarks).
+    pub const EVERY: [UnaryOp; 16] = [
+        UnaryOp::Neg,
+        UnaryOp::Exp,
+        UnaryOp::Log,
+        UnaryOp::Sqrt,
+        UnaryOp::Rsqrt,
+        UnaryOp::Tanh,
+        UnaryOp::Sigmoid,
+        UnaryOp::Relu,
+        UnaryOp::Silu,
+        UnaryOp::GeluTanh,
+        UnaryOp::Sin,
+        UnaryOp::Cos,
+        UnaryOp::Abs,
+        UnaryOp::Powf(1.7),
+        UnaryOp::AddScalar(0.5),
+        UnaryOp::MulScalar(-3.0),
+    ];
+
     /// f(x).
     pub fn apply<T: FloatElement>(self, x: T) -> T {
         match self {
@@ -217,25 +237,6 @@ mod tests {
     use super::*;
     use crate::ops::testing::{assert_close, random_strided};
 
-    const OPS: [UnaryOp; 16] = [
-        UnaryOp::Neg,
-        UnaryOp::Exp,
-        UnaryOp::Log,
-        UnaryOp::Sqrt,
-        UnaryOp::Rsqrt,
-        UnaryOp::Tanh,
-        UnaryOp::Sigmoid,
-        UnaryOp::Relu,
-        UnaryOp::Silu,
-        UnaryOp::GeluTanh,
-        UnaryOp::Sin,
-        UnaryOp::Cos,
-        UnaryOp::Abs,
-        UnaryOp::Powf(1.7),
-        UnaryOp::AddScalar(0.5),
-        UnaryOp::MulScalar(-3.0),
-    ];
-
     /// Naive reference: the scalar formula written out once more with std's f64 functions.
     fn reference(op: UnaryOp, x: f64) -> f64 {
         let sig = 1.0 / (1.0 + (-x).exp());
@@ -265,7 +266,7 @@ mod tests {
 
     #[test]
     fn every_unary_op_matches_the_scalar_reference_on_strided_input() {
-        for op in OPS {
+        for op in UnaryOp::EVERY {
             // Positive inputs keep log/sqrt/powf in their domain.
             let x = random_strided(&[3, 5, 4], 0.1, 2.0, 7)
                 .abs()
@@ -281,7 +282,7 @@ mod tests {
 
     #[test]
     fn derivatives_match_central_differences() {
-        for op in OPS {
+        for op in UnaryOp::EVERY {
             for &x in &[0.3f64, 1.1, 2.5] {
                 let h = 1e-6;
                 let numeric = (reference(op, x + h) - reference(op, x - h)) / (2.0 * h);
