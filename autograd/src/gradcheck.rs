@@ -118,7 +118,7 @@ impl GradCheck {
                     let mut moved = inputs.to_vec();
                     moved[input] = Tensor::from_vec(shifted, inputs[input].shape())?;
                     let consts: Vec<Var> = moved.into_iter().map(Var::constant).collect();
-                    no_grad(|| scalar_loss(f(&consts)?.value()))
+                    no_grad(|| scalar_loss(&f(&consts)?.value()))
                 };
                 let numeric = (loss_at(self.eps)? - loss_at(-self.eps)?) / (2.0 * self.eps);
                 let abs_error = (a - numeric).abs();

@@ -11,7 +11,7 @@ use crate::grad_mode::is_grad_enabled;
 use ditmoe_tensor::{Result, Tensor, TensorError};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// The gradients of an op's inputs given the gradient of its output; `None` for an input that
 /// gets none (an integer index, say).
@@ -21,7 +21,9 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
 struct Node {
     id: u64,
-    value: Tensor,
+    /// The value; replaceable (same shape and dtype) on leaves only, see [`Var::set_value`].
+    value: RwLock<Tensor>,
+    shape: Vec<usize>,
     requires_grad: Mutex<bool>,
     /// The op that made this value; `None` for leaves.
     op: Option<&'static str>,
@@ -56,7 +58,8 @@ impl Var {
     ) -> Var {
         Var(Arc::new(Node {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            value,
+            shape: value.shape().to_vec(),
+            value: RwLock::new(value),
             requires_grad: Mutex::new(requires_grad),
             op,
             parents,
@@ -97,11 +100,31 @@ impl Var {
         }
     }
 
-    pub fn value(&self) -> &Tensor {
-        &self.0.value
+    /// The current value (a cheap handle sharing the storage).
+    pub fn value(&self) -> Tensor {
+        self.0.value.read().unwrap().clone()
     }
     pub fn shape(&self) -> &[usize] {
-        self.0.value.shape()
+        &self.0.shape
+    }
+
+    /// Replaces the value of a leaf in place (an optimiser step, loading a checkpoint). The new
+    /// value must have the same shape and dtype. Graphs built earlier keep the old value.
+    pub fn set_value(&self, value: Tensor) -> Result<()> {
+        if !self.is_leaf() {
+            return Err(TensorError::invalid(
+                "set_value",
+                format!(
+                    "expected a leaf, found the output of `{}`",
+                    self.0.op.unwrap_or("?")
+                ),
+            ));
+        }
+        value.check_shape("set_value", self.shape())?;
+        let mut slot = self.0.value.write().unwrap();
+        value.check_dtype("set_value", slot.dtype())?;
+        *slot = value;
+        Ok(())
     }
     pub fn requires_grad(&self) -> bool {
         *self.0.requires_grad.lock().unwrap()
@@ -141,12 +164,12 @@ impl Var {
 
     /// A new leaf with the same value and no history.
     pub fn detach(&self) -> Var {
-        Var::constant(self.0.value.clone())
+        Var::constant(self.value())
     }
 
     /// The value of a one-element `Var`.
     pub fn item(&self) -> Result<f64> {
-        self.0.value.item()
+        self.value().item()
     }
 
     /// Backpropagates from this one-element value (seed gradient 1).

@@ -129,6 +129,12 @@ proptest! {
     }
 
     #[test]
+    fn fused_attention(heads in 1usize..3, t in 1usize..6, tk in 1usize..6, d in 1usize..4, seed in any::<u64>()) {
+        let (q, k, v) = (normal(&[heads, t, d], seed), normal(&[heads, tk, d], seed ^ 1), normal(&[heads, tk, d], seed ^ 2));
+        assert_grads(|x| Var::flash_attention(&x[0], &x[1], &x[2], 0.7), &[q, k, v]);
+    }
+
+    #[test]
     fn views(shape in shape(3), seed in any::<u64>()) {
         let x = normal(&shape, seed);
         let numel: usize = shape.iter().product();

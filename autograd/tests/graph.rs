@@ -91,3 +91,23 @@ fn a_deep_chain_backpropagates_and_drops_without_overflowing_the_stack() {
     assert_eq!(x.grad().unwrap().to_vec::<f64>().unwrap(), vec![1.0]);
     drop(y);
 }
+
+#[test]
+fn set_value_replaces_a_leaf_value_of_the_same_shape_and_dtype() {
+    let w = Var::parameter(scalar(1.0));
+    let before = w.mul_scalar(2.0).unwrap();
+    w.set_value(scalar(5.0)).unwrap();
+    assert_eq!(w.item().unwrap(), 5.0);
+    assert_eq!(
+        before.item().unwrap(),
+        2.0,
+        "graphs built earlier keep the old value"
+    );
+    assert!(w
+        .set_value(Tensor::zeros(&[2], DType::F64).unwrap())
+        .is_err());
+    assert!(w
+        .set_value(Tensor::zeros(&[1], DType::F32).unwrap())
+        .is_err());
+    assert!(before.set_value(scalar(0.0)).is_err());
+}

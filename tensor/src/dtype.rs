@@ -81,6 +81,14 @@ impl_element!(bf16, BF16, |v| v.to_f64(), bf16::from_f64);
 impl_element!(f16, F16, |v| v.to_f64(), f16::from_f64);
 impl_element!(i64, I64, |v| v as f64, |v| v as i64);
 
+/// The element traits, imported anonymously into the bodies of [`with_float_type!`] and
+/// [`with_element_type!`] so `T::zero()`, `T::from_f64(…)` and friends resolve there.
+#[doc(hidden)]
+pub mod traits_in_scope {
+    pub use super::Element as _;
+    pub use num_traits::{Float as _, One as _, Zero as _};
+}
+
 /// Runs `$body` with `$T` bound to the Rust float type of `$dtype` (`f32` or `f64`);
 /// any other dtype gives an [`UnsupportedDType`](crate::TensorError::UnsupportedDType) error.
 #[macro_export]
@@ -89,10 +97,14 @@ macro_rules! with_float_type {
     ($dtype:expr, $op:expr, $T:ident => $body:expr) => {
         match $dtype {
             $crate::DType::F32 => {
+                #[allow(unused_imports)]
+                use $crate::dtype::traits_in_scope::*;
                 type $T = f32;
                 $body
             }
             $crate::DType::F64 => {
+                #[allow(unused_imports)]
+                use $crate::dtype::traits_in_scope::*;
                 type $T = f64;
                 $body
             }

@@ -19,6 +19,7 @@ pub use device::Device;
 pub use dtype::{DType, Element, FloatElement};
 pub use error::{Result, TensorError};
 pub use layout::Layout;
+pub use ops::attention::AttentionGrads;
 pub use ops::binary::BinaryOp;
 pub use ops::create::{seeded_rng, SeededRng};
 pub use ops::norm::{LayerNormGrads, LayerNormStats};

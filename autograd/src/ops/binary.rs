@@ -22,8 +22,8 @@ fn selection_grads(
 impl Var {
     /// y = op(a, b) with broadcasting.
     pub fn binary(&self, op: BinaryOp, other: &Var) -> Result<Var> {
-        let value = self.value().binary(op, other.value())?;
-        let (a, b) = (self.value().clone(), other.value().clone());
+        let value = self.value().binary(op, &other.value())?;
+        let (a, b) = (self.value(), other.value());
         Ok(Var::from_op("binary", value, &[self, other], move |g| {
             let (ga, gb) = match op {
                 BinaryOp::Add => (g.clone(), g.clone()),

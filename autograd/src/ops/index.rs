@@ -21,7 +21,7 @@ impl Var {
     }
 
     pub fn index_add(&self, dim: usize, index: &Tensor, source: &Var) -> Result<Var> {
-        let value = self.value().index_add(dim, index, source.value())?;
+        let value = self.value().index_add(dim, index, &source.value())?;
         let index = index.clone();
         Ok(Var::from_op(
             "index_add",
@@ -40,7 +40,7 @@ impl Var {
     }
 
     pub fn scatter_add(&self, dim: usize, index: &Tensor, source: &Var) -> Result<Var> {
-        let value = self.value().scatter_add(dim, index, source.value())?;
+        let value = self.value().scatter_add(dim, index, &source.value())?;
         let index = index.clone();
         Ok(Var::from_op(
             "scatter_add",
@@ -62,7 +62,7 @@ impl Var {
 
     /// `condition != 0 ? on_true : on_false`, broadcasting all three.
     pub fn where_cond(condition: &Tensor, on_true: &Var, on_false: &Var) -> Result<Var> {
-        let value = Tensor::where_cond(condition, on_true.value(), on_false.value())?;
+        let value = Tensor::where_cond(condition, &on_true.value(), &on_false.value())?;
         let condition = condition.clone();
         let (true_shape, false_shape) = (on_true.shape().to_vec(), on_false.shape().to_vec());
         Ok(Var::from_op(

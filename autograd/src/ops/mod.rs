@@ -3,6 +3,7 @@
 //! only what the rule needs. Every rule is checked against finite differences in
 //! `tests/gradcheck.rs`.
 
+pub mod attention;
 pub mod binary;
 pub mod index;
 pub mod matmul;

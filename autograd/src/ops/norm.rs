@@ -7,13 +7,8 @@ use ditmoe_tensor::Result;
 impl Var {
     /// (x − mean)/√(var + eps) · weight + bias over the last dimension; weight and bias optional.
     pub fn layer_norm(&self, weight: Option<&Var>, bias: Option<&Var>, eps: f64) -> Result<Var> {
-        let (y, stats) = self.value().layer_norm_with_stats(
-            weight.map(Var::value),
-            bias.map(Var::value),
-            eps,
-        )?;
-        let x = self.value().clone();
-        let w = weight.map(|w| w.value().clone());
+        let (x, w, b) = (self.value(), weight.map(Var::value), bias.map(Var::value));
+        let (y, stats) = x.layer_norm_with_stats(w.as_ref(), b.as_ref(), eps)?;
         let has_bias = bias.is_some();
         let mut parents = vec![self];
         parents.extend(weight);

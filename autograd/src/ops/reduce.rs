@@ -21,7 +21,7 @@ impl Var {
     /// Reduces `dims` (empty = all) with `op`.
     pub fn reduce(&self, op: ReduceOp, dims: &[usize], keepdim: bool) -> Result<Var> {
         let value = self.value().reduce(op, dims, keepdim)?;
-        let x = self.value().clone();
+        let x = self.value();
         let kept = kept_shape(x.shape(), dims);
         let count = (x.numel() / kept.iter().product::<usize>().max(1)) as f64;
         let dims = dims.to_vec();

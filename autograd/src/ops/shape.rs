@@ -6,8 +6,8 @@ use ditmoe_tensor::{Result, Tensor, TensorError};
 
 impl Var {
     pub fn concat(vars: &[&Var], dim: usize) -> Result<Var> {
-        let values: Vec<&Tensor> = vars.iter().map(|v| v.value()).collect();
-        let value = Tensor::concat(&values, dim)?;
+        let values: Vec<Tensor> = vars.iter().map(|v| v.value()).collect();
+        let value = Tensor::concat(&values.iter().collect::<Vec<_>>(), dim)?;
         let sizes: Vec<usize> = vars.iter().map(|v| v.shape()[dim]).collect();
         Ok(Var::from_op("concat", value, vars, move |g| {
             Ok(g.split(&sizes, dim)?.into_iter().map(Some).collect())

@@ -7,7 +7,7 @@ impl Var {
     /// y = op(x) elementwise; saves x.
     pub fn unary(&self, op: UnaryOp) -> Result<Var> {
         let value = self.value().unary(op)?;
-        let x = self.value().clone();
+        let x = self.value();
         Ok(Var::from_op("unary", value, &[self], move |g| {
             Ok(vec![Some(x.unary_backward(op, g)?)])
         }))

@@ -1,6 +1,7 @@
 //! CPU kernels, one family per module. Each adds methods to [`Tensor`](crate::Tensor) and is
 //! tested against a naive loop implementation on random, strided and broadcast inputs.
 
+pub mod attention;
 pub mod binary;
 pub mod create;
 pub mod index;
