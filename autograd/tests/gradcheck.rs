@@ -135,6 +135,14 @@ proptest! {
     }
 
     #[test]
+    fn grouped_matmul(sizes in prop::collection::vec(0usize..4, 1..4), d_in in 1usize..4, d_out in 1usize..4, seed in any::<u64>()) {
+        let rows: usize = sizes.iter().sum();
+        let mut inputs = vec![normal(&[rows, d_in], seed)];
+        inputs.extend((0..sizes.len()).map(|g| normal(&[d_out, d_in], seed ^ (g as u64 + 1))));
+        assert_grads(|v| Var::grouped_matmul(&v[0], &sizes, &v[1..].iter().collect::<Vec<_>>()), &inputs);
+    }
+
+    #[test]
     fn views(shape in shape(3), seed in any::<u64>()) {
         let x = normal(&shape, seed);
         let numel: usize = shape.iter().product();

@@ -1,7 +1,20 @@
 //! # ditmoe-nn
 //!
-//! Will own the module system with PyTorch-compatible parameter names, the layers of DiT,
-//! attention, the token-choice / expert-choice / expert-race MoE layers, the DiT model family and
-//! safetensors checkpoints (issue #3). It builds on [`ditmoe_autograd`], re-exported here.
+//! The model layer of ditmoe: a small module system whose parameter names match the PyTorch
+//! reference state dicts ([`module`]), DiT's layers ([`layers`]), Mixture-of-Experts FFNs with
+//! three routings ([`moe`]), the DiT model ([`dit`]) with its configuration ([`config`]),
+//! presets ([`presets`]), parameter/compute accounting ([`accounting`]) and safetensors
+//! checkpoints ([`checkpoint`]). Start reading at [`module`], then [`dit`].
 
+pub mod checkpoint;
+pub mod config;
+pub mod dit;
+pub mod init;
+pub mod layers;
+pub mod module;
+pub mod moe;
+
+pub use config::{DitConfig, FfnKind, MoePlacement};
+pub use dit::{Dit, DitOutput, ForwardOptions};
 pub use ditmoe_autograd as autograd;
+pub use module::{Module, TensorKind, Visitor};

@@ -5,6 +5,7 @@
 
 pub mod attention;
 pub mod binary;
+pub mod grouped;
 pub mod index;
 pub mod matmul;
 pub mod norm;

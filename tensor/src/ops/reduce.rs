@@ -3,7 +3,7 @@
 //! Every reduction first moves the reduced dimensions to the end, so each output element is the
 //! reduction of one contiguous row.
 
-use crate::dtype::{Element, FloatElement};
+use crate::dtype::FloatElement;
 use crate::error::{Result, TensorError};
 use crate::layout::Layout;
 use crate::parallel::{for_each_chunk_mut, rows_per_chunk};

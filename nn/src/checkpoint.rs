@@ -1,0 +1,235 @@
+//! Checkpoints in the safetensors format (Hugging Face): an 8-byte header length, a JSON header
+//! mapping each name to dtype, shape and byte offsets, then the raw little-endian data. Names
+//! are PyTorch's, so a DiT / DiT-MoE state dict saved with `safetensors.torch.save_file` loads
+//! here and ours loads there. The model config rides along as JSON in the metadata (`config`).
+//!
+//! Files are read through a memory map (`memmap2`): tensors are converted straight from the
+//! mapped bytes. Files are written to a temporary sibling and renamed into place, so an
+//! interrupted save never leaves a half-written checkpoint under the real name.
+
+use crate::config::DitConfig;
+use crate::dit::Dit;
+use crate::module::Module;
+use ditmoe_tensor::{DType, Tensor};
+use half::{bf16, f16};
+use safetensors::tensor::{Dtype as StDtype, TensorView};
+use safetensors::SafeTensors;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+/// Why a checkpoint could not be read or written. Every variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not a valid safetensors file ({reason})")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("{path}: tensor `{name}` has dtype {found}, which ditmoe cannot hold (expected F32, F64, BF16, F16 or I64)")]
+    UnsupportedDType {
+        path: PathBuf,
+        name: String,
+        found: String,
+    },
+    #[error("{path}: no model config in the metadata (expected a `config` entry holding JSON)")]
+    MissingConfig { path: PathBuf },
+    #[error("{path}: bad model config: {reason}")]
+    BadConfig { path: PathBuf, reason: String },
+    #[error("{path}: {reason}")]
+    Mismatch { path: PathBuf, reason: String },
+}
+
+type Result<T> = std::result::Result<T, CheckpointError>;
+
+/// The tensors of a safetensors file, by name, with the file's metadata.
+pub struct TensorFile {
+    pub tensors: BTreeMap<String, Tensor>,
+    pub metadata: HashMap<String, String>,
+}
+
+fn corrupt(path: &Path, reason: impl ToString) -> CheckpointError {
+    CheckpointError::Corrupt {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+fn to_tensor(path: &Path, name: &str, view: &TensorView) -> Result<Tensor> {
+    let bytes = view.data();
+    let shape = view.shape();
+    fn decode<T: ditmoe_tensor::Element, const N: usize>(
+        bytes: &[u8],
+        shape: &[usize],
+        from: fn([u8; N]) -> T,
+    ) -> Tensor {
+        let values = bytes
+            .chunks_exact(N)
+            .map(|c| from(c.try_into().unwrap()))
+            .collect();
+        Tensor::from_vec(values, shape).expect("safetensors checked the byte count")
+    }
+    Ok(match view.dtype() {
+        StDtype::F32 => decode::<f32, 4>(bytes, shape, f32::from_le_bytes),
+        StDtype::F64 => decode::<f64, 8>(bytes, shape, f64::from_le_bytes),
+        StDtype::I64 => decode::<i64, 8>(bytes, shape, i64::from_le_bytes),
+        StDtype::BF16 => decode::<bf16, 2>(bytes, shape, bf16::from_le_bytes),
+        StDtype::F16 => decode::<f16, 2>(bytes, shape, f16::from_le_bytes),
+        other => {
+            return Err(CheckpointError::UnsupportedDType {
+                path: path.to_path_buf(),
+                name: name.to_string(),
+                found: format!("{other:?}"),
+            })
+        }
+    })
+}
+
+/// Reads every tensor of a safetensors file.
+pub fn read_tensors(path: impl AsRef<Path>) -> Result<TensorFile> {
+    let path = path.as_ref();
+    let io = |source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    // SAFETY: the map is read-only and dropped before this function returns; a file changed
+    // underneath it by another process could only give wrong numbers, not memory unsafety
+    // beyond what reading a file gives.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+    let (_, header) = SafeTensors::read_metadata(&map).map_err(|e| corrupt(path, e))?;
+    let st = SafeTensors::deserialize(&map).map_err(|e| corrupt(path, e))?;
+    let mut tensors = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        tensors.insert(name.clone(), to_tensor(path, &name, &view)?);
+    }
+    Ok(TensorFile {
+        tensors,
+        metadata: header.metadata().clone().unwrap_or_default(),
+    })
+}
+
+fn st_dtype(dtype: DType) -> StDtype {
+    match dtype {
+        DType::F32 => StDtype::F32,
+        DType::F64 => StDtype::F64,
+        DType::BF16 => StDtype::BF16,
+        DType::F16 => StDtype::F16,
+        DType::I64 => StDtype::I64,
+    }
+}
+
+fn le_bytes(t: &Tensor) -> Vec<u8> {
+    let t = t.contiguous();
+    match t.dtype() {
+        DType::F32 => t
+            .values::<f32>()
+            .unwrap()
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::F64 => t
+            .values::<f64>()
+            .unwrap()
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::BF16 => t
+            .values::<bf16>()
+            .unwrap()
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::F16 => t
+            .values::<f16>()
+            .unwrap()
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::I64 => t
+            .values::<i64>()
+            .unwrap()
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+    }
+}
+
+/// Writes `tensors` (and `metadata`) to `path` atomically: a temporary file in the same folder,
+/// flushed, then renamed over `path`.
+pub fn write_tensors(
+    path: impl AsRef<Path>,
+    tensors: &BTreeMap<String, Tensor>,
+    metadata: HashMap<String, String>,
+) -> Result<()> {
+    let path = path.as_ref();
+    let io = |source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let bytes: Vec<(String, Vec<u8>, &Tensor)> = tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), le_bytes(t), t))
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(n, b, t)| {
+            TensorView::new(st_dtype(t.dtype()), t.shape().to_vec(), b).map(|v| (n.clone(), v))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| corrupt(path, e))?;
+    let data = safetensors::serialize(views, Some(metadata)).map_err(|e| corrupt(path, e))?;
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(format!(".tmp-{}", std::process::id()));
+    let temporary = PathBuf::from(temporary);
+    let written = (|| {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(&data)?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    written.map_err(io)
+}
+
+/// Saves a model's state dict with its config in the metadata.
+pub fn save_model(model: &Dit, path: impl AsRef<Path>) -> Result<()> {
+    let metadata = HashMap::from([
+        ("config".to_string(), model.config.to_json()),
+        ("format".to_string(), "pt".to_string()),
+    ]);
+    write_tensors(path, &model.state_dict(), metadata)
+}
+
+/// Builds the model its metadata describes and loads every tensor into it. Fails, naming the
+/// tensor, on a missing or unexpected tensor, a shape or a dtype mismatch.
+pub fn load_model(path: impl AsRef<Path>) -> Result<Dit> {
+    let path = path.as_ref();
+    let file = read_tensors(path)?;
+    let config_json =
+        file.metadata
+            .get("config")
+            .ok_or_else(|| CheckpointError::MissingConfig {
+                path: path.to_path_buf(),
+            })?;
+    let config =
+        DitConfig::from_json(config_json).map_err(|reason| CheckpointError::BadConfig {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+    let model = Dit::new(config, 0).map_err(|e| CheckpointError::BadConfig {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    model
+        .load_state_dict(&file.tensors)
+        .map_err(|e| CheckpointError::Mismatch {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    Ok(model)
+}

@@ -1,0 +1,146 @@
+//! Configuration of a Mixture-of-Experts FFN: the experts and the routing strategy.
+
+use serde::{Deserialize, Serialize};
+
+/// The expert network, the same for every routing so an ablation compares routings only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpertKind {
+    /// down(SiLU(gate(x)) ⊙ up(x)), no biases (DiT-MoE).
+    #[default]
+    SwiGlu,
+    /// fc2(GELU(fc1(x))) with biases (EC-DiT, dense DiT).
+    GeluMlp,
+}
+
+/// Which tokens an expert-choice expert chooses among.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RoutingGroup {
+    /// The tokens of one image (no information crosses images).
+    #[default]
+    PerImage,
+    /// All tokens of the batch (as EC-DiT's large groups; selection then depends on the other
+    /// images of the batch, a leak at sampling time worth knowing about).
+    Batch,
+}
+
+/// How Expert Race turns router logits into gate values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RaceGate {
+    /// Softmax over experts, like the other routings (isolates the selection rule).
+    #[default]
+    Softmax,
+    /// Raw logits (what Race-DiT found best).
+    Identity,
+    Sigmoid,
+}
+
+/// The routing strategy and its knobs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RoutingConfig {
+    /// DiT-MoE (Fei et al., 2024): each token takes the top-k experts of a softmax router.
+    TokenChoice {
+        top_k: usize,
+        /// Renormalise the k weights to sum to 1 (DiT-MoE does not).
+        #[serde(default)]
+        renormalize: bool,
+        /// Coefficient α of the expert-level balance loss (0 disables it).
+        #[serde(default = "default_alpha")]
+        balance_loss_alpha: f64,
+    },
+    /// Expert Choice (Zhou et al., 2022; EC-DiT, Sun et al., 2024): each expert takes its top-C
+    /// tokens, C = S·f_c/E for a group of S tokens.
+    ExpertChoice {
+        capacity_factor: f64,
+        #[serde(default)]
+        group: RoutingGroup,
+    },
+    /// Expert Race (Race-DiT, Yuan et al., 2025): the top K = N·k (token, expert) pairs of the
+    /// whole batch's score grid.
+    ExpertRace {
+        top_k: usize,
+        #[serde(default)]
+        gate: RaceGate,
+    },
+}
+
+fn default_alpha() -> f64 {
+    0.01
+}
+
+/// A Mixture-of-Experts FFN.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MoeConfig {
+    pub num_experts: usize,
+    /// Hidden width of each routed expert.
+    pub expert_hidden: usize,
+    #[serde(default)]
+    pub expert_kind: ExpertKind,
+    /// Hidden width of the always-on shared expert (DiT-MoE: 2·D), or none.
+    #[serde(default)]
+    pub shared_expert_hidden: Option<usize>,
+    pub routing: RoutingConfig,
+}
+
+impl MoeConfig {
+    /// Checks the knobs against each other; the message names the bad value.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.num_experts == 0 || self.expert_hidden == 0 {
+            return Err(format!(
+                "MoE needs at least one expert of non-zero width, found {} experts of width {}",
+                self.num_experts, self.expert_hidden
+            ));
+        }
+        match self.routing {
+            RoutingConfig::TokenChoice {
+                top_k,
+                balance_loss_alpha,
+                ..
+            } => {
+                if top_k == 0 || top_k > self.num_experts {
+                    return Err(format!(
+                        "token choice: expected 1 <= top_k <= {} experts, found top_k = {top_k}",
+                        self.num_experts
+                    ));
+                }
+                if balance_loss_alpha < 0.0 {
+                    return Err(format!("token choice: expected balance_loss_alpha >= 0, found {balance_loss_alpha}"));
+                }
+            }
+            RoutingConfig::ExpertChoice {
+                capacity_factor, ..
+            } => {
+                if capacity_factor <= 0.0 || !capacity_factor.is_finite() {
+                    return Err(format!(
+                        "expert choice: expected a capacity factor > 0, found {capacity_factor}"
+                    ));
+                }
+            }
+            RoutingConfig::ExpertRace { top_k, .. } => {
+                if top_k == 0 || top_k > self.num_experts {
+                    return Err(format!(
+                        "expert race: expected 1 <= top_k <= {} experts, found top_k = {top_k}",
+                        self.num_experts
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Average number of routed experts applied to each token (what compute accounting uses):
+    /// k for token choice and race, the capacity factor for expert choice.
+    pub fn experts_per_token(&self) -> f64 {
+        match self.routing {
+            RoutingConfig::TokenChoice { top_k, .. } | RoutingConfig::ExpertRace { top_k, .. } => {
+                top_k as f64
+            }
+            RoutingConfig::ExpertChoice {
+                capacity_factor, ..
+            } => capacity_factor.min(self.num_experts as f64),
+        }
+    }
+}
