@@ -108,8 +108,9 @@ impl Var {
         &self.0.shape
     }
 
-    /// Replaces the value of a leaf in place (an optimiser step, loading a checkpoint). The new
-    /// value must have the same shape and dtype. Graphs built earlier keep the old value.
+    /// Replaces the value of a leaf in place (an optimiser step, loading a checkpoint, casting a
+    /// model to f64). The new value must have the same shape; graphs built earlier keep the old
+    /// value, and any accumulated gradient is cleared if the dtype changes.
     pub fn set_value(&self, value: Tensor) -> Result<()> {
         if !self.is_leaf() {
             return Err(TensorError::invalid(
@@ -122,10 +123,13 @@ impl Var {
         }
         value.check_shape("set_value", self.shape())?;
         let mut slot = self.0.value.write().unwrap();
-        value.check_dtype("set_value", slot.dtype())?;
+        if slot.dtype() != value.dtype() {
+            self.zero_grad();
+        }
         *slot = value;
         Ok(())
     }
+
     pub fn requires_grad(&self) -> bool {
         *self.0.requires_grad.lock().unwrap()
     }

@@ -6,6 +6,7 @@
 //! presets ([`presets`]), parameter/compute accounting ([`accounting`]) and safetensors
 //! checkpoints ([`checkpoint`]). Start reading at [`module`], then [`dit`].
 
+pub mod accounting;
 pub mod checkpoint;
 pub mod config;
 pub mod dit;
@@ -13,6 +14,7 @@ pub mod init;
 pub mod layers;
 pub mod module;
 pub mod moe;
+pub mod presets;
 
 pub use config::{DitConfig, FfnKind, MoePlacement};
 pub use dit::{Dit, DitOutput, ForwardOptions};

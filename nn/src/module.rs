@@ -102,6 +102,14 @@ pub trait Module {
         Ok(changed)
     }
 
+    /// Converts every tensor (parameters and buffers) to `dtype`, e.g. f64 for gradient checks.
+    fn cast(&self, dtype: ditmoe_tensor::DType) -> Result<()> {
+        for (_, var, _) in self.named_tensors() {
+            var.set_value(var.value().to_dtype(dtype)?)?;
+        }
+        Ok(())
+    }
+
     /// name → value of every tensor, parameters and buffers.
     fn state_dict(&self) -> BTreeMap<String, Tensor> {
         self.named_tensors()

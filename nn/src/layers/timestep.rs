@@ -47,7 +47,8 @@ impl TimestepEmbedder {
     }
 
     pub fn forward(&self, t: &Tensor) -> Result<Var> {
-        let freq = Var::constant(timestep_frequencies(t, FREQUENCY_DIM)?);
+        let dtype = self.mlp0.weight.value().dtype();
+        let freq = Var::constant(timestep_frequencies(t, FREQUENCY_DIM)?.to_dtype(dtype)?);
         self.mlp2.forward(&self.mlp0.forward(&freq)?.silu()?)
     }
 }
