@@ -1,0 +1,56 @@
+//! Helpers shared by the nn tests.
+
+#![allow(dead_code)]
+
+use ditmoe_autograd::{GradCheck, Var};
+use ditmoe_nn::init;
+use ditmoe_nn::Module;
+use ditmoe_tensor::{seeded_rng, DType, Result, Tensor};
+
+/// A random f64 tensor N(0, 1).
+pub fn normal(shape: &[usize], seed: u64) -> Tensor {
+    Tensor::randn(shape, 0.0, 1.0, DType::F64, &mut seeded_rng(seed)).unwrap()
+}
+
+/// Casts `module` to f64 and redraws every parameter from N(0, std²), so zero-initialised
+/// paths (adaLN-Zero, the final layer) carry gradient too.
+pub fn randomized_f64(module: &dyn Module, std: f64, seed: u64) {
+    module.cast(DType::F64).unwrap();
+    let rng = &mut seeded_rng(seed);
+    for (_, var) in module.named_parameters() {
+        var.set_value(
+            init::normal(var.shape(), std, rng)
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap(),
+        )
+        .unwrap();
+    }
+}
+
+/// Finite-difference check of `f` with respect to `inputs` and every parameter of `module`;
+/// a failure names the parameter.
+pub fn check_module(module: &dyn Module, inputs: &[Var], f: impl Fn() -> Result<Var>) {
+    let params = module.named_parameters();
+    let mut names: Vec<String> = (0..inputs.len()).map(|i| format!("input {i}")).collect();
+    names.extend(params.iter().map(|(n, _)| n.clone()));
+    let mut leaves = inputs.to_vec();
+    leaves.extend(params.into_iter().map(|(_, v)| v));
+    if let Err(failure) = GradCheck::default().check_leaves(f, &leaves) {
+        let which = match &failure {
+            ditmoe_autograd::GradCheckFailure::Mismatch { input, .. } => names[*input].clone(),
+            _ => String::new(),
+        };
+        panic!("{which}: {failure}");
+    }
+}
+
+/// ‖a − b‖∞.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.shape(), b.shape());
+    a.to_vec_f64()
+        .iter()
+        .zip(b.to_vec_f64())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}

@@ -1,0 +1,284 @@
+//! The MoE layer: routing invariants, equality with a naive per-token loop, the one-expert
+//! reduction to a dense SwiGLU, and gradient checks with the routing held fixed.
+
+mod common;
+
+use common::{check_module, max_abs_diff, normal, randomized_f64};
+use ditmoe_autograd::Var;
+use ditmoe_nn::moe::routing::{expert_choice, expert_race, token_choice};
+use ditmoe_nn::moe::*;
+use ditmoe_nn::Module;
+use ditmoe_tensor::{seeded_rng, DType, Tensor};
+use proptest::prelude::*;
+use std::collections::HashSet;
+
+fn layer(routing: RoutingConfig, kind: ExpertKind, shared: Option<usize>) -> MoeLayer {
+    let config = MoeConfig {
+        num_experts: 4,
+        expert_hidden: 6,
+        expert_kind: kind,
+        shared_expert_hidden: shared,
+        routing,
+    };
+    let moe = MoeLayer::new(5, config, &mut seeded_rng(3)).unwrap();
+    randomized_f64(&moe, 0.5, 4);
+    moe
+}
+
+fn routings() -> Vec<(RoutingConfig, ExpertKind, Option<usize>)> {
+    vec![
+        (
+            RoutingConfig::TokenChoice {
+                top_k: 2,
+                renormalize: false,
+                balance_loss_alpha: 0.01,
+            },
+            ExpertKind::SwiGlu,
+            Some(3),
+        ),
+        (
+            RoutingConfig::TokenChoice {
+                top_k: 2,
+                renormalize: true,
+                balance_loss_alpha: 0.0,
+            },
+            ExpertKind::GeluMlp,
+            None,
+        ),
+        (
+            RoutingConfig::ExpertChoice {
+                capacity_factor: 2.0,
+                group: RoutingGroup::PerImage,
+            },
+            ExpertKind::SwiGlu,
+            None,
+        ),
+        (
+            RoutingConfig::ExpertChoice {
+                capacity_factor: 1.0,
+                group: RoutingGroup::Batch,
+            },
+            ExpertKind::GeluMlp,
+            Some(3),
+        ),
+        (
+            RoutingConfig::ExpertRace {
+                top_k: 2,
+                gate: RaceGate::Identity,
+            },
+            ExpertKind::SwiGlu,
+            None,
+        ),
+        (
+            RoutingConfig::ExpertRace {
+                top_k: 1,
+                gate: RaceGate::Sigmoid,
+            },
+            ExpertKind::SwiGlu,
+            None,
+        ),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn routing_invariants(images in 1usize..4, tokens in 1usize..9, experts in 1usize..7, k_seed in any::<usize>(), cf in 0.1f64..4.0, seed in any::<u64>()) {
+        let n = images * tokens;
+        let scores = Tensor::rand_uniform(&[n, experts], 0.0, 1.0, DType::F32, &mut seeded_rng(seed)).unwrap();
+        let k = 1 + k_seed % experts;
+        let distinct = |p: &[usize]| p.iter().collect::<HashSet<_>>().len() == p.len();
+
+        let tc = token_choice(&scores, k).unwrap();
+        prop_assert!(tc.token_counts().iter().all(|&c| c == k), "token choice: every token exactly k experts");
+        prop_assert!(distinct(&tc.positions));
+
+        for group in [RoutingGroup::PerImage, RoutingGroup::Batch] {
+            let ec = expert_choice(&scores, cf, group, images).unwrap();
+            let group_tokens = if group == RoutingGroup::PerImage { tokens } else { n };
+            let groups = n / group_tokens;
+            let c = capacity(group_tokens, cf, experts);
+            prop_assert!(ec.expert_counts().iter().all(|&count| count == groups * c), "expert choice: every expert exactly C tokens per group");
+            prop_assert!(distinct(&ec.positions));
+            // Each expert's tokens of a group come from that group.
+            for slot in 0..ec.len() {
+                let g = slot / (experts * c);
+                prop_assert_eq!(ec.token(slot) / group_tokens, g);
+            }
+        }
+
+        let race = expert_race(&scores, k).unwrap();
+        prop_assert_eq!(race.len(), n * k, "expert race: exactly N·k pairs");
+        prop_assert!(distinct(&race.positions));
+        // No unchosen pair scores higher than a chosen one.
+        let values = scores.to_vec_f64();
+        let worst_chosen = race.positions.iter().map(|&p| values[p]).fold(f64::MAX, f64::min);
+        let chosen: HashSet<_> = race.positions.iter().collect();
+        prop_assert!(values.iter().enumerate().all(|(p, &v)| chosen.contains(&p) || v <= worst_chosen));
+    }
+}
+
+#[test]
+fn moe_output_equals_a_naive_per_token_loop() {
+    for (routing, kind, shared) in routings() {
+        let moe = layer(routing, kind, shared);
+        let x = Var::constant(normal(&[2, 5, 5], 9));
+        let out = moe.forward(&x, true).unwrap();
+        let record = out.record.unwrap();
+        let scores = record.scores.to_vec_f64();
+        let tokens = x.value().reshape(&[10, 5]).unwrap();
+        let decision = &record.decision;
+        let mut expected = vec![0.0; 10 * 5];
+        for t in 0..10 {
+            let token = Var::constant(tokens.narrow(0, t, 1).unwrap());
+            let slots: Vec<usize> = (0..decision.len())
+                .filter(|&s| decision.token(s) == t)
+                .collect();
+            let norm: f64 = match routing {
+                RoutingConfig::TokenChoice {
+                    renormalize: true, ..
+                } => slots.iter().map(|&s| scores[decision.positions[s]]).sum(),
+                _ => 1.0,
+            };
+            let mut y = vec![0.0; 5];
+            for &s in &slots {
+                let weight = scores[decision.positions[s]] / norm;
+                let e = moe.experts[decision.expert(s)]
+                    .forward(&token)
+                    .unwrap()
+                    .value()
+                    .to_vec_f64();
+                y.iter_mut().zip(e).for_each(|(y, e)| *y += weight * e);
+            }
+            if let Some(shared) = &moe.shared {
+                let e = shared.forward(&token).unwrap().value().to_vec_f64();
+                y.iter_mut().zip(e).for_each(|(y, e)| *y += e);
+            }
+            expected[t * 5..(t + 1) * 5].copy_from_slice(&y);
+        }
+        let expected = Tensor::from_vec(expected, &[2, 5, 5]).unwrap();
+        assert!(
+            max_abs_diff(&out.y.value(), &expected) < 1e-12,
+            "{routing:?}"
+        );
+    }
+}
+
+#[test]
+fn one_expert_top1_equals_the_dense_swiglu() {
+    let routing = RoutingConfig::TokenChoice {
+        top_k: 1,
+        renormalize: false,
+        balance_loss_alpha: 0.0,
+    };
+    let config = MoeConfig {
+        num_experts: 1,
+        expert_hidden: 6,
+        expert_kind: ExpertKind::SwiGlu,
+        shared_expert_hidden: None,
+        routing,
+    };
+    let moe = MoeLayer::new(5, config, &mut seeded_rng(1)).unwrap();
+    let x = Var::constant(normal(&[3, 4, 5], 2).to_dtype(DType::F32).unwrap());
+    let dense = moe.experts[0].forward(&x).unwrap();
+    assert!(max_abs_diff(&moe.forward(&x, false).unwrap().y.value(), &dense.value()) < 1e-6);
+}
+
+#[test]
+fn gradients_with_the_routing_held_fixed() {
+    for (routing, kind, shared) in routings() {
+        let moe = layer(routing, kind, shared);
+        let x = Var::parameter(normal(&[2, 3, 5], 5));
+        let scores = moe.scores(&x.reshape(&[6, 5]).unwrap()).unwrap().value();
+        let decision = moe.route(&scores, 2).unwrap();
+        check_module(&moe, std::slice::from_ref(&x), || {
+            let out = moe.forward_with_decision(&x, &decision, false)?;
+            // Fold the balance loss in so its gradient is checked too.
+            match out.aux_loss {
+                Some(aux) => out.y.add(&aux),
+                None => Ok(out.y),
+            }
+        });
+    }
+}
+
+#[test]
+fn routing_records_report_load_and_drops() {
+    let moe = layer(
+        RoutingConfig::ExpertChoice {
+            capacity_factor: 1.0,
+            group: RoutingGroup::PerImage,
+        },
+        ExpertKind::SwiGlu,
+        None,
+    );
+    let out = moe
+        .forward(&Var::constant(normal(&[2, 8, 5], 1)), true)
+        .unwrap();
+    let record = out.record.unwrap();
+    assert_eq!(
+        record.expert_load(),
+        vec![0.25; 4],
+        "expert choice balances load by construction"
+    );
+    let histogram = record.experts_per_token_histogram();
+    assert_eq!(histogram.iter().sum::<usize>(), 16);
+    assert!((record.dropped_fraction() - histogram[0] as f64 / 16.0).abs() < 1e-12);
+    assert!(out.aux_loss.is_none());
+    assert!(moe
+        .forward(&Var::constant(normal(&[2, 8, 5], 1)), false)
+        .unwrap()
+        .record
+        .is_none());
+}
+
+#[test]
+fn names_match_ditmoe() {
+    let moe = layer(
+        RoutingConfig::TokenChoice {
+            top_k: 2,
+            renormalize: false,
+            balance_loss_alpha: 0.01,
+        },
+        ExpertKind::SwiGlu,
+        Some(3),
+    );
+    let names: Vec<String> = moe.named_parameters().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names[0], "gate.weight");
+    assert!(names.contains(&"experts.3.up_proj.weight".to_string()));
+    assert!(names.contains(&"shared_experts.down_proj.weight".to_string()));
+    assert_eq!(names.len(), 1 + 4 * 3 + 3);
+}
+
+#[test]
+fn bad_configs_are_refused() {
+    let config = MoeConfig {
+        num_experts: 4,
+        expert_hidden: 6,
+        expert_kind: ExpertKind::SwiGlu,
+        shared_expert_hidden: None,
+        routing: RoutingConfig::TokenChoice {
+            top_k: 5,
+            renormalize: false,
+            balance_loss_alpha: 0.0,
+        },
+    };
+    let err = MoeLayer::new(5, config, &mut seeded_rng(1))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("top_k = 5"), "{err}");
+    let config = MoeConfig {
+        routing: RoutingConfig::ExpertChoice {
+            capacity_factor: 0.0,
+            group: RoutingGroup::PerImage,
+        },
+        ..config
+    };
+    assert!(MoeLayer::new(5, config, &mut seeded_rng(1))
+        .err()
+        .unwrap()
+        .to_string()
+        .contains("capacity factor > 0"));
+}
