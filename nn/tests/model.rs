@@ -1,0 +1,220 @@
+//! The DiT model: accounting against allocated weights, classifier-free guidance, freezing,
+//! input validation.
+
+mod common;
+
+use common::max_abs_diff;
+use ditmoe_autograd::Var;
+use ditmoe_nn::accounting::model_cost;
+use ditmoe_nn::moe::{ExpertKind, MoeConfig, RaceGate, RoutingConfig, RoutingGroup};
+use ditmoe_nn::presets::preset;
+use ditmoe_nn::{Dit, DitConfig, ForwardOptions, Module, MoePlacement};
+use ditmoe_tensor::{seeded_rng, DType, Tensor};
+
+fn small() -> DitConfig {
+    DitConfig::dense(8, 2, 3, 16, 4, 2, 5)
+}
+
+fn variants() -> Vec<DitConfig> {
+    let base = small();
+    let moe = |routing, kind, shared| MoeConfig {
+        num_experts: 4,
+        expert_hidden: 24,
+        expert_kind: kind,
+        shared_expert_hidden: shared,
+        routing,
+    };
+    vec![
+        base.clone(),
+        base.clone()
+            .with_moe(base.ditmoe_ffn(4, 2), MoePlacement::EveryBlock),
+        base.clone().with_moe(
+            moe(
+                RoutingConfig::ExpertChoice {
+                    capacity_factor: 2.0,
+                    group: RoutingGroup::PerImage,
+                },
+                ExpertKind::GeluMlp,
+                None,
+            ),
+            MoePlacement::EveryOther,
+        ),
+        base.clone().with_moe(
+            moe(
+                RoutingConfig::ExpertRace {
+                    top_k: 2,
+                    gate: RaceGate::Softmax,
+                },
+                ExpertKind::SwiGlu,
+                Some(8),
+            ),
+            MoePlacement::DeepHalf,
+        ),
+    ]
+}
+
+fn inputs(n: usize, config: &DitConfig) -> (Var, Tensor, Tensor) {
+    let rng = &mut seeded_rng(11);
+    let x = Tensor::randn(
+        &[n, config.in_channels, config.input_size, config.input_size],
+        0.0,
+        1.0,
+        DType::F32,
+        rng,
+    )
+    .unwrap();
+    let t = Tensor::from_vec((0..n).map(|i| (i * 97 % 1000) as f32).collect(), &[n]).unwrap();
+    let y = Tensor::from_vec(
+        (0..n).map(|i| (i % config.num_classes) as i64).collect(),
+        &[n],
+    )
+    .unwrap();
+    (Var::constant(x), t, y)
+}
+
+#[test]
+fn accounting_matches_the_allocated_model() {
+    for config in variants() {
+        let model = Dit::new(config.clone(), 0).unwrap();
+        let cost = model_cost(&config);
+        assert_eq!(
+            cost.params_total as usize,
+            model.parameter_count(),
+            "{:?}",
+            config.moe
+        );
+        if config.moe.is_some() {
+            assert!(cost.params_activated < cost.params_total);
+        }
+    }
+    let moe = model_cost(&preset("DiT-MoE-S/2-8E2A", 256).unwrap());
+    let dense = model_cost(&preset("DiT-S/2", 256).unwrap());
+    assert!(moe.params_total > 4 * dense.params_total && moe.gmacs > dense.gmacs);
+}
+
+#[test]
+fn every_variant_runs_forward_and_backward() {
+    for config in variants() {
+        let model = Dit::new(config.clone(), 1).unwrap();
+        model.randomize_all(0.05, 2).unwrap();
+        let (x, t, y) = inputs(2, &config);
+        let mut rng = seeded_rng(3);
+        let out = model
+            .forward(
+                &x,
+                &t,
+                &y,
+                ForwardOptions {
+                    label_dropout: Some(&mut rng),
+                    record_routing: true,
+                },
+            )
+            .unwrap();
+        assert_eq!(out.out.shape(), &[2, 6, 8, 8]);
+        assert_eq!(
+            out.routing.iter().filter(|r| r.is_some()).count(),
+            (0..4)
+                .filter(|&i| matches!(config.ffn(i), ditmoe_nn::FfnKind::Moe(_)))
+                .count()
+        );
+        let loss = out.out.powf(2.0).unwrap().mean_all().unwrap();
+        let loss = match out.aux_loss {
+            Some(aux) => loss.add(&aux).unwrap(),
+            None => loss,
+        };
+        loss.backward().unwrap();
+        for (name, var) in model.named_parameters() {
+            assert!(var.grad().is_some(), "{name} got no gradient");
+        }
+    }
+}
+
+#[test]
+fn classifier_free_guidance_interpolates_cond_and_uncond() {
+    let config = small();
+    let model = Dit::new(config.clone(), 1).unwrap();
+    model.randomize_all(0.05, 4).unwrap();
+    let (x, t, y) = inputs(3, &config);
+    let cond = model
+        .forward(&x, &t, &y, ForwardOptions::default())
+        .unwrap()
+        .out
+        .value();
+    let null = Tensor::full(&[3], 5.0, DType::I64).unwrap();
+    let uncond = model
+        .forward(&x, &t, &null, ForwardOptions::default())
+        .unwrap()
+        .out
+        .value();
+    assert!(
+        max_abs_diff(
+            &model.forward_with_cfg(&x, &t, &y, 1.0).unwrap().value(),
+            &cond
+        ) < 1e-5
+    );
+    assert!(
+        max_abs_diff(
+            &model.forward_with_cfg(&x, &t, &y, 0.0).unwrap().value(),
+            &uncond
+        ) < 1e-5
+    );
+    let guided = model.forward_with_cfg(&x, &t, &y, 4.0).unwrap().value();
+    let expected = uncond
+        .add(&cond.sub(&uncond).unwrap().mul_scalar(4.0).unwrap())
+        .unwrap();
+    assert!(max_abs_diff(&guided, &expected) < 1e-4);
+}
+
+#[test]
+fn freezing_stops_gradients() {
+    let config = small();
+    let model = Dit::new(config.clone(), 1).unwrap();
+    assert_eq!(model.set_trainable("blocks.0.", false).unwrap(), 10);
+    let (x, t, y) = inputs(1, &config);
+    model
+        .forward(&x, &t, &y, ForwardOptions::default())
+        .unwrap()
+        .out
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    for (name, var) in model.named_parameters() {
+        assert_eq!(
+            var.grad().is_none(),
+            name.starts_with("blocks.0."),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn bad_inputs_and_configs_are_reported() {
+    let model = Dit::new(small(), 1).unwrap();
+    let x = Var::constant(Tensor::zeros(&[2, 3, 6, 6], DType::F32).unwrap());
+    let t = Tensor::zeros(&[2], DType::F32).unwrap();
+    let y = Tensor::zeros(&[2], DType::I64).unwrap();
+    let err = model
+        .forward(&x, &t, &y, ForwardOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("[N, 3, 8, 8]") && err.contains("[2, 3, 6, 6]"),
+        "{err}"
+    );
+    let mut bad = small();
+    bad.num_heads = 3;
+    assert!(Dit::new(bad.clone(), 0)
+        .err()
+        .unwrap()
+        .to_string()
+        .contains("3 heads do not divide the hidden size 16"));
+    bad.num_heads = 2;
+    bad.patch_size = 3;
+    assert!(Dit::new(bad, 0)
+        .err()
+        .unwrap()
+        .to_string()
+        .contains("not divisible by the patch size 3"));
+}
