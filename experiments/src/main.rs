@@ -1,25 +1,74 @@
 //! `ditmoe`: the command line of the ditmoe stack.
-//!
-//! The commands (`train`, `sample`, `ablate`) arrive with issues #4 and #5. Until then the binary
-//! reports what this build can do and exits with an error for any command.
 
+mod commands;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+#[derive(Parser)]
+#[command(
+    name = "ditmoe",
+    version,
+    about = "DiT / DiT-MoE / EC-DiT routing ablations on a from-scratch Rust stack"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Every model preset with its parameter count (total / activated per token) and GMACs.
+    Zoo {
+        /// Image size in pixels for the latent-diffusion presets (latent = size / 8).
+        #[arg(long, default_value_t = 256)]
+        image_size: usize,
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Runs a checkpoint's forward pass on given inputs: the parity bridge to PyTorch.
+    Forward {
+        /// Model weights (safetensors, config in the metadata).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Inputs: `x` [N,C,H,W] f32, `t` [N] f32, `y` [N] i64.
+        #[arg(long)]
+        inputs: PathBuf,
+        /// Where to write `out` (and `router_probs.blocks.<i>` for MoE blocks).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Train a model (lands with issue #4).
+    Train,
+    /// Sample from a checkpoint (lands with issue #4).
+    Sample,
+    /// The routing ablation, the main job (lands with issue #5).
+    Ablate,
+}
+
 fn main() -> ExitCode {
-    let command = std::env::args().nth(1);
-    let threads = ditmoe_diffusion::nn::autograd::tensor::parallel::num_threads();
-    match command.as_deref() {
-        None | Some("--help") | Some("-h") => {
-            println!(
-                "ditmoe {} — DiT / DiT-MoE / EC-DiT routing ablations in Rust",
-                env!("CARGO_PKG_VERSION")
-            );
-            println!("CPU threads: {threads} (set DITMOE_THREADS to change)");
-            println!("commands train, sample and ablate are not implemented yet (issues #4, #5)");
-            ExitCode::SUCCESS
-        }
-        Some(other) => {
-            eprintln!("error: `ditmoe {other}` is not implemented yet: the training and ablation commands land with issues #4 and #5");
+    let result = match Cli::parse().command {
+        Command::Zoo { image_size, json } => commands::zoo(image_size, json),
+        Command::Forward {
+            checkpoint,
+            inputs,
+            out,
+        } => commands::forward(&checkpoint, &inputs, &out),
+        Command::Train | Command::Sample => Err(
+            "`ditmoe train` and `ditmoe sample` are not implemented yet: they land with issue #4"
+                .to_string(),
+        ),
+        Command::Ablate => Err(
+            "`ditmoe ablate` (the routing ablation) is not implemented yet: it lands with issue #5"
+                .to_string(),
+        ),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
             ExitCode::FAILURE
         }
     }

@@ -69,7 +69,7 @@ fn forward_one_head<T: FloatElement>(
     o: &mut [T],
     lse: &mut [T],
 ) {
-    let mut scores = vec![T::zero(); BR * BC];
+    let mut scores = [T::zero(); BC];
     for i0 in (0..tq).step_by(BR) {
         let rows = BR.min(tq - i0);
         let mut m = vec![T::neg_infinity(); rows];
@@ -80,7 +80,7 @@ fn forward_one_head<T: FloatElement>(
             let cols = BC.min(tk - j0);
             for r in 0..rows {
                 let q_row = &q[(i0 + r) * d..(i0 + r + 1) * d];
-                let s = &mut scores[r * BC..r * BC + cols];
+                let s = &mut scores[..cols];
                 for (c, s) in s.iter_mut().enumerate() {
                     *s = scale * dot(q_row, &k[(j0 + c) * d..(j0 + c + 1) * d]);
                 }
@@ -106,9 +106,25 @@ fn forward_one_head<T: FloatElement>(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// One head's inputs and saved forward results, as the backward pass reads them.
+struct HeadSlices<'a, T> {
+    q: &'a [T],
+    k: &'a [T],
+    v: &'a [T],
+    o: &'a [T],
+    lse: &'a [T],
+    d_o: &'a [T],
+}
+
 fn backward_one_head<T: FloatElement>(
-    (q, k, v, o, lse, d_o): (&[T], &[T], &[T], &[T], &[T], &[T]),
+    HeadSlices {
+        q,
+        k,
+        v,
+        o,
+        lse,
+        d_o,
+    }: HeadSlices<T>,
     (tq, tk, d): (usize, usize, usize),
     scale: T,
     dq: &mut [T],
@@ -198,7 +214,7 @@ impl Tensor {
                         .enumerate()
                         .for_each(|(g, (dq, (dk, dv)))| {
                             let (qs, ks, ls) = (g * tq * d, g * tk * d, g * tq);
-                            let inputs = (&q[qs..qs + tq * d], &kv[ks..ks + tk * d], &vv[ks..ks + tk * d], &o[qs..qs + tq * d], &lse[ls..ls + tq], &d_o[qs..qs + tq * d]);
+                            let inputs = HeadSlices { q: &q[qs..qs + tq * d], k: &kv[ks..ks + tk * d], v: &vv[ks..ks + tk * d], o: &o[qs..qs + tq * d], lse: &lse[ls..ls + tq], d_o: &d_o[qs..qs + tq * d] };
                             backward_one_head(inputs, (tq, tk, d), scale, dq, dk, dv);
                         })
                 });

@@ -1,0 +1,98 @@
+//! The `ditmoe` binary end to end: `zoo` numbers and the `forward` parity bridge on the
+//! PyTorch fixtures.
+
+use ditmoe_nn::checkpoint::read_tensors;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn ditmoe(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ditmoe"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+fn fixture(model: &str, file: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../nn/tests/fixtures")
+        .join(model)
+        .join(file)
+}
+
+#[test]
+fn zoo_json_lists_the_dit_acceptance_numbers() {
+    let out = ditmoe(&["zoo", "--json"]);
+    assert!(out.status.success());
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "DiT-XL/4")
+        .unwrap();
+    assert_eq!(row["params_total"], 675_000_704u64);
+    assert!((row["gmacs"].as_f64().unwrap() - 29.04).abs() < 0.005);
+    for row in rows.as_array().unwrap() {
+        assert!(row["params_activated"].as_u64().unwrap() <= row["params_total"].as_u64().unwrap());
+    }
+}
+
+#[test]
+fn forward_reproduces_the_reference_outputs() {
+    let dir = std::env::temp_dir().join(format!("ditmoe-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for model in ["dit-dense", "ditmoe-token-choice"] {
+        let out_path = dir.join(format!("{model}.safetensors"));
+        let out = ditmoe(&[
+            "forward",
+            "--checkpoint",
+            fixture(model, "weights.safetensors").to_str().unwrap(),
+            "--inputs",
+            fixture(model, "inputs.safetensors").to_str().unwrap(),
+            "--out",
+            out_path.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ours = read_tensors(&out_path).unwrap().tensors;
+        let reference = read_tensors(fixture(model, "eval.safetensors"))
+            .unwrap()
+            .tensors;
+        let (a, b) = (ours["out"].to_vec_f64(), reference["out"].to_vec_f64());
+        let err = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).powi(2))
+            .sum::<f64>()
+            .sqrt()
+            / b.iter().map(|y| y * y).sum::<f64>().sqrt();
+        assert!(err < 1e-5, "{model}: {err}");
+        let routers = ours
+            .keys()
+            .filter(|k| k.starts_with("router_probs.blocks."))
+            .count();
+        assert_eq!(routers, if model == "dit-dense" { 0 } else { 2 });
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn errors_name_the_problem() {
+    let out = ditmoe(&[
+        "forward",
+        "--checkpoint",
+        "/nonexistent/w.safetensors",
+        "--inputs",
+        "x",
+        "--out",
+        "y",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/w.safetensors"));
+    let out = ditmoe(&["ablate"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("issue #5"));
+}
