@@ -23,6 +23,12 @@ fn linear_mlp_and_swiglu() {
     let mlp = Mlp::new(4, 6, &mut rng()).unwrap();
     randomized_f64(&mlp, 0.5, 2);
     check_module(&mlp, std::slice::from_ref(&x), || mlp.forward(&x));
+    for affine in [false, true] {
+        let norm = LayerNorm::new(4, affine, 1e-5).unwrap();
+        randomized_f64(&norm, 0.5, 10);
+        check_module(&norm, std::slice::from_ref(&x), || norm.forward(&x));
+        assert_eq!(norm.named_parameters().len(), if affine { 2 } else { 0 });
+    }
     let swiglu = SwiGlu::new(4, 6, &mut rng()).unwrap();
     randomized_f64(&swiglu, 0.5, 3);
     check_module(&swiglu, std::slice::from_ref(&x), || swiglu.forward(&x));

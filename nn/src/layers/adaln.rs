@@ -39,7 +39,12 @@ pub fn modulate(x: &Var, shift: &Var, scale: &Var) -> Result<Var> {
         .add(&shift.unsqueeze(1)?)
 }
 
-/// LayerNorm without affine parameters, eps 1e-6, as every DiT norm.
+/// LayerNorm without affine parameters, eps 1e-6: every norm in DiT.
 pub fn norm(x: &Var) -> Result<Var> {
-    x.layer_norm(None, None, 1e-6)
+    crate::layers::LayerNorm {
+        weight: None,
+        bias: None,
+        eps: 1e-6,
+    }
+    .forward(x)
 }

@@ -5,6 +5,7 @@ pub mod attention;
 pub mod embedding;
 pub mod linear;
 pub mod mlp;
+pub mod norm;
 pub mod patch;
 pub mod timestep;
 
@@ -13,5 +14,6 @@ pub use attention::{naive_attention, Attention, AttentionKernel};
 pub use embedding::{Embedding, LabelEmbedder};
 pub use linear::Linear;
 pub use mlp::{Mlp, SwiGlu};
+pub use norm::LayerNorm;
 pub use patch::{patchify, sincos_pos_embed_2d, unpatchify, PatchEmbed};
 pub use timestep::{timestep_frequencies, TimestepEmbedder};

@@ -28,8 +28,23 @@ pub struct AttentionGrads {
     pub v: Tensor,
 }
 
+/// Dot product with eight independent partial sums, so the compiler can keep them in SIMD
+/// lanes (a single running sum would serialise every addition).
 fn dot<T: FloatElement>(a: &[T], b: &[T]) -> T {
-    a.iter().zip(b).map(|(&x, &y)| x * y).sum()
+    let mut lanes = [T::zero(); 8];
+    let (a_chunks, b_chunks) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: T = a_chunks
+        .remainder()
+        .iter()
+        .zip(b_chunks.remainder())
+        .map(|(&x, &y)| x * y)
+        .sum();
+    for (x, y) in a_chunks.zip(b_chunks) {
+        for i in 0..8 {
+            lanes[i] += x[i] * y[i];
+        }
+    }
+    lanes.iter().copied().sum::<T>() + tail
 }
 
 fn axpy<T: FloatElement>(alpha: T, x: &[T], y: &mut [T]) {
