@@ -10,7 +10,7 @@
 use crate::config::DitConfig;
 use crate::dit::Dit;
 use crate::module::Module;
-use ditmoe_tensor::{DType, Tensor};
+use ditmoe_tensor::{with_element_type, DType, Tensor};
 use half::{bf16, f16};
 use safetensors::tensor::{Dtype as StDtype, TensorView};
 use safetensors::SafeTensors;
@@ -121,39 +121,7 @@ fn st_dtype(dtype: DType) -> StDtype {
 }
 
 fn le_bytes(t: &Tensor) -> Vec<u8> {
-    let t = t.contiguous();
-    match t.dtype() {
-        DType::F32 => t
-            .values::<f32>()
-            .unwrap()
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-        DType::F64 => t
-            .values::<f64>()
-            .unwrap()
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-        DType::BF16 => t
-            .values::<bf16>()
-            .unwrap()
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-        DType::F16 => t
-            .values::<f16>()
-            .unwrap()
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-        DType::I64 => t
-            .values::<i64>()
-            .unwrap()
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-    }
+    with_element_type!(t.dtype(), T => t.values::<T>().expect("dtype matches").iter().flat_map(|v| v.to_le_bytes()).collect())
 }
 
 /// Writes `tensors` (and `metadata`) to `path` atomically: a temporary file in the same folder,

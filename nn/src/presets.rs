@@ -21,7 +21,7 @@ const PATCHES: [usize; 3] = [2, 4, 8];
 /// Every preset name, in a stable order.
 pub fn preset_names() -> Vec<String> {
     let mut names = Vec::new();
-    for (size, ..) in SIZES.iter().filter(|s| s.0 != "G") {
+    for (size, ..) in SIZES {
         for p in PATCHES {
             names.push(format!("DiT-{size}/{p}"));
         }

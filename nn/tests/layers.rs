@@ -125,23 +125,12 @@ fn fused_attention_equals_naive_attention_in_values_and_gradients() {
     );
     let fused = Var::flash_attention(&q, &k, &v, 0.25).unwrap();
     let weights = Var::constant(normal(&[2, 3, 70, 16], 4));
-    fused
-        .mul(&weights)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
+    let backprop = |y: &Var| y.mul(&weights)?.sum_all()?.backward();
+    backprop(&fused).unwrap();
     let fused_grads: Vec<Tensor> = [&q, &k, &v].iter().map(|x| x.grad().unwrap()).collect();
     [&q, &k, &v].iter().for_each(|x| x.zero_grad());
     let naive = naive_attention(&q, &k, &v, 0.25).unwrap();
-    naive
-        .mul(&weights)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
+    backprop(&naive).unwrap();
     assert!(max_abs_diff(&fused.value(), &naive.value()) < 1e-12);
     for (x, fused_grad) in [&q, &k, &v].iter().zip(&fused_grads) {
         assert!(max_abs_diff(fused_grad, &x.grad().unwrap()) < 1e-11);

@@ -132,11 +132,11 @@ macro_rules! with_element_type {
                 $body
             }
             $crate::DType::BF16 => {
-                type $T = half::bf16;
+                type $T = $crate::half::bf16;
                 $body
             }
             $crate::DType::F16 => {
-                type $T = half::f16;
+                type $T = $crate::half::f16;
                 $body
             }
             $crate::DType::I64 => {

@@ -18,6 +18,7 @@ pub mod tensor;
 pub use device::Device;
 pub use dtype::{DType, Element, FloatElement};
 pub use error::{Result, TensorError};
+pub use half;
 pub use layout::Layout;
 pub use ops::attention::AttentionGrads;
 pub use ops::binary::BinaryOp;
