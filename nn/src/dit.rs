@@ -240,7 +240,9 @@ impl Dit {
     }
 
     /// Classifier-free guidance (Ho & Salimans, 2022): runs the batch with its labels and with
-    /// the null label together, then returns uncond + scale·(cond − uncond) on every channel.
+    /// the null label together, then returns uncond + scale·(cond − uncond) on every data
+    /// channel. Learned-variance channels (when `learn_sigma`) are taken from the conditional
+    /// half unguided. (The DiT reference guides only the first 3 channels, a quirk.)
     pub fn forward_with_cfg(&self, x: &Var, t: &Tensor, y: &Tensor, scale: f64) -> Result<Var> {
         let n = x.shape()[0];
         let null = Tensor::full(&[n], self.null_class() as f64, DType::I64)?;
@@ -254,8 +256,14 @@ impl Dit {
             )?
             .out;
         let halves = out.chunk(2, 0)?;
-        let (cond, uncond) = (&halves[0], &halves[1]);
-        uncond.add(&cond.sub(uncond)?.mul_scalar(scale)?)
+        let c = self.config.in_channels;
+        let rest = self.config.out_channels() - c;
+        let (cond, uncond) = (halves[0].narrow(1, 0, c)?, halves[1].narrow(1, 0, c)?);
+        let guided = uncond.add(&cond.sub(&uncond)?.mul_scalar(scale)?)?;
+        if rest == 0 {
+            return Ok(guided);
+        }
+        Var::concat(&[&guided, &halves[0].narrow(1, c, rest)?], 1)
     }
 
     /// Redraws every parameter from N(0, std²) — zero-initialised paths included — so tests

@@ -152,17 +152,32 @@ fn classifier_free_guidance_interpolates_cond_and_uncond() {
             &cond
         ) < 1e-5
     );
+    let data = |t: &Tensor| t.narrow(1, 0, 3).unwrap();
     assert!(
         max_abs_diff(
-            &model.forward_with_cfg(&x, &t, &y, 0.0).unwrap().value(),
-            &uncond
+            &data(&model.forward_with_cfg(&x, &t, &y, 0.0).unwrap().value()),
+            &data(&uncond)
         ) < 1e-5
     );
     let guided = model.forward_with_cfg(&x, &t, &y, 4.0).unwrap().value();
-    let expected = uncond
-        .add(&cond.sub(&uncond).unwrap().mul_scalar(4.0).unwrap())
+    let expected = data(&uncond)
+        .add(
+            &data(&cond)
+                .sub(&data(&uncond))
+                .unwrap()
+                .mul_scalar(4.0)
+                .unwrap(),
+        )
         .unwrap();
-    assert!(max_abs_diff(&guided, &expected) < 1e-4);
+    assert!(
+        max_abs_diff(&data(&guided), &expected) < 1e-4,
+        "data channels are guided"
+    );
+    let variance = |t: &Tensor| t.narrow(1, 3, 3).unwrap();
+    assert!(
+        max_abs_diff(&variance(&guided), &variance(&cond)) < 1e-6,
+        "learned-variance channels come from the conditional pass"
+    );
 }
 
 #[test]
