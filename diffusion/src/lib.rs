@@ -1,6 +1,14 @@
 //! # ditmoe-diffusion
 //!
-//! Will own Gaussian diffusion (DDPM ε-prediction, learned σ), rectified flow, the samplers
-//! (DDPM, DDIM, Euler) and classifier-free guidance (issue #4). It builds on [`ditmoe_nn`].
+//! The diffusion side of ditmoe: noise schedules ([`schedule`]), the DDPM objective with DiT's
+//! learned variance and the rectified-flow objective ([`gaussian`]), and the samplers
+//! ([`sampler`]): DDPM with respacing, DDIM and Euler. See `README.md` for the formulas.
+
+pub mod gaussian;
+pub mod sampler;
+pub mod schedule;
 
 pub use ditmoe_nn as nn;
+pub use gaussian::{flow_interpolate, flow_loss, GaussianDiffusion, LossTerms};
+pub use sampler::{sample, sample_from, Denoiser, SampleOptions, SamplerKind};
+pub use schedule::{BetaSchedule, Schedule};
