@@ -14,6 +14,7 @@ pub mod init;
 pub mod layers;
 pub mod module;
 pub mod moe;
+pub mod optim;
 pub mod presets;
 
 pub use config::{DitConfig, FfnKind, MoePlacement};

@@ -1,0 +1,262 @@
+//! Training utilities: AdamW (Loshchilov & Hutter, 2019), gradient clipping by global norm,
+//! learning-rate warmup with constant or cosine decay, and an exponential moving average of
+//! the weights.
+
+use ditmoe_autograd::{no_grad, Var};
+use ditmoe_tensor::{Result, Tensor, TensorError};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+fn default_betas() -> (f64, f64) {
+    (0.9, 0.999)
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+
+/// AdamW hyper-parameters (PyTorch's defaults, but DiT's weight decay of 0).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AdamWConfig {
+    #[serde(default = "default_betas")]
+    pub betas: (f64, f64),
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    #[serde(default)]
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        AdamWConfig {
+            betas: default_betas(),
+            eps: default_eps(),
+            weight_decay: 0.0,
+        }
+    }
+}
+
+/// AdamW with decoupled weight decay. For each parameter p with gradient g (after scaling):
+/// p ← p·(1 − lr·λ); m ← β1·m + (1 − β1)·g; v ← β2·v + (1 − β2)·g²;
+/// p ← p − lr · (m / (1 − β1ᵗ)) / (√(v / (1 − β2ᵗ)) + ε).
+pub struct AdamW {
+    pub config: AdamWConfig,
+    /// Steps taken so far (t above).
+    pub step: u64,
+    /// First and second moments by parameter name.
+    pub moments: BTreeMap<String, (Tensor, Tensor)>,
+}
+
+impl AdamW {
+    pub fn new(config: AdamWConfig) -> Self {
+        AdamW {
+            config,
+            step: 0,
+            moments: BTreeMap::new(),
+        }
+    }
+
+    /// One update of every parameter that has a gradient, the gradients multiplied by
+    /// `grad_scale` first (the clipping factor).
+    pub fn step(&mut self, params: &[(String, Var)], lr: f64, grad_scale: f64) -> Result<()> {
+        self.step += 1;
+        let (b1, b2) = self.config.betas;
+        let (correction1, correction2) = (
+            1.0 - b1.powi(self.step as i32),
+            1.0 - b2.powi(self.step as i32),
+        );
+        no_grad(|| {
+            for (name, param) in params {
+                let Some(grad) = param.grad() else { continue };
+                let g = grad.mul_scalar(grad_scale)?;
+                let (m, v) = match self.moments.remove(name) {
+                    Some(moments) => moments,
+                    None => (g.zeros_like()?, g.zeros_like()?),
+                };
+                let m = m.mul_scalar(b1)?.add(&g.mul_scalar(1.0 - b1)?)?;
+                let v = v.mul_scalar(b2)?.add(&g.mul(&g)?.mul_scalar(1.0 - b2)?)?;
+                let update = m.mul_scalar(1.0 / correction1)?.div(
+                    &v.mul_scalar(1.0 / correction2)?
+                        .sqrt()?
+                        .add_scalar(self.config.eps)?,
+                )?;
+                let p = param
+                    .value()
+                    .mul_scalar(1.0 - lr * self.config.weight_decay)?
+                    .sub(&update.mul_scalar(lr)?)?;
+                param.set_value(p)?;
+                self.moments.insert(name.clone(), (m, v));
+            }
+            Ok(())
+        })
+    }
+
+    /// The moments as named tensors (`m.<param>`, `v.<param>`), for checkpoints.
+    pub fn state_dict(&self) -> BTreeMap<String, Tensor> {
+        self.moments
+            .iter()
+            .flat_map(|(n, (m, v))| [(format!("m.{n}"), m.clone()), (format!("v.{n}"), v.clone())])
+            .collect()
+    }
+
+    /// Restores the moments written by [`AdamW::state_dict`] and the step count.
+    pub fn load_state_dict(&mut self, state: &BTreeMap<String, Tensor>, step: u64) -> Result<()> {
+        let mut moments = BTreeMap::new();
+        for (key, m) in state.iter().filter(|(k, _)| k.starts_with("m.")) {
+            let name = &key[2..];
+            let v = state.get(&format!("v.{name}")).ok_or_else(|| {
+                TensorError::invalid(
+                    "optimizer state",
+                    format!("`{key}` has no matching `v.{name}`"),
+                )
+            })?;
+            moments.insert(name.to_string(), (m.clone(), v.clone()));
+        }
+        self.moments = moments;
+        self.step = step;
+        Ok(())
+    }
+}
+
+/// The global L2 norm of all gradients and the factor min(1, max_norm / norm) that clips it.
+pub fn clip_factor(params: &[(String, Var)], max_norm: f64) -> Result<(f64, f64)> {
+    let mut squares = 0.0;
+    for (_, p) in params {
+        if let Some(g) = p.grad() {
+            squares += g.mul(&g)?.sum_all()?.item()?;
+        }
+    }
+    let norm = squares.sqrt();
+    let factor = if max_norm > 0.0 && norm > max_norm {
+        max_norm / norm
+    } else {
+        1.0
+    };
+    Ok((norm, factor))
+}
+
+/// Learning-rate schedule after a linear warmup from 0.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LrDecay {
+    #[default]
+    Constant,
+    /// Cosine from the peak to `min_lr` at the last step.
+    Cosine { min_lr: f64 },
+}
+
+/// The learning rate of step `step` (0-based) of `total` with `warmup` warmup steps.
+pub fn learning_rate(peak: f64, step: u64, warmup: u64, total: u64, decay: LrDecay) -> f64 {
+    if step < warmup {
+        return peak * (step + 1) as f64 / warmup as f64;
+    }
+    match decay {
+        LrDecay::Constant => peak,
+        LrDecay::Cosine { min_lr } => {
+            let progress = (step - warmup) as f64 / (total.saturating_sub(warmup)).max(1) as f64;
+            min_lr
+                + 0.5 * (peak - min_lr) * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos())
+        }
+    }
+}
+
+/// Exponential moving average of parameters: ema ← decay·ema + (1 − decay)·p.
+pub struct Ema {
+    pub decay: f64,
+    pub shadow: BTreeMap<String, Tensor>,
+}
+
+impl Ema {
+    /// Starts as a copy of the parameters.
+    pub fn new(params: &[(String, Var)], decay: f64) -> Self {
+        Ema {
+            decay,
+            shadow: params.iter().map(|(n, p)| (n.clone(), p.value())).collect(),
+        }
+    }
+
+    pub fn update(&mut self, params: &[(String, Var)]) -> Result<()> {
+        for (name, p) in params {
+            let current = p.value();
+            let next = match self.shadow.get(name) {
+                Some(avg) => avg
+                    .mul_scalar(self.decay)?
+                    .add(&current.mul_scalar(1.0 - self.decay)?)?,
+                None => current,
+            };
+            self.shadow.insert(name.clone(), next);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ditmoe_tensor::DType;
+
+    #[test]
+    fn adamw_matches_a_hand_computed_step() {
+        let p = Var::parameter(Tensor::from_vec(vec![1.0f64, -2.0], &[2]).unwrap());
+        // loss = 3·p0 − 2·p1 → g = (3, −2)
+        p.mul(&Var::constant(
+            Tensor::from_vec(vec![3.0, -2.0], &[2]).unwrap(),
+        ))
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+        let params = vec![("w".to_string(), p.clone())];
+        let mut opt = AdamW::new(AdamWConfig {
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 0.1,
+        });
+        opt.step(&params, 0.01, 1.0).unwrap();
+        // Step 1: m̂ = g, v̂ = g², so the Adam step is lr·g/(|g| + ε); decay first scales p by 1 − lr·λ.
+        let expected = [
+            1.0 * (1.0 - 0.001) - 0.01 * 3.0 / (3.0 + 1e-8),
+            -2.0 * (1.0 - 0.001) - 0.01 * -2.0 / (2.0 + 1e-8),
+        ];
+        let got = p.value().to_vec::<f64>().unwrap();
+        for (g, e) in got.iter().zip(expected) {
+            assert!((g - e).abs() < 1e-15, "{got:?} vs {expected:?}");
+        }
+        // Step 2 with the same gradient: m = (1 − 0.9²)·g, v = (1 − 0.999²)·g².
+        opt.step(&params, 0.01, 1.0).unwrap();
+        let (m, v) = &opt.moments["w"];
+        assert!((m.to_vec::<f64>().unwrap()[0] - 3.0 * (1.0 - 0.9f64.powi(2))).abs() < 1e-12);
+        assert!((v.to_vec::<f64>().unwrap()[0] - 9.0 * (1.0 - 0.999f64.powi(2))).abs() < 1e-12);
+    }
+
+    #[test]
+    fn clipping_and_schedules() {
+        let p = Var::parameter(Tensor::from_vec(vec![0.0f64; 2], &[2]).unwrap());
+        p.mul(&Var::constant(
+            Tensor::from_vec(vec![3.0, 4.0], &[2]).unwrap(),
+        ))
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+        let (norm, factor) = clip_factor(&[("p".into(), p)], 1.0).unwrap();
+        assert_eq!((norm, factor), (5.0, 0.2));
+        assert_eq!(learning_rate(1.0, 0, 4, 100, LrDecay::Constant), 0.25);
+        assert_eq!(learning_rate(1.0, 50, 4, 100, LrDecay::Constant), 1.0);
+        assert!(
+            (learning_rate(1.0, 99, 0, 100, LrDecay::Cosine { min_lr: 0.1 }) - 0.1).abs() < 1e-3
+        );
+    }
+
+    #[test]
+    fn ema_moves_toward_the_parameters() {
+        let p = Var::parameter(Tensor::from_vec(vec![0.0f32], &[1]).unwrap());
+        let params = vec![("p".to_string(), p.clone())];
+        let mut ema = Ema::new(&params, 0.9);
+        p.set_value(Tensor::full(&[1], 1.0, DType::F32).unwrap())
+            .unwrap();
+        ema.update(&params).unwrap();
+        assert!((ema.shadow["p"].item().unwrap() - 0.1).abs() < 1e-7);
+    }
+}
