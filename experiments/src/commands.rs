@@ -102,3 +102,141 @@ pub fn forward(checkpoint: &Path, inputs: &Path, out: &Path) -> Result<(), Strin
     println!("wrote {} tensor(s) to {}", written.len(), out.display());
     Ok(())
 }
+
+/// `ditmoe train`: trains from a config file or preset and prints a summary.
+pub fn train(
+    config: Option<&Path>,
+    preset: Option<&str>,
+    steps: Option<u64>,
+    out: Option<&Path>,
+    resume: bool,
+    seed: Option<u64>,
+) -> anyhow::Result<()> {
+    use crate::config::TrainConfig;
+    let (mut config, name) = match (config, preset) {
+        (Some(path), None) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            (
+                TrainConfig::from_toml(&text, &path.display().to_string())
+                    .map_err(anyhow::Error::msg)?,
+                path.file_stem()
+                    .map_or("run".into(), |s| s.to_string_lossy().into_owned()),
+            )
+        }
+        (None, Some(name)) => (
+            TrainConfig::preset(name).map_err(anyhow::Error::msg)?,
+            name.to_string(),
+        ),
+        _ => anyhow::bail!("give exactly one of --config FILE or --preset NAME"),
+    };
+    if let Some(steps) = steps {
+        config.steps = steps;
+    }
+    if let Some(seed) = seed {
+        config.seed = seed;
+    }
+    config.validate().map_err(anyhow::Error::msg)?;
+    let out = out
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| std::path::PathBuf::from("runs").join(&name));
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    eprintln!(
+        "training {name} for {} steps into {} ({} threads)",
+        config.steps,
+        out.display(),
+        ditmoe_tensor::parallel::num_threads()
+    );
+    let summary = crate::train::train(&config, &out, resume, terminal, None)?;
+    println!(
+        "trained {} steps in {:.1} s: diffusion loss {:.4} → {:.4}; checkpoint in {}",
+        summary.steps,
+        summary.seconds,
+        summary.first_loss,
+        summary.last_loss,
+        out.join("checkpoint").display()
+    );
+    Ok(())
+}
+
+/// `ditmoe sample`: a grid of class-conditional samples from a checkpoint directory.
+pub fn sample(
+    checkpoint: &Path,
+    n: usize,
+    cfg: Option<f64>,
+    sampler: Option<&str>,
+    steps: Option<usize>,
+    out: &Path,
+    seed: u64,
+) -> anyhow::Result<()> {
+    use crate::config::Objective;
+    use ditmoe_diffusion::{sample as run_sampler, SampleOptions, SamplerKind};
+    let (model, config) = crate::train::load_for_sampling(checkpoint)?;
+    let kind = match sampler {
+        None => config.sample.sampler,
+        Some("ddpm") => SamplerKind::Ddpm,
+        Some("ddim") => SamplerKind::Ddim { eta: 0.0 },
+        Some("euler") => SamplerKind::Euler,
+        Some(other) => anyhow::bail!("unknown sampler `{other}` (expected ddpm, ddim or euler)"),
+    };
+    let flow = matches!(config.objective, Objective::Flow { .. });
+    if flow != (kind == SamplerKind::Euler) {
+        anyhow::bail!(
+            "a {} model samples with {}",
+            if flow { "flow" } else { "DDPM" },
+            if flow { "euler" } else { "ddpm or ddim" }
+        );
+    }
+    let classes = model.config.num_classes;
+    let per_class = n.div_ceil(classes).max(1);
+    let labels: Vec<i64> = (0..classes)
+        .flat_map(|c| std::iter::repeat_n(c as i64, per_class))
+        .collect();
+    let y = ditmoe_tensor::Tensor::from_vec(labels.clone(), &[labels.len()])?;
+    let scale = cfg.unwrap_or(config.sample.cfg_scale);
+    let denoise = |x: &ditmoe_tensor::Tensor, t: &ditmoe_tensor::Tensor| {
+        ditmoe_autograd::no_grad(|| {
+            Ok(model
+                .forward_with_cfg(&Var::constant(x.clone()), t, &y, scale)?
+                .value())
+        })
+    };
+    let diffusion = crate::train::diffusion_of(&config, model.config.learn_sigma);
+    let time_scale = match config.objective {
+        Objective::Flow { time_scale } => time_scale,
+        Objective::Ddpm { .. } => 1.0,
+    };
+    let options = SampleOptions {
+        steps: steps.unwrap_or(config.sample.steps),
+        clip_denoised: true,
+        flow_time_scale: time_scale,
+    };
+    let shape = [
+        labels.len(),
+        model.config.in_channels,
+        model.config.input_size,
+        model.config.input_size,
+    ];
+    let images = run_sampler(
+        &diffusion,
+        &denoise,
+        &shape,
+        kind,
+        options,
+        &mut ditmoe_tensor::seeded_rng(seed),
+    )?;
+    crate::grid::write_grid(out, &images, classes, &(0..classes).collect::<Vec<_>>())?;
+    println!(
+        "wrote {} samples ({} per class, cfg {scale}) to {}",
+        labels.len(),
+        per_class,
+        out.display()
+    );
+    if let Ok(data) = crate::train::open_dataset(&config.data, config.seed) {
+        let legend: Vec<String> = (0..classes)
+            .map(|c| format!("{c} {}", data.class_name(c)))
+            .collect();
+        println!("rows: {}", legend.join(", "));
+    }
+    Ok(())
+}

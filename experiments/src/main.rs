@@ -1,6 +1,10 @@
 //! `ditmoe`: the command line of the ditmoe stack.
 
 mod commands;
+mod config;
+mod data;
+mod grid;
+mod train;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -40,10 +44,45 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Train a model (lands with issue #4).
-    Train,
-    /// Sample from a checkpoint (lands with issue #4).
-    Sample,
+    /// Trains a model from a TOML config or a preset (tiny-dense, tiny-moe, tiny-ec, tiny-race).
+    Train {
+        #[arg(long, conflicts_with = "preset")]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        preset: Option<String>,
+        /// Override the config's number of steps.
+        #[arg(long)]
+        steps: Option<u64>,
+        /// Output directory (default: runs/<name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Continue from the checkpoint in the output directory.
+        #[arg(long)]
+        resume: bool,
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Writes a PNG grid of class-conditional samples (one row per class) from a checkpoint.
+    Sample {
+        /// A checkpoint directory written by `ditmoe train` (e.g. runs/tiny-moe/checkpoint).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Number of samples (rounded up to a multiple of the class count).
+        #[arg(long, default_value_t = 64)]
+        n: usize,
+        /// Classifier-free guidance scale (default: the training config's).
+        #[arg(long)]
+        cfg: Option<f64>,
+        /// ddpm | ddim | euler (default: the training config's).
+        #[arg(long)]
+        sampler: Option<String>,
+        #[arg(long)]
+        steps: Option<usize>,
+        #[arg(long, default_value = "grid.png")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// The routing ablation, the main job (lands with issue #5).
     Ablate,
 }
@@ -56,10 +95,32 @@ fn main() -> ExitCode {
             inputs,
             out,
         } => commands::forward(&checkpoint, &inputs, &out),
-        Command::Train | Command::Sample => Err(
-            "`ditmoe train` and `ditmoe sample` are not implemented yet: they land with issue #4"
-                .to_string(),
-        ),
+        Command::Train {
+            config,
+            preset,
+            steps,
+            out,
+            resume,
+            seed,
+        } => commands::train(
+            config.as_deref(),
+            preset.as_deref(),
+            steps,
+            out.as_deref(),
+            resume,
+            seed,
+        )
+        .map_err(|e| format!("{e:#}")),
+        Command::Sample {
+            checkpoint,
+            n,
+            cfg,
+            sampler,
+            steps,
+            out,
+            seed,
+        } => commands::sample(&checkpoint, n, cfg, sampler.as_deref(), steps, &out, seed)
+            .map_err(|e| format!("{e:#}")),
         Command::Ablate => Err(
             "`ditmoe ablate` (the routing ablation) is not implemented yet: it lands with issue #5"
                 .to_string(),

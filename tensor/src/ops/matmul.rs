@@ -10,7 +10,7 @@
 use crate::dtype::FloatElement;
 use crate::error::{Result, TensorError};
 use crate::layout::{broadcast_shapes, Layout};
-use crate::parallel::{num_threads, pool, PARALLEL_THRESHOLD};
+use crate::parallel::{num_threads, pool};
 use crate::{with_float_type, Tensor};
 use rayon::prelude::*;
 
@@ -24,6 +24,9 @@ const MC: usize = 64;
 const KC: usize = 256;
 /// Columns of B per packed block (sized for the L3 cache).
 const NC: usize = 1024;
+/// Products below this many multiply-adds run on the calling thread: waking the pool costs
+/// more than they do.
+const PARALLEL_MACS: usize = 1 << 20;
 
 /// A strided matrix view into a flat buffer.
 #[derive(Clone, Copy)]
@@ -48,11 +51,22 @@ fn pack_a<T: FloatElement>(
     depth: std::ops::Range<usize>,
     packed: &mut Vec<T>,
 ) {
+    let kc = depth.len();
     packed.clear();
-    for sliver in rows.clone().step_by(MR) {
-        for p in depth.clone() {
-            for i in sliver..sliver + MR {
-                packed.push(if i < rows.end { a.at(i, p) } else { T::zero() });
+    packed.resize(rows.len().next_multiple_of(MR) * kc, T::zero());
+    for (s, sliver) in rows.clone().step_by(MR).enumerate() {
+        let block = &mut packed[s * kc * MR..(s + 1) * kc * MR];
+        for i in 0..MR.min(rows.end - sliver) {
+            if a.col_stride == 1 {
+                // Row-major A: read each row of the sliver as one contiguous run.
+                let start = a.offset + (sliver + i) * a.row_stride + depth.start;
+                for (p, &v) in a.data[start..start + kc].iter().enumerate() {
+                    block[p * MR + i] = v;
+                }
+            } else {
+                for (p, k) in depth.clone().enumerate() {
+                    block[p * MR + i] = a.at(sliver + i, k);
+                }
             }
         }
     }
@@ -152,9 +166,10 @@ fn multiply_block<T: FloatElement>(
         let b_sliver = &packed_b[sj * kc * NR..(sj + 1) * kc * NR];
         for (si, ir) in rows.clone().step_by(MR).enumerate() {
             let tile = micro_kernel(kc, &packed_a[si * kc * MR..(si + 1) * kc * MR], b_sliver);
+            let width = NR.min(cols.end - jr);
             for (i, tile_row) in tile.iter().enumerate().take(rows.end - ir) {
-                let out_row = &mut out[(ir + i - rows.start) * n + jr..];
-                for (o, &v) in out_row.iter_mut().zip(tile_row).take(cols.end - jr) {
+                let start = (ir + i - rows.start) * n + jr;
+                for (o, &v) in out[start..start + width].iter_mut().zip(tile_row) {
                     *o += v;
                 }
             }
@@ -236,7 +251,7 @@ fn matmul_typed<T: FloatElement>(
     };
     let batches: usize = batch.iter().product();
     let mut out = vec![T::zero(); batches * m * n];
-    let large = batches * m * n * k >= PARALLEL_THRESHOLD;
+    let large = batches * m * n * k >= PARALLEL_MACS;
     // Many products: one per task. Few large ones: split the rows of each.
     let across_batch = large && batches >= num_threads();
     let run = |(index, out): (usize, &mut [T])| {

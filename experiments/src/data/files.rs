@@ -1,0 +1,328 @@
+//! Real datasets from disk: MNIST / Fashion-MNIST IDX files (raw or gzip) and CIFAR-10 binary
+//! batches. Raw files are memory-mapped and decoded per image; gzip files are inflated once.
+//! Every problem — a missing, truncated or wrong-format file — is an error naming the file.
+
+use super::Dataset;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// Why a dataset file could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {problem}")]
+pub struct DataError {
+    pub path: PathBuf,
+    pub problem: String,
+}
+
+fn error(path: &Path, problem: impl Into<String>) -> DataError {
+    DataError {
+        path: path.to_path_buf(),
+        problem: problem.into(),
+    }
+}
+
+/// File bytes: memory-mapped when raw, inflated when the name ends in `.gz`.
+enum Bytes {
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
+fn open(path: &Path) -> Result<Bytes, DataError> {
+    let file = std::fs::File::open(path).map_err(|e| error(path, format!("cannot open: {e}")))?;
+    if path.extension().is_some_and(|e| e == "gz") {
+        let mut bytes = Vec::new();
+        flate2::read::GzDecoder::new(file)
+            .read_to_end(&mut bytes)
+            .map_err(|e| error(path, format!("not a valid gzip file: {e}")))?;
+        return Ok(Bytes::Owned(bytes));
+    }
+    // SAFETY: read-only map of a file we do not modify.
+    unsafe { memmap2::Mmap::map(&file) }
+        .map(Bytes::Mapped)
+        .map_err(|e| error(path, format!("cannot map: {e}")))
+}
+
+/// Parses an IDX header: magic 0x00000800 | type (0x08 = u8) << 8 | rank, then `rank`
+/// big-endian u32 sizes. Returns the sizes and the header length.
+fn idx_header(bytes: &[u8], path: &Path, rank: usize) -> Result<(Vec<usize>, usize), DataError> {
+    let header = 4 + 4 * rank;
+    if bytes.len() < header {
+        return Err(error(
+            path,
+            format!(
+                "truncated: {} bytes, an IDX header of rank {rank} needs {header}",
+                bytes.len()
+            ),
+        ));
+    }
+    let magic = u32::from_be_bytes(bytes[..4].try_into().unwrap());
+    let expected = 0x0800 | rank as u32;
+    if magic != expected {
+        return Err(error(path, format!("not an IDX file of unsigned bytes with {rank} dimension(s): magic {magic:#010x}, expected {expected:#010x}")));
+    }
+    let dims = (0..rank)
+        .map(|d| u32::from_be_bytes(bytes[4 + 4 * d..8 + 4 * d].try_into().unwrap()) as usize)
+        .collect::<Vec<_>>();
+    let needed = header + dims.iter().product::<usize>();
+    if bytes.len() < needed {
+        return Err(error(
+            path,
+            format!(
+                "truncated: {} bytes, the header promises {needed}",
+                bytes.len()
+            ),
+        ));
+    }
+    Ok((dims, header))
+}
+
+/// MNIST or Fashion-MNIST: an images file (IDX rank 3) and a labels file (IDX rank 1).
+pub struct IdxDataset {
+    images: Bytes,
+    labels: Bytes,
+    count: usize,
+    height: usize,
+    width: usize,
+    offsets: (usize, usize),
+    name: String,
+}
+
+impl IdxDataset {
+    pub fn open(images: &Path, labels: &Path) -> Result<Self, DataError> {
+        let image_bytes = open(images)?;
+        let label_bytes = open(labels)?;
+        let (dims, image_offset) = idx_header(&image_bytes, images, 3)?;
+        let (label_dims, label_offset) = idx_header(&label_bytes, labels, 1)?;
+        if label_dims[0] != dims[0] {
+            return Err(error(
+                labels,
+                format!(
+                    "{} labels for {} images in {}",
+                    label_dims[0],
+                    dims[0],
+                    images.display()
+                ),
+            ));
+        }
+        if let Some(bad) = label_bytes[label_offset..label_offset + dims[0]]
+            .iter()
+            .find(|&&l| l > 9)
+        {
+            return Err(error(labels, format!("label {bad} outside 0..=9")));
+        }
+        Ok(IdxDataset {
+            count: dims[0],
+            height: dims[1],
+            width: dims[2],
+            images: image_bytes,
+            labels: label_bytes,
+            offsets: (image_offset, label_offset),
+            name: images.display().to_string(),
+        })
+    }
+}
+
+impl Dataset for IdxDataset {
+    fn len(&self) -> usize {
+        self.count
+    }
+    fn num_classes(&self) -> usize {
+        10
+    }
+    fn image_shape(&self) -> (usize, usize, usize) {
+        (1, self.height, self.width)
+    }
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+    fn get(&self, index: usize) -> (Vec<f32>, usize) {
+        let size = self.height * self.width;
+        let start = self.offsets.0 + index * size;
+        let pixels = self.images[start..start + size]
+            .iter()
+            .map(|&p| p as f32 / 127.5 - 1.0)
+            .collect();
+        (pixels, self.labels[self.offsets.1 + index] as usize)
+    }
+}
+
+/// CIFAR-10 binary batches: records of 1 label byte + 3072 pixel bytes (R, G, B planes of
+/// 32×32).
+pub struct Cifar10 {
+    files: Vec<Bytes>,
+    per_file: Vec<usize>,
+}
+
+const CIFAR_RECORD: usize = 1 + 3 * 32 * 32;
+
+impl Cifar10 {
+    pub fn open(paths: &[PathBuf]) -> Result<Self, DataError> {
+        if paths.is_empty() {
+            return Err(error(
+                Path::new("<cifar10>"),
+                "no batch files given (expected data_batch_1.bin …)",
+            ));
+        }
+        let mut files = Vec::new();
+        let mut per_file = Vec::new();
+        for path in paths {
+            let bytes = open(path)?;
+            if bytes.is_empty() || bytes.len() % CIFAR_RECORD != 0 {
+                return Err(error(path, format!("{} bytes is not a whole number of {CIFAR_RECORD}-byte CIFAR-10 records (truncated or not a CIFAR-10 batch)", bytes.len())));
+            }
+            if let Some(bad) = bytes.chunks(CIFAR_RECORD).map(|r| r[0]).find(|&l| l > 9) {
+                return Err(error(
+                    path,
+                    format!("label {bad} outside 0..=9: not a CIFAR-10 batch"),
+                ));
+            }
+            per_file.push(bytes.len() / CIFAR_RECORD);
+            files.push(bytes);
+        }
+        Ok(Cifar10 { files, per_file })
+    }
+}
+
+impl Dataset for Cifar10 {
+    fn len(&self) -> usize {
+        self.per_file.iter().sum()
+    }
+    fn num_classes(&self) -> usize {
+        10
+    }
+    fn image_shape(&self) -> (usize, usize, usize) {
+        (3, 32, 32)
+    }
+    fn name(&self) -> String {
+        "CIFAR-10".to_string()
+    }
+    fn get(&self, mut index: usize) -> (Vec<f32>, usize) {
+        let mut file = 0;
+        while index >= self.per_file[file] {
+            index -= self.per_file[file];
+            file += 1;
+        }
+        let record = &self.files[file][index * CIFAR_RECORD..(index + 1) * CIFAR_RECORD];
+        (
+            record[1..]
+                .iter()
+                .map(|&p| p as f32 / 127.5 - 1.0)
+                .collect(),
+            record[0] as usize,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("ditmoe-data-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn idx(rank: u8, dims: &[u32], data: &[u8]) -> Vec<u8> {
+        let mut bytes = vec![0, 0, 8, rank];
+        dims.iter().for_each(|d| bytes.extend(d.to_be_bytes()));
+        bytes.extend(data);
+        bytes
+    }
+
+    #[test]
+    fn idx_files_raw_and_gzip() {
+        let d = dir();
+        let pixels: Vec<u8> = (0..2 * 3 * 2).map(|i| (i * 20) as u8).collect();
+        std::fs::write(d.join("img"), idx(3, &[2, 3, 2], &pixels)).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&idx(1, &[2], &[7, 3])).unwrap();
+        std::fs::write(d.join("lbl.gz"), gz.finish().unwrap()).unwrap();
+        let data = IdxDataset::open(&d.join("img"), &d.join("lbl.gz")).unwrap();
+        assert_eq!((data.len(), data.image_shape()), (2, (1, 3, 2)));
+        let (image, label) = data.get(1);
+        assert_eq!(label, 3);
+        assert_eq!(image[0], 120.0 / 127.5 - 1.0);
+
+        std::fs::write(d.join("short"), &idx(3, &[2, 3, 2], &pixels)[..20]).unwrap();
+        let err = IdxDataset::open(&d.join("short"), &d.join("lbl.gz"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("short") && err.contains("truncated"), "{err}");
+        std::fs::write(d.join("labels-as-images"), idx(1, &[20], &[0; 20])).unwrap();
+        let err = IdxDataset::open(&d.join("labels-as-images"), &d.join("img"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("magic 0x00000801, expected 0x00000803"),
+            "{err}"
+        );
+        let err = IdxDataset::open(&d.join("missing"), &d.join("img"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("missing") && err.contains("cannot open"),
+            "{err}"
+        );
+        std::fs::write(d.join("bad.gz"), b"not gzip").unwrap();
+        assert!(IdxDataset::open(&d.join("img"), &d.join("bad.gz"))
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("gzip"));
+        std::fs::write(d.join("lbl3"), idx(1, &[3], &[1, 2, 3])).unwrap();
+        assert!(IdxDataset::open(&d.join("img"), &d.join("lbl3"))
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("3 labels for 2 images"));
+    }
+
+    #[test]
+    fn cifar_batches() {
+        let d = dir();
+        let mut batch = Vec::new();
+        for label in [4u8, 9] {
+            batch.push(label);
+            batch.extend((0..3072).map(|i| (i % 256) as u8));
+        }
+        std::fs::write(d.join("b1.bin"), &batch).unwrap();
+        std::fs::write(d.join("b2.bin"), &batch[..CIFAR_RECORD]).unwrap();
+        let data = Cifar10::open(&[d.join("b1.bin"), d.join("b2.bin")]).unwrap();
+        assert_eq!(data.len(), 3);
+        assert_eq!(data.get(1).1, 9);
+        assert_eq!(data.get(2).1, 4);
+        assert_eq!(data.get(2).0[1], 1.0 / 127.5 - 1.0);
+        std::fs::write(d.join("cut.bin"), &batch[..100]).unwrap();
+        let err = Cifar10::open(&[d.join("cut.bin")])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("cut.bin") && err.contains("truncated"),
+            "{err}"
+        );
+        let mut bad = batch.clone();
+        bad[0] = 200;
+        std::fs::write(d.join("bad.bin"), &bad).unwrap();
+        assert!(Cifar10::open(&[d.join("bad.bin")])
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("label 200"));
+    }
+}

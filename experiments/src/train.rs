@@ -1,0 +1,468 @@
+//! The training loop: diffusion loss (+ MoE balance loss) → backward → clip → AdamW → EMA,
+//! with JSON-lines metrics, periodic checkpoints and exact resume.
+//!
+//! Every random draw of step s comes from an RNG seeded by (seed, s), so a resumed run draws
+//! exactly what an uninterrupted run would have: N steps + resume + N steps = 2N steps.
+
+use crate::config::{DataSpec, Objective, TrainConfig};
+use crate::data::files::{Cifar10, IdxDataset};
+use crate::data::shapes::Shapes;
+use crate::data::{batch, Dataset};
+use anyhow::{anyhow, bail, Context, Result};
+use ditmoe_autograd::Var;
+use ditmoe_diffusion::{flow_interpolate, flow_loss, GaussianDiffusion, Schedule};
+use ditmoe_nn::checkpoint::{read_tensors, save_model, write_tensors};
+use ditmoe_nn::optim::{clip_factor, learning_rate, AdamW, Ema};
+use ditmoe_nn::{Dit, ForwardOptions, Module};
+use ditmoe_tensor::{seeded_rng, DType, SeededRng, Tensor};
+use rand::Rng;
+use rand_distr::{Distribution, StandardNormal};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The RNG of step `step`.
+pub fn step_rng(seed: u64, step: u64) -> SeededRng {
+    seeded_rng(
+        seed.wrapping_mul(0x2545_F491_4F6C_DD1D)
+            ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ 0x5DEE_CE66,
+    )
+}
+
+/// Opens the dataset a config names.
+pub fn open_dataset(spec: &DataSpec, seed: u64) -> Result<Box<dyn Dataset>> {
+    Ok(match spec {
+        DataSpec::Shapes { size, count } => Box::new(Shapes::new(seed, *size, *count)),
+        DataSpec::Idx { images, labels } => {
+            Box::new(IdxDataset::open(Path::new(images), Path::new(labels))?)
+        }
+        DataSpec::Cifar10 { files } => Box::new(Cifar10::open(
+            &files.iter().map(PathBuf::from).collect::<Vec<_>>(),
+        )?),
+    })
+}
+
+/// The diffusion process of a DDPM objective (`None` for flow).
+pub fn diffusion_of(config: &TrainConfig, learn_sigma: bool) -> GaussianDiffusion {
+    match config.objective {
+        Objective::Ddpm { steps, schedule } => {
+            GaussianDiffusion::new(Schedule::new(schedule, steps), learn_sigma)
+        }
+        Objective::Flow { .. } => {
+            GaussianDiffusion::new(Schedule::new(Default::default(), 1000), false)
+        }
+    }
+}
+
+/// The state written next to the weights.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct RunState {
+    pub step: u64,
+    pub config: TrainConfig,
+}
+
+/// What a finished run reports.
+#[derive(Debug)]
+pub struct TrainSummary {
+    pub first_loss: f64,
+    pub last_loss: f64,
+    pub steps: u64,
+    pub seconds: f64,
+}
+
+/// Writes the checkpoint directory `out/checkpoint`: each file is written atomically into
+/// `checkpoint-new/`, which then replaces the old directory (kept as `checkpoint-old/` until
+/// the swap is done), so an interruption never leaves no usable checkpoint.
+fn save_checkpoint(
+    out: &Path,
+    model: &Dit,
+    ema: &Ema,
+    optimizer: &AdamW,
+    state: &RunState,
+) -> Result<()> {
+    let fresh = out.join("checkpoint-new");
+    std::fs::create_dir_all(&fresh).with_context(|| fresh.display().to_string())?;
+    save_model(model, fresh.join("model.safetensors"))?;
+    let mut ema_state = model.state_dict();
+    ema_state.extend(ema.shadow.clone());
+    let meta = HashMap::from([("config".to_string(), model.config.to_json())]);
+    write_tensors(fresh.join("ema.safetensors"), &ema_state, meta)?;
+    let opt_meta = HashMap::from([("step".to_string(), optimizer.step.to_string())]);
+    write_tensors(
+        fresh.join("optimizer.safetensors"),
+        &optimizer.state_dict(),
+        opt_meta,
+    )?;
+    let state_path = fresh.join("state.json");
+    std::fs::write(
+        &state_path,
+        serde_json::to_string_pretty(state).expect("state serialises"),
+    )
+    .with_context(|| state_path.display().to_string())?;
+    let (current, old) = (out.join("checkpoint"), out.join("checkpoint-old"));
+    let _ = std::fs::remove_dir_all(&old);
+    if current.exists() {
+        std::fs::rename(&current, &old).with_context(|| current.display().to_string())?;
+    }
+    std::fs::rename(&fresh, &current).with_context(|| fresh.display().to_string())?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+/// The latest complete checkpoint directory under `out`, if any.
+pub fn checkpoint_dir(out: &Path) -> Option<PathBuf> {
+    ["checkpoint", "checkpoint-old"]
+        .iter()
+        .map(|d| out.join(d))
+        .find(|d| d.join("state.json").exists())
+}
+
+/// Loads model, EMA and optimizer state from a checkpoint directory.
+fn restore(dir: &Path, model: &Dit, ema: &mut Ema, optimizer: &mut AdamW) -> Result<RunState> {
+    let state_path = dir.join("state.json");
+    let text =
+        std::fs::read_to_string(&state_path).with_context(|| state_path.display().to_string())?;
+    let state: RunState =
+        serde_json::from_str(&text).with_context(|| state_path.display().to_string())?;
+    let weights = read_tensors(dir.join("model.safetensors"))?;
+    model
+        .load_state_dict(&weights.tensors)
+        .with_context(|| dir.display().to_string())?;
+    let ema_file = read_tensors(dir.join("ema.safetensors"))?;
+    for name in ema.shadow.clone().keys() {
+        let value = ema_file
+            .tensors
+            .get(name)
+            .ok_or_else(|| anyhow!("{}: EMA lacks `{name}`", dir.display()))?;
+        ema.shadow.insert(name.clone(), value.clone());
+    }
+    let opt = read_tensors(dir.join("optimizer.safetensors"))?;
+    optimizer.load_state_dict(&opt.tensors, state.step)?;
+    Ok(state)
+}
+
+/// Trains per `config`, writing metrics and checkpoints under `out`. With `resume`, continues
+/// from the checkpoint there (which must come from the same config). `stop_after` ends the
+/// run early after that step, as an interruption would (tests use it).
+pub fn train(
+    config: &TrainConfig,
+    out: &Path,
+    resume: bool,
+    progress: bool,
+    stop_after: Option<u64>,
+) -> Result<TrainSummary> {
+    let model_config = config.model_config().map_err(anyhow::Error::msg)?;
+    let data = open_dataset(&config.data, config.seed)?;
+    let (c, h, w) = data.image_shape();
+    if (c, h, w)
+        != (
+            model_config.in_channels,
+            model_config.input_size,
+            model_config.input_size,
+        )
+        || data.num_classes() != model_config.num_classes
+    {
+        bail!("dataset {} gives {c}×{h}×{w} images of {} classes; the model expects {}×{}×{} and {} classes", data.name(), data.num_classes(), model_config.in_channels, model_config.input_size, model_config.input_size, model_config.num_classes);
+    }
+    std::fs::create_dir_all(out).with_context(|| out.display().to_string())?;
+    let model = Dit::new(model_config.clone(), config.seed)?;
+    let params = model.named_parameters();
+    let mut optimizer = AdamW::new(config.adamw);
+    let mut ema = Ema::new(&params, config.ema_decay);
+    let mut start = 0;
+    if resume {
+        let dir = checkpoint_dir(out)
+            .ok_or_else(|| anyhow!("--resume: no checkpoint in {}", out.display()))?;
+        let state = restore(&dir, &model, &mut ema, &mut optimizer)?;
+        if state.config != *config {
+            bail!(
+                "--resume: the checkpoint in {} was trained with a different config",
+                dir.display()
+            );
+        }
+        start = state.step;
+    }
+    let metrics_path = out.join("metrics.jsonl");
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(resume)
+        .write(true)
+        .truncate(!resume)
+        .open(&metrics_path)
+        .with_context(|| metrics_path.display().to_string())?;
+    let diffusion = diffusion_of(config, model_config.learn_sigma);
+    let bar = progress.then(|| {
+        let bar = indicatif::ProgressBar::new(config.steps);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+            )
+            .expect("valid template"),
+        );
+        bar.set_position(start);
+        bar
+    });
+    let began = Instant::now();
+    let mut window = (Instant::now(), 0u64);
+    let (mut first_loss, mut last_loss) = (f64::NAN, f64::NAN);
+    let end = stop_after.map_or(config.steps, |s| s.min(config.steps));
+    for step in start..end {
+        let rng = &mut step_rng(config.seed, step);
+        let indices: Vec<usize> = (0..config.batch_size)
+            .map(|_| rng.random_range(0..data.len()))
+            .collect();
+        let (x0, y) = batch(data.as_ref(), &indices, config.flip, rng)?;
+        let noise = Tensor::randn(x0.shape(), 0.0, 1.0, DType::F32, rng)?;
+        let record = (step + 1) % config.log_every == 0;
+        let (out_var, aux, routing, diffusion_loss, vb) = match config.objective {
+            Objective::Ddpm { steps, .. } => {
+                let t: Vec<usize> = (0..config.batch_size)
+                    .map(|_| rng.random_range(0..steps))
+                    .collect();
+                let x_t = diffusion.q_sample(&x0, &t, &noise)?;
+                let t_model = Tensor::from_vec(t.iter().map(|&t| t as f32).collect(), &[t.len()])?;
+                let result = model.forward(
+                    &Var::constant(x_t.clone()),
+                    &t_model,
+                    &y,
+                    ForwardOptions {
+                        label_dropout: Some(rng),
+                        record_routing: record,
+                    },
+                )?;
+                let terms = diffusion.training_losses(&result.out, &x0, &x_t, &t, &noise)?;
+                (
+                    result.out,
+                    result.aux_loss,
+                    result.routing,
+                    terms.total,
+                    terms.vb,
+                )
+            }
+            Objective::Flow { time_scale } => {
+                let t: Vec<f64> = (0..config.batch_size)
+                    .map(|_| {
+                        let n: f64 = StandardNormal.sample(rng);
+                        1.0 / (1.0 + (-n).exp())
+                    })
+                    .collect();
+                let (z, target) = flow_interpolate(&x0, &noise, &t)?;
+                let t_model = Tensor::from_vec(
+                    t.iter().map(|&t| (t * time_scale) as f32).collect(),
+                    &[t.len()],
+                )?;
+                let result = model.forward(
+                    &Var::constant(z),
+                    &t_model,
+                    &y,
+                    ForwardOptions {
+                        label_dropout: Some(rng),
+                        record_routing: record,
+                    },
+                )?;
+                let loss = flow_loss(&result.out, &target)?;
+                (result.out, result.aux_loss, result.routing, loss, None)
+            }
+        };
+        drop(out_var);
+        let total = match &aux {
+            Some(aux) => diffusion_loss.add(aux)?,
+            None => diffusion_loss.clone(),
+        };
+        let loss_value = diffusion_loss.item()?;
+        if !total.item()?.is_finite() {
+            let last = checkpoint_dir(out).map_or("none was written yet".to_string(), |d| {
+                d.display().to_string()
+            });
+            bail!("non-finite loss at step {step}: stopping; the last good checkpoint is {last}");
+        }
+        total.backward()?;
+        let (grad_norm, factor) = clip_factor(&params, config.grad_clip)?;
+        let lr = learning_rate(
+            config.lr,
+            step,
+            config.warmup_steps,
+            config.steps,
+            config.lr_decay,
+        );
+        optimizer.step(&params, lr, factor)?;
+        params.iter().for_each(|(_, p)| p.zero_grad());
+        ema.update(&params)?;
+        if first_loss.is_nan() {
+            first_loss = loss_value;
+        }
+        last_loss = loss_value;
+        window.1 += 1;
+        if record {
+            let images_per_s =
+                (window.1 as usize * config.batch_size) as f64 / window.0.elapsed().as_secs_f64();
+            window = (Instant::now(), 0);
+            let expert_load: Vec<Vec<f64>> =
+                routing.iter().flatten().map(|r| r.expert_load()).collect();
+            let line = serde_json::json!({
+                "step": step + 1,
+                "loss": loss_value,
+                "vb": vb.map(|v| v.item().unwrap_or(f64::NAN)),
+                "aux_loss": aux.as_ref().map(|a| a.item().unwrap_or(f64::NAN)),
+                "grad_norm": grad_norm,
+                "lr": lr,
+                "images_per_s": images_per_s,
+                "expert_load": expert_load,
+            });
+            writeln!(metrics, "{line}").with_context(|| metrics_path.display().to_string())?;
+            match &bar {
+                Some(bar) => bar.set_message(format!("loss {loss_value:.4} · {images_per_s:.0} img/s")),
+                None => eprintln!("step {:>6}/{} loss {loss_value:.4} grad-norm {grad_norm:.3} lr {lr:.2e} {images_per_s:.0} img/s", step + 1, config.steps),
+            }
+        }
+        if let Some(bar) = &bar {
+            bar.set_position(step + 1);
+        }
+        if (step + 1) % config.checkpoint_every == 0 || step + 1 == end {
+            save_checkpoint(
+                out,
+                &model,
+                &ema,
+                &optimizer,
+                &RunState {
+                    step: step + 1,
+                    config: config.clone(),
+                },
+            )?;
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish();
+    }
+    Ok(TrainSummary {
+        first_loss,
+        last_loss,
+        steps: end - start,
+        seconds: began.elapsed().as_secs_f64(),
+    })
+}
+
+/// The model weights of a checkpoint directory: EMA if present.
+pub fn load_for_sampling(dir: &Path) -> Result<(Dit, TrainConfig)> {
+    let state_path = dir.join("state.json");
+    let text =
+        std::fs::read_to_string(&state_path).with_context(|| state_path.display().to_string())?;
+    let state: RunState =
+        serde_json::from_str(&text).with_context(|| state_path.display().to_string())?;
+    let weights = ["ema.safetensors", "model.safetensors"]
+        .iter()
+        .map(|f| dir.join(f))
+        .find(|p| p.exists())
+        .ok_or_else(|| anyhow!("{}: no ema.safetensors or model.safetensors", dir.display()))?;
+    let model = ditmoe_nn::checkpoint::load_model(&weights)?;
+    Ok((model, state.config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ditmoe_nn::checkpoint::read_tensors;
+
+    /// A model small enough to train a few steps in a test.
+    fn tiny_config() -> TrainConfig {
+        let text = r#"
+            steps = 6
+            batch_size = 4
+            lr = 1e-3
+            warmup_steps = 2
+            lr_decay = { cosine = { min_lr = 1e-4 } }
+            checkpoint_every = 3
+            log_every = 2
+            objective = { kind = "ddpm", steps = 100 }
+            data = { kind = "shapes", size = 8, count = 100 }
+            [model]
+            input_size = 8
+            patch_size = 4
+            in_channels = 3
+            hidden_size = 16
+            depth = 2
+            num_heads = 2
+            num_classes = 10
+            moe = { num_experts = 4, expert_hidden = 16, shared_expert_hidden = 8, routing = { kind = "token_choice", top_k = 2 } }
+        "#;
+        TrainConfig::from_toml(text, "test").unwrap()
+    }
+
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ditmoe-train-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn resuming_gives_the_same_weights_as_an_uninterrupted_run() {
+        let config = tiny_config();
+        let (whole, split) = (temp("whole"), temp("split"));
+        train(&config, &whole, false, false, None).unwrap();
+        train(&config, &split, false, false, Some(3)).unwrap();
+        let summary = train(&config, &split, true, false, None).unwrap();
+        assert_eq!(summary.steps, 3);
+        for file in [
+            "model.safetensors",
+            "ema.safetensors",
+            "optimizer.safetensors",
+        ] {
+            let a = read_tensors(whole.join("checkpoint").join(file))
+                .unwrap()
+                .tensors;
+            let b = read_tensors(split.join("checkpoint").join(file))
+                .unwrap()
+                .tensors;
+            assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+            for (name, t) in &a {
+                assert_eq!(t.to_vec_f64(), b[name].to_vec_f64(), "{file}: {name}");
+            }
+        }
+        let lines = std::fs::read_to_string(split.join("metrics.jsonl")).unwrap();
+        let steps: Vec<u64> = lines
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(steps, vec![2, 4, 6], "metrics continue across the resume");
+        for dir in [whole, split] {
+            std::fs::remove_dir_all(dir).unwrap();
+        }
+    }
+
+    #[test]
+    fn resume_needs_a_matching_checkpoint() {
+        let config = tiny_config();
+        let dir = temp("mismatch");
+        assert!(train(&config, &dir, true, false, None)
+            .unwrap_err()
+            .to_string()
+            .contains("no checkpoint"));
+        train(&config, &dir, false, false, Some(3)).unwrap();
+        let mut other = config.clone();
+        other.lr = 5e-4;
+        assert!(train(&other, &dir, true, false, None)
+            .unwrap_err()
+            .to_string()
+            .contains("different config"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_dataset_that_does_not_fit_the_model_is_refused() {
+        let mut config = tiny_config();
+        config.data = DataSpec::Idx {
+            images: "/nonexistent/images".into(),
+            labels: "/nonexistent/labels".into(),
+        };
+        let err = train(&config, &temp("data"), false, false, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/images"), "{err}");
+    }
+}
