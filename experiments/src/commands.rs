@@ -45,7 +45,7 @@ pub fn zoo(image_size: usize, json: bool) -> Result<(), String> {
             row.name, row.params_total, row.params_activated, row.gmacs
         );
     }
-    table += &format!("(image size {image_size}: latent presets see {0}×{0}×4 latents; tiny-* presets are 32×32 RGB)\n", image_size / 8);
+    table += &format!("(image size {image_size}: latent presets see {0}×{0}×4 latents; tiny-* presets are 16×16 RGB)\n", image_size / 8);
     print(&table)
 }
 

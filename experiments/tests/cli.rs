@@ -96,3 +96,92 @@ fn errors_name_the_problem() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("issue #5"));
 }
+
+#[test]
+fn train_then_sample_end_to_end() {
+    let dir = std::env::temp_dir().join(format!("ditmoe-e2e-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("mini.toml");
+    std::fs::write(
+        &config,
+        r#"
+        steps = 4
+        batch_size = 4
+        lr = 1e-3
+        checkpoint_every = 2
+        log_every = 2
+        objective = { kind = "flow", time_scale = 1000.0 }
+        data = { kind = "shapes", size = 8, count = 100 }
+        [model]
+        input_size = 8
+        patch_size = 2
+        in_channels = 3
+        hidden_size = 16
+        depth = 1
+        num_heads = 2
+        num_classes = 10
+        learn_sigma = false
+        moe = { num_experts = 4, expert_hidden = 16, routing = { kind = "expert_choice", capacity_factor = 2.0 } }
+        [sample]
+        sampler = { kind = "euler" }
+        steps = 3
+        cfg_scale = 2.0
+        "#,
+    )
+    .unwrap();
+    let run = dir.join("run");
+    let out = ditmoe(&[
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("trained 4 steps"));
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+    assert_eq!(last["step"], 4);
+    assert_eq!(
+        last["expert_load"].as_array().unwrap().len(),
+        1,
+        "one MoE layer's load"
+    );
+
+    let grid = dir.join("grid.png");
+    let checkpoint = run.join("checkpoint");
+    let out = ditmoe(&[
+        "sample",
+        "--checkpoint",
+        checkpoint.to_str().unwrap(),
+        "--n",
+        "20",
+        "--out",
+        grid.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = std::fs::read(&grid).unwrap();
+    assert_eq!(&bytes[1..4], b"PNG");
+    let out = ditmoe(&[
+        "sample",
+        "--checkpoint",
+        checkpoint.to_str().unwrap(),
+        "--sampler",
+        "ddim",
+        "--out",
+        grid.to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("a flow model samples with euler"));
+    let out = ditmoe(&["train", "--preset", "tiny-nope"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown preset `tiny-nope`"));
+    std::fs::remove_dir_all(dir).unwrap();
+}

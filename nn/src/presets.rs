@@ -2,7 +2,7 @@
 //! al.), EC-DiT-style expert choice, and small presets that train on a CPU.
 //!
 //! Latent-diffusion presets take the image size: the input is the 8× downsampled 4-channel
-//! latent (256 px → 32×32×4), 1000 classes. The `tiny-*` presets are pixel-space 32×32 RGB
+//! latent (256 px → 32×32×4), 1000 classes. The `tiny-*` presets are pixel-space 16×16 RGB
 //! models with 10 classes for the built-in dataset, whatever the image size.
 
 use crate::config::{DitConfig, MoePlacement};
@@ -68,7 +68,9 @@ fn backbone(size: &str, patch: &str, image_size: usize) -> Result<DitConfig, Str
 }
 
 fn tiny(name: &str) -> DitConfig {
-    let base = DitConfig::dense(32, 4, 3, 128, 6, 4, 10);
+    // 16×16 RGB, patch 2 → 64 tokens of width 96, 4 blocks: sized for a 2-core CPU.
+    let mut base = DitConfig::dense(16, 2, 3, 96, 4, 4, 10);
+    base.learn_sigma = false;
     let experts = |routing| MoeConfig {
         num_experts: 8,
         expert_hidden: base.hidden_size,
