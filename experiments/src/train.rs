@@ -216,32 +216,17 @@ pub fn train(
         let (x0, y) = batch(data.as_ref(), &indices, config.flip, rng)?;
         let noise = Tensor::randn(x0.shape(), 0.0, 1.0, DType::F32, rng)?;
         let record = (step + 1) % config.log_every == 0;
-        let (out_var, aux, routing, diffusion_loss, vb) = match config.objective {
+        // The model input and model-time of this objective; DDPM keeps its integer steps.
+        let (input, t_model, ddpm_steps, flow_target) = match config.objective {
             Objective::Ddpm { steps, .. } => {
                 let t: Vec<usize> = (0..config.batch_size)
                     .map(|_| rng.random_range(0..steps))
                     .collect();
-                let x_t = diffusion.q_sample(&x0, &t, &noise)?;
                 let t_model = Tensor::from_vec(t.iter().map(|&t| t as f32).collect(), &[t.len()])?;
-                let result = model.forward(
-                    &Var::constant(x_t.clone()),
-                    &t_model,
-                    &y,
-                    ForwardOptions {
-                        label_dropout: Some(rng),
-                        record_routing: record,
-                    },
-                )?;
-                let terms = diffusion.training_losses(&result.out, &x0, &x_t, &t, &noise)?;
-                (
-                    result.out,
-                    result.aux_loss,
-                    result.routing,
-                    terms.total,
-                    terms.vb,
-                )
+                (diffusion.q_sample(&x0, &t, &noise)?, t_model, Some(t), None)
             }
             Objective::Flow { time_scale } => {
+                // Logit-normal t = sigmoid(n), n ~ N(0, 1).
                 let t: Vec<f64> = (0..config.batch_size)
                     .map(|_| {
                         let n: f64 = StandardNormal.sample(rng);
@@ -253,20 +238,23 @@ pub fn train(
                     t.iter().map(|&t| (t * time_scale) as f32).collect(),
                     &[t.len()],
                 )?;
-                let result = model.forward(
-                    &Var::constant(z),
-                    &t_model,
-                    &y,
-                    ForwardOptions {
-                        label_dropout: Some(rng),
-                        record_routing: record,
-                    },
-                )?;
-                let loss = flow_loss(&result.out, &target)?;
-                (result.out, result.aux_loss, result.routing, loss, None)
+                (z, t_model, None, Some(target))
             }
         };
-        drop(out_var);
+        let options = ForwardOptions {
+            label_dropout: Some(rng),
+            record_routing: record,
+        };
+        let result = model.forward(&Var::constant(input.clone()), &t_model, &y, options)?;
+        let (diffusion_loss, vb) = match (ddpm_steps, flow_target) {
+            (Some(t), _) => {
+                let terms = diffusion.training_losses(&result.out, &x0, &input, &t, &noise)?;
+                (terms.total, terms.vb)
+            }
+            (None, Some(target)) => (flow_loss(&result.out, &target)?, None),
+            (None, None) => unreachable!("every objective sets one"),
+        };
+        let (aux, routing) = (result.aux_loss, result.routing);
         let total = match &aux {
             Some(aux) => diffusion_loss.add(aux)?,
             None => diffusion_loss.clone(),
