@@ -77,8 +77,8 @@ impl Dataset for Shapes {
         let rng = &mut seeded_rng(self.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let s = self.size as f64 / 32.0;
         let r = rng.random_range(5.0..11.0) * s;
-        // Strokes stay at least a pixel wide at small sizes, so thin figures remain visible.
-        let th = (rng.random_range(1.0..2.2) * s).max(1.0);
+        // Strokes stay at least 1.5 px wide at small sizes, so thin figures remain visible.
+        let th = (rng.random_range(1.0..2.2) * s).max(1.5);
         let margin = (r + th + 1.0).min(self.size as f64 / 2.0 - 0.5);
         let far = (self.size as f64 - margin).max(margin + 1e-6);
         let (cx, cy) = (rng.random_range(margin..far), rng.random_range(margin..far));

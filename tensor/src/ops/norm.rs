@@ -3,8 +3,7 @@
 
 use crate::dtype::FloatElement;
 use crate::error::{Result, TensorError};
-use crate::ops::reduce::map_rows;
-use crate::ops::softmax::map_rows_to_rows;
+use crate::ops::reduce::{map_rows, map_rows_to_rows};
 use crate::{with_float_type, Tensor};
 
 /// What the backward pass needs from the forward: per-row mean and 1/σ, shaped like the

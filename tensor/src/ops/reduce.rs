@@ -113,6 +113,27 @@ pub(crate) fn map_rows<T: FloatElement, U: Default + Clone + Send>(
     out
 }
 
+/// Writes `f(row_index, row, out_row)` for every `inner`-long row of `values` into a new buffer.
+pub(crate) fn map_rows_to_rows<T: FloatElement>(
+    values: &[T],
+    inner: usize,
+    f: impl Fn(usize, &[T], &mut [T]) + Sync + Send,
+) -> Vec<T> {
+    let mut out = vec![T::zero(); values.len()];
+    if inner == 0 {
+        return out;
+    }
+    let chunk = rows_per_chunk(values.len(), inner);
+    for_each_chunk_mut(&mut out, chunk, values.len(), |c, o| {
+        let start = c * chunk;
+        for (r, out_row) in o.chunks_mut(inner).enumerate() {
+            let row = start + r * inner;
+            f(row / inner, &values[row..row + inner], out_row);
+        }
+    });
+    out
+}
+
 impl Tensor {
     /// Reduces `dims` (empty = every dimension) with `op`; `keepdim` keeps them as size 1.
     pub fn reduce(&self, op: ReduceOp, dims: &[usize], keepdim: bool) -> Result<Tensor> {

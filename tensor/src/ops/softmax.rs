@@ -3,30 +3,8 @@
 use crate::dtype::FloatElement;
 use crate::error::Result;
 use crate::layout::Layout;
-use crate::ops::reduce::rows_over;
-use crate::parallel::{for_each_chunk_mut, rows_per_chunk};
+use crate::ops::reduce::{map_rows_to_rows, rows_over};
 use crate::{with_float_type, Tensor};
-
-/// Writes `f(row_index, row, out_row)` for every `inner`-long row of `values` into a new buffer.
-pub(crate) fn map_rows_to_rows<T: FloatElement>(
-    values: &[T],
-    inner: usize,
-    f: impl Fn(usize, &[T], &mut [T]) + Sync + Send,
-) -> Vec<T> {
-    let mut out = vec![T::zero(); values.len()];
-    if inner == 0 {
-        return out;
-    }
-    let chunk = rows_per_chunk(values.len(), inner);
-    for_each_chunk_mut(&mut out, chunk, values.len(), |c, o| {
-        let start = c * chunk;
-        for (r, out_row) in o.chunks_mut(inner).enumerate() {
-            let row = start + r * inner;
-            f(row / inner, &values[row..row + inner], out_row);
-        }
-    });
-    out
-}
 
 /// Applies a row function along `dim` and restores the original dimension order.
 fn along_dim<T: FloatElement>(
