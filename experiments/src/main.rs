@@ -1,10 +1,6 @@
 //! `ditmoe`: the command line of the ditmoe stack.
 
-mod commands;
-mod config;
-mod data;
-mod grid;
-mod train;
+use ditmoe_experiments::commands;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

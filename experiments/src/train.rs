@@ -155,6 +155,9 @@ pub fn train(
 ) -> Result<TrainSummary> {
     let model_config = config.model_config().map_err(anyhow::Error::msg)?;
     let data = open_dataset(&config.data, config.seed)?;
+    if data.is_empty() {
+        bail!("dataset {} has no images", data.name());
+    }
     let (c, h, w) = data.image_shape();
     if (c, h, w)
         != (

@@ -10,6 +10,9 @@ use rand::Rng;
 /// A labelled image dataset.
 pub trait Dataset: Send + Sync {
     fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     fn num_classes(&self) -> usize;
     /// (channels, height, width).
     fn image_shape(&self) -> (usize, usize, usize);

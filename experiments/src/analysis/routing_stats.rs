@@ -1,0 +1,107 @@
+//! Balance and information measures of expert routing.
+
+/// How uneven a load distribution is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Imbalance {
+    /// Largest load over the mean load (1 = perfectly balanced).
+    pub max_over_mean: f64,
+    /// Standard deviation over mean (coefficient of variation; 0 = balanced).
+    pub coefficient_of_variation: f64,
+}
+
+/// Imbalance of per-expert loads (any non-negative scale: counts or fractions).
+pub fn imbalance(load: &[f64]) -> Imbalance {
+    let n = load.len().max(1) as f64;
+    let mean = load.iter().sum::<f64>() / n;
+    if mean <= 0.0 {
+        return Imbalance {
+            max_over_mean: 1.0,
+            coefficient_of_variation: 0.0,
+        };
+    }
+    let max = load.iter().cloned().fold(f64::MIN, f64::max);
+    let variance = load.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / n;
+    Imbalance {
+        max_over_mean: max / mean,
+        coefficient_of_variation: variance.sqrt() / mean,
+    }
+}
+
+/// Shannon entropy in nats of a distribution given by non-negative weights (normalised here).
+pub fn entropy(weights: &[f64]) -> f64 {
+    let total: f64 = weights.iter().sum();
+    if total <= 0.0 {
+        return 0.0;
+    }
+    -weights
+        .iter()
+        .filter(|&&w| w > 0.0)
+        .map(|&w| (w / total) * (w / total).ln())
+        .sum::<f64>()
+}
+
+/// I(X; E) / H(E) from a contingency table `counts[x][e]` (x: timestep bin, position or
+/// class; e: expert): the fraction of the uncertainty about the chosen expert that the
+/// variable explains, 0 (independent) to 1 (determined). 0 when H(E) = 0.
+pub fn normalized_mutual_information(counts: &[Vec<f64>]) -> f64 {
+    let total: f64 = counts.iter().flatten().sum();
+    let experts = counts.first().map_or(0, Vec::len);
+    if total <= 0.0 || experts == 0 {
+        return 0.0;
+    }
+    let row_sums: Vec<f64> = counts.iter().map(|r| r.iter().sum()).collect();
+    let col_sums: Vec<f64> = (0..experts)
+        .map(|e| counts.iter().map(|r| r[e]).sum())
+        .collect();
+    let mut mi = 0.0;
+    for (row, &rs) in counts.iter().zip(&row_sums) {
+        for (&c, &cs) in row.iter().zip(&col_sums) {
+            if c > 0.0 {
+                mi += (c / total) * ((c * total) / (rs * cs)).ln();
+            }
+        }
+    }
+    let h = entropy(&col_sums);
+    if h <= 0.0 {
+        0.0
+    } else {
+        (mi / h).clamp(0.0, 1.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn imbalance_of_hand_made_loads() {
+        let even = imbalance(&[0.25; 4]);
+        assert_eq!(
+            (even.max_over_mean, even.coefficient_of_variation),
+            (1.0, 0.0)
+        );
+        // mean 1/3, max 1/2 → 1.5; deviations (1/6, −1/12, −1/12): var = (1/36 + 2/144)/3 = 1/72.
+        let skew = imbalance(&[0.5, 0.25, 0.25]);
+        assert!((skew.max_over_mean - 1.5).abs() < 1e-12);
+        assert!((skew.coefficient_of_variation - (1.0f64 / 72.0).sqrt() * 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn entropy_and_mutual_information() {
+        assert!((entropy(&[1.0, 1.0, 1.0, 1.0]) - 4f64.ln()).abs() < 1e-12);
+        assert_eq!(entropy(&[0.0, 5.0]), 0.0);
+        // Independent: every row has the same expert distribution.
+        assert!(normalized_mutual_information(&[vec![2.0, 2.0], vec![1.0, 1.0]]).abs() < 1e-12);
+        // Determined: each row picks one expert.
+        assert!(
+            (normalized_mutual_information(&[vec![3.0, 0.0], vec![0.0, 3.0]]) - 1.0).abs() < 1e-12
+        );
+        // Half-informative by hand: p = [[.375,.125],[.125,.375]]; I = Σ p ln(p/(.5·.5)).
+        let expected =
+            2.0 * (0.375 * (0.375f64 / 0.25).ln() + 0.125 * (0.125f64 / 0.25).ln()) / 2f64.ln();
+        assert!(
+            (normalized_mutual_information(&[vec![3.0, 1.0], vec![1.0, 3.0]]) - expected).abs()
+                < 1e-12
+        );
+    }
+}

@@ -1,0 +1,12 @@
+//! # ditmoe-experiments
+//!
+//! Everything behind the `ditmoe` command line: training configs ([`config`]), data
+//! ([`data`]), the training loop ([`train`]), sample grids ([`grid`]), the statistics the
+//! routing ablation reports ([`analysis`]) and the subcommands ([`commands`]).
+
+pub mod analysis;
+pub mod commands;
+pub mod config;
+pub mod data;
+pub mod grid;
+pub mod train;
