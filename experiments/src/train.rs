@@ -338,6 +338,9 @@ pub fn train(
 /// The model weights of a checkpoint directory: EMA if present.
 pub fn load_for_sampling(dir: &Path) -> Result<(Dit, TrainConfig)> {
     let state_path = dir.join("state.json");
+    if !state_path.exists() {
+        bail!("{} is not a checkpoint directory written by `ditmoe train` (expected {} inside it, e.g. runs/tiny-moe/checkpoint)", dir.display(), "state.json");
+    }
     let text =
         std::fs::read_to_string(&state_path).with_context(|| state_path.display().to_string())?;
     let state: RunState =
