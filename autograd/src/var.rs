@@ -112,15 +112,7 @@ impl Var {
     /// model to f64). The new value must have the same shape; graphs built earlier keep the old
     /// value, and any accumulated gradient is cleared if the dtype changes.
     pub fn set_value(&self, value: Tensor) -> Result<()> {
-        if !self.is_leaf() {
-            return Err(TensorError::invalid(
-                "set_value",
-                format!(
-                    "expected a leaf, found the output of `{}`",
-                    self.0.op.unwrap_or("?")
-                ),
-            ));
-        }
+        self.ensure_leaf("set_value")?;
         value.check_shape("set_value", self.shape())?;
         let mut slot = self.0.value.write().unwrap();
         if slot.dtype() != value.dtype() {
@@ -136,6 +128,19 @@ impl Var {
     pub fn is_leaf(&self) -> bool {
         self.0.op.is_none()
     }
+    /// Fails unless this is a leaf (only leaves own their value and their `requires_grad`).
+    fn ensure_leaf(&self, op: &'static str) -> Result<()> {
+        match self.0.op {
+            None => Ok(()),
+            Some(made_by) => Err(TensorError::invalid(
+                op,
+                format!(
+                    "expected a leaf, found the output of `{made_by}`; use detach() to make a leaf"
+                ),
+            )),
+        }
+    }
+
     /// The name of the op that produced this value (`None` for a leaf).
     pub fn op_name(&self) -> Option<&'static str> {
         self.0.op
@@ -143,15 +148,7 @@ impl Var {
 
     /// Turns gradient tracking of a leaf on or off. Non-leaf values inherit it from their inputs.
     pub fn set_requires_grad(&self, requires_grad: bool) -> Result<()> {
-        if !self.is_leaf() {
-            return Err(TensorError::invalid(
-                "set_requires_grad",
-                format!(
-                    "expected a leaf, found the output of `{}`; use detach() to make a leaf",
-                    self.0.op.unwrap_or("?")
-                ),
-            ));
-        }
+        self.ensure_leaf("set_requires_grad")?;
         *self.0.requires_grad.lock().unwrap() = requires_grad;
         Ok(())
     }

@@ -2,7 +2,6 @@
 //! N adaLN-Zero blocks conditioned on c = t_emb + y_emb, final adaLN layer, unpatchify.
 
 use crate::config::{DitConfig, FfnKind};
-use crate::init;
 use crate::layers::adaln::norm;
 use crate::layers::{
     modulate, sincos_pos_embed_2d, unpatchify, AdaLnModulation, Attention, LabelEmbedder, Linear,
@@ -264,16 +263,6 @@ impl Dit {
             return Ok(guided);
         }
         Var::concat(&[&guided, &halves[0].narrow(1, c, rest)?], 1)
-    }
-
-    /// Redraws every parameter from N(0, std²) — zero-initialised paths included — so tests
-    /// exercise every path (the reference fixtures are built the same way).
-    pub fn randomize_all(&self, std: f64, seed: u64) -> Result<()> {
-        let rng = &mut seeded_rng(seed);
-        for (_, var) in self.named_parameters() {
-            var.set_value(init::normal(var.shape(), std, rng)?)?;
-        }
-        Ok(())
     }
 }
 

@@ -110,6 +110,17 @@ pub trait Module {
         Ok(())
     }
 
+    /// Redraws every parameter from N(0, std²), keeping its dtype — zero-initialised paths
+    /// included — so tests exercise every path (the reference fixtures are built the same way).
+    fn randomize(&self, std: f64, seed: u64) -> Result<()> {
+        let rng = &mut ditmoe_tensor::seeded_rng(seed);
+        for (_, var) in self.named_parameters() {
+            let dtype = var.value().dtype();
+            var.set_value(crate::init::normal(var.shape(), std, rng)?.to_dtype(dtype)?)?;
+        }
+        Ok(())
+    }
+
     /// name → value of every tensor, parameters and buffers.
     fn state_dict(&self) -> BTreeMap<String, Tensor> {
         self.named_tensors()

@@ -18,7 +18,7 @@ fn model() -> Dit {
         .clone()
         .with_moe(base.ditmoe_ffn(4, 2), MoePlacement::EveryOther);
     let model = Dit::new(config, 3).unwrap();
-    model.randomize_all(0.1, 4).unwrap();
+    model.randomize(0.1, 4).unwrap();
     model
 }
 

@@ -96,7 +96,7 @@ fn accounting_matches_the_allocated_model() {
 fn every_variant_runs_forward_and_backward() {
     for config in variants() {
         let model = Dit::new(config.clone(), 1).unwrap();
-        model.randomize_all(0.05, 2).unwrap();
+        model.randomize(0.05, 2).unwrap();
         let (x, t, y) = inputs(2, &config);
         let mut rng = seeded_rng(3);
         let out = model
@@ -133,7 +133,7 @@ fn every_variant_runs_forward_and_backward() {
 fn classifier_free_guidance_interpolates_cond_and_uncond() {
     let config = small();
     let model = Dit::new(config.clone(), 1).unwrap();
-    model.randomize_all(0.05, 4).unwrap();
+    model.randomize(0.05, 4).unwrap();
     let (x, t, y) = inputs(3, &config);
     let cond = model
         .forward(&x, &t, &y, ForwardOptions::default())

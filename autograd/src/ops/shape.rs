@@ -34,12 +34,17 @@ impl Var {
     }
 
     pub fn split(&self, sizes: &[usize], dim: usize) -> Result<Vec<Var>> {
-        let pieces = self.value().split(sizes, dim)?;
+        let total = self.value().dim(dim)?;
+        if sizes.iter().sum::<usize>() != total {
+            return Err(TensorError::invalid(
+                "split",
+                format!("expected sizes summing to {total}, found {sizes:?}"),
+            ));
+        }
         let mut start = 0;
-        pieces
+        sizes
             .iter()
-            .map(|piece| {
-                let len = piece.shape()[dim];
+            .map(|&len| {
                 start += len;
                 self.narrow(dim, start - len, len)
             })

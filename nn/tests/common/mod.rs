@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 use ditmoe_autograd::{GradCheck, Var};
-use ditmoe_nn::init;
 use ditmoe_nn::Module;
 use ditmoe_tensor::{seeded_rng, DType, Result, Tensor};
 
@@ -16,16 +15,7 @@ pub fn normal(shape: &[usize], seed: u64) -> Tensor {
 /// paths (adaLN-Zero, the final layer) carry gradient too.
 pub fn randomized_f64(module: &dyn Module, std: f64, seed: u64) {
     module.cast(DType::F64).unwrap();
-    let rng = &mut seeded_rng(seed);
-    for (_, var) in module.named_parameters() {
-        var.set_value(
-            init::normal(var.shape(), std, rng)
-                .unwrap()
-                .to_dtype(DType::F64)
-                .unwrap(),
-        )
-        .unwrap();
-    }
+    module.randomize(std, seed).unwrap();
 }
 
 /// Finite-difference check of `f` with respect to `inputs` and every parameter of `module`;

@@ -72,7 +72,7 @@ fn row_starts(shape: &[usize], strides: &[usize], offset: usize) -> Vec<usize> {
 /// `f(a, b)` over the broadcast shape, reading both inputs in place through their strides.
 /// After merging back-to-back dimensions the work is a list of rows; along a row each input
 /// either advances (stride 1), stays (a broadcast, stride 0) or jumps (any other stride).
-fn zip_map<T: FloatElement>(
+pub(crate) fn zip_map<T: FloatElement>(
     a: &Tensor,
     b: &Tensor,
     shape: &[usize],

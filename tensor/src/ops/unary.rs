@@ -3,6 +3,7 @@
 use crate::dtype::FloatElement;
 use crate::error::Result;
 use crate::layout::Layout;
+use crate::ops::binary::zip_map;
 use crate::parallel::for_each_chunk_mut;
 use crate::{with_float_type, Tensor};
 
@@ -177,8 +178,8 @@ impl Tensor {
     pub fn unary_backward(&self, op: UnaryOp, grad_out: &Tensor) -> Result<Tensor> {
         grad_out.check_shape("unary_backward", self.shape())?;
         with_float_type!(self.dtype(), "unary_backward", T => {
-            let d = map_elements::<T>(self, |v| op.derivative(v))?;
-            d.mul(grad_out)
+            grad_out.check_dtype("unary_backward", self.dtype())?;
+            zip_map::<T>(self, grad_out, self.shape(), |x, g| g * op.derivative(x))
         })
     }
 
