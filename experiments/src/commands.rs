@@ -1,4 +1,4 @@
-//! The subcommands that exist so far: `zoo` and `forward`.
+//! The subcommands: `zoo`, `forward`, `train`, `sample` and `ablate`.
 
 use ditmoe_autograd::Var;
 use ditmoe_nn::accounting::model_cost;
@@ -147,7 +147,17 @@ pub fn train(
         out.display(),
         ditmoe_tensor::parallel::num_threads()
     );
-    let summary = crate::train::train(&config, &out, resume, terminal, None)?;
+    use crate::train::{Progress, TrainOptions};
+    let progress = if terminal {
+        Progress::Bar(name.clone())
+    } else {
+        Progress::Lines(String::new())
+    };
+    let options = TrainOptions {
+        resume,
+        ..TrainOptions::new(progress)
+    };
+    let summary = crate::train::train(&config, &out, &options)?;
     println!(
         "trained {} steps in {:.1} s: diffusion loss {:.4} → {:.4}; checkpoint in {}",
         summary.steps,
@@ -169,62 +179,29 @@ pub fn sample(
     out: &Path,
     seed: u64,
 ) -> anyhow::Result<()> {
-    use crate::config::Objective;
-    use ditmoe_diffusion::{sample as run_sampler, SampleOptions, SamplerKind};
+    use crate::generate::{generate, Generation};
+    use ditmoe_diffusion::SamplerKind;
     let (model, config) = crate::train::load_for_sampling(checkpoint)?;
-    let kind = match sampler {
+    let sampler = match sampler {
         None => config.sample.sampler,
         Some("ddpm") => SamplerKind::Ddpm,
         Some("ddim") => SamplerKind::Ddim { eta: 0.0 },
         Some("euler") => SamplerKind::Euler,
         Some(other) => anyhow::bail!("unknown sampler `{other}` (expected ddpm, ddim or euler)"),
     };
-    let flow = matches!(config.objective, Objective::Flow { .. });
-    if flow != (kind == SamplerKind::Euler) {
-        anyhow::bail!(
-            "a {} model samples with {}",
-            if flow { "flow" } else { "DDPM" },
-            if flow { "euler" } else { "ddpm or ddim" }
-        );
-    }
     let classes = model.config.num_classes;
     let per_class = n.div_ceil(classes).max(1);
-    let labels: Vec<i64> = (0..classes)
-        .flat_map(|c| std::iter::repeat_n(c as i64, per_class))
+    let labels: Vec<usize> = (0..classes)
+        .flat_map(|c| std::iter::repeat_n(c, per_class))
         .collect();
-    let y = ditmoe_tensor::Tensor::from_vec(labels.clone(), &[labels.len()])?;
     let scale = cfg.unwrap_or(config.sample.cfg_scale);
-    let denoise = |x: &ditmoe_tensor::Tensor, t: &ditmoe_tensor::Tensor| {
-        ditmoe_autograd::no_grad(|| {
-            Ok(model
-                .forward_with_cfg(&Var::constant(x.clone()), t, &y, scale)?
-                .value())
-        })
-    };
-    let diffusion = crate::train::diffusion_of(&config, model.config.learn_sigma);
-    let time_scale = match config.objective {
-        Objective::Flow { time_scale } => time_scale,
-        Objective::Ddpm { .. } => 1.0,
-    };
-    let options = SampleOptions {
+    let generation = Generation {
+        sampler,
         steps: steps.unwrap_or(config.sample.steps),
-        clip_denoised: true,
-        flow_time_scale: time_scale,
+        cfg_scale: scale,
+        seed,
     };
-    let shape = [
-        labels.len(),
-        model.config.in_channels,
-        model.config.input_size,
-        model.config.input_size,
-    ];
-    let images = run_sampler(
-        &diffusion,
-        &denoise,
-        &shape,
-        kind,
-        options,
-        &mut ditmoe_tensor::seeded_rng(seed),
-    )?;
+    let images = generate(&model, &config, &labels, &generation)?;
     crate::grid::write_grid(out, &images, classes, &(0..classes).collect::<Vec<_>>())?;
     println!(
         "wrote {} samples ({} per class, cfg {scale}) to {}",
@@ -238,5 +215,41 @@ pub fn sample(
             .collect();
         println!("rows: {}", legend.join(", "));
     }
+    Ok(())
+}
+
+/// `ditmoe ablate`: runs the routing ablation and says where the report is.
+pub fn ablate(
+    preset: String,
+    out: std::path::PathBuf,
+    variants: Vec<String>,
+    seed: Option<u64>,
+) -> anyhow::Result<()> {
+    use crate::ablate::{ablate, AblateOptions};
+    let began = std::time::Instant::now();
+    let options = AblateOptions {
+        preset,
+        out,
+        variants,
+        seed,
+        progress_bars: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        quiet: false,
+        command: std::env::args()
+            .map(|a| if a.contains(' ') { format!("'{a}'") } else { a })
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    eprintln!(
+        "ablation `{}` into {} ({} threads)",
+        options.preset,
+        options.out.display(),
+        ditmoe_tensor::parallel::num_threads()
+    );
+    let report = ablate(&options)?;
+    println!(
+        "wrote {} in {:.0} s",
+        report.display(),
+        began.elapsed().as_secs_f64()
+    );
     Ok(())
 }

@@ -4,9 +4,12 @@
 //! ([`data`]), the training loop ([`train`]), sample grids ([`grid`]), the statistics the
 //! routing ablation reports ([`analysis`]) and the subcommands ([`commands`]).
 
+pub mod ablate;
 pub mod analysis;
 pub mod commands;
 pub mod config;
 pub mod data;
+pub mod generate;
 pub mod grid;
+pub mod plot;
 pub mod train;

@@ -79,11 +79,31 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
-    /// The routing ablation, the main job (lands with issue #5).
-    Ablate,
+    /// The routing ablation, the main job: trains every variant of a preset on identical data,
+    /// seeds and steps, evaluates them and writes DIR/report.md.
+    Ablate {
+        /// `quick` (≤ 10 min on 2 CPU cores), `full`, or a preset TOML file.
+        #[arg(long, default_value = "quick")]
+        preset: String,
+        /// Output directory; re-running with the same one skips finished variants.
+        #[arg(long, default_value = "runs/ablate")]
+        out: PathBuf,
+        /// Comma-separated variant names to run (default: all of the preset).
+        #[arg(long, value_delimiter = ',')]
+        variants: Vec<String>,
+        /// Override the preset's seed.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
 }
 
+/// Counts heap bytes so `ablate` can report each variant's peak memory.
+#[global_allocator]
+static ALLOCATOR: ditmoe_tensor::memory::CountingAllocator =
+    ditmoe_tensor::memory::CountingAllocator;
+
 fn main() -> ExitCode {
+    ditmoe_tensor::memory::keep_freed_memory();
     let result = match Cli::parse().command {
         Command::Zoo { image_size, json } => commands::zoo(image_size, json),
         Command::Forward {
@@ -117,10 +137,12 @@ fn main() -> ExitCode {
             seed,
         } => commands::sample(&checkpoint, n, cfg, sampler.as_deref(), steps, &out, seed)
             .map_err(|e| format!("{e:#}")),
-        Command::Ablate => Err(
-            "`ditmoe ablate` (the routing ablation) is not implemented yet: it lands with issue #5"
-                .to_string(),
-        ),
+        Command::Ablate {
+            preset,
+            out,
+            variants,
+            seed,
+        } => commands::ablate(preset, out, variants, seed).map_err(|e| format!("{e:#}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

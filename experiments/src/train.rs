@@ -4,6 +4,7 @@
 //! Every random draw of step s comes from an RNG seeded by (seed, s), so a resumed run draws
 //! exactly what an uninterrupted run would have: N steps + resume + N steps = 2N steps.
 
+use crate::analysis::LayerRouting;
 use crate::config::{DataSpec, Objective, TrainConfig};
 use crate::data::files::{Cifar10, IdxDataset};
 use crate::data::shapes::Shapes;
@@ -61,6 +62,9 @@ pub fn diffusion_of(config: &TrainConfig, learn_sigma: bool) -> GaussianDiffusio
 pub struct RunState {
     pub step: u64,
     pub config: TrainConfig,
+    /// Training wall time up to `step`, over every resumed part of the run.
+    #[serde(default)]
+    pub seconds: f64,
 }
 
 /// What a finished run reports.
@@ -70,6 +74,85 @@ pub struct TrainSummary {
     pub last_loss: f64,
     pub steps: u64,
     pub seconds: f64,
+}
+
+/// How a run shows its progress.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    /// A progress bar (for a terminal) with this label in front.
+    Bar(String),
+    /// A plain line per logged step, starting with this label.
+    Lines(String),
+    Quiet,
+}
+
+/// How to run [`train`].
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    /// Continue from the checkpoint in the output directory.
+    pub resume: bool,
+    pub progress: Progress,
+    /// End after this step, as an interruption would (tests use it).
+    pub stop_after: Option<u64>,
+    /// The metrics log; `out/metrics.jsonl` when `None`.
+    pub metrics: Option<PathBuf>,
+}
+
+impl TrainOptions {
+    pub fn new(progress: Progress) -> Self {
+        TrainOptions {
+            resume: false,
+            progress,
+            stop_after: None,
+            metrics: None,
+        }
+    }
+}
+
+/// One line of the metrics log (`metrics.jsonl`), written every `log_every` steps.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MetricsLine {
+    pub step: u64,
+    /// Mean diffusion loss over the steps since the previous line.
+    pub loss: f64,
+    /// Mean variational-bound term (DDPM with learned σ), same window.
+    pub vb: Option<f64>,
+    /// Mean auxiliary (balance) loss, same window; `None` without one.
+    pub aux_loss: Option<f64>,
+    /// Gradient norm before clipping, this step.
+    pub grad_norm: f64,
+    pub lr: f64,
+    /// Throughput over the window.
+    pub images_per_s: f64,
+    /// Training wall time so far, over resumed parts too.
+    pub elapsed_s: f64,
+    /// Peak heap since the run (or this resumed part of it) started; `None` when the program
+    /// does not count allocations.
+    pub peak_heap_mib: Option<f64>,
+    /// Routing of this step's batch, per MoE block.
+    pub routing: Vec<LayerRouting>,
+}
+
+/// Reads a metrics log, naming the file and line of anything malformed.
+pub fn read_metrics(path: &Path) -> Result<Vec<MetricsLine>> {
+    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(i, line)| {
+            serde_json::from_str(line)
+                .with_context(|| format!("{} line {}: not a metrics line", path.display(), i + 1))
+        })
+        .collect()
+}
+
+/// Means of the losses over the steps since the last metrics line.
+#[derive(Default)]
+struct Window {
+    steps: u64,
+    loss: f64,
+    aux_loss: f64,
+    vb: f64,
 }
 
 /// Writes the checkpoint directory `out/checkpoint`: each file is written atomically into
@@ -143,16 +226,9 @@ fn restore(dir: &Path, model: &Dit, ema: &mut Ema, optimizer: &mut AdamW) -> Res
     Ok(state)
 }
 
-/// Trains per `config`, writing metrics and checkpoints under `out`. With `resume`, continues
-/// from the checkpoint there (which must come from the same config). `stop_after` ends the
-/// run early after that step, as an interruption would (tests use it).
-pub fn train(
-    config: &TrainConfig,
-    out: &Path,
-    resume: bool,
-    progress: bool,
-    stop_after: Option<u64>,
-) -> Result<TrainSummary> {
+/// Trains per `config`, writing metrics and checkpoints under `out`. With `options.resume`,
+/// continues from the checkpoint there (which must come from the same config).
+pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result<TrainSummary> {
     let model_config = config.model_config().map_err(anyhow::Error::msg)?;
     let data = open_dataset(&config.data, config.seed)?;
     if data.is_empty() {
@@ -174,8 +250,8 @@ pub fn train(
     let params = model.named_parameters();
     let mut optimizer = AdamW::new(config.adamw);
     let mut ema = Ema::new(&params, config.ema_decay);
-    let mut start = 0;
-    if resume {
+    let (mut start, mut seconds_before) = (0, 0.0);
+    if options.resume {
         let dir = checkpoint_dir(out)
             .ok_or_else(|| anyhow!("--resume: no checkpoint in {}", out.display()))?;
         let state = restore(&dir, &model, &mut ema, &mut optimizer)?;
@@ -186,31 +262,56 @@ pub fn train(
             );
         }
         start = state.step;
+        seconds_before = state.seconds;
     }
-    let metrics_path = out.join("metrics.jsonl");
+    let metrics_path = options
+        .metrics
+        .clone()
+        .unwrap_or_else(|| out.join("metrics.jsonl"));
+    if let Some(parent) = metrics_path.parent() {
+        std::fs::create_dir_all(parent).with_context(|| parent.display().to_string())?;
+    }
+    if options.resume && metrics_path.exists() {
+        // Lines logged after the checkpoint was written would be logged again: drop them.
+        let kept: Vec<String> = read_metrics(&metrics_path)?
+            .iter()
+            .filter(|line| line.step <= start)
+            .map(|line| serde_json::to_string(line).expect("metrics serialise") + "\n")
+            .collect();
+        std::fs::write(&metrics_path, kept.concat())
+            .with_context(|| metrics_path.display().to_string())?;
+    }
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
-        .append(resume)
+        .append(options.resume)
         .write(true)
-        .truncate(!resume)
+        .truncate(!options.resume)
         .open(&metrics_path)
         .with_context(|| metrics_path.display().to_string())?;
     let diffusion = diffusion_of(config, model_config.learn_sigma);
-    let bar = progress.then(|| {
-        let bar = indicatif::ProgressBar::new(config.steps);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
-            )
-            .expect("valid template"),
-        );
-        bar.set_position(start);
-        bar
-    });
+    let bar = match &options.progress {
+        Progress::Bar(label) => {
+            let bar = indicatif::ProgressBar::new(config.steps);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{prefix} {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+                )
+                .expect("valid template"),
+            );
+            bar.set_prefix(label.clone());
+            bar.set_position(start);
+            Some(bar)
+        }
+        _ => None,
+    };
+    ditmoe_tensor::memory::reset_peak();
     let began = Instant::now();
-    let mut window = (Instant::now(), 0u64);
+    let mut window_began = Instant::now();
+    let mut window = Window::default();
     let (mut first_loss, mut last_loss) = (f64::NAN, f64::NAN);
-    let end = stop_after.map_or(config.steps, |s| s.min(config.steps));
+    let end = options
+        .stop_after
+        .map_or(config.steps, |s| s.min(config.steps));
     for step in start..end {
         let rng = &mut step_rng(config.seed, step);
         let indices: Vec<usize> = (0..config.batch_size)
@@ -244,11 +345,11 @@ pub fn train(
                 (z, t_model, None, Some(target))
             }
         };
-        let options = ForwardOptions {
+        let forward_options = ForwardOptions {
             label_dropout: Some(rng),
             record_routing: record,
         };
-        let result = model.forward(&Var::constant(input.clone()), &t_model, &y, options)?;
+        let result = model.forward(&Var::constant(input.clone()), &t_model, &y, forward_options)?;
         let (diffusion_loss, vb) = match (ddpm_steps, flow_target) {
             (Some(t), _) => {
                 let terms = diffusion.training_losses(&result.out, &x0, &input, &t, &noise)?;
@@ -285,28 +386,39 @@ pub fn train(
             first_loss = loss_value;
         }
         last_loss = loss_value;
-        window.1 += 1;
+        window.steps += 1;
+        window.loss += loss_value;
+        window.aux_loss += aux.as_ref().map_or(Ok(0.0), Var::item)?;
+        window.vb += vb.as_ref().map_or(Ok(0.0), Var::item)?;
         if record {
-            let images_per_s =
-                (window.1 as usize * config.batch_size) as f64 / window.0.elapsed().as_secs_f64();
-            window = (Instant::now(), 0);
-            let expert_load: Vec<Vec<f64>> =
-                routing.iter().flatten().map(|r| r.expert_load()).collect();
-            let line = serde_json::json!({
-                "step": step + 1,
-                "loss": loss_value,
-                "vb": vb.map(|v| v.item().unwrap_or(f64::NAN)),
-                "aux_loss": aux.as_ref().map(|a| a.item().unwrap_or(f64::NAN)),
-                "grad_norm": grad_norm,
-                "lr": lr,
-                "images_per_s": images_per_s,
-                "expert_load": expert_load,
-            });
-            writeln!(metrics, "{line}").with_context(|| metrics_path.display().to_string())?;
-            match &bar {
-                Some(bar) => bar.set_message(format!("loss {loss_value:.4} · {images_per_s:.0} img/s")),
-                None => eprintln!("step {:>6}/{} loss {loss_value:.4} grad-norm {grad_norm:.3} lr {lr:.2e} {images_per_s:.0} img/s", step + 1, config.steps),
+            let n = window.steps as f64;
+            let images_per_s = n * config.batch_size as f64 / window_began.elapsed().as_secs_f64();
+            let loss = window.loss / n;
+            let routing: Vec<LayerRouting> =
+                routing.iter().flatten().map(LayerRouting::of).collect();
+            let peak = ditmoe_tensor::memory::is_counting()
+                .then(|| ditmoe_tensor::memory::peak_bytes() as f64 / (1u64 << 20) as f64);
+            let line = MetricsLine {
+                step: step + 1,
+                loss,
+                vb: vb.is_some().then_some(window.vb / n),
+                aux_loss: aux.is_some().then_some(window.aux_loss / n),
+                grad_norm,
+                lr,
+                images_per_s,
+                elapsed_s: seconds_before + began.elapsed().as_secs_f64(),
+                peak_heap_mib: peak,
+                routing,
+            };
+            let text = serde_json::to_string(&line).expect("metrics serialise");
+            writeln!(metrics, "{text}").with_context(|| metrics_path.display().to_string())?;
+            match (&bar, &options.progress) {
+                (Some(bar), _) => bar.set_message(format!("loss {loss:.4} · {images_per_s:.0} img/s")),
+                (None, Progress::Lines(label)) => eprintln!("{label}step {:>6}/{} loss {loss:.4} grad-norm {grad_norm:.3} lr {lr:.2e} {images_per_s:.0} img/s", step + 1, config.steps),
+                _ => {}
             }
+            window_began = Instant::now();
+            window = Window::default();
         }
         if let Some(bar) = &bar {
             bar.set_position(step + 1);
@@ -320,6 +432,7 @@ pub fn train(
                 &RunState {
                     step: step + 1,
                     config: config.clone(),
+                    seconds: seconds_before + began.elapsed().as_secs_f64(),
                 },
             )?;
         }
@@ -384,6 +497,22 @@ mod tests {
         TrainConfig::from_toml(text, "test").unwrap()
     }
 
+    fn quiet() -> TrainOptions {
+        TrainOptions::new(Progress::Quiet)
+    }
+    fn stop_after(step: u64) -> TrainOptions {
+        TrainOptions {
+            stop_after: Some(step),
+            ..quiet()
+        }
+    }
+    fn resume() -> TrainOptions {
+        TrainOptions {
+            resume: true,
+            ..quiet()
+        }
+    }
+
     fn temp(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("ditmoe-train-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -394,9 +523,20 @@ mod tests {
     fn resuming_gives_the_same_weights_as_an_uninterrupted_run() {
         let config = tiny_config();
         let (whole, split) = (temp("whole"), temp("split"));
-        train(&config, &whole, false, false, None).unwrap();
-        train(&config, &split, false, false, Some(3)).unwrap();
-        let summary = train(&config, &split, true, false, None).unwrap();
+        train(&config, &whole, &quiet()).unwrap();
+        train(&config, &split, &stop_after(3)).unwrap();
+        // An interruption after logging step 4 but before checkpointing it: the resumed run
+        // logs step 4 again, so the stale line must go.
+        let metrics = split.join("metrics.jsonl");
+        let mut stale = read_metrics(&metrics).unwrap().pop().unwrap();
+        stale.step = 4;
+        let text = std::fs::read_to_string(&metrics).unwrap();
+        std::fs::write(
+            &metrics,
+            text + &serde_json::to_string(&stale).unwrap() + "\n",
+        )
+        .unwrap();
+        let summary = train(&config, &split, &resume()).unwrap();
         assert_eq!(summary.steps, 3);
         for file in [
             "model.safetensors",
@@ -433,14 +573,14 @@ mod tests {
     fn resume_needs_a_matching_checkpoint() {
         let config = tiny_config();
         let dir = temp("mismatch");
-        assert!(train(&config, &dir, true, false, None)
+        assert!(train(&config, &dir, &resume())
             .unwrap_err()
             .to_string()
             .contains("no checkpoint"));
-        train(&config, &dir, false, false, Some(3)).unwrap();
+        train(&config, &dir, &stop_after(3)).unwrap();
         let mut other = config.clone();
         other.lr = 5e-4;
-        assert!(train(&other, &dir, true, false, None)
+        assert!(train(&other, &dir, &resume())
             .unwrap_err()
             .to_string()
             .contains("different config"));
@@ -454,7 +594,7 @@ mod tests {
             images: "/nonexistent/images".into(),
             labels: "/nonexistent/labels".into(),
         };
-        let err = train(&config, &temp("data"), false, false, None)
+        let err = train(&config, &temp("data"), &quiet())
             .unwrap_err()
             .to_string();
         assert!(err.contains("/nonexistent/images"), "{err}");

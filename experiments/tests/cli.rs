@@ -92,9 +92,14 @@ fn errors_name_the_problem() {
     ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/w.safetensors"));
-    let out = ditmoe(&["ablate"]);
+    let out = ditmoe(&["ablate", "--preset", "/nonexistent/preset.toml"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("issue #5"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not a built-in preset (quick, full)")
+            && stderr.contains("/nonexistent/preset.toml"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -147,11 +152,15 @@ fn train_then_sample_end_to_end() {
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
     assert_eq!(last["step"], 4);
-    assert_eq!(
-        last["expert_load"].as_array().unwrap().len(),
-        1,
-        "one MoE layer's load"
-    );
+    let routing = last["routing"].as_array().unwrap();
+    assert_eq!(routing.len(), 1, "one MoE layer's routing");
+    let load: f64 = routing[0]["load"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_f64().unwrap())
+        .sum();
+    assert!((load - 1.0).abs() < 1e-9, "loads are fractions: {load}");
 
     let grid = dir.join("grid.png");
     let checkpoint = run.join("checkpoint");

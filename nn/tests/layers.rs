@@ -138,9 +138,17 @@ fn fused_attention_equals_naive_attention_in_values_and_gradients() {
     // And through the attention layer, fused vs naive kernel.
     let mut layer = Attention::new(16, 4, &mut rng()).unwrap();
     let x = Var::constant(normal(&[2, 9, 16], 5).to_dtype(DType::F32).unwrap());
+    layer.kernel = AttentionKernel::Fused;
     let fused = layer.forward(&x).unwrap().value();
     layer.kernel = AttentionKernel::Naive;
     assert!(max_abs_diff(&fused, &layer.forward(&x).unwrap().value()) < 1e-5);
+    // Auto picks by length: naive for short sequences, fused from FUSED_FROM_TOKENS on.
+    assert_eq!(AttentionKernel::Auto.resolve(9), AttentionKernel::Naive);
+    assert_eq!(
+        AttentionKernel::Auto.resolve(FUSED_FROM_TOKENS),
+        AttentionKernel::Fused
+    );
+    assert_eq!(AttentionKernel::Fused.resolve(9), AttentionKernel::Fused);
 }
 
 #[test]

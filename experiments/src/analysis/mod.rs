@@ -7,5 +7,7 @@ pub mod routing_stats;
 pub mod specialization;
 
 pub use frechet::{frechet_distance, mean_and_covariance};
-pub use routing_stats::{entropy, imbalance, normalized_mutual_information, Imbalance};
+pub use routing_stats::{
+    entropy, imbalance, normalized_mutual_information, router_entropy, Imbalance, LayerRouting,
+};
 pub use specialization::{Specialization, SpecializationScores};

@@ -1,5 +1,8 @@
 //! Balance and information measures of expert routing.
 
+use ditmoe_nn::moe::RoutingRecord;
+use serde::{Deserialize, Serialize};
+
 /// How uneven a load distribution is.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Imbalance {
@@ -69,9 +72,73 @@ pub fn normalized_mutual_information(counts: &[Vec<f64>]) -> f64 {
     }
 }
 
+/// Mean over tokens of the entropy (nats) of each token's router distribution. Rows of a
+/// softmax router are used as they are; gates that are not a distribution (expert race with
+/// identity or sigmoid gates) are put through a softmax first.
+pub fn router_entropy(scores: &[f64], experts: usize) -> f64 {
+    let rows: Vec<&[f64]> = scores.chunks(experts.max(1)).collect();
+    let total: f64 = rows
+        .iter()
+        .map(|row| {
+            let sum: f64 = row.iter().sum();
+            let is_distribution = row.iter().all(|&s| s >= 0.0) && (sum - 1.0).abs() < 1e-3;
+            let weights: Vec<f64> = if is_distribution {
+                row.to_vec()
+            } else {
+                let max = row.iter().fold(f64::MIN, |m, &s| m.max(s));
+                row.iter().map(|&s| (s - max).exp()).collect()
+            };
+            entropy(&weights)
+        })
+        .sum();
+    total / rows.len().max(1) as f64
+}
+
+/// The routing health of one MoE layer in one forward pass, as the metrics log records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerRouting {
+    /// Fraction of the (token, expert) slots that went to each expert.
+    pub load: Vec<f64>,
+    pub max_over_mean: f64,
+    pub coefficient_of_variation: f64,
+    /// Mean per-token router entropy (nats); ln E is a uniform router.
+    pub router_entropy: f64,
+    /// Fraction of tokens no expert processed.
+    pub dropped: f64,
+    /// `experts_per_token[j]`: fraction of tokens processed by exactly j experts.
+    pub experts_per_token: Vec<f64>,
+}
+
+impl LayerRouting {
+    pub fn of(record: &RoutingRecord) -> Self {
+        let load = record.expert_load();
+        let balance = imbalance(&load);
+        let histogram = record.experts_per_token_histogram();
+        let tokens = histogram.iter().sum::<usize>().max(1) as f64;
+        LayerRouting {
+            max_over_mean: balance.max_over_mean,
+            coefficient_of_variation: balance.coefficient_of_variation,
+            router_entropy: router_entropy(&record.scores.to_vec_f64(), load.len()),
+            dropped: record.dropped_fraction(),
+            experts_per_token: histogram.iter().map(|&c| c as f64 / tokens).collect(),
+            load,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn router_entropy_of_hand_made_gates() {
+        // A uniform and a one-hot row: (ln 2 + 0) / 2.
+        let h = router_entropy(&[0.5, 0.5, 1.0, 0.0], 2);
+        assert!((h - 2f64.ln() / 2.0).abs() < 1e-9, "{h}");
+        // Logits are softmaxed first: equal logits are a uniform distribution.
+        let h = router_entropy(&[-3.0, -3.0, -3.0], 3);
+        assert!((h - 3f64.ln()).abs() < 1e-6, "{h}");
+    }
 
     #[test]
     fn imbalance_of_hand_made_loads() {

@@ -7,7 +7,7 @@ use crate::analysis::normalized_mutual_information;
 use ditmoe_nn::moe::RoutingRecord;
 
 /// Contingency tables `[variable value][expert]` of one MoE layer.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Specialization {
     pub by_timestep: Vec<Vec<f64>>,
     pub by_position: Vec<Vec<f64>>,
@@ -15,7 +15,7 @@ pub struct Specialization {
 }
 
 /// NMI of the expert choice with each variable (0 = independent, 1 = determined).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SpecializationScores {
     pub timestep: f64,
     pub position: f64,

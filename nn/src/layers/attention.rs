@@ -5,13 +5,31 @@ use crate::module::{Module, Visitor};
 use ditmoe_autograd::Var;
 use ditmoe_tensor::{Result, SeededRng, TensorError};
 
-/// Which attention core to run: the fused kernel (default) or the naive reference that
-/// materialises the T×T score matrix (for tests and benchmarks).
+/// Which attention core to run: the fused kernel, the naive one that materialises the T×T
+/// score matrix, or (default) whichever is faster for the sequence length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AttentionKernel {
     #[default]
+    Auto,
     Fused,
     Naive,
+}
+
+/// From this many tokens on, `Auto` runs the fused kernel. Below it the naive path's score
+/// matrix fits in cache and rides the blocked GEMM: on the 2-core dev box (benches/RESULTS.md)
+/// naive fwd+bwd is 2.3× faster at T = 256 and level with fused at T = 1024, while fused needs
+/// 20× less memory there and wins from then on.
+pub const FUSED_FROM_TOKENS: usize = 1024;
+
+impl AttentionKernel {
+    /// The kernel that runs for sequences of `tokens`.
+    pub fn resolve(self, tokens: usize) -> AttentionKernel {
+        match self {
+            AttentionKernel::Auto if tokens >= FUSED_FROM_TOKENS => AttentionKernel::Fused,
+            AttentionKernel::Auto => AttentionKernel::Naive,
+            chosen => chosen,
+        }
+    }
 }
 
 /// softmax(q·kᵀ·scale)·v composed from matmul and softmax: the reference for the fused core.
@@ -41,7 +59,7 @@ impl Attention {
             qkv: Linear::new(dim, 3 * dim, true, rng)?,
             proj: Linear::new(dim, dim, true, rng)?,
             heads,
-            kernel: AttentionKernel::Fused,
+            kernel: AttentionKernel::Auto,
         })
     }
 
@@ -62,9 +80,9 @@ impl Attention {
             parts[2].squeeze(0)?,
         );
         let scale = (head_dim as f64).powf(-0.5);
-        let o = match self.kernel {
-            AttentionKernel::Fused => Var::flash_attention(&q, &k, &v, scale)?,
+        let o = match self.kernel.resolve(t) {
             AttentionKernel::Naive => naive_attention(&q, &k, &v, scale)?,
+            _ => Var::flash_attention(&q, &k, &v, scale)?,
         };
         self.proj
             .forward(&o.permute(&[0, 2, 1, 3])?.reshape(&[b, t, d])?)

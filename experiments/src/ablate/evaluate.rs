@@ -1,0 +1,280 @@
+//! What happens to a variant after training: sample quality with its EMA weights, the
+//! inference-time compute sweep (top-k or capacity factor changed at sampling time), and the
+//! expert-specialisation tables of the DiT-MoE paper (route a fixed evaluation set at several
+//! noise levels and count which expert took which timestep bin, patch position and class).
+
+use super::classifier::{score, Classifier, Quality, Reference};
+use super::plan::{EvaluationConfig, Variant};
+use crate::analysis::{Specialization, SpecializationScores};
+use crate::config::{Objective, TrainConfig};
+use crate::generate::{generate, Generation};
+use crate::grid::write_grid;
+use anyhow::Result;
+use ditmoe_autograd::{no_grad, Var};
+use ditmoe_diffusion::{flow_interpolate, GaussianDiffusion};
+use ditmoe_nn::accounting::model_cost;
+use ditmoe_nn::moe::RoutingConfig;
+use ditmoe_nn::{Dit, DitConfig, ForwardOptions, Module};
+use ditmoe_tensor::{seeded_rng, DType, Tensor};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::time::Instant;
+
+/// One point of the inference-time compute sweep.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SweepPoint {
+    /// `top_k = 1`, `capacity_factor = 4`, …
+    pub setting: String,
+    pub experts_per_token: f64,
+    pub gmacs: f64,
+    pub quality: Quality,
+    /// Whether this is the setting the variant was trained with.
+    pub trained: bool,
+}
+
+/// The specialisation tables of one MoE block and their NMI scores.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerSpecialization {
+    pub block: usize,
+    pub tables: Specialization,
+    pub nmi: SpecializationScores,
+}
+
+/// Everything measured on a trained variant (written as `evaluation.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    pub quality: Quality,
+    /// Empty for dense variants.
+    pub sweep: Vec<SweepPoint>,
+    /// One entry per MoE block.
+    pub specialization: Vec<LayerSpecialization>,
+    pub seconds: f64,
+}
+
+/// The shared inputs of every evaluation, so all variants are judged identically.
+pub struct Judge<'a> {
+    pub classifier: &'a Classifier,
+    pub reference: &'a Reference,
+    /// Evaluation images `[M, C, H, W]` and labels for the specialisation tables.
+    pub images: &'a Tensor,
+    pub labels: &'a [usize],
+    pub settings: &'a EvaluationConfig,
+}
+
+/// The labels of the generated set: `samples_per_class` of each class, class-major.
+pub fn sample_labels(classes: usize, per_class: usize) -> Vec<usize> {
+    (0..classes)
+        .flat_map(|c| std::iter::repeat_n(c, per_class))
+        .collect()
+}
+
+/// Evaluates the EMA weights `model` of `variant`, writing its sample grid to `grid`.
+pub fn evaluate(model: &Dit, variant: &Variant, judge: &Judge, grid: &Path) -> Result<Evaluation> {
+    let began = Instant::now();
+    let config = &variant.config;
+    let classes = model.config.num_classes;
+    let labels = sample_labels(classes, judge.settings.samples_per_class);
+    let generation = Generation {
+        sampler: config.sample.sampler,
+        steps: judge.settings.sample_steps,
+        cfg_scale: config.sample.cfg_scale,
+        seed: config.seed,
+    };
+    let images = generate(model, config, &labels, &generation)?;
+    write_grid(grid, &images, classes, &(0..classes).collect::<Vec<_>>())?;
+    let quality = score(judge.classifier, judge.reference, &images, &labels)?;
+    let mut sweep = Vec::new();
+    for (setting, moe_config) in sweep_settings(&model.config, judge.settings) {
+        let trained = moe_config == model.config;
+        let quality = if trained {
+            quality
+        } else {
+            let swept = Dit::new(moe_config.clone(), 0)?;
+            swept.load_state_dict(&model.state_dict())?;
+            let images = generate(&swept, config, &labels, &generation)?;
+            score(judge.classifier, judge.reference, &images, &labels)?
+        };
+        sweep.push(SweepPoint {
+            setting,
+            experts_per_token: moe_config.moe.map_or(0.0, |m| m.experts_per_token()),
+            gmacs: model_cost(&moe_config).gmacs,
+            quality,
+            trained,
+        });
+    }
+    Ok(Evaluation {
+        quality,
+        sweep,
+        specialization: specialization(model, config, judge)?,
+        seconds: began.elapsed().as_secs_f64(),
+    })
+}
+
+/// The model configs of the compute sweep with a label for each: top-k for token choice and
+/// expert race, the capacity factor for expert choice; nothing for a dense model.
+pub fn sweep_settings(config: &DitConfig, settings: &EvaluationConfig) -> Vec<(String, DitConfig)> {
+    let Some(moe) = config.moe else {
+        return Vec::new();
+    };
+    let with_routing = |routing| {
+        let mut swept = moe;
+        swept.routing = routing;
+        config.clone().with_moe(swept, config.moe_placement)
+    };
+    match moe.routing {
+        RoutingConfig::TokenChoice {
+            renormalize,
+            balance_loss_alpha,
+            ..
+        } => settings
+            .top_k_sweep
+            .iter()
+            .filter(|&&k| (1..=moe.num_experts).contains(&k))
+            .map(|&top_k| {
+                let routing = RoutingConfig::TokenChoice {
+                    top_k,
+                    renormalize,
+                    balance_loss_alpha,
+                };
+                (format!("top_k = {top_k}"), with_routing(routing))
+            })
+            .collect(),
+        RoutingConfig::ExpertRace { gate, .. } => settings
+            .top_k_sweep
+            .iter()
+            .filter(|&&k| (1..=moe.num_experts).contains(&k))
+            .map(|&top_k| {
+                let routing = RoutingConfig::ExpertRace { top_k, gate };
+                (format!("top_k = {top_k}"), with_routing(routing))
+            })
+            .collect(),
+        RoutingConfig::ExpertChoice { group, .. } => settings
+            .capacity_sweep
+            .iter()
+            .filter(|&&f| f > 0.0)
+            .map(|&capacity_factor| {
+                let routing = RoutingConfig::ExpertChoice {
+                    capacity_factor,
+                    group,
+                };
+                (
+                    format!("capacity_factor = {capacity_factor}"),
+                    with_routing(routing),
+                )
+            })
+            .collect(),
+    }
+}
+
+/// The model input at noise level `fraction` ∈ (0, 1) of the objective (flow time, or that
+/// fraction of the DDPM chain) and the time value the model is given.
+fn noised(
+    config: &TrainConfig,
+    diffusion: &GaussianDiffusion,
+    x0: &Tensor,
+    noise: &Tensor,
+    fraction: f64,
+) -> Result<(Tensor, Tensor)> {
+    let n = x0.shape()[0];
+    Ok(match config.objective {
+        Objective::Ddpm { steps, .. } => {
+            let t = ((fraction * steps as f64) as usize).min(steps - 1);
+            let input = diffusion.q_sample(x0, &vec![t; n], noise)?;
+            (input, Tensor::full(&[n], t as f64, DType::F32)?)
+        }
+        Objective::Flow { time_scale } => {
+            let (input, _) = flow_interpolate(x0, noise, &vec![fraction; n])?;
+            (
+                input,
+                Tensor::full(&[n], fraction * time_scale, DType::F32)?,
+            )
+        }
+    })
+}
+
+/// Routes the evaluation images at the centre of every timestep bin and counts expert choices
+/// by bin, patch position and class, per MoE block.
+fn specialization(
+    model: &Dit,
+    config: &TrainConfig,
+    judge: &Judge,
+) -> Result<Vec<LayerSpecialization>> {
+    let Some(moe) = model.config.moe else {
+        return Ok(Vec::new());
+    };
+    let bins = judge.settings.timestep_bins;
+    let tokens = model.config.tokens();
+    let blocks: Vec<usize> = (0..model.config.depth)
+        .filter(|&b| matches!(model.config.ffn(b), ditmoe_nn::FfnKind::Moe(_)))
+        .collect();
+    let mut tables: Vec<Specialization> = blocks
+        .iter()
+        .map(|_| Specialization::new(bins, tokens, model.config.num_classes, moe.num_experts))
+        .collect();
+    let diffusion = crate::train::diffusion_of(config, model.config.learn_sigma);
+    let noise = Tensor::randn(
+        judge.images.shape(),
+        0.0,
+        1.0,
+        DType::F32,
+        &mut seeded_rng(config.seed ^ 0x5EC1),
+    )?;
+    let y = Tensor::from_vec(
+        judge.labels.iter().map(|&l| l as i64).collect(),
+        &[judge.labels.len()],
+    )?;
+    for bin in 0..bins {
+        let fraction = (bin as f64 + 0.5) / bins as f64;
+        let (input, t) = noised(config, &diffusion, judge.images, &noise, fraction)?;
+        let options = ForwardOptions {
+            label_dropout: None,
+            record_routing: true,
+        };
+        let output = no_grad(|| model.forward(&Var::constant(input), &t, &y, options))?;
+        let records = output.routing.iter().flatten();
+        for (table, record) in tables.iter_mut().zip(records) {
+            table.add(record, tokens, bin, judge.labels);
+        }
+    }
+    Ok(blocks
+        .into_iter()
+        .zip(tables)
+        .map(|(block, tables)| LayerSpecialization {
+            block,
+            nmi: tables.scores(),
+            tables,
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ablate::plan::AblationPreset;
+
+    #[test]
+    fn the_sweep_changes_only_the_routing_knob_and_marks_the_trained_setting() {
+        let preset = AblationPreset::load("quick").unwrap();
+        let variants = preset.variants().unwrap();
+        let model = |name: &str| variants.iter().find(|v| v.name == name).unwrap().model();
+        let settings = &preset.evaluation;
+        assert!(sweep_settings(&model("dense"), settings).is_empty());
+        let tc = sweep_settings(&model("tc"), settings);
+        assert_eq!(
+            tc.iter().map(|s| s.0.as_str()).collect::<Vec<_>>(),
+            ["top_k = 1", "top_k = 2", "top_k = 4"]
+        );
+        assert_eq!(tc.iter().filter(|s| s.1 == model("tc")).count(), 1);
+        let ec = sweep_settings(&model("ec-cf2"), settings);
+        assert_eq!(ec.len(), 3);
+        let gmacs: Vec<f64> = ec.iter().map(|s| model_cost(&s.1).gmacs).collect();
+        assert!(gmacs[0] < gmacs[1] && gmacs[1] < gmacs[2], "{gmacs:?}");
+        for (_, config) in &ec {
+            assert_eq!(config.hidden_size, model("ec-cf2").hidden_size);
+            assert_eq!(
+                config.moe.unwrap().expert_hidden,
+                model("ec-cf2").moe.unwrap().expert_hidden
+            );
+        }
+    }
+}

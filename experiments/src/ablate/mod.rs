@@ -1,0 +1,266 @@
+//! `ditmoe ablate`: the routing ablation. Trains every variant of a preset ([`plan`]) on the
+//! same data, seeds, steps and batch size; evaluates each ([`evaluate`]) with one classifier
+//! ([`classifier`]); summarises the metrics logs ([`summary`]) and writes the report
+//! ([`report`]).
+//!
+//! Output directory:
+//! `runs/<variant>/` (checkpoint, `evaluation.json`), `metrics/<variant>.jsonl`,
+//! `samples/<variant>.png`, `plots/*.svg`, `classifier.safetensors`, `summary.json`,
+//! `report.md`. A variant whose `evaluation.json` exists is finished: running again with the
+//! same `--out` skips it, and a half-trained one continues from its checkpoint.
+
+pub mod classifier;
+pub mod evaluate;
+pub mod plan;
+pub mod report;
+pub mod summary;
+
+use crate::train::{
+    checkpoint_dir, load_for_sampling, open_dataset, read_metrics, train, Progress, RunState,
+    TrainOptions,
+};
+use anyhow::{anyhow, bail, Context, Result};
+use classifier::{real_images, train_classifier, Classifier, ClassifierMeta, Reference};
+use ditmoe_nn::accounting::model_cost;
+use evaluate::{evaluate, Evaluation, Judge};
+use plan::{AblationPreset, Variant};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What `ditmoe ablate` was asked to do.
+#[derive(Debug, Clone)]
+pub struct AblateOptions {
+    /// `quick`, `full` or a preset file.
+    pub preset: String,
+    pub out: PathBuf,
+    /// Variant names to run (all when empty).
+    pub variants: Vec<String>,
+    /// Overrides the preset's seed.
+    pub seed: Option<u64>,
+    /// Progress bars (a terminal) or plain lines.
+    pub progress_bars: bool,
+    /// Print nothing but errors (tests).
+    pub quiet: bool,
+    /// The command line, for the report.
+    pub command: String,
+}
+
+fn say(options: &AblateOptions, message: String) {
+    if !options.quiet {
+        eprintln!("{message}");
+    }
+}
+
+/// Writes `value` as JSON to `path` via a temporary file, so a reader never sees half of it.
+fn write_json_atomically(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+    let temporary = path.with_extension("json.tmp");
+    std::fs::write(
+        &temporary,
+        serde_json::to_string_pretty(value).expect("serialises"),
+    )
+    .with_context(|| temporary.display().to_string())?;
+    std::fs::rename(&temporary, path).with_context(|| path.display().to_string())
+}
+
+/// The classifier of this output directory: loaded if one with the same settings is there,
+/// trained and saved otherwise.
+fn classifier_for(
+    out: &Path,
+    preset: &AblationPreset,
+    data: &dyn crate::data::Dataset,
+    options: &AblateOptions,
+) -> Result<(Classifier, ClassifierMeta)> {
+    let path = out.join("classifier.safetensors");
+    let settings = &preset.evaluation;
+    if path.exists() {
+        let (classifier, meta) = Classifier::load(&path)?;
+        if meta.config == settings.classifier && meta.seed == preset.train.seed {
+            say(
+                options,
+                format!(
+                    "classifier: reusing {} (held-out accuracy {:.1}%)",
+                    path.display(),
+                    100.0 * meta.accuracy
+                ),
+            );
+            return Ok((classifier, meta));
+        }
+    }
+    let began = Instant::now();
+    say(
+        options,
+        format!(
+            "classifier: training on {} for {} steps",
+            data.name(),
+            settings.classifier.steps
+        ),
+    );
+    let (classifier, meta) = train_classifier(
+        data,
+        &settings.classifier,
+        settings.real_images,
+        preset.train.seed,
+    )?;
+    classifier.save(&path, &meta)?;
+    say(
+        options,
+        format!(
+            "classifier: held-out accuracy {:.1}% ({:.0} s)",
+            100.0 * meta.accuracy,
+            began.elapsed().as_secs_f64()
+        ),
+    );
+    Ok((classifier, meta))
+}
+
+/// Whether `run` holds a finished variant trained with `variant`'s config; an error if it
+/// holds one trained with another config (never overwritten).
+fn finished(run: &Path, variant: &Variant) -> Result<bool> {
+    let Some(dir) = checkpoint_dir(run) else {
+        return Ok(false);
+    };
+    let path = dir.join("state.json");
+    let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+    let state: RunState =
+        serde_json::from_str(&text).with_context(|| path.display().to_string())?;
+    if state.config != variant.config {
+        bail!(
+            "{} holds variant `{}` trained with a different config (another preset or --seed?); remove that directory or choose another --out",
+            run.display(),
+            variant.name
+        );
+    }
+    Ok(state.step >= variant.config.steps && run.join("evaluation.json").exists())
+}
+
+/// Runs the ablation; returns the path of `report.md`.
+pub fn ablate(options: &AblateOptions) -> Result<PathBuf> {
+    let began = Instant::now();
+    let mut preset = AblationPreset::load(&options.preset).map_err(anyhow::Error::msg)?;
+    if let Some(seed) = options.seed {
+        preset.train.seed = seed;
+    }
+    let variants = preset
+        .select(&options.variants)
+        .map_err(anyhow::Error::msg)?;
+    let out = &options.out;
+    for dir in ["runs", "metrics", "samples", "plots"] {
+        let path = out.join(dir);
+        std::fs::create_dir_all(&path).with_context(|| path.display().to_string())?;
+    }
+    let data = open_dataset(&preset.train.data, preset.train.seed)?;
+    let settings = &preset.evaluation;
+    if data.len() < 2 * settings.real_images {
+        bail!(
+            "dataset {} has {} images; the evaluation holds out real_images = {} and trains on the rest, so it needs at least {}",
+            data.name(),
+            data.len(),
+            settings.real_images,
+            2 * settings.real_images
+        );
+    }
+    let (classifier, meta) = classifier_for(out, &preset, data.as_ref(), options)?;
+    let (real, real_labels) = real_images(data.as_ref(), settings.real_images)?;
+    let reference = Reference::of(&classifier, &real)?;
+    let held = settings.specialization_images.min(real_labels.len());
+    let judge = Judge {
+        classifier: &classifier,
+        reference: &reference,
+        images: &real.narrow(0, 0, held)?,
+        labels: &real_labels[..held],
+        settings,
+    };
+
+    let count = variants.len();
+    let mut evaluations = Vec::with_capacity(count);
+    for (i, variant) in variants.iter().enumerate() {
+        let label = format!("[{}/{count}] {}", i + 1, variant.name);
+        let run = out.join("runs").join(&variant.name);
+        let evaluation_path = run.join("evaluation.json");
+        if finished(&run, variant)? {
+            say(
+                options,
+                format!("{label}: finished in an earlier run, skipped"),
+            );
+        } else {
+            let resume = checkpoint_dir(&run).is_some();
+            say(
+                options,
+                format!(
+                    "{label}: {} — {} {} steps",
+                    variant.about,
+                    if resume { "continuing to" } else { "training" },
+                    variant.config.steps
+                ),
+            );
+            let progress = match (options.quiet, options.progress_bars) {
+                (true, _) => Progress::Quiet,
+                (false, true) => Progress::Bar(label.clone()),
+                (false, false) => Progress::Lines(format!("{label} ")),
+            };
+            let train_options = TrainOptions {
+                resume,
+                metrics: Some(out.join("metrics").join(format!("{}.jsonl", variant.name))),
+                ..TrainOptions::new(progress)
+            };
+            train(&variant.config, &run, &train_options)?;
+            say(
+                options,
+                format!("{label}: evaluating (samples, compute sweep, specialisation)"),
+            );
+            let (model, _) = load_for_sampling(&run.join("checkpoint"))?;
+            let grid = out.join("samples").join(format!("{}.png", variant.name));
+            let evaluation = evaluate(&model, variant, &judge, &grid)?;
+            write_json_atomically(&evaluation_path, &evaluation)?;
+            say(
+                options,
+                format!(
+                    "{label}: Fréchet distance {:.3}, class accuracy {:.1}% ({:.0} s)",
+                    evaluation.quality.frechet_distance,
+                    100.0 * evaluation.quality.class_accuracy,
+                    evaluation.seconds
+                ),
+            );
+        }
+        let text = std::fs::read_to_string(&evaluation_path)
+            .with_context(|| evaluation_path.display().to_string())?;
+        let evaluation: Evaluation = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not an evaluation", evaluation_path.display()))?;
+        evaluations.push(evaluation);
+    }
+
+    let mut metrics = Vec::with_capacity(count);
+    let mut summaries = Vec::with_capacity(count);
+    for (variant, evaluation) in variants.iter().zip(&evaluations) {
+        let path = out.join("metrics").join(format!("{}.jsonl", variant.name));
+        let lines = read_metrics(&path)?;
+        if lines.is_empty() {
+            return Err(anyhow!("{}: no metrics lines", path.display()));
+        }
+        summaries.push(summary::summarize(
+            &variant.name,
+            &variant.about,
+            &lines,
+            evaluation,
+            &model_cost(&variant.model()),
+            variant.config.steps,
+            variant.config.batch_size,
+        ));
+        metrics.push(lines);
+    }
+    let setup = report::Setup::detect(options.command.clone(), began.elapsed().as_secs_f64());
+    report::write_report(
+        out,
+        &report::ReportInput {
+            preset_name: &options.preset,
+            preset: &preset,
+            variants: &variants,
+            summaries: &summaries,
+            evaluations: &evaluations,
+            metrics: &metrics,
+            classifier_accuracy: meta.accuracy,
+            setup: &setup,
+        },
+    )?;
+    Ok(out.join("report.md"))
+}

@@ -1,0 +1,271 @@
+//! `ditmoe ablate` end to end on a miniature preset: every file of the report exists and
+//! parses, the report's numbers are the JSONL's, expert choice is exactly balanced, and a
+//! second run skips the finished variants.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A preset small enough to train and evaluate six variants in seconds.
+const MINI: &str = r#"
+description = "miniature ablation for the tests"
+
+[train]
+seed = 3
+steps = 6
+batch_size = 4
+lr = 2e-3
+warmup_steps = 2
+checkpoint_every = 3
+log_every = 2
+objective = { kind = "flow", time_scale = 1000.0 }
+data = { kind = "shapes", size = 8, count = 400 }
+sample = { sampler = { kind = "euler" }, steps = 2, cfg_scale = 2.0 }
+
+[train.model]
+input_size = 8
+patch_size = 2
+in_channels = 3
+hidden_size = 16
+depth = 2
+num_heads = 2
+num_classes = 10
+learn_sigma = false
+
+[evaluation]
+samples_per_class = 2
+sample_steps = 2
+real_images = 100
+specialization_images = 4
+timestep_bins = 2
+classifier = { hidden = 16, features = 4, steps = 5, batch_size = 16, lr = 1e-3 }
+top_k_sweep = [1, 2]
+capacity_sweep = [1.0, 2.0]
+
+[[variant]]
+name = "dense"
+about = "dense"
+
+[[variant]]
+name = "dense-iso"
+about = "iso-FLOP dense"
+iso_flop_with = "tc"
+
+[[variant]]
+name = "tc"
+about = "token choice"
+moe = { num_experts = 4, expert_hidden = 16, shared_expert_hidden = 8, routing = { kind = "token_choice", top_k = 2 } }
+
+[[variant]]
+name = "tc-no-balance"
+about = "token choice, no balance loss"
+moe = { num_experts = 4, expert_hidden = 16, shared_expert_hidden = 8, routing = { kind = "token_choice", top_k = 2, balance_loss_alpha = 0.0 } }
+
+[[variant]]
+name = "ec"
+about = "expert choice"
+moe = { num_experts = 4, expert_hidden = 16, routing = { kind = "expert_choice", capacity_factor = 2.0 } }
+
+[[variant]]
+name = "race"
+about = "expert race"
+moe = { num_experts = 4, expert_hidden = 16, routing = { kind = "expert_race", top_k = 2 } }
+"#;
+
+const VARIANTS: [&str; 6] = ["dense", "dense-iso", "tc", "tc-no-balance", "ec", "race"];
+
+fn ditmoe(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ditmoe"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn run(preset: &Path, out: &Path) -> String {
+    let result = ditmoe(&[
+        "ablate",
+        "--preset",
+        preset.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&result.stderr).into_owned();
+    assert!(result.status.success(), "{stderr}");
+    stderr
+}
+
+#[test]
+fn a_miniature_ablation_writes_a_complete_consistent_report_and_resumes() {
+    let dir: PathBuf = std::env::temp_dir().join(format!("ditmoe-ablate-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let preset = dir.join("mini.toml");
+    std::fs::write(&preset, MINI).unwrap();
+    let out = dir.join("out");
+    run(&preset, &out);
+
+    // Every file exists and parses.
+    let summary = json(&out.join("summary.json"));
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(out.join("classifier.safetensors").exists());
+    for name in VARIANTS {
+        let png = std::fs::read(out.join("samples").join(format!("{name}.png"))).unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "{name}.png");
+        let evaluation = json(&out.join("runs").join(name).join("evaluation.json"));
+        assert!(evaluation["quality"]["frechet_distance"]
+            .as_f64()
+            .unwrap()
+            .is_finite());
+        json(
+            &out.join("runs")
+                .join(name)
+                .join("checkpoint")
+                .join("state.json"),
+        );
+        assert!(report.contains(&format!("| {name} |")), "{name} has a row");
+    }
+    let mut figures = 0;
+    for entry in std::fs::read_dir(out.join("plots")).unwrap() {
+        let path = entry.unwrap().path();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
+            "{}",
+            path.display()
+        );
+        assert_eq!(svg.matches("<svg").count(), 1);
+        figures += 1;
+    }
+    // loss, balance, quality, experts per token, and per MoE variant: load, tables, positions.
+    assert_eq!(figures, 4 + 3 * 4);
+    for link in report.split("](").skip(1) {
+        let target = &link[..link.find(')').unwrap()];
+        assert!(out.join(target).exists(), "the report links {target}");
+    }
+
+    // The report's numbers are the JSONL's: recompute the final loss from the log.
+    let rows = summary["variants"].as_array().unwrap();
+    assert_eq!(rows.len(), VARIANTS.len());
+    for row in rows {
+        let name = row["name"].as_str().unwrap();
+        let log =
+            std::fs::read_to_string(out.join("metrics").join(format!("{name}.jsonl"))).unwrap();
+        let lines: Vec<serde_json::Value> = log
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(
+            lines
+                .iter()
+                .map(|l| l["step"].as_u64().unwrap())
+                .collect::<Vec<_>>(),
+            [2, 4, 6]
+        );
+        // Final window: steps > 80% of 6, i.e. the line of step 6.
+        let last = &lines[2];
+        assert_eq!(
+            row["final_loss"].as_f64().unwrap(),
+            last["loss"].as_f64().unwrap()
+        );
+        assert!(report.contains(&format!(
+            "| {name} | {:.4} ±",
+            last["loss"].as_f64().unwrap()
+        )));
+        assert_eq!(
+            row["train_seconds"].as_f64().unwrap(),
+            last["elapsed_s"].as_f64().unwrap()
+        );
+        assert!(
+            row["peak_heap_mib"].as_f64().unwrap() > 0.0,
+            "the binary counts its heap"
+        );
+        let moe = name != "dense" && name != "dense-iso";
+        assert_eq!(row["routing"].is_null(), !moe, "{name}");
+        assert_eq!(row["specialization"].is_null(), !moe, "{name}");
+        if moe {
+            let cv = row["routing"]["coefficient_of_variation"].as_f64().unwrap();
+            let logged: f64 = last["routing"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["coefficient_of_variation"].as_f64().unwrap())
+                .sum::<f64>()
+                / 2.0;
+            assert!((cv - logged).abs() < 1e-12, "{name}: {cv} vs {logged}");
+        }
+    }
+    let ec = rows.iter().find(|r| r["name"] == "ec").unwrap();
+    assert_eq!(ec["routing"]["exactly_uniform"], true);
+    assert_eq!(
+        ec["routing"]["coefficient_of_variation"].as_f64().unwrap(),
+        0.0
+    );
+    assert!(report.contains("exactly uniform"));
+    let sweeps = summary["sweeps"].as_array().unwrap();
+    assert_eq!(sweeps.len(), 4, "one sweep per MoE variant");
+
+    // A second run skips every finished variant and leaves the checkpoints alone.
+    let state = out.join("runs/tc/checkpoint/model.safetensors");
+    let before = std::fs::metadata(&state).unwrap().modified().unwrap();
+    let stderr = run(&preset, &out);
+    assert_eq!(
+        stderr.matches("skipped").count(),
+        VARIANTS.len(),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::metadata(&state).unwrap().modified().unwrap(),
+        before
+    );
+    let again = json(&out.join("summary.json"));
+    assert_eq!(again["variants"], summary["variants"]);
+
+    // A variant interrupted after training (no evaluation yet) is evaluated, not retrained.
+    std::fs::remove_file(out.join("runs/ec/evaluation.json")).unwrap();
+    let stderr = run(&preset, &out);
+    assert_eq!(
+        stderr.matches("skipped").count(),
+        VARIANTS.len() - 1,
+        "{stderr}"
+    );
+    let without_timing = |summary: serde_json::Value| {
+        let mut rows = summary["variants"].clone();
+        for row in rows.as_array_mut().unwrap() {
+            row.as_object_mut().unwrap().remove("eval_seconds");
+        }
+        rows
+    };
+    assert_eq!(
+        without_timing(json(&out.join("summary.json"))),
+        without_timing(summary),
+        "re-evaluating gives the same numbers"
+    );
+
+    // Another seed into the same directory is refused rather than mixed in.
+    let refused = ditmoe(&[
+        "ablate",
+        "--preset",
+        preset.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--seed",
+        "9",
+    ]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("different config"));
+    let unknown = ditmoe(&[
+        "ablate",
+        "--preset",
+        preset.to_str().unwrap(),
+        "--variants",
+        "tc,nope",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no variant `nope`"));
+    std::fs::remove_dir_all(dir).unwrap();
+}
