@@ -102,6 +102,16 @@ pub trait Panel {
 pub struct Series {
     pub name: String,
     pub points: Vec<(f64, f64)>,
+    /// Palette index: give a variant the same index in every figure.
+    pub colour: usize,
+}
+
+/// A named set of bars, one value per category.
+#[derive(Debug, Clone)]
+pub struct Bars {
+    pub name: String,
+    pub values: Vec<f64>,
+    pub colour: usize,
 }
 
 /// Lines (with dots when `markers`) over shared x and y axes, with a legend.
@@ -188,7 +198,7 @@ impl Axes {
         let y_ticks: Vec<f64> = if log_y {
             let (lo, hi) = axes.y_range;
             let decades: Vec<f64> = (lo.floor() as i32..=hi.ceil() as i32)
-                .flat_map(|p| [1.0, 2.0, 5.0].map(|m| m * 10f64.powi(p)))
+                .flat_map(|p| [1.0, 2.0, 3.0, 5.0].map(|m| m * 10f64.powi(p)))
                 .filter(|v| (lo..=hi).contains(&v.log10()))
                 .collect();
             decades
@@ -229,9 +239,9 @@ impl Axes {
         axes
     }
 
-    /// A legend to the right of the plotting area.
-    fn legend(&self, svg: &mut String, names: &[&str]) {
-        for (i, name) in names.iter().enumerate() {
+    /// A legend to the right of the plotting area: (name, palette index) per entry.
+    fn legend(&self, svg: &mut String, entries: &[(&str, usize)]) {
+        for (i, &(name, colour)) in entries.iter().enumerate() {
             let (lx, ly) = (
                 self.left + self.width + 10.0,
                 self.top + 6.0 + 15.0 * i as f64,
@@ -240,7 +250,7 @@ impl Axes {
                 svg,
                 r#"<rect x="{lx:.1}" y="{:.1}" width="10" height="10" fill="{}"/>"#,
                 ly - 8.0,
-                series_colour(i)
+                series_colour(colour)
             );
             text(svg, lx + 14.0, ly + 1.0, 10.0, "start", name);
         }
@@ -287,8 +297,8 @@ impl Panel for LineChart {
             y_range,
             self.log_y,
         );
-        for (i, series) in self.series.iter().enumerate() {
-            let colour = series_colour(i);
+        for series in &self.series {
+            let colour = series_colour(series.colour);
             let path: Vec<String> = series
                 .points
                 .iter()
@@ -311,8 +321,12 @@ impl Panel for LineChart {
                 }
             }
         }
-        let names: Vec<&str> = self.series.iter().map(|s| s.name.as_str()).collect();
-        axes.legend(svg, &names);
+        let entries: Vec<(&str, usize)> = self
+            .series
+            .iter()
+            .map(|s| (s.name.as_str(), s.colour))
+            .collect();
+        axes.legend(svg, &entries);
     }
 }
 
@@ -323,13 +337,12 @@ pub struct BarChart {
     pub x_label: String,
     pub y_label: String,
     pub categories: Vec<String>,
-    /// (name, one value per category).
-    pub series: Vec<(String, Vec<f64>)>,
+    pub series: Vec<Bars>,
 }
 
 impl Panel for BarChart {
     fn draw(&self, svg: &mut String, x: f64, y: f64, w: f64, h: f64) {
-        let top = extent(self.series.iter().flat_map(|s| s.1.iter().copied())).1;
+        let top = extent(self.series.iter().flat_map(|s| s.values.iter().copied())).1;
         let n = self.categories.len().max(1) as f64;
         let axes = Axes::draw(
             svg,
@@ -343,15 +356,15 @@ impl Panel for BarChart {
         );
         let slot = axes.width / n;
         let bar = 0.8 * slot / self.series.len().max(1) as f64;
-        for (s, (_, values)) in self.series.iter().enumerate() {
-            for (c, &value) in values.iter().enumerate() {
+        for (s, bars) in self.series.iter().enumerate() {
+            for (c, &value) in bars.values.iter().enumerate() {
                 let left = axes.left + slot * (c as f64 + 0.1) + bar * s as f64;
                 let height = axes.y(0.0) - axes.y(value.max(0.0));
                 let _ = writeln!(
                     svg,
                     r#"<rect x="{left:.1}" y="{:.1}" width="{bar:.1}" height="{height:.1}" fill="{}"/>"#,
                     axes.y(value.max(0.0)),
-                    series_colour(s)
+                    series_colour(bars.colour)
                 );
             }
         }
@@ -367,8 +380,12 @@ impl Panel for BarChart {
             );
             text(svg, px, axes.top + axes.height + 15.0, 10.0, "middle", name);
         }
-        let names: Vec<&str> = self.series.iter().map(|s| s.0.as_str()).collect();
-        axes.legend(svg, &names);
+        let entries: Vec<(&str, usize)> = self
+            .series
+            .iter()
+            .map(|s| (s.name.as_str(), s.colour))
+            .collect();
+        axes.legend(svg, &entries);
     }
 }
 
@@ -395,7 +412,13 @@ impl Panel for Heatmap {
             .unwrap_or_else(|| extent(self.values.iter().flatten().copied()));
         let (left, top) = (x + 52.0, y + 24.0);
         let (width, height) = (w - 52.0 - 56.0, h - 24.0 - 34.0);
-        let (cell_w, cell_h) = (width / columns as f64, height / rows as f64);
+        let (mut cell_w, mut cell_h) = (width / columns as f64, height / rows as f64);
+        if self.row_labels.is_empty() && self.column_labels.is_empty() {
+            // An unlabelled grid is a picture (e.g. patch positions): square cells.
+            cell_w = cell_w.min(cell_h);
+            cell_h = cell_w;
+        }
+        let (width, height) = (cell_w * columns as f64, cell_h * rows as f64);
         text(svg, x + w / 2.0, y + 15.0, 12.0, "middle", &self.title);
         for (r, row) in self.values.iter().enumerate() {
             for (c, &value) in row.iter().enumerate() {
@@ -506,10 +529,12 @@ mod tests {
                 Series {
                     name: "a".into(),
                     points: vec![(0.0, 1.0), (1.0, 0.5)],
+                    colour: 0,
                 },
                 Series {
                     name: "b".into(),
                     points: vec![(0.0, 2.0), (1.0, 0.0)],
+                    colour: 3,
                 },
             ],
             log_y: true,
@@ -523,6 +548,10 @@ mod tests {
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
         assert!(svg.contains("loss &lt;train&gt;"), "titles are escaped");
         assert_eq!(svg.matches("<polyline").count(), 2);
+        assert!(
+            svg.contains(&format!("stroke=\"{}\"", series_colour(3))),
+            "explicit colours"
+        );
         assert_eq!(svg.matches("<title>").count(), 4, "one cell per value");
         // The viridis ends.
         assert!(svg.contains("#440154") && svg.contains("#fde725"));

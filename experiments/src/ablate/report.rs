@@ -4,7 +4,7 @@
 use super::evaluate::Evaluation;
 use super::plan::{AblationPreset, Variant};
 use super::summary::{VariantSummary, FINAL_FRACTION};
-use crate::plot::{write_figure, BarChart, Heatmap, LineChart, Panel, Series};
+use crate::plot::{write_figure, BarChart, Bars, Heatmap, LineChart, Panel, Series};
 use crate::train::MetricsLine;
 use anyhow::{Context, Result};
 use ditmoe_nn::moe::{RoutingConfig, RoutingGroup};
@@ -153,10 +153,12 @@ fn write_plots(dir: &Path, input: &ReportInput) -> std::io::Result<Figures> {
     let named = || input.summaries.iter().zip(input.metrics);
     let series = |value: &dyn Fn(&MetricsLine) -> Option<f64>, moe_only: bool| -> Vec<Series> {
         named()
-            .filter(|(s, _)| !moe_only || is_moe(s))
-            .map(|(s, lines)| Series {
+            .enumerate()
+            .filter(|(_, (s, _))| !moe_only || is_moe(s))
+            .map(|(colour, (s, lines))| Series {
                 name: s.name.clone(),
                 points: curve(lines, value),
+                colour,
             })
             .filter(|s| !s.points.is_empty())
             .collect()
@@ -227,6 +229,7 @@ fn write_plots(dir: &Path, input: &ReportInput) -> std::io::Result<Figures> {
                     .map(|e| Series {
                         name: format!("expert {e}"),
                         points: curve(lines, |l| l.routing.get(b).map(|r| r.load[e])),
+                        colour: e,
                     })
                     .collect(),
                 ..Default::default()
@@ -240,11 +243,16 @@ fn write_plots(dir: &Path, input: &ReportInput) -> std::io::Result<Figures> {
             .push((summary.name.clone(), format!("plots/{file}")));
     }
 
-    let moe: Vec<&VariantSummary> = input.summaries.iter().filter(|s| is_moe(s)).collect();
+    let moe: Vec<(usize, &VariantSummary)> = input
+        .summaries
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| is_moe(s))
+        .collect();
     if !moe.is_empty() {
         let longest = moe
             .iter()
-            .filter_map(|s| s.routing.as_ref())
+            .filter_map(|(_, s)| s.routing.as_ref())
             .map(|r| {
                 r.experts_per_token
                     .iter()
@@ -263,9 +271,13 @@ fn write_plots(dir: &Path, input: &ReportInput) -> std::io::Result<Figures> {
             categories: (0..longest).map(|j| j.to_string()).collect(),
             series: moe
                 .iter()
-                .map(|s| {
+                .map(|&(colour, s)| {
                     let hist = &s.routing.as_ref().expect("MoE").experts_per_token;
-                    (s.name.clone(), hist[..longest.min(hist.len())].to_vec())
+                    Bars {
+                        name: s.name.clone(),
+                        values: hist[..longest.min(hist.len())].to_vec(),
+                        colour,
+                    }
                 })
                 .collect(),
         };
@@ -305,8 +317,10 @@ fn write_plots(dir: &Path, input: &ReportInput) -> std::io::Result<Figures> {
             .summaries
             .iter()
             .zip(input.evaluations)
-            .map(|(s, e)| Series {
+            .enumerate()
+            .map(|(colour, (s, e))| Series {
                 name: s.name.clone(),
+                colour,
                 points: if e.sweep.is_empty() {
                     vec![(s.gmacs, value(&e.quality))]
                 } else {
@@ -422,23 +436,25 @@ fn optional(value: Option<f64>, digits: usize) -> String {
 }
 
 fn summary_table(summaries: &[VariantSummary]) -> String {
-    let mut table = String::from("| variant | final loss | Fréchet distance ↓ | class accuracy ↑ | images/s | activated GMACs | params activated / total | load max/mean | load CV | dropped tokens | peak heap MiB |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+    let mut table = String::from("| variant | final loss | Fréchet distance ↓ | class accuracy ↑ | train time s | images/s | activated GMACs | params activated / total | load max/mean | load CV | router entropy | dropped tokens | peak heap MiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for s in summaries {
         let routing = s.routing.as_ref();
         let _ = writeln!(
             table,
-            "| {} | {:.4} ± {:.4} | {:.3} | {:.3} | {:.0} | {:.4} | {:.3}M / {:.3}M | {} | {} | {} | {} |",
+            "| {} | {:.4} ± {:.4} | {:.3} | {:.3} | {:.0} | {:.0} | {:.4} | {:.3}M / {:.3}M | {} | {} | {} | {} | {} |",
             s.name,
             s.final_loss,
             s.final_loss_stderr,
             s.frechet_distance,
             s.class_accuracy,
+            s.train_seconds,
             s.images_per_s,
             s.gmacs,
             s.params_activated as f64 / 1e6,
             s.params_total as f64 / 1e6,
             optional(routing.map(|r| r.max_over_mean), 3),
             optional(routing.map(|r| r.coefficient_of_variation), 3),
+            optional(routing.map(|r| r.router_entropy), 3),
             optional(routing.map(|r| r.dropped), 3),
             optional(s.peak_heap_mib, 0),
         );
