@@ -240,8 +240,8 @@ impl Axes {
     }
 
     /// A legend to the right of the plotting area: (name, palette index) per entry.
-    fn legend(&self, svg: &mut String, entries: &[(&str, usize)]) {
-        for (i, &(name, colour)) in entries.iter().enumerate() {
+    fn legend<'a>(&self, svg: &mut String, entries: impl Iterator<Item = (&'a str, usize)>) {
+        for (i, (name, colour)) in entries.enumerate() {
             let (lx, ly) = (
                 self.left + self.width + 10.0,
                 self.top + 6.0 + 15.0 * i as f64,
@@ -321,12 +321,7 @@ impl Panel for LineChart {
                 }
             }
         }
-        let entries: Vec<(&str, usize)> = self
-            .series
-            .iter()
-            .map(|s| (s.name.as_str(), s.colour))
-            .collect();
-        axes.legend(svg, &entries);
+        axes.legend(svg, self.series.iter().map(|s| (s.name.as_str(), s.colour)));
     }
 }
 
@@ -380,12 +375,7 @@ impl Panel for BarChart {
             );
             text(svg, px, axes.top + axes.height + 15.0, 10.0, "middle", name);
         }
-        let entries: Vec<(&str, usize)> = self
-            .series
-            .iter()
-            .map(|s| (s.name.as_str(), s.colour))
-            .collect();
-        axes.legend(svg, &entries);
+        axes.legend(svg, self.series.iter().map(|s| (s.name.as_str(), s.colour)));
     }
 }
 

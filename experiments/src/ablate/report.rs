@@ -462,17 +462,22 @@ fn summary_table(summaries: &[VariantSummary]) -> String {
     table
 }
 
+/// The variants with the lowest and the highest `key` (`None` when there are none).
+fn lowest_and_highest(
+    rows: &[VariantSummary],
+    key: impl Fn(&VariantSummary) -> f64,
+) -> Option<(&VariantSummary, &VariantSummary)> {
+    let lowest = rows.iter().min_by(|a, b| key(a).total_cmp(&key(b)))?;
+    let highest = rows.iter().max_by(|a, b| key(a).total_cmp(&key(b)))?;
+    Some((lowest, highest))
+}
+
 /// The automatic reading: claims only where the numbers carry them.
 fn reading(input: &ReportInput) -> Vec<String> {
     let s = input.summaries;
     let find = |name: &str| s.iter().find(|v| v.name == name);
     let mut notes = Vec::new();
-    let by_loss = {
-        let mut sorted: Vec<&VariantSummary> = s.iter().collect();
-        sorted.sort_by(|a, b| a.final_loss.total_cmp(&b.final_loss));
-        sorted
-    };
-    if let (Some(best), Some(worst)) = (by_loss.first(), by_loss.last()) {
+    if let Some((best, worst)) = lowest_and_highest(s, |v| v.final_loss) {
         let noise = 2.0 * (best.final_loss_stderr.powi(2) + worst.final_loss_stderr.powi(2)).sqrt();
         let gap = worst.final_loss - best.final_loss;
         notes.push(format!(
@@ -516,16 +521,10 @@ fn reading(input: &ReportInput) -> Vec<String> {
             )
         });
     }
-    if let (Some(best_fd), Some(best_acc)) = (
-        s.iter()
-            .min_by(|a, b| a.frechet_distance.total_cmp(&b.frechet_distance)),
-        s.iter()
-            .max_by(|a, b| a.class_accuracy.total_cmp(&b.class_accuracy)),
+    if let (Some((best_fd, worst_fd)), Some((_, best_acc))) = (
+        lowest_and_highest(s, |v| v.frechet_distance),
+        lowest_and_highest(s, |v| v.class_accuracy),
     ) {
-        let worst_fd = s
-            .iter()
-            .max_by(|a, b| a.frechet_distance.total_cmp(&b.frechet_distance))
-            .expect("non-empty");
         notes.push(format!(
             "**Sample quality.** Best Fréchet distance: `{}` ({:.3}; worst `{}` {:.3}). Best class accuracy of generated images: `{}` ({:.1}%). The classifier scores {:.1}% on held-out real images, the ceiling for this number. Both use {} generated images per variant from the same noise, so small differences are within sampling noise.",
             best_fd.name,
@@ -635,12 +634,7 @@ fn reading(input: &ReportInput) -> Vec<String> {
             ));
         }
     }
-    if let (Some(fast), Some(slow)) = (
-        s.iter()
-            .max_by(|a, b| a.images_per_s.total_cmp(&b.images_per_s)),
-        s.iter()
-            .min_by(|a, b| a.images_per_s.total_cmp(&b.images_per_s)),
-    ) {
+    if let Some((slow, fast)) = lowest_and_highest(s, |v| v.images_per_s) {
         notes.push(format!(
             "**Speed.** Fastest training: `{}` ({:.0} images/s); slowest: `{}` ({:.0} images/s). On a CPU, routing, gathering and per-expert GEMMs cost time beyond their MACs, so equal GMACs need not mean equal speed.",
             fast.name, fast.images_per_s, slow.name, slow.images_per_s
