@@ -179,7 +179,7 @@ pub fn sample(
     out: &Path,
     seed: u64,
 ) -> anyhow::Result<()> {
-    use crate::generate::{generate, Generation};
+    use crate::generate::{generate, sample_labels, Generation};
     use ditmoe_diffusion::SamplerKind;
     let (model, config) = crate::train::load_for_sampling(checkpoint)?;
     let sampler = match sampler {
@@ -191,9 +191,7 @@ pub fn sample(
     };
     let classes = model.config.num_classes;
     let per_class = n.div_ceil(classes).max(1);
-    let labels: Vec<usize> = (0..classes)
-        .flat_map(|c| std::iter::repeat_n(c, per_class))
-        .collect();
+    let labels = sample_labels(classes, per_class);
     let scale = cfg.unwrap_or(config.sample.cfg_scale);
     let generation = Generation {
         sampler,

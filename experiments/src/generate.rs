@@ -18,6 +18,13 @@ pub struct Generation {
     pub seed: u64,
 }
 
+/// Labels for a class-by-class grid: `per_class` of each class, class-major.
+pub fn sample_labels(classes: usize, per_class: usize) -> Vec<usize> {
+    (0..classes)
+        .flat_map(|c| std::iter::repeat_n(c, per_class))
+        .collect()
+}
+
 /// Images `[N, C, H, W]` in [−1, 1], one per label, from `model` trained per `config`.
 pub fn generate(
     model: &Dit,

@@ -202,13 +202,16 @@ pub fn checkpoint_dir(out: &Path) -> Option<PathBuf> {
         .find(|d| d.join("state.json").exists())
 }
 
+/// The `state.json` of a checkpoint directory.
+pub fn read_state(dir: &Path) -> Result<RunState> {
+    let path = dir.join("state.json");
+    let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+    serde_json::from_str(&text).with_context(|| path.display().to_string())
+}
+
 /// Loads model, EMA and optimizer state from a checkpoint directory.
 fn restore(dir: &Path, model: &Dit, ema: &mut Ema, optimizer: &mut AdamW) -> Result<RunState> {
-    let state_path = dir.join("state.json");
-    let text =
-        std::fs::read_to_string(&state_path).with_context(|| state_path.display().to_string())?;
-    let state: RunState =
-        serde_json::from_str(&text).with_context(|| state_path.display().to_string())?;
+    let state = read_state(dir)?;
     let weights = read_tensors(dir.join("model.safetensors"))?;
     model
         .load_state_dict(&weights.tensors)
@@ -450,14 +453,10 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
 
 /// The model weights of a checkpoint directory: EMA if present.
 pub fn load_for_sampling(dir: &Path) -> Result<(Dit, TrainConfig)> {
-    let state_path = dir.join("state.json");
-    if !state_path.exists() {
+    if !dir.join("state.json").exists() {
         bail!("{} is not a checkpoint directory written by `ditmoe train` (expected {} inside it, e.g. runs/tiny-moe/checkpoint)", dir.display(), "state.json");
     }
-    let text =
-        std::fs::read_to_string(&state_path).with_context(|| state_path.display().to_string())?;
-    let state: RunState =
-        serde_json::from_str(&text).with_context(|| state_path.display().to_string())?;
+    let state = read_state(dir)?;
     let weights = ["ema.safetensors", "model.safetensors"]
         .iter()
         .map(|f| dir.join(f))

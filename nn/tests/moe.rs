@@ -235,15 +235,9 @@ fn routing_records_report_load_and_drops() {
 
 #[test]
 fn names_match_ditmoe() {
-    let moe = layer(
-        RoutingConfig::TokenChoice {
-            top_k: 2,
-            renormalize: false,
-            balance_loss_alpha: 0.01,
-        },
-        ExpertKind::SwiGlu,
-        Some(3),
-    );
+    // The first routing is DiT-MoE's: top-2 SwiGLU experts and a shared expert.
+    let (routing, kind, shared) = routings()[0];
+    let moe = layer(routing, kind, shared);
     let names: Vec<String> = moe.named_parameters().into_iter().map(|(n, _)| n).collect();
     assert_eq!(names[0], "gate.weight");
     assert!(names.contains(&"experts.3.up_proj.weight".to_string()));

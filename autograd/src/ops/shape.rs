@@ -2,6 +2,7 @@
 //! chunk are built from `narrow`, so they need no rule of their own.
 
 use crate::Var;
+use ditmoe_tensor::ops::shape::{chunk_sizes, split_starts};
 use ditmoe_tensor::{Result, Tensor, TensorError};
 
 impl Var {
@@ -34,30 +35,14 @@ impl Var {
     }
 
     pub fn split(&self, sizes: &[usize], dim: usize) -> Result<Vec<Var>> {
-        let total = self.value().dim(dim)?;
-        if sizes.iter().sum::<usize>() != total {
-            return Err(TensorError::invalid(
-                "split",
-                format!("expected sizes summing to {total}, found {sizes:?}"),
-            ));
-        }
-        let mut start = 0;
-        sizes
-            .iter()
-            .map(|&len| {
-                start += len;
-                self.narrow(dim, start - len, len)
-            })
+        split_starts(self.value().dim(dim)?, sizes)?
+            .into_iter()
+            .zip(sizes)
+            .map(|(start, &len)| self.narrow(dim, start, len))
             .collect()
     }
 
     pub fn chunk(&self, chunks: usize, dim: usize) -> Result<Vec<Var>> {
-        let sizes: Vec<usize> = self
-            .value()
-            .chunk(chunks, dim)?
-            .iter()
-            .map(|c| c.shape()[dim])
-            .collect();
-        self.split(&sizes, dim)
+        self.split(&chunk_sizes(self.value().dim(dim)?, chunks)?, dim)
     }
 }

@@ -11,7 +11,7 @@ use ditmoe_autograd::{no_grad, Var};
 use ditmoe_nn::checkpoint::{read_tensors, write_tensors};
 use ditmoe_nn::layers::Linear;
 use ditmoe_nn::module::{Module, Visitor};
-use ditmoe_nn::optim::{AdamW, AdamWConfig};
+use ditmoe_nn::optim::{learning_rate, AdamW, AdamWConfig, LrDecay};
 use ditmoe_tensor::{seeded_rng, DType, Tensor};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -185,9 +185,11 @@ pub fn train_classifier(
             .sum_all()?
             .mul_scalar(-1.0 / config.batch_size as f64)?;
         loss.backward()?;
-        // Cosine decay to a tenth over the run.
-        let progress = step as f64 / config.steps as f64;
-        let lr = config.lr * (0.1 + 0.45 * (1.0 + (std::f64::consts::PI * progress).cos()));
+        // Cosine decay to a tenth over the run, no warmup.
+        let decay = LrDecay::Cosine {
+            min_lr: 0.1 * config.lr,
+        };
+        let lr = learning_rate(config.lr, step, 0, config.steps, decay);
         optimizer.step(&params, lr, 1.0)?;
         params.iter().for_each(|(_, p)| p.zero_grad());
     }

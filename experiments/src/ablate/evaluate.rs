@@ -7,7 +7,7 @@ use super::classifier::{score, Classifier, Quality, Reference};
 use super::plan::{EvaluationConfig, Variant};
 use crate::analysis::{Specialization, SpecializationScores};
 use crate::config::{Objective, TrainConfig};
-use crate::generate::{generate, Generation};
+use crate::generate::{generate, sample_labels, Generation};
 use crate::grid::write_grid;
 use anyhow::Result;
 use ditmoe_autograd::{no_grad, Var};
@@ -59,13 +59,6 @@ pub struct Judge<'a> {
     pub images: &'a Tensor,
     pub labels: &'a [usize],
     pub settings: &'a EvaluationConfig,
-}
-
-/// The labels of the generated set: `samples_per_class` of each class, class-major.
-pub fn sample_labels(classes: usize, per_class: usize) -> Vec<usize> {
-    (0..classes)
-        .flat_map(|c| std::iter::repeat_n(c, per_class))
-        .collect()
 }
 
 /// Evaluates the EMA weights `model` of `variant`, writing its sample grid to `grid`.

@@ -16,7 +16,7 @@ pub mod report;
 pub mod summary;
 
 use crate::train::{
-    checkpoint_dir, load_for_sampling, open_dataset, read_metrics, train, Progress, RunState,
+    checkpoint_dir, load_for_sampling, open_dataset, read_metrics, read_state, train, Progress,
     TrainOptions,
 };
 use anyhow::{anyhow, bail, Context, Result};
@@ -119,10 +119,7 @@ fn finished(run: &Path, variant: &Variant) -> Result<bool> {
     let Some(dir) = checkpoint_dir(run) else {
         return Ok(false);
     };
-    let path = dir.join("state.json");
-    let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
-    let state: RunState =
-        serde_json::from_str(&text).with_context(|| path.display().to_string())?;
+    let state = read_state(&dir)?;
     if state.config != variant.config {
         bail!(
             "{} holds variant `{}` trained with a different config (another preset or --seed?); remove that directory or choose another --out",
@@ -131,6 +128,62 @@ fn finished(run: &Path, variant: &Variant) -> Result<bool> {
         );
     }
     Ok(state.step >= variant.config.steps && run.join("evaluation.json").exists())
+}
+
+/// Trains `variant` in `run` (continuing a checkpoint there) and evaluates its EMA weights.
+fn train_and_evaluate(
+    variant: &Variant,
+    run: &Path,
+    label: &str,
+    judge: &Judge,
+    options: &AblateOptions,
+) -> Result<Evaluation> {
+    let resume = checkpoint_dir(run).is_some();
+    say(
+        options,
+        format!(
+            "{label}: {} — {} {} steps",
+            variant.about,
+            if resume { "continuing to" } else { "training" },
+            variant.config.steps
+        ),
+    );
+    let progress = match (options.quiet, options.progress_bars) {
+        (true, _) => Progress::Quiet,
+        (false, true) => Progress::Bar(label.to_string()),
+        (false, false) => Progress::Lines(format!("{label} ")),
+    };
+    let train_options = TrainOptions {
+        resume,
+        metrics: Some(
+            options
+                .out
+                .join("metrics")
+                .join(format!("{}.jsonl", variant.name)),
+        ),
+        ..TrainOptions::new(progress)
+    };
+    train(&variant.config, run, &train_options)?;
+    say(
+        options,
+        format!("{label}: evaluating (samples, compute sweep, specialisation)"),
+    );
+    let (model, _) = load_for_sampling(&run.join("checkpoint"))?;
+    let grid = options
+        .out
+        .join("samples")
+        .join(format!("{}.png", variant.name));
+    let evaluation = evaluate(&model, variant, judge, &grid)?;
+    say(
+        options,
+        format!(
+            "{label}: Fréchet distance {:.3}, class accuracy {:.1}% ({:.0} s)",
+            evaluation.quality.frechet_distance,
+            100.0 * evaluation.quality.class_accuracy,
+            evaluation.seconds
+        ),
+    );
+    Ok(evaluation)
 }
 
 /// Runs the ablation; returns the path of `report.md`.
@@ -177,55 +230,20 @@ pub fn ablate(options: &AblateOptions) -> Result<PathBuf> {
         let label = format!("[{}/{count}] {}", i + 1, variant.name);
         let run = out.join("runs").join(&variant.name);
         let evaluation_path = run.join("evaluation.json");
-        if finished(&run, variant)? {
+        let evaluation = if finished(&run, variant)? {
             say(
                 options,
                 format!("{label}: finished in an earlier run, skipped"),
             );
+            let text = std::fs::read_to_string(&evaluation_path)
+                .with_context(|| evaluation_path.display().to_string())?;
+            serde_json::from_str(&text)
+                .with_context(|| format!("{}: not an evaluation", evaluation_path.display()))?
         } else {
-            let resume = checkpoint_dir(&run).is_some();
-            say(
-                options,
-                format!(
-                    "{label}: {} — {} {} steps",
-                    variant.about,
-                    if resume { "continuing to" } else { "training" },
-                    variant.config.steps
-                ),
-            );
-            let progress = match (options.quiet, options.progress_bars) {
-                (true, _) => Progress::Quiet,
-                (false, true) => Progress::Bar(label.clone()),
-                (false, false) => Progress::Lines(format!("{label} ")),
-            };
-            let train_options = TrainOptions {
-                resume,
-                metrics: Some(out.join("metrics").join(format!("{}.jsonl", variant.name))),
-                ..TrainOptions::new(progress)
-            };
-            train(&variant.config, &run, &train_options)?;
-            say(
-                options,
-                format!("{label}: evaluating (samples, compute sweep, specialisation)"),
-            );
-            let (model, _) = load_for_sampling(&run.join("checkpoint"))?;
-            let grid = out.join("samples").join(format!("{}.png", variant.name));
-            let evaluation = evaluate(&model, variant, &judge, &grid)?;
+            let evaluation = train_and_evaluate(variant, &run, &label, &judge, options)?;
             write_json_atomically(&evaluation_path, &evaluation)?;
-            say(
-                options,
-                format!(
-                    "{label}: Fréchet distance {:.3}, class accuracy {:.1}% ({:.0} s)",
-                    evaluation.quality.frechet_distance,
-                    100.0 * evaluation.quality.class_accuracy,
-                    evaluation.seconds
-                ),
-            );
-        }
-        let text = std::fs::read_to_string(&evaluation_path)
-            .with_context(|| evaluation_path.display().to_string())?;
-        let evaluation: Evaluation = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not an evaluation", evaluation_path.display()))?;
+            evaluation
+        };
         evaluations.push(evaluation);
     }
 

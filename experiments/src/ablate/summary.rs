@@ -65,7 +65,7 @@ pub fn final_window(lines: &[MetricsLine], steps: u64) -> &[MetricsLine] {
         .iter()
         .position(|l| l.step as f64 > from)
         .unwrap_or(lines.len().saturating_sub(1));
-    &lines[first.min(lines.len().saturating_sub(1))..]
+    &lines[first..]
 }
 
 fn routing_summary(window: &[MetricsLine]) -> Option<RoutingSummary> {

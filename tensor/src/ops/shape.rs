@@ -57,40 +57,50 @@ impl Tensor {
 
     /// Views of consecutive pieces of `dim` with the given sizes (which must sum to its size).
     pub fn split(&self, sizes: &[usize], dim: usize) -> Result<Vec<Tensor>> {
-        let total = self.dim(dim)?;
-        if sizes.iter().sum::<usize>() != total {
-            return Err(TensorError::invalid(
-                "split",
-                format!("expected sizes summing to {total}, found {sizes:?}"),
-            ));
-        }
-        let mut start = 0;
-        sizes
-            .iter()
-            .map(|&len| {
-                let piece = self.narrow(dim, start, len);
-                start += len;
-                piece
-            })
+        split_starts(self.dim(dim)?, sizes)?
+            .into_iter()
+            .zip(sizes)
+            .map(|(start, &len)| self.narrow(dim, start, len))
             .collect()
     }
 
     /// `chunks` views of `dim`, equal-sized except a smaller last one (as PyTorch's `chunk`).
     pub fn chunk(&self, chunks: usize, dim: usize) -> Result<Vec<Tensor>> {
-        let total = self.dim(dim)?;
-        if chunks == 0 {
-            return Err(TensorError::invalid(
-                "chunk",
-                "expected at least one chunk, found 0",
-            ));
-        }
-        let size = total.div_ceil(chunks).max(1);
-        let sizes: Vec<usize> = (0..total)
-            .step_by(size)
-            .map(|s| size.min(total - s))
-            .collect();
-        self.split(&sizes, dim)
+        self.split(&chunk_sizes(self.dim(dim)?, chunks)?, dim)
     }
+}
+
+/// Where each piece starts when a dimension of `total` is split into `sizes`; an error unless
+/// the sizes sum to `total`. Shared by `Tensor::split` and its autograd twin.
+pub fn split_starts(total: usize, sizes: &[usize]) -> Result<Vec<usize>> {
+    if sizes.iter().sum::<usize>() != total {
+        return Err(TensorError::invalid(
+            "split",
+            format!("expected sizes summing to {total}, found {sizes:?}"),
+        ));
+    }
+    Ok(sizes
+        .iter()
+        .scan(0, |start, &len| {
+            *start += len;
+            Some(*start - len)
+        })
+        .collect())
+}
+
+/// The piece sizes of `chunk`: `chunks` pieces of ⌈total / chunks⌉, the last one smaller.
+pub fn chunk_sizes(total: usize, chunks: usize) -> Result<Vec<usize>> {
+    if chunks == 0 {
+        return Err(TensorError::invalid(
+            "chunk",
+            "expected at least one chunk, found 0",
+        ));
+    }
+    let size = total.div_ceil(chunks).max(1);
+    Ok((0..total)
+        .step_by(size)
+        .map(|s| size.min(total - s))
+        .collect())
 }
 
 #[cfg(test)]
