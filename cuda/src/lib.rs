@@ -1,11 +1,27 @@
 //! # ditmoe-cuda
 //!
-//! The CUDA side of ditmoe. It knows nothing of tensors: it will own device buffers, streams,
-//! the module cache of our hand-written PTX kernels and typed launch wrappers; `ditmoe-tensor`
-//! decides which kernel runs. Today it answers one question: is an NVIDIA driver present?
+//! The GPU side of ditmoe: our hand-written PTX kernels (`cuda/kernels/*.ptx`), the runtime that
+//! loads and launches them, and typed wrappers that say what each kernel computes. It knows
+//! nothing of tensors: `ditmoe-tensor` decides which kernel runs.
 //!
-//! The driver is loaded at run time (`cudarc` with dynamic loading), so this crate builds and
-//! its users run on machines with no GPU and no CUDA toolkit.
+//! Two backends run the same PTX (`gpu.rs`): an NVIDIA GPU through the driver API (`cudarc` with
+//! dynamic loading, so this crate builds and runs with no GPU and no CUDA toolkit), and a PTX
+//! interpreter on the CPU (`emulator/`), which lets every kernel be tested against its CPU
+//! reference anywhere — with out-of-bounds and shared-memory race checks on top.
+//!
+//! Reading order: `gpu.rs` (buffers, launches), `kernels.rs` (the module catalogue), then a
+//! kernel file next to its wrapper: `kernels/elementwise.ptx` with `ops/elementwise.rs`, …
+
+pub mod element;
+pub mod emulator;
+pub mod error;
+pub mod gpu;
+pub mod kernels;
+pub mod ops;
+
+pub use element::Element;
+pub use error::{CudaError, Result};
+pub use gpu::{Arg, Buffer, Gpu, LaunchConfig};
 
 use cudarc::driver::sys;
 

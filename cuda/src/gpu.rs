@@ -1,0 +1,401 @@
+//! The GPU handle: device buffers, the module cache and kernel launches, on one of two backends
+//! that run the same PTX —
+//! - **Driver**: a real NVIDIA GPU through the CUDA driver API (`cudarc`, loaded at run time);
+//! - **Emulator**: our PTX interpreter on the CPU (`crate::emulator`), for machines without a GPU
+//!   and for the checks the hardware does not make.
+//!
+//! Kernels are launched by module and entry name with a slice of [`Arg`]s; the typed wrappers in
+//! `crate::ops` are the only callers, so each kernel's argument list is written down once.
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{self as cu, PushKernelArg};
+
+use crate::element::{from_bytes, to_bytes, Element};
+use crate::emulator::{self, GlobalMemory, LaunchDims};
+use crate::error::{CudaError, Result};
+use crate::kernels;
+
+/// Grid, block and dynamic shared memory of one launch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaunchConfig {
+    pub grid: (u32, u32, u32),
+    pub block: (u32, u32, u32),
+    pub shared_bytes: u32,
+}
+
+impl LaunchConfig {
+    /// One thread per element in 1-D blocks of `block` threads.
+    pub fn linear(elements: usize, block: u32) -> Self {
+        Self {
+            grid: ((elements as u32).div_ceil(block).max(1), 1, 1),
+            block: (block, 1, 1),
+            shared_bytes: 0,
+        }
+    }
+
+    /// `rows` blocks of `block` threads: one block per row.
+    pub fn per_row(rows: usize, block: u32) -> Self {
+        Self {
+            grid: (rows.max(1) as u32, 1, 1),
+            block: (block, 1, 1),
+            shared_bytes: 0,
+        }
+    }
+}
+
+/// One kernel argument.
+#[derive(Debug, Clone, Copy)]
+pub enum Arg<'a> {
+    Buffer(&'a RawBuffer),
+    U32(u32),
+    U64(u64),
+    F32(f32),
+}
+
+impl<'a, T> From<&'a Buffer<T>> for Arg<'a> {
+    fn from(buffer: &'a Buffer<T>) -> Self {
+        Arg::Buffer(&buffer.raw)
+    }
+}
+
+impl From<u32> for Arg<'_> {
+    fn from(v: u32) -> Self {
+        Arg::U32(v)
+    }
+}
+
+impl From<f32> for Arg<'_> {
+    fn from(v: f32) -> Self {
+        Arg::F32(v)
+    }
+}
+
+impl From<u64> for Arg<'_> {
+    fn from(v: u64) -> Self {
+        Arg::U64(v)
+    }
+}
+
+/// Device memory without an element type.
+#[derive(Debug)]
+pub enum RawBuffer {
+    Driver(cu::CudaSlice<u8>),
+    Emulated {
+        address: u64,
+        bytes: usize,
+        memory: Arc<Mutex<GlobalMemory>>,
+    },
+}
+
+impl Drop for RawBuffer {
+    fn drop(&mut self) {
+        if let RawBuffer::Emulated {
+            address, memory, ..
+        } = self
+        {
+            memory.lock().expect("emulator memory").free(*address);
+        }
+    }
+}
+
+/// A device buffer of `len` elements of `T`.
+#[derive(Debug)]
+pub struct Buffer<T> {
+    raw: RawBuffer,
+    len: usize,
+    element: PhantomData<T>,
+}
+
+impl<T> Buffer<T> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+enum Backend {
+    Driver {
+        context: Arc<cu::CudaContext>,
+        stream: Arc<cu::CudaStream>,
+        modules: Mutex<HashMap<String, Arc<cu::CudaModule>>>,
+    },
+    Emulator {
+        memory: Arc<Mutex<GlobalMemory>>,
+        modules: Mutex<HashMap<String, Arc<emulator::Module>>>,
+    },
+}
+
+/// A GPU (or its emulation) that owns buffers and runs our kernels.
+pub struct Gpu {
+    backend: Backend,
+    name: String,
+}
+
+fn driver_error(call: &str) -> impl Fn(cu::DriverError) -> CudaError + '_ {
+    move |e| CudaError::Driver {
+        call: call.to_string(),
+        message: format!("{e:?}"),
+    }
+}
+
+impl Gpu {
+    /// Opens GPU `ordinal` through the NVIDIA driver. Without a driver the error says so:
+    /// "no NVIDIA driver found …".
+    pub fn new(ordinal: usize) -> Result<Gpu> {
+        match crate::driver_status() {
+            crate::DriverStatus::Missing(why) => return Err(CudaError::Unavailable(why)),
+            crate::DriverStatus::Present { devices } if ordinal >= devices => {
+                return Err(CudaError::Unavailable(format!(
+                    "cuda:{ordinal} requested but the NVIDIA driver sees {devices} device(s)"
+                )))
+            }
+            crate::DriverStatus::Present { .. } => {}
+        }
+        let context = cu::CudaContext::new(ordinal).map_err(driver_error("cuCtxCreate"))?;
+        let name = context.name().unwrap_or_else(|_| "NVIDIA GPU".to_string());
+        let (major, minor) = context
+            .compute_capability()
+            .map_err(driver_error("cuDeviceGetAttribute"))?;
+        if major < 8 {
+            return Err(CudaError::Unavailable(format!(
+                "{name} has compute capability {major}.{minor}; our kernels need sm_80 or newer \
+                 (bf16 tensor cores, cp.async)"
+            )));
+        }
+        let stream = context.default_stream();
+        Ok(Gpu {
+            backend: Backend::Driver {
+                context,
+                stream,
+                modules: Mutex::new(HashMap::new()),
+            },
+            name: format!("{name} (sm_{major}{minor})"),
+        })
+    }
+
+    /// The PTX interpreter: same kernels, same launches, on the CPU.
+    pub fn emulator() -> Gpu {
+        Gpu {
+            backend: Backend::Emulator {
+                memory: Arc::new(Mutex::new(GlobalMemory::default())),
+                modules: Mutex::new(HashMap::new()),
+            },
+            name: "PTX emulator (CPU)".to_string(),
+        }
+    }
+
+    /// A human-readable name: the GPU model, or "PTX emulator (CPU)".
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn is_emulator(&self) -> bool {
+        matches!(self.backend, Backend::Emulator { .. })
+    }
+
+    fn alloc_raw(&self, bytes: &[u8]) -> Result<RawBuffer> {
+        match &self.backend {
+            Backend::Driver { stream, .. } => {
+                // cuMemAlloc of zero bytes fails; keep one byte so empty buffers are valid.
+                let data: &[u8] = if bytes.is_empty() { &[0] } else { bytes };
+                let slice = stream
+                    .memcpy_stod(data)
+                    .map_err(driver_error("cuMemcpyHtoD"))?;
+                Ok(RawBuffer::Driver(slice))
+            }
+            Backend::Emulator { memory, .. } => {
+                let mut global = memory.lock().expect("emulator memory");
+                let address = global.alloc(bytes.len());
+                global.write(address, bytes).map_err(CudaError::Emulator)?;
+                Ok(RawBuffer::Emulated {
+                    address,
+                    bytes: bytes.len(),
+                    memory: Arc::clone(memory),
+                })
+            }
+        }
+    }
+
+    /// Copies `values` into a new device buffer.
+    pub fn upload<T: Element>(&self, values: &[T]) -> Result<Buffer<T>> {
+        Ok(Buffer {
+            raw: self.alloc_raw(&to_bytes(values))?,
+            len: values.len(),
+            element: PhantomData,
+        })
+    }
+
+    /// A new device buffer of `len` zeros.
+    pub fn zeros<T: Element>(&self, len: usize) -> Result<Buffer<T>> {
+        self.upload(&vec![T::default(); len])
+    }
+
+    /// Copies a device buffer back to the host (waits for the kernels that write it).
+    pub fn download<T: Element>(&self, buffer: &Buffer<T>) -> Result<Vec<T>> {
+        let bytes = match (&self.backend, &buffer.raw) {
+            (Backend::Driver { stream, .. }, RawBuffer::Driver(slice)) => {
+                let mut bytes = stream
+                    .memcpy_dtov(slice)
+                    .map_err(driver_error("cuMemcpyDtoH"))?;
+                bytes.truncate(buffer.len * T::BYTES);
+                bytes
+            }
+            (Backend::Emulator { memory, .. }, RawBuffer::Emulated { address, bytes, .. }) => {
+                let global = memory.lock().expect("emulator memory");
+                global
+                    .read(*address, *bytes)
+                    .map_err(CudaError::Emulator)?
+                    .to_vec()
+            }
+            _ => {
+                return Err(CudaError::InvalidArgument(
+                    "a buffer of one GPU was used on another".into(),
+                ))
+            }
+        };
+        Ok(from_bytes(&bytes))
+    }
+
+    /// Waits for every launched kernel to finish.
+    pub fn synchronize(&self) -> Result<()> {
+        match &self.backend {
+            Backend::Driver { stream, .. } => stream
+                .synchronize()
+                .map_err(driver_error("cuStreamSynchronize")),
+            Backend::Emulator { .. } => Ok(()),
+        }
+    }
+
+    /// Launches `entry` of kernel module `module` (loaded and cached on first use).
+    pub fn launch(
+        &self,
+        module: &str,
+        entry: &str,
+        config: LaunchConfig,
+        args: &[Arg],
+    ) -> Result<()> {
+        let unknown = || CudaError::UnknownKernel {
+            module: module.to_string(),
+            kernel: entry.to_string(),
+        };
+        let source = kernels::module_source(module).ok_or_else(unknown)?;
+        match &self.backend {
+            Backend::Driver {
+                context,
+                stream,
+                modules,
+            } => {
+                let loaded = {
+                    let mut cache = modules.lock().expect("module cache");
+                    match cache.get(module) {
+                        Some(m) => Arc::clone(m),
+                        None => {
+                            let m = context
+                                .load_module(cudarc::nvrtc::Ptx::from_src(source))
+                                .map_err(driver_error("cuModuleLoadData"))?;
+                            cache.insert(module.to_string(), Arc::clone(&m));
+                            m
+                        }
+                    }
+                };
+                let function = loaded.load_function(entry).map_err(|_| unknown())?;
+                if config.shared_bytes > 48 * 1024 {
+                    function
+                        .set_attribute(
+                            cu::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                            config.shared_bytes as i32,
+                        )
+                        .map_err(driver_error("cuFuncSetAttribute"))?;
+                }
+                let mut builder = stream.launch_builder(&function);
+                for arg in args {
+                    match arg {
+                        Arg::Buffer(RawBuffer::Driver(slice)) => builder.arg(slice),
+                        Arg::Buffer(_) => {
+                            return Err(CudaError::InvalidArgument(
+                                "an emulator buffer was passed to a GPU kernel".into(),
+                            ))
+                        }
+                        Arg::U32(v) => builder.arg(v),
+                        Arg::U64(v) => builder.arg(v),
+                        Arg::F32(v) => builder.arg(v),
+                    };
+                }
+                let cfg = cu::LaunchConfig {
+                    grid_dim: config.grid,
+                    block_dim: config.block,
+                    shared_mem_bytes: config.shared_bytes,
+                };
+                // SAFETY: the typed wrappers in `crate::ops` pass exactly the parameters each
+                // kernel declares, and size the grid to the buffers they pass.
+                unsafe { builder.launch(cfg) }.map_err(driver_error(entry))?;
+                Ok(())
+            }
+            Backend::Emulator { memory, modules } => {
+                let parsed = {
+                    let mut cache = modules.lock().expect("module cache");
+                    match cache.get(module) {
+                        Some(m) => Arc::clone(m),
+                        None => {
+                            let m = Arc::new(
+                                emulator::parse_module(source).map_err(CudaError::Emulator)?,
+                            );
+                            cache.insert(module.to_string(), Arc::clone(&m));
+                            m
+                        }
+                    }
+                };
+                let kernel = parsed.kernels.get(entry).ok_or_else(unknown)?;
+                let params = emulator_params(kernel, args)?;
+                let dims = LaunchDims {
+                    grid: [config.grid.0, config.grid.1, config.grid.2],
+                    block: [config.block.0, config.block.1, config.block.2],
+                    dynamic_shared_bytes: config.shared_bytes,
+                };
+                let mut global = memory.lock().expect("emulator memory");
+                emulator::launch(kernel, dims, &params, &mut global).map_err(CudaError::Emulator)
+            }
+        }
+    }
+}
+
+/// The raw bits of each argument, checked against the kernel's declared parameter types.
+fn emulator_params(kernel: &emulator::Kernel, args: &[Arg]) -> Result<Vec<u64>> {
+    if args.len() != kernel.params.len() {
+        return Err(CudaError::InvalidArgument(format!(
+            "kernel {} takes {} arguments, {} given",
+            kernel.name,
+            kernel.params.len(),
+            args.len()
+        )));
+    }
+    args.iter()
+        .zip(&kernel.params)
+        .map(|(arg, (name, ty))| {
+            let (bits, bytes) = match arg {
+                Arg::Buffer(RawBuffer::Emulated { address, .. }) => (*address, 8),
+                Arg::Buffer(RawBuffer::Driver(_)) => {
+                    return Err(CudaError::InvalidArgument(
+                        "a GPU buffer was passed to the emulator".into(),
+                    ))
+                }
+                Arg::U32(v) => (*v as u64, 4),
+                Arg::U64(v) => (*v, 8),
+                Arg::F32(v) => (v.to_bits() as u64, 4),
+            };
+            if bytes != ty.bytes() {
+                return Err(CudaError::InvalidArgument(format!(
+                    "kernel {}: parameter {name} is {ty:?} but a {bytes}-byte value was passed",
+                    kernel.name
+                )));
+            }
+            Ok(bits)
+        })
+        .collect()
+}

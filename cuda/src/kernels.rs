@@ -1,0 +1,39 @@
+//! The catalogue of our PTX modules: each is a hand-written file in `cuda/kernels/`, embedded
+//! in the binary with `include_str!` and loaded once per GPU on first use (`crate::gpu`).
+//! Templated modules (the GEMM, whose tile layout is chosen per operand layout) are expanded
+//! from Rust here, once.
+
+use std::sync::OnceLock;
+
+/// One PTX module: its name (used to launch its kernels) and its source text.
+#[derive(Debug, Clone)]
+pub struct ModuleSource {
+    pub name: String,
+    pub ptx: String,
+}
+
+fn plain(name: &str, ptx: &str) -> ModuleSource {
+    ModuleSource {
+        name: name.to_string(),
+        ptx: ptx.to_string(),
+    }
+}
+
+/// Every module, in the order `scripts/check-ptx.sh` reports them.
+pub fn catalogue() -> &'static [ModuleSource] {
+    static MODULES: OnceLock<Vec<ModuleSource>> = OnceLock::new();
+    MODULES.get_or_init(|| {
+        vec![plain(
+            "elementwise",
+            include_str!("../kernels/elementwise.ptx"),
+        )]
+    })
+}
+
+/// The PTX text of module `name`.
+pub fn module_source(name: &str) -> Option<&'static str> {
+    catalogue()
+        .iter()
+        .find(|m| m.name == name)
+        .map(|m| m.ptx.as_str())
+}

@@ -1,0 +1,248 @@
+//! Wrappers for `kernels/elementwise.ptx`: unary functions and their derivatives, broadcasting
+//! binary operations, and f32 ↔ bf16 casts.
+
+use super::{check_len, check_u32, ELEMENTWISE_BLOCK};
+use crate::error::{CudaError, Result};
+use crate::gpu::{Buffer, Gpu, LaunchConfig};
+
+/// A unary function; the discriminants are the kernel's op codes (the order of
+/// `ditmoe_tensor::ops::UnaryOp`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Unary {
+    Neg,
+    Exp,
+    Log,
+    Sqrt,
+    Rsqrt,
+    Tanh,
+    Sigmoid,
+    Relu,
+    Silu,
+    GeluTanh,
+    Sin,
+    Cos,
+    Abs,
+    Powf(f32),
+    AddScalar(f32),
+    MulScalar(f32),
+}
+
+impl Unary {
+    fn code_and_param(self) -> (u32, f32) {
+        match self {
+            Unary::Neg => (0, 0.0),
+            Unary::Exp => (1, 0.0),
+            Unary::Log => (2, 0.0),
+            Unary::Sqrt => (3, 0.0),
+            Unary::Rsqrt => (4, 0.0),
+            Unary::Tanh => (5, 0.0),
+            Unary::Sigmoid => (6, 0.0),
+            Unary::Relu => (7, 0.0),
+            Unary::Silu => (8, 0.0),
+            Unary::GeluTanh => (9, 0.0),
+            Unary::Sin => (10, 0.0),
+            Unary::Cos => (11, 0.0),
+            Unary::Abs => (12, 0.0),
+            Unary::Powf(p) => (13, p),
+            Unary::AddScalar(s) => (14, s),
+            Unary::MulScalar(s) => (15, s),
+        }
+    }
+}
+
+/// A binary operation; the discriminants are the kernel's op codes (`BinaryOp` order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binary {
+    Add = 0,
+    Sub = 1,
+    Mul = 2,
+    Div = 3,
+    Maximum = 4,
+    Minimum = 5,
+    Gt = 6,
+    Lt = 7,
+    Eq = 8,
+}
+
+fn launch_unary(
+    gpu: &Gpu,
+    op: Unary,
+    x: &Buffer<f32>,
+    grad: Option<&Buffer<f32>>,
+) -> Result<Buffer<f32>> {
+    let n = x.len();
+    if let Some(grad) = grad {
+        check_len("unary backward gradient", grad, n)?;
+    }
+    let out = gpu.zeros::<f32>(n)?;
+    let (code, param) = op.code_and_param();
+    gpu.launch(
+        "elementwise",
+        "unary_f32",
+        LaunchConfig::linear(n, ELEMENTWISE_BLOCK),
+        &[
+            (&out).into(),
+            x.into(),
+            grad.unwrap_or(x).into(),
+            check_u32("elements", n)?.into(),
+            code.into(),
+            param.into(),
+            (grad.is_some() as u32).into(),
+        ],
+    )?;
+    Ok(out)
+}
+
+/// `f(x)` elementwise.
+pub fn unary(gpu: &Gpu, op: Unary, x: &Buffer<f32>) -> Result<Buffer<f32>> {
+    launch_unary(gpu, op, x, None)
+}
+
+/// `grad · f'(x)` elementwise: the backward pass of [`unary`].
+pub fn unary_backward(
+    gpu: &Gpu,
+    op: Unary,
+    x: &Buffer<f32>,
+    grad: &Buffer<f32>,
+) -> Result<Buffer<f32>> {
+    launch_unary(gpu, op, x, Some(grad))
+}
+
+/// How two operands map onto a broadcast output: the output shape and, per operand, the
+/// element stride of each output dimension (0 where the operand is broadcast).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broadcast {
+    pub shape: Vec<usize>,
+    pub a_strides: Vec<usize>,
+    pub b_strides: Vec<usize>,
+}
+
+impl Broadcast {
+    /// NumPy broadcasting of two contiguous operands: shapes are aligned at the right, and a
+    /// dimension of size 1 (or a missing one) stretches to the other's size.
+    pub fn of(a_shape: &[usize], b_shape: &[usize]) -> Result<Broadcast> {
+        let rank = a_shape.len().max(b_shape.len());
+        let pad = |s: &[usize]| {
+            let mut padded = vec![1; rank - s.len()];
+            padded.extend_from_slice(s);
+            padded
+        };
+        let (a, b) = (pad(a_shape), pad(b_shape));
+        let mut shape = Vec::with_capacity(rank);
+        for (&x, &y) in a.iter().zip(&b) {
+            if x != y && x != 1 && y != 1 {
+                return Err(CudaError::InvalidArgument(format!(
+                    "shapes {a_shape:?} and {b_shape:?} do not broadcast"
+                )));
+            }
+            shape.push(x.max(y));
+        }
+        let strides = |s: &[usize]| {
+            let mut strides = vec![0; rank];
+            let mut step = 1;
+            for d in (0..rank).rev() {
+                strides[d] = if s[d] == 1 { 0 } else { step };
+                step *= s[d];
+            }
+            strides
+        };
+        Ok(Broadcast {
+            a_strides: strides(&a),
+            b_strides: strides(&b),
+            shape,
+        })
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// `a op b` with broadcasting; the result is contiguous with shape `layout.shape`.
+pub fn binary(
+    gpu: &Gpu,
+    op: Binary,
+    a: &Buffer<f32>,
+    b: &Buffer<f32>,
+    layout: &Broadcast,
+) -> Result<Buffer<f32>> {
+    let reach = |strides: &[usize]| -> usize {
+        1 + layout
+            .shape
+            .iter()
+            .zip(strides)
+            .map(|(&n, &s)| n.saturating_sub(1) * s)
+            .sum::<usize>()
+    };
+    for (name, buffer, strides) in [("a", a, &layout.a_strides), ("b", b, &layout.b_strides)] {
+        if layout.numel() > 0 && reach(strides) > buffer.len() {
+            return Err(CudaError::InvalidArgument(format!(
+                "binary operand {name}: its strides reach {} elements but it holds {}",
+                reach(strides),
+                buffer.len()
+            )));
+        }
+    }
+    let n = layout.numel();
+    let meta: Vec<u32> = layout
+        .shape
+        .iter()
+        .chain(&layout.a_strides)
+        .chain(&layout.b_strides)
+        .map(|&v| check_u32("shape or stride", v))
+        .collect::<Result<_>>()?;
+    let meta = gpu.upload(&meta)?;
+    let out = gpu.zeros::<f32>(n)?;
+    gpu.launch(
+        "elementwise",
+        "binary_f32",
+        LaunchConfig::linear(n, ELEMENTWISE_BLOCK),
+        &[
+            (&out).into(),
+            a.into(),
+            b.into(),
+            (&meta).into(),
+            check_u32("elements", n)?.into(),
+            (layout.shape.len() as u32).into(),
+            (op as u32).into(),
+        ],
+    )?;
+    Ok(out)
+}
+
+/// f32 → bf16, rounding to nearest even.
+pub fn to_bf16(gpu: &Gpu, x: &Buffer<f32>) -> Result<Buffer<half::bf16>> {
+    let out = gpu.zeros::<half::bf16>(x.len())?;
+    cast(gpu, "cast_f32_bf16", &out, x)?;
+    Ok(out)
+}
+
+/// bf16 → f32 (exact).
+pub fn to_f32(gpu: &Gpu, x: &Buffer<half::bf16>) -> Result<Buffer<f32>> {
+    let out = gpu.zeros::<f32>(x.len())?;
+    cast(gpu, "cast_bf16_f32", &out, x)?;
+    Ok(out)
+}
+
+fn cast<A, B>(gpu: &Gpu, entry: &str, out: &Buffer<A>, x: &Buffer<B>) -> Result<()> {
+    gpu.launch(
+        "elementwise",
+        entry,
+        LaunchConfig::linear(x.len(), ELEMENTWISE_BLOCK),
+        &[out.into(), x.into(), check_u32("elements", x.len())?.into()],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broadcasting_follows_numpy_rules() {
+        let b = Broadcast::of(&[2, 1, 4], &[3, 1]).unwrap();
+        assert_eq!(b.shape, vec![2, 3, 4]);
+        assert_eq!(b.a_strides, vec![4, 0, 1]);
+        assert_eq!(b.b_strides, vec![0, 1, 0]);
+        assert!(Broadcast::of(&[2, 3], &[4, 3]).is_err());
+    }
+}

@@ -1,0 +1,40 @@
+//! What every kernel test shares: the GPUs to run on and random inputs.
+//!
+//! Each test runs on the PTX emulator always, and on a real GPU when the NVIDIA driver finds
+//! one; when it does not, the test says that the GPU run was skipped and why.
+
+#![allow(dead_code)]
+
+use ditmoe_cuda::Gpu;
+use rand::{Rng, SeedableRng};
+
+/// The emulator, plus `cuda:0` when there is one.
+pub fn gpus() -> Vec<Gpu> {
+    let mut gpus = vec![Gpu::emulator()];
+    match Gpu::new(0) {
+        Ok(gpu) => gpus.push(gpu),
+        Err(why) => eprintln!("GPU run skipped: {why}"),
+    }
+    gpus
+}
+
+pub fn random(len: usize, lo: f32, hi: f32, seed: u64) -> Vec<f32> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..len).map(|_| rng.random_range(lo..hi)).collect()
+}
+
+/// Fails naming the first element where `|a - e| > tol · (1 + |e|)`.
+pub fn assert_close(actual: &[f32], expected: &[f32], tol: f32, what: &str) {
+    assert_eq!(actual.len(), expected.len(), "{what}: length");
+    for (i, (a, e)) in actual.iter().zip(expected).enumerate() {
+        assert!(
+            (a - e).abs() <= tol * (1.0 + e.abs()) || (a.is_nan() && e.is_nan()),
+            "{what}: element {i}: got {a}, expected {e}"
+        );
+    }
+}
+
+/// The f32 values of a CPU tensor (the reference side of every test).
+pub fn values(t: &ditmoe_tensor::Tensor) -> Vec<f32> {
+    t.to_vec_f64().into_iter().map(|v| v as f32).collect()
+}

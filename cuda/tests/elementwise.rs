@@ -1,0 +1,153 @@
+//! `kernels/elementwise.ptx` against the CPU tensor ops on random inputs.
+
+mod common;
+
+use common::{assert_close, gpus, random, values};
+use ditmoe_cuda::ops::elementwise::{self as ew, Binary, Broadcast, Unary};
+use ditmoe_tensor::ops::binary::BinaryOp;
+use ditmoe_tensor::ops::unary::UnaryOp;
+use ditmoe_tensor::Tensor;
+
+const UNARY: [(Unary, UnaryOp, f32, f32); 16] = [
+    (Unary::Neg, UnaryOp::Neg, -3.0, 3.0),
+    (Unary::Exp, UnaryOp::Exp, -3.0, 3.0),
+    (Unary::Log, UnaryOp::Log, 0.1, 5.0),
+    (Unary::Sqrt, UnaryOp::Sqrt, 0.1, 5.0),
+    (Unary::Rsqrt, UnaryOp::Rsqrt, 0.1, 5.0),
+    (Unary::Tanh, UnaryOp::Tanh, -3.0, 3.0),
+    (Unary::Sigmoid, UnaryOp::Sigmoid, -6.0, 6.0),
+    (Unary::Relu, UnaryOp::Relu, -3.0, 3.0),
+    (Unary::Silu, UnaryOp::Silu, -6.0, 6.0),
+    (Unary::GeluTanh, UnaryOp::GeluTanh, -4.0, 4.0),
+    (Unary::Sin, UnaryOp::Sin, -3.0, 3.0),
+    (Unary::Cos, UnaryOp::Cos, -3.0, 3.0),
+    (Unary::Abs, UnaryOp::Abs, -3.0, 3.0),
+    (Unary::Powf(3.0), UnaryOp::Powf(3.0), -2.0, 2.0),
+    (Unary::AddScalar(0.5), UnaryOp::AddScalar(0.5), -3.0, 3.0),
+    (Unary::MulScalar(-1.5), UnaryOp::MulScalar(-1.5), -3.0, 3.0),
+];
+
+#[test]
+fn unary_functions_and_derivatives_match_the_cpu() {
+    for gpu in gpus() {
+        // 300 elements: more than one block, and a partial last block.
+        let n = 300;
+        for (i, (gpu_op, cpu_op, lo, hi)) in UNARY.into_iter().enumerate() {
+            let x = random(n, lo, hi, i as u64);
+            let g = random(n, -1.0, 1.0, 100 + i as u64);
+            let xt = Tensor::from_slice(&x, &[n]).unwrap();
+            let gt = Tensor::from_slice(&g, &[n]).unwrap();
+            let xd = gpu.upload(&x).unwrap();
+            let gd = gpu.upload(&g).unwrap();
+            let forward = gpu
+                .download(&ew::unary(&gpu, gpu_op, &xd).unwrap())
+                .unwrap();
+            let expected = values(&xt.unary(cpu_op).unwrap());
+            // ex2/lg2/tanh/sin .approx are accurate to ~2^-21 relative on the GPU.
+            assert_close(
+                &forward,
+                &expected,
+                1e-4,
+                &format!("{gpu_op:?} on {}", gpu.name()),
+            );
+            let backward = gpu
+                .download(&ew::unary_backward(&gpu, gpu_op, &xd, &gd).unwrap())
+                .unwrap();
+            let expected = values(&xt.unary_backward(cpu_op, &gt).unwrap());
+            assert_close(
+                &backward,
+                &expected,
+                1e-4,
+                &format!("{gpu_op:?}' on {}", gpu.name()),
+            );
+        }
+    }
+}
+
+#[test]
+fn pow_of_negative_bases_follows_powf() {
+    for gpu in gpus() {
+        let x = vec![-2.0f32, -0.5, 0.0, 1.5];
+        let xd = gpu.upload(&x).unwrap();
+        for p in [2.0f32, 3.0, 0.5] {
+            let got = gpu
+                .download(&ew::unary(&gpu, Unary::Powf(p), &xd).unwrap())
+                .unwrap();
+            let expected: Vec<f32> = x.iter().map(|v| v.powf(p)).collect();
+            assert_close(&got, &expected, 1e-5, &format!("x^{p}"));
+        }
+    }
+}
+
+#[test]
+fn binary_ops_broadcast_like_the_cpu() {
+    let ops = [
+        (Binary::Add, BinaryOp::Add),
+        (Binary::Sub, BinaryOp::Sub),
+        (Binary::Mul, BinaryOp::Mul),
+        (Binary::Div, BinaryOp::Div),
+        (Binary::Maximum, BinaryOp::Maximum),
+        (Binary::Minimum, BinaryOp::Minimum),
+        (Binary::Gt, BinaryOp::Gt),
+        (Binary::Lt, BinaryOp::Lt),
+        (Binary::Eq, BinaryOp::Eq),
+    ];
+    let shapes: [(&[usize], &[usize]); 4] = [
+        (&[5, 7], &[5, 7]),
+        (&[2, 3, 8], &[8]),
+        (&[4, 1, 6], &[3, 1]),
+        (&[1], &[3, 5]),
+    ];
+    for gpu in gpus() {
+        for (s, (a_shape, b_shape)) in shapes.iter().enumerate() {
+            let na: usize = a_shape.iter().product();
+            let nb: usize = b_shape.iter().product();
+            // Rounded to quarters so that == and the comparisons see ties.
+            let round = |v: Vec<f32>| v.into_iter().map(|x| (x * 4.0).round() / 4.0).collect();
+            let a: Vec<f32> = round(random(na, -2.0, 2.0, s as u64));
+            let mut b: Vec<f32> = round(random(nb, -2.0, 2.0, 50 + s as u64));
+            b.iter_mut().filter(|v| **v == 0.0).for_each(|v| *v = 0.25);
+            let at = Tensor::from_slice(&a, a_shape).unwrap();
+            let bt = Tensor::from_slice(&b, b_shape).unwrap();
+            let (ad, bd) = (gpu.upload(&a).unwrap(), gpu.upload(&b).unwrap());
+            let layout = Broadcast::of(a_shape, b_shape).unwrap();
+            for (gpu_op, cpu_op) in ops {
+                let got = gpu
+                    .download(&ew::binary(&gpu, gpu_op, &ad, &bd, &layout).unwrap())
+                    .unwrap();
+                let expected = at.binary(cpu_op, &bt).unwrap();
+                assert_eq!(expected.shape(), &layout.shape[..]);
+                assert_close(
+                    &got,
+                    &values(&expected),
+                    1e-6,
+                    &format!("{gpu_op:?} {a_shape:?} {b_shape:?}"),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn binary_refuses_operands_its_strides_would_overrun() {
+    let gpu = ditmoe_cuda::Gpu::emulator();
+    let a = gpu.upload(&[1.0f32; 6]).unwrap();
+    let b = gpu.upload(&[1.0f32; 2]).unwrap();
+    let layout = Broadcast::of(&[2, 3], &[3]).unwrap();
+    let err = ew::binary(&gpu, Binary::Add, &a, &b, &layout).unwrap_err();
+    assert!(err.to_string().contains("holds 2"), "{err}");
+}
+
+#[test]
+fn casts_round_to_nearest_even_and_back() {
+    for gpu in gpus() {
+        let x = random(200, -100.0, 100.0, 9);
+        let bf = ew::to_bf16(&gpu, &gpu.upload(&x).unwrap()).unwrap();
+        let got: Vec<half::bf16> = gpu.download(&bf).unwrap();
+        let expected: Vec<half::bf16> = x.iter().map(|&v| half::bf16::from_f32(v)).collect();
+        assert_eq!(got, expected);
+        let back = gpu.download(&ew::to_f32(&gpu, &bf).unwrap()).unwrap();
+        let expected: Vec<f32> = expected.iter().map(|v| v.to_f32()).collect();
+        assert_eq!(back, expected);
+    }
+}
