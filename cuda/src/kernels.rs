@@ -23,10 +23,11 @@ fn plain(name: &str, ptx: &str) -> ModuleSource {
 pub fn catalogue() -> &'static [ModuleSource] {
     static MODULES: OnceLock<Vec<ModuleSource>> = OnceLock::new();
     MODULES.get_or_init(|| {
-        vec![plain(
-            "elementwise",
-            include_str!("../kernels/elementwise.ptx"),
-        )]
+        vec![
+            plain("elementwise", include_str!("../kernels/elementwise.ptx")),
+            plain("rows", include_str!("../kernels/rows.ptx")),
+            plain("norm", include_str!("../kernels/norm.ptx")),
+        ]
     })
 }
 

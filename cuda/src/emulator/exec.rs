@@ -1076,3 +1076,125 @@ pub fn launch(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::emulator::parse_module;
+
+    /// Thread t writes t to shared[t], then (after `BARRIER`) reads shared[t ^ 1] and stores it
+    /// to out[t]; or with `GUARD` the odd threads exit first.
+    const EXCHANGE: &str = r#"
+        .version 8.0
+        .target sm_80
+        .address_size 64
+        .visible .entry exchange(.param .u64 out)
+        {
+            .reg .pred %p<2>;
+            .reg .b32 %r<6>;
+            .reg .b64 %rd<4>;
+            .shared .align 4 .b8 slots[256];
+            mov.u32 %r0, %tid.x;
+            GUARD
+            shl.b32 %r1, %r0, 2;
+            st.shared.u32 [%r1], %r0;
+            BARRIER
+            xor.b32 %r2, %r0, 1;
+            shl.b32 %r3, %r2, 2;
+            ld.shared.u32 %r4, [%r3];
+            ld.param.u64 %rd0, [out];
+            mul.wide.u32 %rd1, %r0, 4;
+            add.u64 %rd0, %rd0, %rd1;
+            st.global.u32 [%rd0], %r4;
+            ret;
+        }
+    "#;
+
+    fn run(source: &str, threads: u32, out_len: usize) -> Result<Vec<u32>, String> {
+        let module = parse_module(source)?;
+        let mut global = GlobalMemory::default();
+        let out = global.alloc(out_len * 4);
+        let dims = LaunchDims {
+            grid: [1, 1, 1],
+            block: [threads, 1, 1],
+            dynamic_shared_bytes: 0,
+        };
+        launch(&module.kernels["exchange"], dims, &[out], &mut global)?;
+        let bytes = global.read(out, out_len * 4)?;
+        Ok(bytes
+            .chunks(4)
+            .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+            .collect())
+    }
+
+    #[test]
+    fn a_barrier_orders_shared_memory_between_threads() {
+        let source = EXCHANGE
+            .replace("GUARD", "")
+            .replace("BARRIER", "bar.sync 0;");
+        let out = run(&source, 64, 64).unwrap();
+        assert_eq!(out, (0..64u32).map(|t| t ^ 1).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_missing_barrier_is_reported_as_a_race() {
+        let source = EXCHANGE.replace("GUARD", "").replace("BARRIER", "");
+        let err = run(&source, 64, 64).unwrap_err();
+        assert!(err.contains("shared-memory race"), "{err}");
+    }
+
+    #[test]
+    fn threads_exiting_before_a_barrier_are_reported() {
+        let source = EXCHANGE
+            .replace(
+                "GUARD",
+                "and.b32 %r5, %r0, 1; setp.ne.u32 %p0, %r5, 0; @%p0 ret;",
+            )
+            .replace("BARRIER", "bar.sync 0;");
+        let err = run(&source, 64, 64).unwrap_err();
+        assert!(err.contains("others had exited"), "{err}");
+    }
+
+    #[test]
+    fn out_of_bounds_stores_are_reported_with_the_thread() {
+        let source = EXCHANGE
+            .replace("GUARD", "")
+            .replace("BARRIER", "bar.sync 0;");
+        let err = run(&source, 64, 60).unwrap_err();
+        assert!(
+            err.contains("past the end") && err.contains("thread [60, 0, 0]"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn shuffles_need_every_lane_of_the_warp() {
+        let source = r#"
+            .version 8.0
+            .target sm_80
+            .address_size 64
+            .visible .entry exchange(.param .u64 out)
+            {
+                .reg .pred %p<1>;
+                .reg .b32 %r<4>;
+                .reg .b64 %rd<2>;
+                mov.u32 %r0, %tid.x;
+                setp.ge.u32 %p0, %r0, 16;
+                @%p0 ret;
+                shfl.sync.bfly.b32 %r1, %r0, 1, 31, -1;
+                ret;
+            }
+        "#;
+        let err = run(source, 32, 1).unwrap_err();
+        assert!(err.contains("not every lane"), "{err}");
+    }
+
+    #[test]
+    fn bf16_rounding_is_to_nearest_even() {
+        assert_eq!(f32_to_bf16_bits(1.0), 0x3F80);
+        // 1 + 2^-8 is exactly halfway between two bf16 values: ties go to the even one.
+        assert_eq!(f32_to_bf16_bits(1.0 + 1.0 / 256.0), 0x3F80);
+        assert_eq!(f32_to_bf16_bits(1.0 + 3.0 / 256.0), 0x3F82);
+        assert_eq!(f32_to_bf16_bits(f32::NAN), 0x7FC0);
+    }
+}

@@ -3,6 +3,8 @@
 //! `cuda/kernels/` of the same name.
 
 pub mod elementwise;
+pub mod norm;
+pub mod rows;
 
 use crate::error::{CudaError, Result};
 use crate::gpu::Buffer;
