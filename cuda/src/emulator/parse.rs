@@ -471,7 +471,9 @@ fn parse_params(list: &str) -> Result<Vec<(String, Ty)>, String> {
     Ok(params)
 }
 
-fn parse_kernel(header: &str, body: &str) -> Result<Kernel, String> {
+/// Parses one `.entry`; `module_shared` are the module-scope `.shared` declarations above it
+/// (shared by every kernel of the module, laid out first).
+fn parse_kernel(header: &str, body: &str, module_shared: &[String]) -> Result<Kernel, String> {
     let open = header
         .find('(')
         .ok_or_else(|| format!("kernel header without parameters: `{header}`"))?;
@@ -492,6 +494,9 @@ fn parse_kernel(header: &str, body: &str) -> Result<Kernel, String> {
         body: Vec::new(),
         labels: HashMap::new(),
     };
+    for decl in module_shared {
+        declare_shared(decl, &mut kernel).map_err(|e| format!("kernel {}: {e}", kernel.name))?;
+    }
     let mut registers = HashMap::new();
     for stmt in body.split(';') {
         let mut stmt = stmt.trim();
@@ -542,8 +547,17 @@ fn parse_kernel(header: &str, body: &str) -> Result<Kernel, String> {
 pub fn parse_module(source: &str) -> Result<Module, String> {
     let text = strip_comments(source);
     let mut kernels = HashMap::new();
+    let mut module_shared = Vec::new();
     let mut rest = text.as_str();
     while let Some(start) = rest.find(".entry") {
+        // Module-scope declarations between the previous kernel and this one.
+        let (outside, _) = rest[..start].rsplit_once(';').unwrap_or(("", ""));
+        module_shared.extend(outside.split(';').map(str::trim).filter_map(|stmt| {
+            let at = stmt.find(".extern").or_else(|| stmt.find(".shared"))?;
+            stmt[at..]
+                .contains(".shared")
+                .then(|| stmt[at..].to_string())
+        }));
         let open = rest[start..]
             .find('{')
             .map(|i| start + i)
@@ -564,7 +578,7 @@ pub fn parse_module(source: &str) -> Result<Module, String> {
             }
         }
         let close = close.ok_or("unclosed kernel body")?;
-        let kernel = parse_kernel(&rest[start..open], &rest[open + 1..close])?;
+        let kernel = parse_kernel(&rest[start..open], &rest[open + 1..close], &module_shared)?;
         kernels.insert(kernel.name.clone(), kernel);
         rest = &rest[close + 1..];
     }

@@ -3,6 +3,7 @@
 //! `cuda/kernels/` of the same name.
 
 pub mod elementwise;
+pub mod gemm;
 pub mod norm;
 pub mod rows;
 

@@ -3,6 +3,8 @@
 //! Templated modules (the GEMM, whose tile layout is chosen per operand layout) are expanded
 //! from Rust here, once.
 
+pub mod gemm;
+
 use std::sync::OnceLock;
 
 /// One PTX module: its name (used to launch its kernels) and its source text.
@@ -24,9 +26,14 @@ pub fn catalogue() -> &'static [ModuleSource] {
     static MODULES: OnceLock<Vec<ModuleSource>> = OnceLock::new();
     MODULES.get_or_init(|| {
         vec![
-            plain("elementwise", include_str!("../kernels/elementwise.ptx")),
-            plain("rows", include_str!("../kernels/rows.ptx")),
-            plain("norm", include_str!("../kernels/norm.ptx")),
+            plain("elementwise", include_str!("../../kernels/elementwise.ptx")),
+            plain("rows", include_str!("../../kernels/rows.ptx")),
+            plain("norm", include_str!("../../kernels/norm.ptx")),
+            plain("gemm_f32", include_str!("../../kernels/gemm_f32.ptx")),
+            ModuleSource {
+                name: "gemm_bf16".to_string(),
+                ptx: gemm::module(include_str!("../../kernels/gemm_bf16.ptx")),
+            },
         ]
     })
 }

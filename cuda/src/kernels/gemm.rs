@@ -1,0 +1,358 @@
+//! Expands the `kernels/gemm_bf16.ptx` template into one entry per operand layout.
+//!
+//! The template holds the kernel's structure (block coordinates, the cp.async pipeline, the
+//! loop); what depends on the layouts — the tile loads, the ldmatrix addresses and the fully
+//! unrolled fragment/mma and store sequences, whose register names must be spelled out — is
+//! written here, one small function per section.
+
+use std::fmt::Write;
+
+/// Bytes of one shared-memory stage: a 128×32 bf16 tile of A, then one of B.
+const STAGE_BYTES: u32 = 16384;
+const B_TILE_OFFSET: u32 = 8192;
+
+/// How one operand lies in memory, and the registers the template keeps its facts in.
+struct Operand {
+    /// Contiguous along K (A row-major [M,K], or B stored as [N,K]) rather than along M/N.
+    k_contiguous: bool,
+    /// Register holding the base address of this batch entry.
+    base: &'static str,
+    /// Register holding the first row (A) or column (B) of the CTA tile.
+    tile_start: &'static str,
+    /// Register holding M (for A) or N (for B).
+    extent: &'static str,
+    /// Register holding the leading dimension.
+    leading: &'static str,
+    /// Register that will hold each lane's ldmatrix offset.
+    lane_offset: &'static str,
+    /// Byte offset of this operand's tile inside a stage.
+    stage_offset: u32,
+    is_a: bool,
+}
+
+/// The operand layouts of one entry: `n` is the natural layout (A [M,K], B [K,N] row-major),
+/// `t` the transposed one (A stored [K,M], B stored [N,K]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GemmLayout {
+    pub a_transposed: bool,
+    pub b_transposed: bool,
+}
+
+impl GemmLayout {
+    pub const ALL: [GemmLayout; 4] = [
+        GemmLayout::new(false, false),
+        GemmLayout::new(false, true),
+        GemmLayout::new(true, false),
+        GemmLayout::new(true, true),
+    ];
+
+    pub const fn new(a_transposed: bool, b_transposed: bool) -> Self {
+        Self {
+            a_transposed,
+            b_transposed,
+        }
+    }
+
+    /// `gemm_bf16_nn`, `gemm_bf16_nt`, … (BLAS naming: the letter of A, then of B).
+    pub fn entry(self) -> String {
+        let letter = |t: bool| if t { 't' } else { 'n' };
+        format!(
+            "gemm_bf16_{}{}",
+            letter(self.a_transposed),
+            letter(self.b_transposed)
+        )
+    }
+
+    fn operands(self) -> [Operand; 2] {
+        [
+            Operand {
+                k_contiguous: !self.a_transposed,
+                base: "%rd0",
+                tile_start: "%r6",
+                extent: "%r8",
+                leading: "%r11",
+                lane_offset: "%r20",
+                stage_offset: 0,
+                is_a: true,
+            },
+            Operand {
+                k_contiguous: self.b_transposed,
+                base: "%rd1",
+                tile_start: "%r7",
+                extent: "%r9",
+                leading: "%r12",
+                lane_offset: "%r21",
+                stage_offset: B_TILE_OFFSET,
+                is_a: false,
+            },
+        ]
+    }
+}
+
+/// Appends formatted lines of PTX, indented like the template.
+macro_rules! emit {
+    ($out:expr, $($arg:tt)*) => {{
+        let _ = write!($out, "    ");
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
+
+fn zero_accumulators() -> String {
+    let mut out = String::new();
+    for i in 0..64 {
+        emit!(out, "mov.f32 %acc{i}, 0f00000000;");
+    }
+    out
+}
+
+/// Each lane's ldmatrix row address inside a stage, swizzled. Lanes 8q..8q+7 address the rows
+/// of 8×8 matrix q; for A the matrices are (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7,
+/// k 8-15), (rows 8-15, k 8-15) — the order of mma's A registers — and for B (n 0-7, k 0-7),
+/// (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15): two n8 fragments.
+fn lane_offsets(operands: &[Operand; 2]) -> String {
+    let mut out = String::new();
+    emit!(out, "and.b32 %r27, %r2, 7;");
+    emit!(out, "shr.u32 %r28, %r2, 3;");
+    emit!(out, "and.b32 %r28, %r28, 1;");
+    emit!(out, "shr.u32 %r29, %r2, 4;");
+    for op in operands {
+        // Which lane bit selects the second 8 rows along M/N, and which the second 8 along K.
+        let (select_mn, select_k) = if op.is_a {
+            ("%r28", "%r29")
+        } else {
+            ("%r29", "%r28")
+        };
+        if op.is_a {
+            emit!(out, "shl.b32 %r30, %r3, 6;"); // warp_m * 64
+        } else {
+            emit!(out, "shl.b32 %r30, %r4, 5;"); // warp_n * 32
+        }
+        if op.k_contiguous {
+            // Tile [128 mn][32 k], 64-byte rows; chunk ^= (row >> 1) & 3.
+            emit!(out, "shl.b32 %r31, {select_mn}, 3;");
+            emit!(out, "add.u32 %r31, %r31, %r27;");
+            emit!(out, "add.u32 %r31, %r31, %r30;");
+            emit!(out, "shr.u32 %r32, %r31, 1;");
+            emit!(out, "and.b32 %r32, %r32, 3;");
+            emit!(out, "xor.b32 %r32, %r32, {select_k};");
+            emit!(out, "shl.b32 %r32, %r32, 4;");
+            emit!(out, "shl.b32 %r31, %r31, 6;");
+        } else {
+            // Tile [32 k][128 mn], 256-byte rows; chunk ^= row & 7.
+            emit!(out, "shl.b32 %r31, {select_k}, 3;");
+            emit!(out, "add.u32 %r31, %r31, %r27;");
+            emit!(out, "shr.u32 %r32, %r30, 3;");
+            emit!(out, "add.u32 %r32, %r32, {select_mn};");
+            emit!(out, "and.b32 %r33, %r31, 7;");
+            emit!(out, "xor.b32 %r32, %r32, %r33;");
+            emit!(out, "shl.b32 %r32, %r32, 4;");
+            emit!(out, "shl.b32 %r31, %r31, 8;");
+        }
+        emit!(out, "add.u32 {}, %r31, %r32;", op.lane_offset);
+        if op.stage_offset > 0 {
+            emit!(
+                out,
+                "add.u32 {0}, {0}, {1};",
+                op.lane_offset,
+                op.stage_offset
+            );
+        }
+    }
+    out
+}
+
+/// cp.async of K slice `%r16` into stage `%r17`: each operand tile is 512 chunks of 16 bytes,
+/// two per thread; chunks past the matrix edge are zero-filled (src-size 0).
+fn load_slice(operands: &[Operand; 2]) -> String {
+    let mut out = String::new();
+    emit!(out, "mul.lo.u32 %r36, %r17, {STAGE_BYTES};");
+    emit!(out, "add.u32 %r36, %r36, %r14;");
+    for op in operands {
+        for j in 0..2 {
+            emit!(out, "add.u32 %r27, %r0, {};", 256 * j);
+            if op.k_contiguous {
+                emit!(out, "shr.u32 %r28, %r27, 2;"); // row along M/N
+                emit!(out, "and.b32 %r29, %r27, 3;"); // chunk along K
+                emit!(out, "add.u32 %r30, {}, %r28;", op.tile_start);
+                emit!(out, "shl.b32 %r31, %r16, 5;");
+                emit!(out, "shl.b32 %r32, %r29, 3;");
+                emit!(out, "add.u32 %r31, %r31, %r32;");
+                emit!(out, "mul.wide.u32 %rd3, %r30, {};", op.leading);
+                emit!(out, "cvt.u64.u32 %rd4, %r31;");
+                emit!(out, "shr.u32 %r33, %r28, 1;");
+                emit!(out, "and.b32 %r33, %r33, 3;");
+                emit!(out, "xor.b32 %r33, %r29, %r33;");
+                emit!(out, "shl.b32 %r33, %r33, 4;");
+                emit!(out, "shl.b32 %r34, %r28, 6;");
+            } else {
+                emit!(out, "shr.u32 %r28, %r27, 4;"); // row along K
+                emit!(out, "and.b32 %r29, %r27, 15;"); // chunk along M/N
+                emit!(out, "shl.b32 %r31, %r16, 5;");
+                emit!(out, "add.u32 %r31, %r31, %r28;");
+                emit!(out, "shl.b32 %r32, %r29, 3;");
+                emit!(out, "add.u32 %r30, {}, %r32;", op.tile_start);
+                emit!(out, "mul.wide.u32 %rd3, %r31, {};", op.leading);
+                emit!(out, "cvt.u64.u32 %rd4, %r30;");
+                emit!(out, "and.b32 %r33, %r28, 7;");
+                emit!(out, "xor.b32 %r33, %r29, %r33;");
+                emit!(out, "shl.b32 %r33, %r33, 4;");
+                emit!(out, "shl.b32 %r34, %r28, 8;");
+            }
+            // %r30: index along M/N, %r31: index along K; in range?
+            emit!(out, "setp.lt.u32 %p1, %r30, {};", op.extent);
+            emit!(out, "setp.lt.u32 %p2, %r31, %r10;");
+            emit!(out, "and.pred %p1, %p1, %p2;");
+            emit!(out, "add.u64 %rd3, %rd3, %rd4;");
+            emit!(out, "shl.b64 %rd3, %rd3, 1;");
+            emit!(out, "add.u64 %rd3, %rd3, {};", op.base);
+            emit!(out, "@!%p1 mov.u64 %rd3, {};", op.base);
+            emit!(out, "selp.u32 %r35, 16, 0, %p1;");
+            emit!(out, "add.u32 %r33, %r33, %r34;");
+            emit!(out, "add.u32 %r33, %r33, %r36;");
+            if op.stage_offset > 0 {
+                emit!(out, "add.u32 %r33, %r33, {};", op.stage_offset);
+            }
+            emit!(out, "cp.async.cg.shared.global [%r33], [%rd3], 16, %r35;");
+        }
+    }
+    out
+}
+
+/// One ldmatrix.x4 of fragment `index` (A: m16 block i, B: n16 pair p) at k step `step`. The
+/// swizzle makes some offsets XOR into the lane offset rather than add to it.
+fn load_fragment(out: &mut String, op: &Operand, index: u32, step: u32, first_reg: u32) {
+    let (xor, add) = if op.k_contiguous {
+        // Next 16 k: chunk + 2 (XOR 32 bytes); next 16 rows: + 16 rows of 64 bytes.
+        (step * 32, index * 16 * 64)
+    } else {
+        // Next 16 k: + 16 rows of 256 bytes; next 16 along M/N: chunk + 2 (XOR 32 bytes).
+        (index * 32, step * 16 * 256)
+    };
+    emit!(out, "xor.b32 %r27, {}, {xor};", op.lane_offset);
+    emit!(out, "add.u32 %r27, %r27, %r22;");
+    if add > 0 {
+        emit!(out, "add.u32 %r27, %r27, {add};");
+    }
+    let transpose = if op.k_contiguous { "" } else { ".trans" };
+    let regs = if op.is_a { "%fa" } else { "%fb" };
+    emit!(
+        out,
+        "ldmatrix.sync.aligned.m8n8.x4{transpose}.shared.b16 {{{regs}{}, {regs}{}, {regs}{}, {regs}{}}}, [%r27];",
+        first_reg,
+        first_reg + 1,
+        first_reg + 2,
+        first_reg + 3
+    );
+}
+
+/// The two 16-wide k steps of a 32-wide slice: 4 A and 2 B ldmatrix, then 16 mma each.
+fn multiply_slice(operands: &[Operand; 2]) -> String {
+    let mut out = String::new();
+    for step in 0..2 {
+        for i in 0..4 {
+            load_fragment(&mut out, &operands[0], i, step, 4 * i);
+        }
+        for p in 0..2 {
+            load_fragment(&mut out, &operands[1], p, step, 4 * p);
+        }
+        for i in 0..4 {
+            for j in 0..4 {
+                let acc = 4 * (4 * i + j);
+                let a = 4 * i;
+                let b = 2 * j;
+                emit!(
+                    out,
+                    "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 \
+                     {{%acc{}, %acc{}, %acc{}, %acc{}}}, {{%fa{}, %fa{}, %fa{}, %fa{}}}, \
+                     {{%fb{}, %fb{}}}, {{%acc{}, %acc{}, %acc{}, %acc{}}};",
+                    acc,
+                    acc + 1,
+                    acc + 2,
+                    acc + 3,
+                    a,
+                    a + 1,
+                    a + 2,
+                    a + 3,
+                    b,
+                    b + 1,
+                    acc,
+                    acc + 1,
+                    acc + 2,
+                    acc + 3
+                );
+            }
+        }
+    }
+    out
+}
+
+/// C = alpha · acc + beta · C for each of the lane's 64 accumulators, inside the matrix only.
+/// Accumulator 4(4i + j) + 2h + e sits at row 16i + 8h + g, column 8j + 2t + e of the warp tile.
+fn store_accumulators() -> String {
+    let mut out = String::new();
+    for i in 0..4 {
+        for h in 0..2 {
+            emit!(out, "add.u32 %r27, %r25, {};", 16 * i + 8 * h);
+            emit!(out, "setp.lt.u32 %p1, %r27, %r8;");
+            emit!(out, "mul.wide.u32 %rd3, %r27, %r13;");
+            for j in 0..4 {
+                for e in 0..2 {
+                    let acc = 4 * (4 * i + j) + 2 * h + e;
+                    emit!(out, "add.u32 %r28, %r26, {};", 8 * j + e);
+                    emit!(out, "setp.lt.u32 %p2, %r28, %r9;");
+                    emit!(out, "and.pred %p3, %p1, %p2;");
+                    emit!(out, "and.pred %p4, %p3, %p6;");
+                    emit!(out, "cvt.u64.u32 %rd4, %r28;");
+                    emit!(out, "add.u64 %rd5, %rd3, %rd4;");
+                    emit!(out, "shl.b64 %rd5, %rd5, 2;");
+                    emit!(out, "add.u64 %rd5, %rd5, %rd2;");
+                    emit!(out, "mul.f32 %f0, %acc{acc}, %f2;");
+                    emit!(out, "@%p4 ld.global.f32 %f1, [%rd5];");
+                    emit!(out, "@%p4 fma.rn.f32 %f0, %f1, %f3, %f0;");
+                    emit!(out, "@%p3 st.global.f32 [%rd5], %f0;");
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The module text: the template expanded once per layout, all four entries in one module.
+pub fn module(template: &str) -> String {
+    let (header, body) = template
+        .split_once(".visible .entry")
+        .expect("the GEMM template has an entry");
+    let mut module = header.to_string();
+    for layout in GemmLayout::ALL {
+        let operands = layout.operands();
+        let entry = format!(".visible .entry{body}")
+            .replace("{{NAME}}", &layout.entry())
+            .replace("{{ZERO_ACCUMULATORS}}\n", &zero_accumulators())
+            .replace("{{LANE_OFFSETS}}\n", &lane_offsets(&operands))
+            .replace("{{LOAD_SLICE}}\n", &load_slice(&operands))
+            .replace("{{MULTIPLY_SLICE}}\n", &multiply_slice(&operands))
+            .replace("{{STORE_ACCUMULATORS}}\n", &store_accumulators());
+        module.push_str(&entry);
+        module.push('\n');
+    }
+    module
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_placeholder_is_expanded_into_four_entries() {
+        let text = module(include_str!("../../kernels/gemm_bf16.ptx"));
+        assert!(!text.contains("{{"), "an unexpanded placeholder remains");
+        for layout in GemmLayout::ALL {
+            assert!(text.contains(&format!(".visible .entry {}(", layout.entry())));
+        }
+        assert_eq!(text.matches("mma.sync.aligned").count(), 4 * 2 * 16);
+        assert_eq!(
+            text.matches("ldmatrix.sync.aligned.m8n8.x4.trans").count(),
+            2 * 2 * (4 + 2)
+        );
+    }
+}

@@ -1,0 +1,182 @@
+//! Wrappers for the GEMM kernels: `kernels/gemm_bf16.ptx` (tensor cores) and
+//! `kernels/gemm_f32.ptx` (SIMT fallback).
+//!
+//! Both compute `C = alpha · op(A) · op(B) + beta · C` over a batch of contiguous matrices:
+//! A is `[batch, M, K]` row-major, or `[batch, K, M]` when `a_transposed`; B is `[batch, K, N]`,
+//! or `[batch, N, K]` when `b_transposed` (the `x · Wᵀ` of a linear layer); C is `[batch, M, N]`.
+
+use super::check_len;
+use super::check_u32;
+use crate::error::{CudaError, Result};
+use crate::gpu::{Buffer, Gpu, LaunchConfig};
+use crate::kernels::gemm::GemmLayout;
+
+/// The shape and scalars of a batched GEMM.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Gemm {
+    pub batch: usize,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub a_transposed: bool,
+    pub b_transposed: bool,
+    pub alpha: f32,
+    pub beta: f32,
+}
+
+impl Gemm {
+    /// `C = A · B` for one `[m, k] × [k, n]` product.
+    pub fn new(m: usize, n: usize, k: usize) -> Self {
+        Self {
+            batch: 1,
+            m,
+            n,
+            k,
+            a_transposed: false,
+            b_transposed: false,
+            alpha: 1.0,
+            beta: 0.0,
+        }
+    }
+
+    /// Leading dimensions (row lengths as stored) of A and B.
+    fn leading(&self) -> (usize, usize) {
+        let lda = if self.a_transposed { self.m } else { self.k };
+        let ldb = if self.b_transposed { self.k } else { self.n };
+        (lda, ldb)
+    }
+
+    fn check_buffers<T>(&self, a: &Buffer<T>, b: &Buffer<T>, c: &Buffer<f32>) -> Result<()> {
+        check_len("gemm A", a, self.batch * self.m * self.k)?;
+        check_len("gemm B", b, self.batch * self.k * self.n)?;
+        check_len("gemm C", c, self.batch * self.m * self.n)
+    }
+
+    /// Whether the tensor-core kernel can take this shape: each operand's contiguous extent
+    /// must be a multiple of 8 elements (its 16-byte cp.async chunks).
+    pub fn fits_tensor_cores(&self) -> bool {
+        let (lda, ldb) = self.leading();
+        lda % 8 == 0 && ldb % 8 == 0
+    }
+}
+
+/// Threads per block and tile of the tensor-core kernel.
+const BF16_TILE: usize = 128;
+const BF16_THREADS: u32 = 256;
+/// Three pipeline stages of a 128×32 A tile and a 32×128 B tile, in bf16.
+const BF16_SHARED_BYTES: u32 = 3 * 2 * 128 * 32 * 2;
+const F32_TILE: usize = 64;
+
+/// `C = alpha · op(A) · op(B) + beta · C` on tensor cores (bf16 in, f32 accumulate and out).
+pub fn gemm_bf16(
+    gpu: &Gpu,
+    spec: &Gemm,
+    a: &Buffer<half::bf16>,
+    b: &Buffer<half::bf16>,
+    c: &Buffer<f32>,
+) -> Result<()> {
+    spec.check_buffers(a, b, c)?;
+    if !spec.fits_tensor_cores() {
+        return Err(CudaError::InvalidArgument(format!(
+            "gemm_bf16 needs the contiguous extent of each operand to be a multiple of 8 \
+             (M={}, N={}, K={}, A {}, B {}); use gemm_f32 for this shape",
+            spec.m,
+            spec.n,
+            spec.k,
+            if spec.a_transposed { "[K,M]" } else { "[M,K]" },
+            if spec.b_transposed { "[N,K]" } else { "[K,N]" },
+        )));
+    }
+    if spec.batch == 0 || spec.m == 0 || spec.n == 0 {
+        return Ok(());
+    }
+    let (lda, ldb) = spec.leading();
+    let layout = GemmLayout::new(spec.a_transposed, spec.b_transposed);
+    let config = LaunchConfig {
+        grid: (
+            spec.n.div_ceil(BF16_TILE) as u32,
+            spec.m.div_ceil(BF16_TILE) as u32,
+            check_u32("batch", spec.batch)?,
+        ),
+        block: (BF16_THREADS, 1, 1),
+        shared_bytes: BF16_SHARED_BYTES,
+    };
+    gpu.launch(
+        "gemm_bf16",
+        &layout.entry(),
+        config,
+        &[
+            c.into(),
+            a.into(),
+            b.into(),
+            check_u32("M", spec.m)?.into(),
+            check_u32("N", spec.n)?.into(),
+            check_u32("K", spec.k)?.into(),
+            check_u32("lda", lda)?.into(),
+            check_u32("ldb", ldb)?.into(),
+            check_u32("ldc", spec.n)?.into(),
+            ((spec.m * spec.k) as u64).into(),
+            ((spec.k * spec.n) as u64).into(),
+            ((spec.m * spec.n) as u64).into(),
+            spec.alpha.into(),
+            spec.beta.into(),
+        ],
+    )
+}
+
+/// `C = alpha · op(A) · op(B) + beta · C` in f32 on the SIMT cores, any shape.
+pub fn gemm_f32(
+    gpu: &Gpu,
+    spec: &Gemm,
+    a: &Buffer<f32>,
+    b: &Buffer<f32>,
+    c: &Buffer<f32>,
+) -> Result<()> {
+    spec.check_buffers(a, b, c)?;
+    if spec.batch == 0 || spec.m == 0 || spec.n == 0 {
+        return Ok(());
+    }
+    let (lda, ldb) = spec.leading();
+    let (a_stride_m, a_stride_k) = if spec.a_transposed {
+        (1, lda)
+    } else {
+        (lda, 1)
+    };
+    let (b_stride_k, b_stride_n) = if spec.b_transposed {
+        (1, ldb)
+    } else {
+        (ldb, 1)
+    };
+    let config = LaunchConfig {
+        grid: (
+            spec.n.div_ceil(F32_TILE) as u32,
+            spec.m.div_ceil(F32_TILE) as u32,
+            check_u32("batch", spec.batch)?,
+        ),
+        block: (256, 1, 1),
+        shared_bytes: 0,
+    };
+    gpu.launch(
+        "gemm_f32",
+        "gemm_f32",
+        config,
+        &[
+            c.into(),
+            a.into(),
+            b.into(),
+            check_u32("M", spec.m)?.into(),
+            check_u32("N", spec.n)?.into(),
+            check_u32("K", spec.k)?.into(),
+            check_u32("A stride", a_stride_m)?.into(),
+            check_u32("A stride", a_stride_k)?.into(),
+            check_u32("B stride", b_stride_k)?.into(),
+            check_u32("B stride", b_stride_n)?.into(),
+            check_u32("ldc", spec.n)?.into(),
+            ((spec.m * spec.k) as u64).into(),
+            ((spec.k * spec.n) as u64).into(),
+            ((spec.m * spec.n) as u64).into(),
+            spec.alpha.into(),
+            spec.beta.into(),
+        ],
+    )
+}

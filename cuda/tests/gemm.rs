@@ -1,0 +1,158 @@
+//! The GEMM kernels against the CPU matmul, in every operand layout, batched, with alpha/beta
+//! and with shapes that leave partial tiles on every edge.
+
+mod common;
+
+use common::{assert_close, gpus, random, values};
+use ditmoe_cuda::ops::gemm::{gemm_bf16, gemm_f32, Gemm};
+use ditmoe_tensor::{DType, Tensor};
+use half::bf16;
+
+/// The CPU reference: alpha · op(A) · op(B) + beta · C in f64.
+fn reference(spec: &Gemm, a: &[f32], b: &[f32], c: &[f32]) -> Vec<f32> {
+    let Gemm { batch, m, n, k, .. } = *spec;
+    let a_shape = if spec.a_transposed {
+        [batch, k, m]
+    } else {
+        [batch, m, k]
+    };
+    let b_shape = if spec.b_transposed {
+        [batch, n, k]
+    } else {
+        [batch, k, n]
+    };
+    let f64s = |v: &[f32], shape: &[usize]| {
+        Tensor::from_slice(v, shape)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+    };
+    let mut at = f64s(a, &a_shape);
+    let mut bt = f64s(b, &b_shape);
+    if spec.a_transposed {
+        at = at.transpose(1, 2).unwrap();
+    }
+    if spec.b_transposed {
+        bt = bt.transpose(1, 2).unwrap();
+    }
+    let product = at
+        .matmul(&bt)
+        .unwrap()
+        .mul_scalar(spec.alpha as f64)
+        .unwrap();
+    let ct = f64s(c, &[batch, m, n])
+        .mul_scalar(spec.beta as f64)
+        .unwrap();
+    values(&product.add(&ct).unwrap())
+}
+
+fn specs() -> Vec<Gemm> {
+    let mut specs = Vec::new();
+    for (a_transposed, b_transposed) in [(false, false), (false, true), (true, false), (true, true)]
+    {
+        // Two tile rows (M = 136 > 128), a partial tile column, and K leaving a partial slice.
+        specs.push(Gemm {
+            a_transposed,
+            b_transposed,
+            ..Gemm::new(136, 72, 40)
+        });
+    }
+    // Batched, long K (7 slices: the 3-stage ring wraps twice), alpha and beta.
+    specs.push(Gemm {
+        batch: 2,
+        alpha: 0.5,
+        beta: -1.0,
+        b_transposed: true,
+        ..Gemm::new(24, 16, 224)
+    });
+    specs
+}
+
+#[test]
+fn tensor_core_gemm_matches_the_cpu_in_every_layout() {
+    for gpu in gpus() {
+        for (s, spec) in specs().into_iter().enumerate() {
+            let (sa, sb, sc) = (
+                spec.batch * spec.m * spec.k,
+                spec.batch * spec.k * spec.n,
+                spec.batch * spec.m * spec.n,
+            );
+            // Inputs rounded to bf16 first, so the reference sees exactly what the GPU does.
+            let round = |v: Vec<f32>| -> Vec<f32> {
+                v.into_iter().map(|x| bf16::from_f32(x).to_f32()).collect()
+            };
+            let a = round(random(sa, -1.0, 1.0, 10 * s as u64));
+            let b = round(random(sb, -1.0, 1.0, 10 * s as u64 + 1));
+            let c = random(sc, -1.0, 1.0, 10 * s as u64 + 2);
+            let to_bf16 =
+                |v: &[f32]| -> Vec<bf16> { v.iter().map(|&x| bf16::from_f32(x)).collect() };
+            let ad = gpu.upload(&to_bf16(&a)).unwrap();
+            let bd = gpu.upload(&to_bf16(&b)).unwrap();
+            let cd = gpu.upload(&c).unwrap();
+            gemm_bf16(&gpu, &spec, &ad, &bd, &cd).unwrap();
+            let expected = reference(&spec, &a, &b, &c);
+            // f32 accumulation of exact bf16 products: only summation order differs.
+            assert_close(
+                &gpu.download(&cd).unwrap(),
+                &expected,
+                1e-5,
+                &format!("{spec:?} on {}", gpu.name()),
+            );
+        }
+    }
+}
+
+#[test]
+fn simt_gemm_matches_the_cpu_for_any_shape() {
+    let mut shapes = specs();
+    // Extents that are not multiples of 8 (the tensor-core kernel refuses these).
+    shapes.push(Gemm {
+        a_transposed: true,
+        ..Gemm::new(67, 5, 33)
+    });
+    for gpu in gpus() {
+        for (s, spec) in shapes.iter().enumerate() {
+            let (sa, sb, sc) = (
+                spec.batch * spec.m * spec.k,
+                spec.batch * spec.k * spec.n,
+                spec.batch * spec.m * spec.n,
+            );
+            let a = random(sa, -1.0, 1.0, 100 + s as u64);
+            let b = random(sb, -1.0, 1.0, 200 + s as u64);
+            let c = random(sc, -1.0, 1.0, 300 + s as u64);
+            let (ad, bd, cd) = (
+                gpu.upload(&a).unwrap(),
+                gpu.upload(&b).unwrap(),
+                gpu.upload(&c).unwrap(),
+            );
+            gemm_f32(&gpu, spec, &ad, &bd, &cd).unwrap();
+            let expected = reference(spec, &a, &b, &c);
+            assert_close(
+                &gpu.download(&cd).unwrap(),
+                &expected,
+                1e-5,
+                &format!("{spec:?} on {}", gpu.name()),
+            );
+        }
+    }
+}
+
+#[test]
+fn tensor_core_gemm_refuses_unaligned_extents_and_wrong_buffers() {
+    let gpu = ditmoe_cuda::Gpu::emulator();
+    let spec = Gemm::new(8, 8, 12);
+    let a = gpu.zeros::<bf16>(96).unwrap();
+    let b = gpu.zeros::<bf16>(96).unwrap();
+    let c = gpu.zeros::<f32>(64).unwrap();
+    let err = gemm_bf16(&gpu, &spec, &a, &b, &c).unwrap_err().to_string();
+    assert!(
+        err.contains("multiple of 8") && err.contains("gemm_f32"),
+        "{err}"
+    );
+    let spec = Gemm::new(8, 8, 16);
+    let err = gemm_bf16(&gpu, &spec, &a, &b, &c).unwrap_err().to_string();
+    assert!(
+        err.contains("gemm A: expected 128 elements, found 96"),
+        "{err}"
+    );
+}
