@@ -29,6 +29,8 @@ pub fn catalogue() -> &'static [ModuleSource] {
             plain("elementwise", include_str!("../../kernels/elementwise.ptx")),
             plain("rows", include_str!("../../kernels/rows.ptx")),
             plain("norm", include_str!("../../kernels/norm.ptx")),
+            plain("index", include_str!("../../kernels/index.ptx")),
+            plain("optim", include_str!("../../kernels/optim.ptx")),
             plain("gemm_f32", include_str!("../../kernels/gemm_f32.ptx")),
             ModuleSource {
                 name: "gemm_bf16".to_string(),

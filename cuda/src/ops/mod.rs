@@ -4,7 +4,9 @@
 
 pub mod elementwise;
 pub mod gemm;
+pub mod index;
 pub mod norm;
+pub mod optim;
 pub mod rows;
 
 use crate::error::{CudaError, Result};
