@@ -110,6 +110,15 @@ pub struct Buffer<T> {
 }
 
 impl<T> Buffer<T> {
+    /// The driver allocation behind this buffer (bytes), for calling other CUDA libraries
+    /// (cuBLAS in the benchmarks) on it; `None` on the emulator.
+    pub fn cuda_slice(&self) -> Option<&cu::CudaSlice<u8>> {
+        match &self.raw {
+            RawBuffer::Driver(slice) => Some(slice),
+            RawBuffer::Emulated { .. } => None,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }
@@ -193,6 +202,15 @@ impl Gpu {
     /// A human-readable name: the GPU model, or "PTX emulator (CPU)".
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The driver stream kernels run on, for other CUDA libraries to share; `None` on the
+    /// emulator.
+    pub fn cuda_stream(&self) -> Option<Arc<cu::CudaStream>> {
+        match &self.backend {
+            Backend::Driver { stream, .. } => Some(Arc::clone(stream)),
+            Backend::Emulator { .. } => None,
+        }
     }
 
     pub fn is_emulator(&self) -> bool {
