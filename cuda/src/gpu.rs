@@ -146,6 +146,12 @@ pub struct Gpu {
     name: String,
 }
 
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Gpu({})", self.name)
+    }
+}
+
 fn driver_error(call: &str) -> impl Fn(cu::DriverError) -> CudaError + '_ {
     move |e| CudaError::Driver {
         call: call.to_string(),

@@ -18,6 +18,7 @@ pub mod error;
 pub mod gpu;
 pub mod kernels;
 pub mod ops;
+pub mod registry;
 
 pub use element::Element;
 pub use error::{CudaError, Result};

@@ -139,6 +139,44 @@ fn binary_refuses_operands_its_strides_would_overrun() {
 }
 
 #[test]
+fn strided_views_are_read_in_place_and_copied_contiguous() {
+    for gpu in gpus() {
+        // x: [4, 6]; the view is the transposed middle block x[1..3, 1..5]^T: shape [4, 2].
+        let x: Vec<f32> = (0..24).map(|v| v as f32).collect();
+        let xt = Tensor::from_slice(&x, &[4, 6]).unwrap();
+        let view = xt
+            .narrow(0, 1, 2)
+            .unwrap()
+            .narrow(1, 1, 4)
+            .unwrap()
+            .t()
+            .unwrap();
+        let (shape, strides, offset) = (
+            view.shape().to_vec(),
+            view.layout().strides().to_vec(),
+            view.layout().offset(),
+        );
+        let xd = gpu.upload(&x).unwrap();
+        let copied = ew::copy_strided(&gpu, &xd, &shape, &strides, offset).unwrap();
+        assert_eq!(gpu.download(&copied).unwrap(), values(&view.contiguous()));
+        // The same view as an operand of a broadcasting add with a row of 2.
+        let row = [10.0f32, 20.0];
+        let layout = Broadcast {
+            shape: shape.clone(),
+            a_strides: strides.clone(),
+            b_strides: vec![0, 1],
+            a_offset: offset,
+            b_offset: 0,
+        };
+        let sum = ew::binary(&gpu, Binary::Add, &xd, &gpu.upload(&row).unwrap(), &layout).unwrap();
+        let expected = view.add(&Tensor::from_slice(&row, &[2]).unwrap()).unwrap();
+        assert_eq!(gpu.download(&sum).unwrap(), values(&expected));
+        let err = ew::copy_strided(&gpu, &xd, &[4, 2], &[1, 21], 0).unwrap_err();
+        assert!(err.to_string().contains("reach element 24"), "{err}");
+    }
+}
+
+#[test]
 fn casts_round_to_nearest_even_and_back() {
     for gpu in gpus() {
         let x = random(200, -100.0, 100.0, 9);

@@ -2,11 +2,8 @@
 
 use std::fmt;
 
-/// A compute device. Only `Cpu` executes operations today; `Cuda(ordinal)` is part of the type
-/// so that code can name it, and every attempt to use it returns [`TensorError::DeviceUnavailable`]
-/// until the CUDA backend lands.
-///
-/// [`TensorError::DeviceUnavailable`]: crate::TensorError::DeviceUnavailable
+/// A compute device: the CPU, or GPU `ordinal` through `ditmoe_cuda` (tensors move with
+/// [`Tensor::to_device`](crate::Tensor::to_device); ops run where their operands are).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Device {
     #[default]
@@ -24,23 +21,19 @@ impl fmt::Display for Device {
 }
 
 impl Device {
-    /// Checks that the device can hold tensors now. `Cpu` always can; `Cuda` cannot yet, and the
-    /// error says whether a driver was found at all.
+    /// Checks that the device can hold tensors now: `Cpu` always can; `Cuda(i)` when the
+    /// NVIDIA driver has GPU i (or `DITMOE_CUDA_EMULATOR=1` makes it the PTX emulator). The
+    /// error says what was missing ("no NVIDIA driver found …").
     pub fn ensure_available(self) -> crate::Result<()> {
         match self {
             Device::Cpu => Ok(()),
-            Device::Cuda(_) => {
-                let reason = match ditmoe_cuda::driver_status() {
-                    ditmoe_cuda::DriverStatus::Missing(why) => why,
-                    ditmoe_cuda::DriverStatus::Present { devices } => format!(
-                        "an NVIDIA driver with {devices} device(s) was found, but the CUDA tensor \
-                         backend is not implemented yet (see issue #6); use Device::Cpu"
-                    ),
-                };
-                Err(crate::TensorError::DeviceUnavailable {
-                    device: self,
-                    reason,
-                })
+            Device::Cuda(ordinal) => {
+                ditmoe_cuda::registry::device(ordinal)
+                    .map(|_| ())
+                    .map_err(|e| crate::TensorError::DeviceUnavailable {
+                        device: self,
+                        reason: e.to_string(),
+                    })
             }
         }
     }

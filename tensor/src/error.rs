@@ -29,6 +29,10 @@ pub enum TensorError {
         expected: Device,
         found: Device,
     },
+    #[error("{op} has no CUDA kernel yet; found a tensor on {device} (move it with to_device(Device::Cpu))")]
+    NoCudaKernel { op: &'static str, device: Device },
+    #[error("{op} on the GPU: {message}")]
+    Cuda { op: &'static str, message: String },
     #[error("device {device} is not available: {reason}")]
     DeviceUnavailable { device: Device, reason: String },
     #[error("{op}: dimension {dim} out of range for a tensor of rank {rank}")]

@@ -4,7 +4,7 @@
 use crate::dtype::{DType, Element};
 use crate::error::{Result, TensorError};
 use crate::layout::Layout;
-use crate::storage::Storage;
+use crate::storage::{CudaStorage, Storage};
 use crate::Device;
 use half::{bf16, f16};
 use std::borrow::Cow;
@@ -54,6 +54,28 @@ impl Tensor {
         }
     }
 
+    /// A contiguous tensor on `cuda:ordinal` holding `storage`.
+    pub(crate) fn from_cuda(storage: CudaStorage, shape: &[usize], ordinal: usize) -> Tensor {
+        Tensor {
+            storage: Arc::new(Storage::Cuda(storage)),
+            layout: Layout::contiguous(shape),
+            device: Device::Cuda(ordinal),
+        }
+    }
+
+    /// The device buffer when this tensor lives on a GPU.
+    pub(crate) fn cuda_storage(&self) -> Option<&CudaStorage> {
+        match &*self.storage {
+            Storage::Cuda(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// True when the tensor lives on a GPU (its ops take the CUDA path).
+    pub fn is_cuda(&self) -> bool {
+        matches!(self.device, Device::Cuda(_))
+    }
+
     /// Same storage, new layout.
     pub(crate) fn with_layout(&self, layout: Layout) -> Tensor {
         Tensor {
@@ -97,10 +119,16 @@ impl Tensor {
         Arc::ptr_eq(&self.storage, &other.storage)
     }
 
-    /// Moves the tensor to `device`. Only `Cpu` exists today; `Cuda` gives a clear error.
+    /// Copies the tensor to `device` (itself when it is already there). A GPU holds `f32`
+    /// and `i64` tensors; without a GPU the error says "no NVIDIA driver found …".
     pub fn to_device(&self, device: Device) -> Result<Tensor> {
-        device.ensure_available()?;
-        Ok(self.clone())
+        match (self.device, device) {
+            (from, to) if from == to => Ok(self.clone()),
+            (Device::Cpu, Device::Cuda(ordinal)) => crate::ops::cuda::upload(self, ordinal),
+            (Device::Cuda(_), Device::Cpu) => crate::ops::cuda::download(self),
+            (Device::Cuda(_), Device::Cuda(_)) => self.to_device(Device::Cpu)?.to_device(device),
+            (Device::Cpu, Device::Cpu) => unreachable!("handled by the first arm"),
+        }
     }
 
     /// Fails unless this tensor's dtype is `expected`.
@@ -131,6 +159,7 @@ impl Tensor {
 
     /// The underlying storage slice when this dtype is `T`.
     fn typed_storage<T: Element>(&self, op: &'static str) -> Result<&[T]> {
+        self.ensure_cpu(op)?;
         T::slice(&self.storage).ok_or(TensorError::DType {
             op,
             expected: T::DTYPE,
@@ -156,6 +185,9 @@ impl Tensor {
 
     /// The elements converted to `f64`, whatever the dtype (for tests, printing, reports).
     pub fn to_vec_f64(&self) -> Vec<f64> {
+        if self.device != Device::Cpu {
+            return self.on_cpu().to_vec_f64();
+        }
         self.layout
             .offsets()
             .map(|i| self.storage.get_f64(i))
@@ -171,15 +203,30 @@ impl Tensor {
                 self.shape(),
             ));
         }
+        if self.device != Device::Cpu {
+            return self.to_device(Device::Cpu)?.item();
+        }
         Ok(self.storage.get_f64(self.layout.offset()))
     }
 
-    /// A contiguous copy, or `self` (shared) when already contiguous.
+    /// This tensor copied to the CPU, for the readers that cannot fail (`to_vec_f64`,
+    /// `contiguous`); a failing GPU copy here is a driver fault and panics with its reason.
+    fn on_cpu(&self) -> Tensor {
+        self.to_device(Device::Cpu)
+            .unwrap_or_else(|e| panic!("copying a tensor from {} failed: {e}", self.device))
+    }
+
+    /// A contiguous copy, or `self` (shared) when already contiguous. On a GPU the copy is a
+    /// kernel; a failing launch there is a driver fault and panics with its reason.
     pub fn contiguous(&self) -> Tensor {
         if self.is_contiguous() {
             return self.clone();
         }
         let storage = match &*self.storage {
+            Storage::Cuda(_) => {
+                return crate::ops::cuda::contiguous(self)
+                    .unwrap_or_else(|e| panic!("contiguous copy on {} failed: {e}", self.device))
+            }
             Storage::F32(v) => Storage::F32(self.gather_offsets(v)),
             Storage::F64(v) => Storage::F64(self.gather_offsets(v)),
             Storage::BF16(v) => Storage::BF16(self.gather_offsets(v)),
@@ -219,6 +266,7 @@ impl Tensor {
         if dtype == self.dtype() {
             return Ok(self.clone());
         }
+        self.ensure_cpu("to_dtype")?;
         fn convert<T: Element>(t: &Tensor) -> Storage {
             T::into_storage(
                 t.layout
@@ -325,10 +373,9 @@ impl Tensor {
         if self.device == Device::Cpu {
             Ok(())
         } else {
-            Err(TensorError::DeviceMismatch {
+            Err(TensorError::NoCudaKernel {
                 op,
-                expected: Device::Cpu,
-                found: self.device,
+                device: self.device,
             })
         }
     }
@@ -386,10 +433,25 @@ mod tests {
     }
 
     #[test]
-    fn cuda_device_is_a_clear_error() {
+    fn cuda_device_without_a_driver_is_a_clear_error() {
+        // cuda:7: an ordinal no other test of this process registers as the emulator.
         let t = Tensor::scalar(1.0f32);
-        let err = t.to_device(Device::Cuda(0)).unwrap_err().to_string();
-        assert!(err.contains("cuda:0"), "{err}");
+        match (ditmoe_cuda::driver_status(), t.to_device(Device::Cuda(7))) {
+            (ditmoe_cuda::DriverStatus::Missing(_), Err(err)) => {
+                let err = err.to_string();
+                assert!(
+                    err.contains("cuda:7") && err.contains("NVIDIA driver"),
+                    "{err}"
+                );
+            }
+            (ditmoe_cuda::DriverStatus::Missing(_), Ok(_)) => {
+                // Only the emulator switch makes a cuda device exist without a driver.
+                assert!(std::env::var(ditmoe_cuda::registry::EMULATOR_ENV).is_ok());
+            }
+            (ditmoe_cuda::DriverStatus::Present { .. }, result) => {
+                eprintln!("a GPU is present: {:?}", result.map(|t| t.device()));
+            }
+        }
     }
 
     #[test]

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 /// Device global memory: every allocation is its own byte vector at a fake device address, so
 /// an access that leaves its allocation is reported instead of silently reading a neighbour
 /// (what `compute-sanitizer --tool memcheck` reports on a real GPU).
-#[derive(Debug)]
 pub struct GlobalMemory {
     allocations: BTreeMap<u64, Vec<u8>>,
     next_address: u64,
@@ -16,6 +15,17 @@ pub struct GlobalMemory {
 const FIRST_ADDRESS: u64 = 0x7f00_0000_0000;
 /// Allocations are 256-byte aligned, like `cuMemAlloc`.
 const ALIGNMENT: u64 = 256;
+
+impl std::fmt::Debug for GlobalMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bytes: usize = self.allocations.values().map(Vec::len).sum();
+        write!(
+            f,
+            "GlobalMemory {{ {} allocations, {bytes} bytes }}",
+            self.allocations.len()
+        )
+    }
+}
 
 impl Default for GlobalMemory {
     fn default() -> Self {

@@ -2,6 +2,7 @@
 //! binary operations, and f32 ↔ bf16 casts.
 
 use super::{check_len, check_u32, ELEMENTWISE_BLOCK};
+use crate::element::Element;
 use crate::error::{CudaError, Result};
 use crate::gpu::{Buffer, Gpu, LaunchConfig};
 
@@ -109,12 +110,15 @@ pub fn unary_backward(
 }
 
 /// How two operands map onto a broadcast output: the output shape and, per operand, the
-/// element stride of each output dimension (0 where the operand is broadcast).
+/// element stride of each output dimension (0 where the operand is broadcast) and the element
+/// where it starts — so any strided view can be an operand.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Broadcast {
     pub shape: Vec<usize>,
     pub a_strides: Vec<usize>,
     pub b_strides: Vec<usize>,
+    pub a_offset: usize,
+    pub b_offset: usize,
 }
 
 impl Broadcast {
@@ -150,6 +154,8 @@ impl Broadcast {
             a_strides: strides(&a),
             b_strides: strides(&b),
             shape,
+            a_offset: 0,
+            b_offset: 0,
         })
     }
 
@@ -166,23 +172,20 @@ pub fn binary(
     b: &Buffer<f32>,
     layout: &Broadcast,
 ) -> Result<Buffer<f32>> {
-    let reach = |strides: &[usize]| -> usize {
-        1 + layout
-            .shape
-            .iter()
-            .zip(strides)
-            .map(|(&n, &s)| n.saturating_sub(1) * s)
-            .sum::<usize>()
-    };
-    for (name, buffer, strides) in [("a", a, &layout.a_strides), ("b", b, &layout.b_strides)] {
-        if layout.numel() > 0 && reach(strides) > buffer.len() {
-            return Err(CudaError::InvalidArgument(format!(
-                "binary operand {name}: its strides reach {} elements but it holds {}",
-                reach(strides),
-                buffer.len()
-            )));
-        }
-    }
+    check_reach(
+        "binary operand a",
+        a,
+        &layout.shape,
+        &layout.a_strides,
+        layout.a_offset,
+    )?;
+    check_reach(
+        "binary operand b",
+        b,
+        &layout.shape,
+        &layout.b_strides,
+        layout.b_offset,
+    )?;
     let n = layout.numel();
     let meta: Vec<u32> = layout
         .shape
@@ -205,6 +208,77 @@ pub fn binary(
             check_u32("elements", n)?.into(),
             (layout.shape.len() as u32).into(),
             (op as u32).into(),
+            check_u32("offset", layout.a_offset)?.into(),
+            check_u32("offset", layout.b_offset)?.into(),
+        ],
+    )?;
+    Ok(out)
+}
+
+/// Fails unless every element a strided view reaches lies inside `buffer`.
+fn check_reach<T>(
+    what: &str,
+    buffer: &Buffer<T>,
+    shape: &[usize],
+    strides: &[usize],
+    offset: usize,
+) -> Result<()> {
+    if shape.contains(&0) {
+        return Ok(());
+    }
+    let last = offset
+        + shape
+            .iter()
+            .zip(strides)
+            .map(|(&n, &s)| (n - 1) * s)
+            .sum::<usize>();
+    if last >= buffer.len() {
+        return Err(CudaError::InvalidArgument(format!(
+            "{what}: its strides reach element {last} but it holds {}",
+            buffer.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The strided view `(shape, strides, offset)` of a buffer of 4-byte elements (f32, u32),
+/// copied into a new contiguous buffer.
+pub fn copy_strided<T: Element>(
+    gpu: &Gpu,
+    x: &Buffer<T>,
+    shape: &[usize],
+    strides: &[usize],
+    offset: usize,
+) -> Result<Buffer<T>> {
+    if T::BYTES != 4 || shape.len() != strides.len() {
+        return Err(CudaError::InvalidArgument(format!(
+            "copy_strided takes 4-byte elements and one stride per dimension (got {}-byte \
+             elements, {} dims, {} strides)",
+            T::BYTES,
+            shape.len(),
+            strides.len()
+        )));
+    }
+    check_reach("copy_strided input", x, shape, strides, offset)?;
+    let n: usize = shape.iter().product();
+    let meta: Vec<u32> = shape
+        .iter()
+        .chain(strides)
+        .map(|&v| check_u32("shape or stride", v))
+        .collect::<Result<_>>()?;
+    let meta = gpu.upload(&meta)?;
+    let out = gpu.zeros::<T>(n)?;
+    gpu.launch(
+        "elementwise",
+        "copy_strided_b32",
+        LaunchConfig::linear(n, ELEMENTWISE_BLOCK),
+        &[
+            (&out).into(),
+            x.into(),
+            (&meta).into(),
+            check_u32("elements", n)?.into(),
+            (shape.len() as u32).into(),
+            check_u32("offset", offset)?.into(),
         ],
     )?;
     Ok(out)

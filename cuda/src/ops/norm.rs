@@ -65,12 +65,18 @@ pub fn layer_norm(
     Ok(out)
 }
 
+/// The per-row statistics a layer norm saved for its backward pass.
+pub struct LayerNormStats<'a> {
+    pub mean: &'a Buffer<f32>,
+    pub rstd: &'a Buffer<f32>,
+}
+
 /// The backward pass of [`layer_norm`] from its saved statistics.
 #[allow(clippy::too_many_arguments)]
 pub fn layer_norm_backward(
     gpu: &Gpu,
     x: &Buffer<f32>,
-    stats: &LayerNormOutput,
+    stats: LayerNormStats,
     weight: Option<&Buffer<f32>>,
     has_bias: bool,
     dy: &Buffer<f32>,
@@ -79,6 +85,8 @@ pub fn layer_norm_backward(
 ) -> Result<LayerNormGrads> {
     check_len("layer_norm_backward input", x, rows * cols)?;
     check_len("layer_norm_backward output gradient", dy, rows * cols)?;
+    check_len("layer_norm_backward mean", stats.mean, rows)?;
+    check_len("layer_norm_backward rstd", stats.rstd, rows)?;
     let grads = LayerNormGrads {
         input: gpu.zeros(rows * cols)?,
         weight: weight.map(|_| gpu.zeros(cols)).transpose()?,
@@ -93,8 +101,8 @@ pub fn layer_norm_backward(
             grads.weight.as_ref().unwrap_or(x).into(),
             grads.bias.as_ref().unwrap_or(x).into(),
             x.into(),
-            (&stats.mean).into(),
-            (&stats.rstd).into(),
+            stats.mean.into(),
+            stats.rstd.into(),
             weight.unwrap_or(x).into(),
             dy.into(),
             check_u32("rows", rows)?.into(),

@@ -143,8 +143,9 @@ impl Tensor {
     /// y = op(self, other) with broadcasting; both must have the same float dtype.
     pub fn binary(&self, op: BinaryOp, other: &Tensor) -> Result<Tensor> {
         let name = op.name();
-        self.ensure_cpu(name)?;
-        other.ensure_cpu(name)?;
+        if self.is_cuda() || other.is_cuda() {
+            return crate::ops::cuda::binary(self, other, op);
+        }
         other.check_dtype(name, self.dtype())?;
         let shape = broadcast_shapes(name, self.shape(), other.shape())?;
         // One monomorphised loop per op: with the op a constant, the loop body inlines and

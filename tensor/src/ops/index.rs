@@ -108,6 +108,10 @@ impl Tensor {
                 index.shape(),
             ));
         }
+        if self.is_cuda() && dim == 0 {
+            // Out-of-range indices give NaN rows on the GPU (no host round trip to check).
+            return crate::ops::cuda::index_select_rows(self, index);
+        }
         let idx = read_indices("index_select", index, self.shape()[dim])?;
         let (outer, size, inner) = split_at_dim(self.shape(), dim);
         let mut shape = self.shape().to_vec();
@@ -198,6 +202,9 @@ impl Tensor {
                     self.shape()[dim]
                 ),
             ));
+        }
+        if self.is_cuda() && largest {
+            return crate::ops::cuda::topk(self, k, dim);
         }
         let rows = rows_over(self, "topk", &[dim])?;
         let mut shape = rows.permuted.shape().to_vec();

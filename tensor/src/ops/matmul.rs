@@ -282,8 +282,6 @@ impl Tensor {
     /// Matrix product of the last two dimensions, `[.., m, k] · [.., k, n] → [.., m, n]`, with the
     /// batch dimensions broadcast (NumPy rules). Operands may have any strides.
     pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
-        self.ensure_cpu("matmul")?;
-        rhs.ensure_cpu("matmul")?;
         rhs.check_dtype("matmul", self.dtype())?;
         if self.rank() < 2 {
             return Err(TensorError::shape(
@@ -313,6 +311,9 @@ impl Tensor {
             &self.shape()[..self.rank() - 2],
             &rhs.shape()[..rhs.rank() - 2],
         )?;
+        if self.is_cuda() || rhs.is_cuda() {
+            return crate::ops::cuda::matmul(self, rhs, &batch);
+        }
         let a = self.broadcast_to(&[batch.as_slice(), &[m, k]].concat())?;
         let b = rhs.broadcast_to(&[batch.as_slice(), &[k, n]].concat())?;
         with_float_type!(self.dtype(), "matmul", T => matmul_typed::<T>(&a, &b, &batch, m, k, n))

@@ -4,6 +4,7 @@
 pub mod attention;
 pub mod binary;
 pub mod create;
+pub(crate) mod cuda;
 pub mod index;
 pub mod matmul;
 pub mod norm;
@@ -12,5 +13,7 @@ pub mod shape;
 pub mod softmax;
 pub mod unary;
 
+#[cfg(test)]
+mod cuda_tests;
 #[cfg(test)]
 pub(crate) mod testing;

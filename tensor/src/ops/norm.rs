@@ -135,9 +135,11 @@ impl Tensor {
         bias: Option<&Tensor>,
         eps: f64,
     ) -> Result<(Tensor, LayerNormStats)> {
-        self.ensure_cpu("layer_norm")?;
         check_affine(self, weight)?;
         check_affine(self, bias)?;
+        if self.is_cuda() {
+            return crate::ops::cuda::layer_norm(self, weight, bias, eps);
+        }
         with_float_type!(self.dtype(), "layer_norm", T => layer_norm_typed::<T>(self, weight, bias, eps))
     }
 
@@ -152,6 +154,9 @@ impl Tensor {
     ) -> Result<LayerNormGrads> {
         grad_out.check_shape("layer_norm_backward", self.shape())?;
         check_affine(self, weight)?;
+        if self.is_cuda() {
+            return crate::ops::cuda::layer_norm_backward(self, stats, weight, has_bias, grad_out);
+        }
         with_float_type!(self.dtype(), "layer_norm_backward", T => {
             layer_norm_backward_typed::<T>(self, stats, weight, has_bias, grad_out)
         })

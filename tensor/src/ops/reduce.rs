@@ -137,7 +137,9 @@ pub(crate) fn map_rows_to_rows<T: FloatElement>(
 impl Tensor {
     /// Reduces `dims` (empty = every dimension) with `op`; `keepdim` keeps them as size 1.
     pub fn reduce(&self, op: ReduceOp, dims: &[usize], keepdim: bool) -> Result<Tensor> {
-        self.ensure_cpu(op.name())?;
+        if self.is_cuda() {
+            return crate::ops::cuda::reduce(self, op, dims, keepdim);
+        }
         let rows = rows_over(self, op.name(), dims)?;
         let shape = if keepdim {
             &rows.kept_shape

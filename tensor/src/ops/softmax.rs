@@ -48,6 +48,9 @@ fn log_softmax_row<T: FloatElement>(row: &[T], out: &mut [T]) {
 impl Tensor {
     /// exp(x_i) / Σ_j exp(x_j) along `dim`.
     pub fn softmax(&self, dim: usize) -> Result<Tensor> {
+        if self.is_cuda() {
+            return crate::ops::cuda::softmax(self, dim);
+        }
         with_float_type!(self.dtype(), "softmax", T => along_dim::<T>(self, "softmax", dim, softmax_row))
     }
 

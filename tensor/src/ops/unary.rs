@@ -161,7 +161,9 @@ pub(crate) fn map_elements<T: FloatElement>(
 impl Tensor {
     /// y = op(x), elementwise.
     pub fn unary(&self, op: UnaryOp) -> Result<Tensor> {
-        self.ensure_cpu("unary")?;
+        if self.is_cuda() {
+            return crate::ops::cuda::unary(self, op, None);
+        }
         // One monomorphised loop per op (the op a constant, so the body inlines and vectorises).
         macro_rules! per_op {
             ($T:ty: $($variant:ident),* ; $($param:ident),*) => {
@@ -177,6 +179,9 @@ impl Tensor {
     /// grad_out · op'(self): the gradient of a unary op with respect to its input, fused.
     pub fn unary_backward(&self, op: UnaryOp, grad_out: &Tensor) -> Result<Tensor> {
         grad_out.check_shape("unary_backward", self.shape())?;
+        if self.is_cuda() {
+            return crate::ops::cuda::unary(self, op, Some(grad_out));
+        }
         with_float_type!(self.dtype(), "unary_backward", T => {
             grad_out.check_dtype("unary_backward", self.dtype())?;
             zip_map::<T>(self, grad_out, self.shape(), |x, g| g * op.derivative(x))

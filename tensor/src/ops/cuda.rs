@@ -1,0 +1,482 @@
+//! The CUDA path of the tensor ops: each function takes tensors on a GPU, launches the kernels
+//! of `ditmoe_cuda` through their typed wrappers, and returns a tensor on the same GPU.
+//!
+//! Device tensors hold `f32` values (or `i64` indices, kept as `u32`). An op reads its operands
+//! in place when their layout allows (broadcast and strided views for the elementwise ops,
+//! transposed matrices for matmul) and makes a dense copy otherwise. Ops without a CUDA path
+//! yet fail with `TensorError::NoCudaKernel`, naming the op.
+
+use std::sync::Arc;
+
+use ditmoe_cuda::ops::elementwise::{self as ew, Binary, Broadcast, Unary};
+use ditmoe_cuda::ops::gemm::{self, Gemm};
+use ditmoe_cuda::ops::index as gpu_index;
+use ditmoe_cuda::ops::norm as gpu_norm;
+use ditmoe_cuda::ops::rows::{self as gpu_rows, RowReduce};
+use ditmoe_cuda::{registry, Buffer, CudaError, Gpu};
+
+use crate::error::{Result, TensorError};
+use crate::layout::broadcast_shapes;
+use crate::ops::binary::BinaryOp;
+use crate::ops::norm::{LayerNormGrads, LayerNormStats};
+use crate::ops::reduce::ReduceOp;
+use crate::ops::unary::UnaryOp;
+use crate::storage::{CudaData, CudaStorage};
+use crate::{DType, Device, Tensor};
+
+/// Wraps a kernel error with the op it came from.
+fn failed(op: &'static str) -> impl Fn(CudaError) -> TensorError {
+    move |e| TensorError::Cuda {
+        op,
+        message: e.to_string(),
+    }
+}
+
+fn ordinal(t: &Tensor) -> usize {
+    match t.device() {
+        Device::Cuda(ordinal) => ordinal,
+        Device::Cpu => unreachable!("the CUDA path is only entered for device tensors"),
+    }
+}
+
+/// A new device tensor of `shape` holding `buffer`.
+fn f32_tensor(gpu: &Arc<Gpu>, buffer: Buffer<f32>, shape: &[usize], ordinal: usize) -> Tensor {
+    let storage = CudaStorage {
+        gpu: Arc::clone(gpu),
+        data: CudaData::F32(Arc::new(buffer)),
+    };
+    Tensor::from_cuda(storage, shape, ordinal)
+}
+
+fn u32_tensor(gpu: &Arc<Gpu>, buffer: Buffer<u32>, shape: &[usize], ordinal: usize) -> Tensor {
+    let storage = CudaStorage {
+        gpu: Arc::clone(gpu),
+        data: CudaData::I64(Arc::new(buffer)),
+    };
+    Tensor::from_cuda(storage, shape, ordinal)
+}
+
+/// Copies a CPU tensor to `cuda:ordinal`.
+pub(crate) fn upload(t: &Tensor, ordinal: usize) -> Result<Tensor> {
+    let gpu = registry::device(ordinal).map_err(|e| TensorError::DeviceUnavailable {
+        device: Device::Cuda(ordinal),
+        reason: e.to_string(),
+    })?;
+    let op = "to_device";
+    match t.dtype() {
+        DType::F32 => {
+            let buffer = gpu.upload(&t.values::<f32>()?).map_err(failed(op))?;
+            Ok(f32_tensor(&gpu, buffer, t.shape(), ordinal))
+        }
+        DType::I64 => {
+            let indices = t
+                .values::<i64>()?
+                .iter()
+                .map(|&i| u32::try_from(i))
+                .collect::<std::result::Result<Vec<u32>, _>>()
+                .map_err(|_| {
+                    TensorError::invalid(op, "GPU index tensors hold values in 0..2^32")
+                })?;
+            let buffer = gpu.upload(&indices).map_err(failed(op))?;
+            Ok(u32_tensor(&gpu, buffer, t.shape(), ordinal))
+        }
+        found => Err(TensorError::UnsupportedDType {
+            op,
+            found,
+            supported: "f32 or i64 on a GPU (convert with to_dtype first)",
+        }),
+    }
+}
+
+/// Copies a device tensor (any layout) to the CPU as a contiguous tensor.
+pub(crate) fn download(t: &Tensor) -> Result<Tensor> {
+    let storage = t.cuda_storage().expect("a device tensor");
+    let op = "to_device";
+    let whole = match &storage.data {
+        CudaData::F32(b) => {
+            let values = storage.gpu.download(b).map_err(failed(op))?;
+            Tensor::from_vec(values, &[b.len()])?
+        }
+        CudaData::I64(b) => {
+            let values = storage.gpu.download(b).map_err(failed(op))?;
+            Tensor::from_vec(values.into_iter().map(i64::from).collect(), &[b.len()])?
+        }
+    };
+    Ok(whole.with_layout(t.layout().clone()).contiguous())
+}
+
+/// A contiguous copy of a strided device tensor.
+pub(crate) fn contiguous(t: &Tensor) -> Result<Tensor> {
+    let storage = t.cuda_storage().expect("a device tensor");
+    let layout = t.layout();
+    let (shape, strides, offset) = (layout.shape(), layout.strides(), layout.offset());
+    let op = "contiguous";
+    Ok(match &storage.data {
+        CudaData::F32(b) => {
+            let copy =
+                ew::copy_strided(&storage.gpu, b, shape, strides, offset).map_err(failed(op))?;
+            f32_tensor(&storage.gpu, copy, shape, ordinal(t))
+        }
+        CudaData::I64(b) => {
+            let copy =
+                ew::copy_strided(&storage.gpu, b, shape, strides, offset).map_err(failed(op))?;
+            u32_tensor(&storage.gpu, copy, shape, ordinal(t))
+        }
+    })
+}
+
+/// The GPU and the dense (contiguous, from element 0, nothing else in the buffer) `f32`
+/// buffer of `t`, copying when its layout is anything else.
+fn dense_f32(t: &Tensor, op: &'static str) -> Result<(Arc<Gpu>, Arc<Buffer<f32>>)> {
+    let storage = t.cuda_storage().ok_or(TensorError::DeviceMismatch {
+        op,
+        expected: Device::Cuda(0),
+        found: t.device(),
+    })?;
+    let CudaData::F32(buffer) = &storage.data else {
+        return Err(TensorError::DType {
+            op,
+            expected: DType::F32,
+            found: DType::I64,
+        });
+    };
+    let layout = t.layout();
+    if layout.is_contiguous() && layout.offset() == 0 && buffer.len() == t.numel() {
+        return Ok((Arc::clone(&storage.gpu), Arc::clone(buffer)));
+    }
+    dense_f32(&contiguous(t)?, op)
+}
+
+/// The dense `u32` buffer of a device index tensor.
+fn dense_indices(t: &Tensor, op: &'static str) -> Result<Arc<Buffer<u32>>> {
+    let t = if t.is_contiguous() && t.layout().offset() == 0 {
+        t.clone()
+    } else {
+        contiguous(t)?
+    };
+    match t.cuda_storage().map(|s| &s.data) {
+        Some(CudaData::I64(b)) if b.len() == t.numel() => Ok(Arc::clone(b)),
+        _ => Err(TensorError::DType {
+            op,
+            expected: DType::I64,
+            found: t.dtype(),
+        }),
+    }
+}
+
+fn same_device(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
+    if a.device() != b.device() {
+        return Err(TensorError::DeviceMismatch {
+            op,
+            expected: a.device(),
+            found: b.device(),
+        });
+    }
+    Ok(())
+}
+
+fn gpu_unary(op: UnaryOp) -> Unary {
+    match op {
+        UnaryOp::Neg => Unary::Neg,
+        UnaryOp::Exp => Unary::Exp,
+        UnaryOp::Log => Unary::Log,
+        UnaryOp::Sqrt => Unary::Sqrt,
+        UnaryOp::Rsqrt => Unary::Rsqrt,
+        UnaryOp::Tanh => Unary::Tanh,
+        UnaryOp::Sigmoid => Unary::Sigmoid,
+        UnaryOp::Relu => Unary::Relu,
+        UnaryOp::Silu => Unary::Silu,
+        UnaryOp::GeluTanh => Unary::GeluTanh,
+        UnaryOp::Sin => Unary::Sin,
+        UnaryOp::Cos => Unary::Cos,
+        UnaryOp::Abs => Unary::Abs,
+        UnaryOp::Powf(p) => Unary::Powf(p as f32),
+        UnaryOp::AddScalar(s) => Unary::AddScalar(s as f32),
+        UnaryOp::MulScalar(s) => Unary::MulScalar(s as f32),
+    }
+}
+
+/// `f(x)`, or with `grad`, `grad · f'(x)`.
+pub(crate) fn unary(x: &Tensor, op: UnaryOp, grad: Option<&Tensor>) -> Result<Tensor> {
+    let name = "unary";
+    let (gpu, xb) = dense_f32(x, name)?;
+    let out = match grad {
+        None => ew::unary(&gpu, gpu_unary(op), &xb),
+        Some(g) => {
+            same_device(name, x, g)?;
+            g.check_shape(name, x.shape())?;
+            let (_, gb) = dense_f32(g, name)?;
+            ew::unary_backward(&gpu, gpu_unary(op), &xb, &gb)
+        }
+    }
+    .map_err(failed(name))?;
+    Ok(f32_tensor(&gpu, out, x.shape(), ordinal(x)))
+}
+
+/// `a op b` with broadcasting; both operands are read in place, whatever their strides.
+pub(crate) fn binary(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {
+    let name = "binary";
+    same_device(name, a, b)?;
+    let shape = broadcast_shapes(name, a.shape(), b.shape())?;
+    let (la, lb) = (
+        a.layout().broadcast_to(&shape)?,
+        b.layout().broadcast_to(&shape)?,
+    );
+    let buffer = |t: &Tensor| match t.cuda_storage().map(|s| &s.data) {
+        Some(CudaData::F32(buffer)) => Ok(Arc::clone(buffer)),
+        _ => Err(TensorError::DType {
+            op: name,
+            expected: DType::F32,
+            found: t.dtype(),
+        }),
+    };
+    let (ab, bb) = (buffer(a)?, buffer(b)?);
+    let gpu = &a.cuda_storage().expect("a device tensor").gpu;
+    let layout = Broadcast {
+        shape: shape.clone(),
+        a_strides: la.strides().to_vec(),
+        b_strides: lb.strides().to_vec(),
+        a_offset: la.offset(),
+        b_offset: lb.offset(),
+    };
+    let code = match op {
+        BinaryOp::Add => Binary::Add,
+        BinaryOp::Sub => Binary::Sub,
+        BinaryOp::Mul => Binary::Mul,
+        BinaryOp::Div => Binary::Div,
+        BinaryOp::Maximum => Binary::Maximum,
+        BinaryOp::Minimum => Binary::Minimum,
+        BinaryOp::Gt => Binary::Gt,
+        BinaryOp::Lt => Binary::Lt,
+        BinaryOp::Eq => Binary::Eq,
+    };
+    let out = ew::binary(gpu, code, &ab, &bb, &layout).map_err(failed(name))?;
+    Ok(f32_tensor(gpu, out, &shape, ordinal(a)))
+}
+
+/// Whether `t` is the transpose (last two dims swapped) of a dense tensor: then a GEMM reads
+/// it in place as a transposed operand.
+fn is_dense_transpose(t: &Tensor) -> bool {
+    let r = t.rank();
+    let swapped = t.transpose(r - 2, r - 1).expect("rank >= 2");
+    swapped.is_contiguous()
+        && swapped.layout().offset() == 0
+        && t.cuda_storage().is_some_and(|s| match &s.data {
+            CudaData::F32(b) => b.len() == t.numel(),
+            CudaData::I64(_) => false,
+        })
+}
+
+/// A GEMM operand: its dense buffer and whether it is stored transposed.
+fn gemm_operand(t: &Tensor) -> Result<(Arc<Buffer<f32>>, bool)> {
+    if is_dense_transpose(t) && !t.is_contiguous() {
+        let r = t.rank();
+        let (_, buffer) = dense_f32(&t.transpose(r - 2, r - 1)?, "matmul")?;
+        return Ok((buffer, true));
+    }
+    Ok((dense_f32(t, "matmul")?.1, false))
+}
+
+/// `[.., m, k] · [.., k, n]` with broadcast batch dimensions (shapes checked by the caller).
+/// A rank-2 right operand multiplies every row of the left one in a single GEMM.
+pub(crate) fn matmul(a: &Tensor, b: &Tensor, batch: &[usize]) -> Result<Tensor> {
+    let name = "matmul";
+    same_device(name, a, b)?;
+    let (m, k) = (a.shape()[a.rank() - 2], a.shape()[a.rank() - 1]);
+    let n = b.shape()[b.rank() - 1];
+    let batch_count: usize = batch.iter().product();
+    let gpu = Arc::clone(&a.cuda_storage().expect("a device tensor").gpu);
+    let mut out_shape = batch.to_vec();
+    out_shape.extend([m, n]);
+    let (spec, ab, bb) = if b.rank() == 2 && a.rank() >= 2 && a.shape()[..a.rank() - 2] == *batch {
+        // [batch.., m, k] · [k, n] is one [batch·m, k] · [k, n] product.
+        let (bb, b_transposed) = gemm_operand(b)?;
+        let (_, ab) = dense_f32(a, name)?;
+        let spec = Gemm {
+            b_transposed,
+            ..Gemm::new(batch_count * m, n, k)
+        };
+        (spec, ab, bb)
+    } else {
+        let expand = |t: &Tensor, rows: usize, cols: usize| -> Result<Tensor> {
+            let mut shape = batch.to_vec();
+            shape.extend([rows, cols]);
+            let t = t.broadcast_to(&shape)?;
+            t.reshape(&[batch_count, rows, cols])
+        };
+        let (a3, b3) = (expand(a, m, k)?, expand(b, k, n)?);
+        let (ab, a_transposed) = gemm_operand(&a3)?;
+        let (bb, b_transposed) = gemm_operand(&b3)?;
+        let spec = Gemm {
+            batch: batch_count,
+            a_transposed,
+            b_transposed,
+            ..Gemm::new(m, n, k)
+        };
+        (spec, ab, bb)
+    };
+    let out = gpu
+        .zeros::<f32>(batch_count * m * n)
+        .map_err(failed(name))?;
+    gemm::gemm_f32(&gpu, &spec, &ab, &bb, &out).map_err(failed(name))?;
+    Ok(f32_tensor(&gpu, out, &out_shape, ordinal(a)))
+}
+
+/// `t` with dimension `dim` moved last (a view), and the permutation that undoes it.
+fn dim_last(t: &Tensor, dim: usize) -> Result<(Tensor, Vec<usize>)> {
+    let r = t.rank();
+    let mut perm: Vec<usize> = (0..r).filter(|&d| d != dim).collect();
+    perm.push(dim);
+    let mut inverse = vec![0; r];
+    for (i, &p) in perm.iter().enumerate() {
+        inverse[p] = i;
+    }
+    Ok((t.permute(&perm)?, inverse))
+}
+
+/// Softmax along `dim`: the row kernel on `dim` moved last.
+pub(crate) fn softmax(x: &Tensor, dim: usize) -> Result<Tensor> {
+    x.layout().check_dim("softmax", dim)?;
+    let (moved, inverse) = dim_last(x, dim)?;
+    let cols = x.shape()[dim];
+    let rows = x.numel() / cols.max(1);
+    let (gpu, xb) = dense_f32(&moved, "softmax")?;
+    let out = gpu_rows::softmax_rows(&gpu, &xb, rows, cols).map_err(failed("softmax"))?;
+    f32_tensor(&gpu, out, moved.shape(), ordinal(x)).permute(&inverse)
+}
+
+/// Sum / mean / max over `dims`, one dimension at a time with the row kernel.
+pub(crate) fn reduce(x: &Tensor, op: ReduceOp, dims: &[usize], keepdim: bool) -> Result<Tensor> {
+    let code = match op {
+        ReduceOp::Sum => RowReduce::Sum,
+        ReduceOp::Mean => RowReduce::Mean,
+        ReduceOp::Max => RowReduce::Max,
+        ReduceOp::Min | ReduceOp::Var { .. } => {
+            return Err(TensorError::NoCudaKernel {
+                op: "reduce (min, var)",
+                device: x.device(),
+            })
+        }
+    };
+    let mut sorted = dims.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut out = x.clone();
+    // Highest dimension first, so the remaining indices stay valid with keepdim = false.
+    for &dim in sorted.iter().rev() {
+        out.layout().check_dim("reduce", dim)?;
+        let (moved, _) = dim_last(&out, dim)?;
+        let cols = out.shape()[dim];
+        let rows = out.numel() / cols.max(1);
+        let (gpu, xb) = dense_f32(&moved, "reduce")?;
+        let reduced =
+            gpu_rows::reduce_rows(&gpu, code, &xb, rows, cols).map_err(failed("reduce"))?;
+        let mut shape = out.shape().to_vec();
+        if keepdim {
+            shape[dim] = 1;
+        } else {
+            shape.remove(dim);
+        }
+        out = f32_tensor(&gpu, reduced, &shape, ordinal(x));
+    }
+    Ok(out)
+}
+
+fn optional_dense(t: Option<&Tensor>, op: &'static str) -> Result<Option<Arc<Buffer<f32>>>> {
+    t.map(|t| dense_f32(t, op).map(|(_, b)| b)).transpose()
+}
+
+/// Layer norm over the last dimension, with the statistics for the backward pass.
+pub(crate) fn layer_norm(
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f64,
+) -> Result<(Tensor, LayerNormStats)> {
+    let op = "layer_norm";
+    let cols = *x.shape().last().unwrap_or(&1);
+    let rows = x.numel() / cols.max(1);
+    let (gpu, xb) = dense_f32(x, op)?;
+    let (w, b) = (optional_dense(weight, op)?, optional_dense(bias, op)?);
+    let out = gpu_norm::layer_norm(
+        &gpu,
+        &xb,
+        w.as_deref(),
+        b.as_deref(),
+        rows,
+        cols,
+        eps as f32,
+    )
+    .map_err(failed(op))?;
+    let stats_shape = &x.shape()[..x.rank().saturating_sub(1)];
+    let ordinal = ordinal(x);
+    Ok((
+        f32_tensor(&gpu, out.output, x.shape(), ordinal),
+        LayerNormStats {
+            mean: f32_tensor(&gpu, out.mean, stats_shape, ordinal),
+            rstd: f32_tensor(&gpu, out.rstd, stats_shape, ordinal),
+        },
+    ))
+}
+
+/// The backward pass of [`layer_norm`].
+pub(crate) fn layer_norm_backward(
+    x: &Tensor,
+    stats: &LayerNormStats,
+    weight: Option<&Tensor>,
+    has_bias: bool,
+    grad_out: &Tensor,
+) -> Result<LayerNormGrads> {
+    let op = "layer_norm_backward";
+    let cols = *x.shape().last().unwrap_or(&1);
+    let rows = x.numel() / cols.max(1);
+    let (gpu, xb) = dense_f32(x, op)?;
+    let (_, dy) = dense_f32(grad_out, op)?;
+    let (_, mean) = dense_f32(&stats.mean, op)?;
+    let (_, rstd) = dense_f32(&stats.rstd, op)?;
+    let saved = gpu_norm::LayerNormStats {
+        mean: &mean,
+        rstd: &rstd,
+    };
+    let w = optional_dense(weight, op)?;
+    let grads =
+        gpu_norm::layer_norm_backward(&gpu, &xb, saved, w.as_deref(), has_bias, &dy, rows, cols)
+            .map_err(failed(op))?;
+    let ordinal = ordinal(x);
+    Ok(LayerNormGrads {
+        input: f32_tensor(&gpu, grads.input, x.shape(), ordinal),
+        weight: grads.weight.map(|w| f32_tensor(&gpu, w, &[cols], ordinal)),
+        bias: grads.bias.map(|b| f32_tensor(&gpu, b, &[cols], ordinal)),
+    })
+}
+
+/// Rows of `table` picked by `index` along dimension 0.
+pub(crate) fn index_select_rows(table: &Tensor, index: &Tensor) -> Result<Tensor> {
+    let op = "index_select";
+    same_device(op, table, index)?;
+    let rows = table.shape()[0];
+    let cols = table.numel() / rows.max(1);
+    let (gpu, tb) = dense_f32(table, op)?;
+    let ib = dense_indices(index, op)?;
+    let out = gpu_index::index_select_rows(&gpu, &tb, &ib, rows, cols).map_err(failed(op))?;
+    let mut shape = index.shape().to_vec();
+    shape.extend_from_slice(&table.shape()[1..]);
+    Ok(f32_tensor(&gpu, out, &shape, ordinal(table)))
+}
+
+/// The `k` largest values along `dim` and their indices, in descending order.
+pub(crate) fn topk(x: &Tensor, k: usize, dim: usize) -> Result<(Tensor, Tensor)> {
+    let op = "topk";
+    let (moved, inverse) = dim_last(x, dim)?;
+    let cols = x.shape()[dim];
+    let rows = x.numel() / cols.max(1);
+    let (gpu, xb) = dense_f32(&moved, op)?;
+    let (values, indices) = gpu_index::topk_rows(&gpu, &xb, rows, cols, k).map_err(failed(op))?;
+    let mut shape = moved.shape().to_vec();
+    *shape.last_mut().expect("rank >= 1") = k;
+    let ordinal = ordinal(x);
+    Ok((
+        f32_tensor(&gpu, values, &shape, ordinal).permute(&inverse)?,
+        u32_tensor(&gpu, indices, &shape, ordinal).permute(&inverse)?,
+    ))
+}

@@ -1,0 +1,208 @@
+//! Tensors on `cuda:0` against the same ops on the CPU. `cuda:0` is the real GPU when the
+//! driver has one, else the PTX emulator (the test says which), so the device path is checked
+//! on every machine.
+
+use crate::ops::testing::{assert_close, random_strided};
+use crate::ops::unary::UnaryOp;
+use crate::{DType, Device, Tensor, TensorError};
+
+const GPU: Device = Device::Cuda(0);
+
+fn on_gpu(t: &Tensor) -> Tensor {
+    ditmoe_cuda::registry::device_or_emulator(0);
+    t.to_dtype(DType::F32).unwrap().to_device(GPU).unwrap()
+}
+
+fn check(gpu: &Tensor, cpu: &Tensor, tol: f64, what: &str) {
+    assert_eq!(gpu.device(), GPU, "{what}: result left the GPU");
+    assert_eq!(gpu.shape(), cpu.shape(), "{what}: shape");
+    assert_close(&gpu.to_vec_f64(), &cpu.to_vec_f64(), tol, what);
+}
+
+fn f32_cpu(shape: &[usize], seed: u64) -> Tensor {
+    random_strided(shape, -2.0, 2.0, seed)
+        .to_dtype(DType::F32)
+        .unwrap()
+}
+
+#[test]
+fn tensors_round_trip_and_views_stay_views() {
+    let x = f32_cpu(&[3, 5], 1);
+    let g = on_gpu(&x);
+    assert_eq!(
+        g.to_device(Device::Cpu).unwrap().to_vec::<f32>().unwrap(),
+        x.to_vec::<f32>().unwrap()
+    );
+    // A transposed slice downloads (and copies on the device) in logical order.
+    let view = g.t().unwrap().narrow(0, 1, 3).unwrap();
+    assert_eq!(view.device(), GPU);
+    check(
+        &view.contiguous(),
+        &x.t().unwrap().narrow(0, 1, 3).unwrap(),
+        0.0,
+        "view",
+    );
+    let idx = Tensor::from_vec(vec![4i64, 0, 2], &[3]).unwrap();
+    let back = idx.to_device(GPU).unwrap().to_device(Device::Cpu).unwrap();
+    assert_eq!(back.to_vec::<i64>().unwrap(), vec![4, 0, 2]);
+    let negative = Tensor::from_vec(vec![-1i64], &[1]).unwrap();
+    assert!(negative.to_device(GPU).is_err());
+}
+
+#[test]
+fn elementwise_ops_broadcast_over_strided_views() {
+    let a = f32_cpu(&[4, 1, 6], 2);
+    let b = f32_cpu(&[3, 6], 3).t().unwrap().t().unwrap();
+    let (ga, gb) = (on_gpu(&a), on_gpu(&b));
+    check(&ga.add(&gb).unwrap(), &a.add(&b).unwrap(), 1e-6, "add");
+    check(&ga.mul(&gb).unwrap(), &a.mul(&b).unwrap(), 1e-6, "mul");
+    let at = a.permute(&[2, 1, 0]).unwrap();
+    check(
+        &on_gpu(&a)
+            .permute(&[2, 1, 0])
+            .unwrap()
+            .sub(&on_gpu(&at))
+            .unwrap(),
+        &at.sub(&at).unwrap(),
+        1e-6,
+        "permuted sub",
+    );
+    for op in [
+        UnaryOp::GeluTanh,
+        UnaryOp::Silu,
+        UnaryOp::Exp,
+        UnaryOp::MulScalar(0.5),
+    ] {
+        check(&ga.unary(op).unwrap(), &a.unary(op).unwrap(), 1e-5, "unary");
+        let grad = f32_cpu(a.shape(), 4);
+        check(
+            &ga.unary_backward(op, &on_gpu(&grad)).unwrap(),
+            &a.unary_backward(op, &grad).unwrap(),
+            1e-5,
+            "unary backward",
+        );
+    }
+}
+
+#[test]
+fn matmul_reads_transposed_operands_and_broadcasts_a_rank_two_rhs() {
+    let x = f32_cpu(&[2, 5, 7], 5);
+    let w = f32_cpu(&[9, 7], 6); // a linear layer's weight: x · wᵀ
+    check(
+        &on_gpu(&x).matmul(&on_gpu(&w).t().unwrap()).unwrap(),
+        &x.matmul(&w.t().unwrap()).unwrap(),
+        1e-5,
+        "x·wᵀ",
+    );
+    let y = f32_cpu(&[2, 7, 4], 7);
+    check(
+        &on_gpu(&x).matmul(&on_gpu(&y)).unwrap(),
+        &x.matmul(&y).unwrap(),
+        1e-5,
+        "batched",
+    );
+    let xt = x.transpose(1, 2).unwrap(); // [2, 7, 5]: a transposed lhs
+    let z = f32_cpu(&[2, 5, 3], 8);
+    check(
+        &on_gpu(&x)
+            .transpose(1, 2)
+            .unwrap()
+            .matmul(&on_gpu(&z))
+            .unwrap(),
+        &xt.matmul(&z).unwrap(),
+        1e-5,
+        "xᵀ·z",
+    );
+}
+
+#[test]
+fn softmax_reductions_and_layer_norm_match_the_cpu() {
+    let x = f32_cpu(&[3, 4, 10], 9);
+    let g = on_gpu(&x);
+    for dim in [0, 2] {
+        check(
+            &g.softmax(dim).unwrap(),
+            &x.softmax(dim).unwrap(),
+            1e-5,
+            "softmax",
+        );
+    }
+    check(
+        &g.sum(&[0, 2], true).unwrap(),
+        &x.sum(&[0, 2], true).unwrap(),
+        1e-5,
+        "sum",
+    );
+    check(
+        &g.mean(&[1], false).unwrap(),
+        &x.mean(&[1], false).unwrap(),
+        1e-5,
+        "mean",
+    );
+    check(
+        &g.max(&[2], false).unwrap(),
+        &x.max(&[2], false).unwrap(),
+        0.0,
+        "max",
+    );
+    let (w, b) = (f32_cpu(&[10], 10), f32_cpu(&[10], 11));
+    let (out, stats) = x.layer_norm_with_stats(Some(&w), Some(&b), 1e-6).unwrap();
+    let (gout, gstats) = g
+        .layer_norm_with_stats(Some(&on_gpu(&w)), Some(&on_gpu(&b)), 1e-6)
+        .unwrap();
+    check(&gout, &out, 1e-4, "layer_norm");
+    let dy = f32_cpu(x.shape(), 12);
+    let grads = x.layer_norm_backward(&stats, Some(&w), true, &dy).unwrap();
+    let ggrads = g
+        .layer_norm_backward(&gstats, Some(&on_gpu(&w)), true, &on_gpu(&dy))
+        .unwrap();
+    check(&ggrads.input, &grads.input, 1e-4, "layer_norm dx");
+    check(
+        ggrads.weight.as_ref().unwrap(),
+        grads.weight.as_ref().unwrap(),
+        1e-4,
+        "dweight",
+    );
+    check(
+        ggrads.bias.as_ref().unwrap(),
+        grads.bias.as_ref().unwrap(),
+        1e-4,
+        "dbias",
+    );
+}
+
+#[test]
+fn embedding_lookup_and_topk_match_the_cpu() {
+    let table = f32_cpu(&[6, 4], 13);
+    let idx = Tensor::from_vec(vec![5i64, 0, 5, 2], &[4]).unwrap();
+    let got = on_gpu(&table)
+        .index_select(0, &idx.to_device(GPU).unwrap())
+        .unwrap();
+    check(
+        &got,
+        &table.index_select(0, &idx).unwrap(),
+        0.0,
+        "index_select",
+    );
+    let scores = f32_cpu(&[5, 8], 14);
+    for dim in [0, 1] {
+        let (v, i) = scores.topk(3, dim, true).unwrap();
+        let (gv, gi) = on_gpu(&scores).topk(3, dim, true).unwrap();
+        check(&gv, &v, 0.0, "topk values");
+        assert_eq!(
+            gi.to_device(Device::Cpu).unwrap().to_vec::<i64>().unwrap(),
+            i.to_vec::<i64>().unwrap()
+        );
+    }
+}
+
+#[test]
+fn ops_without_a_cuda_kernel_and_mixed_devices_are_clear_errors() {
+    let g = on_gpu(&f32_cpu(&[2, 3], 15));
+    let err = g.argsort(1, false).unwrap_err();
+    assert!(matches!(err, TensorError::NoCudaKernel { .. }), "{err}");
+    assert!(err.to_string().contains("to_device(Device::Cpu)"), "{err}");
+    let cpu = f32_cpu(&[2, 3], 16);
+    let err = g.add(&cpu).unwrap_err();
+    assert!(matches!(err, TensorError::DeviceMismatch { .. }), "{err}");
+}
