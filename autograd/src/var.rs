@@ -110,12 +110,12 @@ impl Var {
 
     /// Replaces the value of a leaf in place (an optimiser step, loading a checkpoint, casting a
     /// model to f64). The new value must have the same shape; graphs built earlier keep the old
-    /// value, and any accumulated gradient is cleared if the dtype changes.
+    /// value, and any accumulated gradient is cleared if the dtype or device changes.
     pub fn set_value(&self, value: Tensor) -> Result<()> {
         self.ensure_leaf("set_value")?;
         value.check_shape("set_value", self.shape())?;
         let mut slot = self.0.value.write().unwrap();
-        if slot.dtype() != value.dtype() {
+        if slot.dtype() != value.dtype() || slot.device() != value.device() {
             self.zero_grad();
         }
         *slot = value;
@@ -182,7 +182,8 @@ impl Var {
                 self.shape(),
             ));
         }
-        let seed = Tensor::ones(self.shape(), self.value().dtype())?;
+        let value = self.value();
+        let seed = Tensor::ones(self.shape(), value.dtype())?.to_device(value.device())?;
         self.backward_with(&seed)
     }
 

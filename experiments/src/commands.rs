@@ -111,6 +111,7 @@ pub fn train(
     out: Option<&Path>,
     resume: bool,
     seed: Option<u64>,
+    device: ditmoe_tensor::Device,
 ) -> anyhow::Result<()> {
     use crate::config::TrainConfig;
     let (mut config, name) = match (config, preset) {
@@ -141,8 +142,9 @@ pub fn train(
         .map(Path::to_path_buf)
         .unwrap_or_else(|| std::path::PathBuf::from("runs").join(&name));
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    device.ensure_available()?;
     eprintln!(
-        "training {name} for {} steps into {} ({} threads)",
+        "training {name} for {} steps into {} on {device} ({} CPU threads)",
         config.steps,
         out.display(),
         ditmoe_tensor::parallel::num_threads()
@@ -155,6 +157,7 @@ pub fn train(
     };
     let options = TrainOptions {
         resume,
+        device,
         ..TrainOptions::new(progress)
     };
     let summary = crate::train::train(&config, &out, &options)?;

@@ -57,6 +57,9 @@ enum Command {
         resume: bool,
         #[arg(long)]
         seed: Option<u64>,
+        /// cpu, cuda or cuda:N (DITMOE_CUDA_EMULATOR=1 runs cuda in the PTX emulator).
+        #[arg(long, default_value = "cpu")]
+        device: ditmoe_tensor::Device,
     },
     /// Writes a PNG grid of class-conditional samples (one row per class) from a checkpoint.
     Sample {
@@ -118,6 +121,7 @@ fn main() -> ExitCode {
             out,
             resume,
             seed,
+            device,
         } => commands::train(
             config.as_deref(),
             preset.as_deref(),
@@ -125,6 +129,7 @@ fn main() -> ExitCode {
             out.as_deref(),
             resume,
             seed,
+            device,
         )
         .map_err(|e| format!("{e:#}")),
         Command::Sample {

@@ -100,6 +100,25 @@ fn errors_name_the_problem() {
             && stderr.contains("/nonexistent/preset.toml"),
         "{stderr}"
     );
+    let out = ditmoe(&["train", "--preset", "tiny-moe", "--device", "gpu"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("expected cpu, cuda or cuda:N"), "{stderr}");
+    if let ditmoe_cuda::DriverStatus::Missing(_) = ditmoe_cuda::driver_status() {
+        let out = Command::new(env!("CARGO_BIN_EXE_ditmoe"))
+            .args([
+                "train", "--preset", "tiny-moe", "--device", "cuda", "--steps", "1",
+            ])
+            .env_remove(ditmoe_cuda::registry::EMULATOR_ENV)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("no NVIDIA driver found") && stderr.contains("DITMOE_CUDA_EMULATOR=1"),
+            "{stderr}"
+        );
+    }
 }
 
 #[test]

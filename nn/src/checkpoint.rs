@@ -136,7 +136,16 @@ pub fn write_tensors(
         path: path.to_path_buf(),
         source,
     };
-    let bytes: Vec<(String, Vec<u8>, &Tensor)> = tensors
+    // Device tensors are copied to the host first.
+    let on_host: Vec<(String, Tensor)> = tensors
+        .iter()
+        .map(|(n, t)| Ok((n.clone(), t.to_device(ditmoe_tensor::Device::Cpu)?)))
+        .collect::<std::result::Result<_, ditmoe_tensor::TensorError>>()
+        .map_err(|e| CheckpointError::Mismatch {
+            path: path.to_path_buf(),
+            reason: format!("copying a tensor from the GPU failed: {e}"),
+        })?;
+    let bytes: Vec<(String, Vec<u8>, &Tensor)> = on_host
         .iter()
         .map(|(n, t)| (n.clone(), le_bytes(t), t))
         .collect();

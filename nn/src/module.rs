@@ -110,6 +110,15 @@ pub trait Module {
         Ok(())
     }
 
+    /// Moves every tensor (parameters and buffers) to `device`; gradients and graphs built
+    /// before are dropped with the old values.
+    fn to_device(&self, device: ditmoe_tensor::Device) -> Result<()> {
+        for (_, var, _) in self.named_tensors() {
+            var.set_value(var.value().to_device(device)?)?;
+        }
+        Ok(())
+    }
+
     /// Redraws every parameter from N(0, std²), keeping its dtype — zero-initialised paths
     /// included — so tests exercise every path (the reference fixtures are built the same way).
     fn randomize(&self, std: f64, seed: u64) -> Result<()> {

@@ -55,6 +55,15 @@ impl AdamW {
         }
     }
 
+    /// Moves the moments to `device` (with the parameters they follow).
+    pub fn to_device(&mut self, device: ditmoe_tensor::Device) -> Result<()> {
+        for (m, v) in self.moments.values_mut() {
+            *m = m.to_device(device)?;
+            *v = v.to_device(device)?;
+        }
+        Ok(())
+    }
+
     /// One update of every parameter that has a gradient, the gradients multiplied by
     /// `grad_scale` first (the clipping factor).
     pub fn step(&mut self, params: &[(String, Var)], lr: f64, grad_scale: f64) -> Result<()> {
@@ -166,6 +175,14 @@ pub struct Ema {
 }
 
 impl Ema {
+    /// Moves the shadow weights to `device` (with the model they follow).
+    pub fn to_device(&mut self, device: ditmoe_tensor::Device) -> Result<()> {
+        for value in self.shadow.values_mut() {
+            *value = value.to_device(device)?;
+        }
+        Ok(())
+    }
+
     /// Starts as a copy of the parameters.
     pub fn new(params: &[(String, Var)], decay: f64) -> Self {
         Ema {

@@ -20,6 +20,23 @@ impl fmt::Display for Device {
     }
 }
 
+impl std::str::FromStr for Device {
+    type Err = String;
+
+    /// `cpu`, `cuda` (= `cuda:0`) or `cuda:N`.
+    fn from_str(s: &str) -> Result<Device, String> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| format!("unknown device `{s}` (expected cpu, cuda or cuda:N)")),
+        }
+    }
+}
+
 impl Device {
     /// Checks that the device can hold tensors now: `Cpu` always can; `Cuda(i)` when the
     /// NVIDIA driver has GPU i (or `DITMOE_CUDA_EMULATOR=1` makes it the PTX emulator). The

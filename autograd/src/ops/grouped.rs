@@ -45,7 +45,7 @@ fn per_group(
         .map(|(g, rows)| f(g, rows))
         .collect::<Result<Vec<_>>>()?;
     if outs.is_empty() {
-        return Tensor::zeros(&[0, cols], x.dtype());
+        return Tensor::zeros_on(&[0, cols], x.dtype(), x.device());
     }
     Tensor::concat(&outs.iter().collect::<Vec<_>>(), 0)
 }

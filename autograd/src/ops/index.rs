@@ -7,8 +7,9 @@ use ditmoe_tensor::{Result, Tensor};
 
 /// A zero tensor shaped like `v`, made only if and when a backward rule runs.
 fn zeros_like_later(v: &Var) -> impl FnOnce() -> Result<Tensor> {
-    let (shape, dtype) = (v.shape().to_vec(), v.value().dtype());
-    move || Tensor::zeros(&shape, dtype)
+    let value = v.value();
+    let (shape, dtype, device) = (v.shape().to_vec(), value.dtype(), value.device());
+    move || Tensor::zeros_on(&shape, dtype, device)
 }
 
 impl Var {

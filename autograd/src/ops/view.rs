@@ -51,12 +51,12 @@ impl Var {
 
     pub fn narrow(&self, dim: usize, start: usize, len: usize) -> Result<Var> {
         let value = self.value().narrow(dim, start, len)?;
-        let (shape, dtype) = (self.shape().to_vec(), self.value().dtype());
+        let (shape, dtype, device) = (self.shape().to_vec(), value.dtype(), value.device());
         Ok(Var::from_op("narrow", value, &[self], move |g| {
             let pad = |size: usize| {
                 let mut s = shape.clone();
                 s[dim] = size;
-                Tensor::zeros(&s, dtype)
+                Tensor::zeros_on(&s, dtype, device)
             };
             let (before, after) = (pad(start)?, pad(shape[dim] - start - len)?);
             Ok(vec![Some(Tensor::concat(&[&before, g, &after], dim)?)])

@@ -241,6 +241,66 @@ fn check_reach<T>(
     Ok(())
 }
 
+/// A strided view into a buffer: its shape, element strides and first element.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct View<'a> {
+    pub shape: &'a [usize],
+    pub strides: &'a [usize],
+    pub offset: usize,
+}
+
+/// Copies the view `from` of `x` into the view `to` of `out` (same shape), for buffers of
+/// 4-byte elements (f32, u32). Overlapping destinations are the caller's bug.
+pub fn copy_into<T: Element>(
+    gpu: &Gpu,
+    out: &Buffer<T>,
+    to: View,
+    x: &Buffer<T>,
+    from: View,
+) -> Result<()> {
+    if T::BYTES != 4
+        || from.shape != to.shape
+        || from.shape.len() != from.strides.len()
+        || to.shape.len() != to.strides.len()
+    {
+        return Err(CudaError::InvalidArgument(format!(
+            "copy_into takes 4-byte elements and views of one shape with one stride per \
+             dimension (got {}-byte elements, shapes {:?} and {:?})",
+            T::BYTES,
+            from.shape,
+            to.shape
+        )));
+    }
+    check_reach("copy source", x, from.shape, from.strides, from.offset)?;
+    check_reach("copy destination", out, to.shape, to.strides, to.offset)?;
+    let n: usize = from.shape.iter().product();
+    if n == 0 {
+        return Ok(());
+    }
+    let meta: Vec<u32> = from
+        .shape
+        .iter()
+        .chain(from.strides)
+        .chain(to.strides)
+        .map(|&v| check_u32("shape or stride", v))
+        .collect::<Result<_>>()?;
+    let meta = gpu.upload(&meta)?;
+    gpu.launch(
+        "elementwise",
+        "copy_strided_b32",
+        LaunchConfig::linear(n, ELEMENTWISE_BLOCK),
+        &[
+            out.into(),
+            x.into(),
+            (&meta).into(),
+            check_u32("elements", n)?.into(),
+            (from.shape.len() as u32).into(),
+            check_u32("offset", from.offset)?.into(),
+            check_u32("offset", to.offset)?.into(),
+        ],
+    )
+}
+
 /// The strided view `(shape, strides, offset)` of a buffer of 4-byte elements (f32, u32),
 /// copied into a new contiguous buffer.
 pub fn copy_strided<T: Element>(
@@ -250,38 +310,34 @@ pub fn copy_strided<T: Element>(
     strides: &[usize],
     offset: usize,
 ) -> Result<Buffer<T>> {
-    if T::BYTES != 4 || shape.len() != strides.len() {
-        return Err(CudaError::InvalidArgument(format!(
-            "copy_strided takes 4-byte elements and one stride per dimension (got {}-byte \
-             elements, {} dims, {} strides)",
-            T::BYTES,
-            shape.len(),
-            strides.len()
-        )));
-    }
-    check_reach("copy_strided input", x, shape, strides, offset)?;
     let n: usize = shape.iter().product();
-    let meta: Vec<u32> = shape
-        .iter()
-        .chain(strides)
-        .map(|&v| check_u32("shape or stride", v))
-        .collect::<Result<_>>()?;
-    let meta = gpu.upload(&meta)?;
     let out = gpu.zeros::<T>(n)?;
-    gpu.launch(
-        "elementwise",
-        "copy_strided_b32",
-        LaunchConfig::linear(n, ELEMENTWISE_BLOCK),
-        &[
-            (&out).into(),
-            x.into(),
-            (&meta).into(),
-            check_u32("elements", n)?.into(),
-            (shape.len() as u32).into(),
-            check_u32("offset", offset)?.into(),
-        ],
+    let dense = contiguous_strides(shape);
+    copy_into(
+        gpu,
+        &out,
+        View {
+            shape,
+            strides: &dense,
+            offset: 0,
+        },
+        x,
+        View {
+            shape,
+            strides,
+            offset,
+        },
     )?;
     Ok(out)
+}
+
+/// Row-major element strides of `shape`.
+pub fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
+    let mut strides = vec![1; shape.len()];
+    for d in (0..shape.len().saturating_sub(1)).rev() {
+        strides[d] = strides[d + 1] * shape[d + 1];
+    }
+    strides
 }
 
 /// f32 → bf16, rounding to nearest even.

@@ -56,11 +56,13 @@ impl LabelEmbedder {
         })
     }
 
-    /// Embeds `labels` (i64); with `dropout_rng` (training) some become the null class.
+    /// Embeds `labels` (i64); with `dropout_rng` (training) some become the null class (drawn
+    /// on the host, so every device makes the same draws).
     pub fn forward(&self, labels: &Tensor, dropout_rng: Option<&mut SeededRng>) -> Result<Var> {
         let labels = match dropout_rng {
             Some(rng) if self.dropout_prob > 0.0 => {
                 let dropped: Vec<i64> = labels
+                    .to_device(ditmoe_tensor::Device::Cpu)?
                     .to_vec::<i64>()?
                     .into_iter()
                     .map(|y| {
@@ -71,7 +73,7 @@ impl LabelEmbedder {
                         }
                     })
                     .collect();
-                Tensor::from_vec(dropped, labels.shape())?
+                Tensor::from_vec(dropped, labels.shape())?.to_device(labels.device())?
             }
             _ => labels.clone(),
         };

@@ -11,13 +11,17 @@ pub const FREQUENCY_DIM: usize = 256;
 
 /// `[N] → [N, dim]`: [cos(t·f_i), sin(t·f_i)] with f_i = exp(−ln(10000)·i/(dim/2)), cos first
 /// (the "Attention is all you need" table as DiT's code writes it). Computed in f32 as the
-/// reference does, so checkpoints reproduce bit for bit as far as f32 allows.
+/// reference does, so checkpoints reproduce bit for bit as far as f32 allows. The table is
+/// computed on the host (N·dim values) and lands on `t`'s device.
 pub fn timestep_frequencies(t: &Tensor, dim: usize) -> Result<Tensor> {
     let half = dim / 2;
     let freqs: Vec<f32> = (0..half)
         .map(|i| (-(10000f32.ln()) * i as f32 / half as f32).exp())
         .collect();
-    let ts = t.to_dtype(ditmoe_tensor::DType::F32)?.to_vec::<f32>()?;
+    let ts = t
+        .to_device(ditmoe_tensor::Device::Cpu)?
+        .to_dtype(ditmoe_tensor::DType::F32)?
+        .to_vec::<f32>()?;
     let mut out = Vec::with_capacity(ts.len() * dim);
     for &t in &ts {
         let args: Vec<f32> = freqs.iter().map(|f| t * f).collect();
@@ -25,7 +29,7 @@ pub fn timestep_frequencies(t: &Tensor, dim: usize) -> Result<Tensor> {
         out.extend(args.iter().map(|a| a.sin()));
         out.extend(std::iter::repeat_n(0.0, dim - 2 * half));
     }
-    Tensor::from_vec(out, &[ts.len(), dim])
+    Tensor::from_vec(out, &[ts.len(), dim])?.to_device(t.device())
 }
 
 /// `t_embedder.mlp.{0,2}`: Linear(256 → D) → SiLU → Linear(D → D).

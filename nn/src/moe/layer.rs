@@ -9,7 +9,7 @@ use crate::moe::routing::{
     expert_choice, expert_race, token_choice, RoutingDecision, RoutingRecord,
 };
 use ditmoe_autograd::Var;
-use ditmoe_tensor::{DType, Result, SeededRng, Tensor, TensorError};
+use ditmoe_tensor::{DType, Device, Result, SeededRng, Tensor, TensorError};
 
 /// One expert (or the shared expert): a SwiGLU or GELU MLP.
 pub enum FeedForward {
@@ -60,10 +60,11 @@ pub struct MoeLayer {
     pub shared: Option<FeedForward>,
 }
 
-fn index_tensor(values: impl IntoIterator<Item = usize>) -> Result<Tensor> {
+/// A 1-D index tensor on `device`.
+fn index_tensor(values: impl IntoIterator<Item = usize>, device: Device) -> Result<Tensor> {
     let v: Vec<i64> = values.into_iter().map(|x| x as i64).collect();
     let n = v.len();
-    Tensor::from_vec(v, &[n])
+    Tensor::from_vec(v, &[n])?.to_device(device)
 }
 
 impl MoeLayer {
@@ -146,6 +147,7 @@ impl MoeLayer {
             return Err(TensorError::shape("MoE", "[batch, tokens, dim]", x.shape()));
         };
         let (n, e) = (b * t, self.config.num_experts);
+        let device = x.value().device();
         let tokens = x.reshape(&[n, d])?;
         let scores = self.scores(&tokens)?;
         let decision = match fixed {
@@ -153,11 +155,13 @@ impl MoeLayer {
                 return Err(TensorError::invalid("MoE", format!("expected a routing decision for {n} tokens and {e} experts, found {} and {}", dec.num_tokens, dec.num_experts)));
             }
             Some(dec) => dec.clone(),
-            None => self.route(&scores.value(), b)?,
+            // The discrete routing decision is made on the host (a GPU routing kernel is #7's).
+            None => self.route(&scores.value().to_device(Device::Cpu)?, b)?,
         };
-        let mut weights = scores
-            .flatten()?
-            .index_select(0, &index_tensor(decision.positions.iter().copied())?)?;
+        let mut weights = scores.flatten()?.index_select(
+            0,
+            &index_tensor(decision.positions.iter().copied(), device)?,
+        )?;
         if let RoutingConfig::TokenChoice {
             top_k,
             renormalize: true,
@@ -172,13 +176,14 @@ impl MoeLayer {
         let mut order: Vec<usize> = (0..decision.len()).collect();
         order.sort_by_key(|&slot| decision.expert(slot));
         let group_sizes = decision.expert_counts();
-        let token_of = index_tensor(order.iter().map(|&s| decision.token(s)))?;
-        let expert_of = index_tensor(order.iter().map(|&s| decision.expert(s)))?;
+        let token_of = index_tensor(order.iter().map(|&s| decision.token(s)), device)?;
+        let expert_of = index_tensor(order.iter().map(|&s| decision.expert(s)), device)?;
         let sorted_tokens = tokens.index_select(0, &token_of)?;
         let expert_out = self.experts_grouped(&sorted_tokens, &group_sizes, &expert_of)?;
-        let sorted_weights = weights.index_select(0, &index_tensor(order.iter().copied())?)?;
+        let sorted_weights =
+            weights.index_select(0, &index_tensor(order.iter().copied(), device)?)?;
         let weighted = expert_out.mul(&sorted_weights.unsqueeze(1)?)?;
-        let mut y = Var::constant(Tensor::zeros(&[n, d], x.value().dtype())?)
+        let mut y = Var::constant(Tensor::zeros_on(&[n, d], x.value().dtype(), device)?)
             .index_add(0, &token_of, &weighted)?;
         if let Some(shared) = &self.shared {
             y = y.add(&shared.forward(&tokens)?)?;
@@ -195,7 +200,11 @@ impl MoeLayer {
                     .iter()
                     .map(|&c| e as f64 * c as f64 / (n * top_k) as f64)
                     .collect();
-                let f = Var::constant(Tensor::from_vec(f, &[e])?.to_dtype(x.value().dtype())?);
+                let f = Var::constant(
+                    Tensor::from_vec(f, &[e])?
+                        .to_dtype(x.value().dtype())?
+                        .to_device(device)?,
+                );
                 Some(
                     scores
                         .mean(&[0], false)?
@@ -207,11 +216,11 @@ impl MoeLayer {
             _ => None,
         };
         let record = if record {
-            let weights = weights.value().to_dtype(DType::F32)?.to_vec::<f32>()?;
+            let weights = weights.value().to_device(Device::Cpu)?;
             Some(RoutingRecord {
                 decision,
-                weights,
-                scores: scores.value(),
+                weights: weights.to_dtype(DType::F32)?.to_vec::<f32>()?,
+                scores: scores.value().to_device(Device::Cpu)?,
             })
         } else {
             None

@@ -4,7 +4,7 @@ use crate::dtype::{DType, Element};
 use crate::error::{Result, TensorError};
 use crate::layout::Layout;
 use crate::storage::Storage;
-use crate::Tensor;
+use crate::{Device, Tensor};
 use half::{bf16, f16};
 use rand::Rng;
 use rand_distr::{Distribution, Normal, Uniform};
@@ -48,9 +48,13 @@ impl Tensor {
     pub fn ones(shape: &[usize], dtype: DType) -> Result<Tensor> {
         Tensor::full(shape, 1.0, dtype)
     }
-    /// Zeros with this tensor's shape and dtype.
+    /// Zeros of `shape` on `device`.
+    pub fn zeros_on(shape: &[usize], dtype: DType, device: Device) -> Result<Tensor> {
+        Tensor::zeros(shape, dtype)?.to_device(device)
+    }
+    /// Zeros with this tensor's shape, dtype and device.
     pub fn zeros_like(&self) -> Result<Tensor> {
-        Tensor::zeros(self.shape(), self.dtype())
+        Tensor::zeros_on(self.shape(), self.dtype(), self.device())
     }
 
     /// `start, start + step, …` up to but excluding `end`.

@@ -19,7 +19,7 @@ use crate::error::{Result, TensorError};
 use crate::layout::broadcast_shapes;
 use crate::ops::binary::BinaryOp;
 use crate::ops::norm::{LayerNormGrads, LayerNormStats};
-use crate::ops::reduce::ReduceOp;
+use crate::ops::reduce::{rows_over, ReduceOp};
 use crate::ops::unary::UnaryOp;
 use crate::storage::{CudaData, CudaStorage};
 use crate::{DType, Device, Tensor};
@@ -345,7 +345,8 @@ pub(crate) fn softmax(x: &Tensor, dim: usize) -> Result<Tensor> {
     f32_tensor(&gpu, out, moved.shape(), ordinal(x)).permute(&inverse)
 }
 
-/// Sum / mean / max over `dims`, one dimension at a time with the row kernel.
+/// Sum / mean / max over `dims` (all when empty): the reduced dimensions are moved last and
+/// each remaining row reduced by the row kernel, as on the CPU.
 pub(crate) fn reduce(x: &Tensor, op: ReduceOp, dims: &[usize], keepdim: bool) -> Result<Tensor> {
     let code = match op {
         ReduceOp::Sum => RowReduce::Sum,
@@ -358,28 +359,16 @@ pub(crate) fn reduce(x: &Tensor, op: ReduceOp, dims: &[usize], keepdim: bool) ->
             })
         }
     };
-    let mut sorted = dims.to_vec();
-    sorted.sort_unstable();
-    sorted.dedup();
-    let mut out = x.clone();
-    // Highest dimension first, so the remaining indices stay valid with keepdim = false.
-    for &dim in sorted.iter().rev() {
-        out.layout().check_dim("reduce", dim)?;
-        let (moved, _) = dim_last(&out, dim)?;
-        let cols = out.shape()[dim];
-        let rows = out.numel() / cols.max(1);
-        let (gpu, xb) = dense_f32(&moved, "reduce")?;
-        let reduced =
-            gpu_rows::reduce_rows(&gpu, code, &xb, rows, cols).map_err(failed("reduce"))?;
-        let mut shape = out.shape().to_vec();
-        if keepdim {
-            shape[dim] = 1;
-        } else {
-            shape.remove(dim);
-        }
-        out = f32_tensor(&gpu, reduced, &shape, ordinal(x));
-    }
-    Ok(out)
+    let rows = rows_over(x, "reduce", dims)?;
+    let shape = if keepdim {
+        &rows.kept_shape
+    } else {
+        &rows.dropped_shape
+    };
+    let (gpu, xb) = dense_f32(&rows.permuted, "reduce")?;
+    let reduced = gpu_rows::reduce_rows(&gpu, code, &xb, rows.outer(), rows.inner)
+        .map_err(failed("reduce"))?;
+    Ok(f32_tensor(&gpu, reduced, shape, ordinal(x)))
 }
 
 fn optional_dense(t: Option<&Tensor>, op: &'static str) -> Result<Option<Arc<Buffer<f32>>>> {
@@ -479,4 +468,98 @@ pub(crate) fn topk(x: &Tensor, k: usize, dim: usize) -> Result<(Tensor, Tensor)>
         f32_tensor(&gpu, values, &shape, ordinal).permute(&inverse)?,
         u32_tensor(&gpu, indices, &shape, ordinal).permute(&inverse)?,
     ))
+}
+
+/// The strided view a device tensor is of its buffer.
+fn view_of(t: &Tensor) -> ew::View<'_> {
+    ew::View {
+        shape: t.shape(),
+        strides: t.layout().strides(),
+        offset: t.layout().offset(),
+    }
+}
+
+/// Copies each piece into its slice along `dim` of the contiguous `out`.
+fn copy_pieces<T: ditmoe_cuda::Element>(
+    gpu: &Gpu,
+    out: &Buffer<T>,
+    pieces: &[(&Tensor, Arc<Buffer<T>>)],
+    dim: usize,
+    out_strides: &[usize],
+) -> Result<()> {
+    let mut start = 0;
+    for (t, buffer) in pieces {
+        let to = ew::View {
+            shape: t.shape(),
+            strides: out_strides,
+            offset: start * out_strides[dim],
+        };
+        ew::copy_into(gpu, out, to, buffer, view_of(t)).map_err(failed("concat"))?;
+        start += t.shape()[dim];
+    }
+    Ok(())
+}
+
+/// Joins device tensors along `dim` into a new tensor of `shape`: each piece is copied, in
+/// place of its strides, into its slice of the output.
+pub(crate) fn concat(tensors: &[&Tensor], dim: usize, shape: &[usize]) -> Result<Tensor> {
+    let op = "concat";
+    let first = tensors[0];
+    for t in tensors {
+        same_device(op, first, t)?;
+    }
+    let gpu = Arc::clone(&first.cuda_storage().expect("a device tensor").gpu);
+    let out_strides = ew::contiguous_strides(shape);
+    let n: usize = shape.iter().product();
+    let data = |t: &Tensor| t.cuda_storage().expect("a device tensor").data.clone();
+    if first.dtype() == DType::F32 {
+        let pieces: Vec<_> = tensors
+            .iter()
+            .map(|t| match data(t) {
+                CudaData::F32(b) => Ok((*t, b)),
+                CudaData::I64(_) => Err(TensorError::DType {
+                    op,
+                    expected: DType::F32,
+                    found: DType::I64,
+                }),
+            })
+            .collect::<Result<_>>()?;
+        let out = gpu.zeros::<f32>(n).map_err(failed(op))?;
+        copy_pieces(&gpu, &out, &pieces, dim, &out_strides)?;
+        Ok(f32_tensor(&gpu, out, shape, ordinal(first)))
+    } else {
+        let pieces: Vec<_> = tensors
+            .iter()
+            .map(|t| match data(t) {
+                CudaData::I64(b) => Ok((*t, b)),
+                CudaData::F32(_) => Err(TensorError::DType {
+                    op,
+                    expected: DType::I64,
+                    found: DType::F32,
+                }),
+            })
+            .collect::<Result<_>>()?;
+        let out = gpu.zeros::<u32>(n).map_err(failed(op))?;
+        copy_pieces(&gpu, &out, &pieces, dim, &out_strides)?;
+        Ok(u32_tensor(&gpu, out, shape, ordinal(first)))
+    }
+}
+
+/// A copy of `table` with `source[i, :]` added to row `index[i]` (the scatter-add that is the
+/// backward of an embedding lookup); out-of-range indices are skipped.
+pub(crate) fn index_add_rows(table: &Tensor, index: &Tensor, source: &Tensor) -> Result<Tensor> {
+    let op = "index_add";
+    same_device(op, table, index)?;
+    same_device(op, table, source)?;
+    let rows = table.shape()[0];
+    let cols = table.numel() / rows.max(1);
+    let mut expected = index.shape().to_vec();
+    expected.extend_from_slice(&table.shape()[1..]);
+    source.check_shape(op, &expected)?;
+    let copy = contiguous(table)?;
+    let (gpu, out) = dense_f32(&copy, op)?;
+    let ib = dense_indices(index, op)?;
+    let (_, src) = dense_f32(source, op)?;
+    gpu_index::index_add_rows(&gpu, &out, &ib, &src, rows, cols).map_err(failed(op))?;
+    Ok(copy)
 }

@@ -131,6 +131,9 @@ impl Tensor {
 
     /// Adds slice `i` of `source` (along `dim`) into slice `index[i]` of a copy of `self`.
     pub fn index_add(&self, dim: usize, index: &Tensor, source: &Tensor) -> Result<Tensor> {
+        if self.is_cuda() && dim == 0 {
+            return crate::ops::cuda::index_add_rows(self, index, source);
+        }
         self.layout().check_dim("index_add", dim)?;
         source.check_dtype("index_add", self.dtype())?;
         let idx = read_indices("index_add", index, self.shape()[dim])?;

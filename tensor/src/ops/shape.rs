@@ -26,6 +26,9 @@ impl Tensor {
         }
         let mut shape = first.shape().to_vec();
         shape[dim] = tensors.iter().map(|t| t.shape()[dim]).sum();
+        if tensors.iter().any(|t| t.is_cuda()) {
+            return crate::ops::cuda::concat(tensors, dim, &shape);
+        }
         let outer: usize = shape[..dim].iter().product();
         let inner: usize = shape[dim + 1..].iter().product();
         with_element_type!(first.dtype(), T => {

@@ -1,0 +1,108 @@
+//! One training step of small DiT / DiT-MoE models on `cuda:0` against the same step on the
+//! CPU: loss and every gradient. `cuda:0` is the real GPU when the driver has one, else the PTX
+//! emulator (the test says which).
+
+use ditmoe_autograd::Var;
+use ditmoe_nn::moe::{ExpertKind, MoeConfig, RoutingConfig, RoutingGroup};
+use ditmoe_nn::{Dit, DitConfig, ForwardOptions, Module, MoePlacement};
+use ditmoe_tensor::{seeded_rng, DType, Device, Tensor};
+
+const GPU: Device = Device::Cuda(0);
+
+fn inputs(n: usize, config: &DitConfig) -> (Tensor, Tensor, Tensor) {
+    let rng = &mut seeded_rng(11);
+    let x = Tensor::randn(
+        &[n, config.in_channels, config.input_size, config.input_size],
+        0.0,
+        1.0,
+        DType::F32,
+        rng,
+    )
+    .unwrap();
+    let t = Tensor::from_vec((0..n).map(|i| (i * 97 % 1000) as f32).collect(), &[n]).unwrap();
+    let y = Tensor::from_vec(
+        (0..n).map(|i| (i % config.num_classes) as i64).collect(),
+        &[n],
+    )
+    .unwrap();
+    (x, t, y)
+}
+
+/// Loss (mean square of the output + auxiliary loss) and its gradients, on `device`.
+fn step(config: &DitConfig, device: Device) -> (f64, Vec<(String, Vec<f64>)>) {
+    let model = Dit::new(config.clone(), 1).unwrap();
+    model.randomize(0.05, 2).unwrap();
+    model.to_device(device).unwrap();
+    let (x, t, y) = inputs(2, config);
+    let x = Var::constant(x.to_device(device).unwrap());
+    let (t, y) = (t.to_device(device).unwrap(), y.to_device(device).unwrap());
+    let out = model
+        .forward(
+            &x,
+            &t,
+            &y,
+            ForwardOptions {
+                label_dropout: None,
+                record_routing: false,
+            },
+        )
+        .unwrap();
+    let mut loss = out.out.powf(2.0).unwrap().mean_all().unwrap();
+    if let Some(aux) = out.aux_loss {
+        loss = loss.add(&aux).unwrap();
+    }
+    loss.backward().unwrap();
+    let grads = model
+        .named_parameters()
+        .into_iter()
+        .map(|(name, var)| {
+            let grad = var
+                .grad()
+                .unwrap_or_else(|| panic!("{name} got no gradient"));
+            assert_eq!(grad.device(), device, "{name}'s gradient");
+            (name, grad.to_vec_f64())
+        })
+        .collect();
+    (loss.value().item().unwrap(), grads)
+}
+
+#[test]
+fn a_training_step_on_the_gpu_matches_the_cpu() {
+    ditmoe_cuda::registry::device_or_emulator(0);
+    let base = DitConfig::dense(8, 2, 3, 16, 2, 2, 5);
+    let expert_choice = MoeConfig {
+        num_experts: 4,
+        expert_hidden: 24,
+        expert_kind: ExpertKind::GeluMlp,
+        shared_expert_hidden: None,
+        routing: RoutingConfig::ExpertChoice {
+            capacity_factor: 2.0,
+            group: RoutingGroup::PerImage,
+        },
+    };
+    for config in [
+        base.clone(),
+        base.clone()
+            .with_moe(base.ditmoe_ffn(4, 2), MoePlacement::EveryBlock),
+        base.clone()
+            .with_moe(expert_choice, MoePlacement::EveryOther),
+    ] {
+        let (cpu_loss, cpu_grads) = step(&config, Device::Cpu);
+        let (gpu_loss, gpu_grads) = step(&config, GPU);
+        assert!(
+            (cpu_loss - gpu_loss).abs() <= 1e-5 * cpu_loss.abs(),
+            "loss {cpu_loss} vs {gpu_loss}"
+        );
+        for ((name, c), (_, g)) in cpu_grads.iter().zip(&gpu_grads) {
+            let scale = c.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-6);
+            let diff = c
+                .iter()
+                .zip(g)
+                .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+            assert!(
+                diff <= 1e-4 * scale,
+                "{name}: max difference {diff} (scale {scale})"
+            );
+        }
+    }
+}
