@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{self as cu, PushKernelArg};
@@ -144,6 +145,9 @@ enum Backend {
 pub struct Gpu {
     backend: Backend,
     name: String,
+    /// Whether f32 matrix products may run on the bf16 tensor cores (see
+    /// [`Gpu::set_tensor_core_matmul`]).
+    tensor_core_matmul: AtomicBool,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -191,6 +195,7 @@ impl Gpu {
                 modules: Mutex::new(HashMap::new()),
             },
             name: format!("{name} (sm_{major}{minor})"),
+            tensor_core_matmul: AtomicBool::new(true),
         })
     }
 
@@ -202,6 +207,7 @@ impl Gpu {
                 modules: Mutex::new(HashMap::new()),
             },
             name: "PTX emulator (CPU)".to_string(),
+            tensor_core_matmul: AtomicBool::new(true),
         }
     }
 
@@ -217,6 +223,17 @@ impl Gpu {
             Backend::Driver { stream, .. } => Some(Arc::clone(stream)),
             Backend::Emulator { .. } => None,
         }
+    }
+
+    /// Mixed precision for f32 matrix products: when on (the default), a product whose shape
+    /// the tensor-core GEMM takes rounds its operands to bf16 and accumulates in f32 (as AMP
+    /// does); when off, every product runs the f32 SIMT GEMM, exactly as the CPU would.
+    pub fn set_tensor_core_matmul(&self, on: bool) {
+        self.tensor_core_matmul.store(on, Ordering::Relaxed);
+    }
+
+    pub fn tensor_core_matmul(&self) -> bool {
+        self.tensor_core_matmul.load(Ordering::Relaxed)
     }
 
     pub fn is_emulator(&self) -> bool {

@@ -68,7 +68,9 @@ fn step(config: &DitConfig, device: Device) -> (f64, Vec<(String, Vec<f64>)>) {
 
 #[test]
 fn a_training_step_on_the_gpu_matches_the_cpu() {
-    ditmoe_cuda::registry::device_or_emulator(0);
+    // Exact f32 products on cuda:0; cuda:1 keeps the default mixed precision (bf16 tensor cores).
+    ditmoe_cuda::registry::device_or_emulator(0).set_tensor_core_matmul(false);
+    ditmoe_cuda::registry::device_or_emulator(1);
     let base = DitConfig::dense(8, 2, 3, 16, 2, 2, 5);
     let expert_choice = MoeConfig {
         num_experts: 4,

@@ -278,7 +278,9 @@ fn gemm_operand(t: &Tensor) -> Result<(Arc<Buffer<f32>>, bool)> {
 }
 
 /// `[.., m, k] · [.., k, n]` with broadcast batch dimensions (shapes checked by the caller).
-/// A rank-2 right operand multiplies every row of the left one in a single GEMM.
+/// A rank-2 right operand multiplies every row of the left one in a single GEMM. On the bf16
+/// tensor cores when the GPU allows it and the shape fits (`Gpu::set_tensor_core_matmul`),
+/// else on the f32 SIMT GEMM.
 pub(crate) fn matmul(a: &Tensor, b: &Tensor, batch: &[usize]) -> Result<Tensor> {
     let name = "matmul";
     same_device(name, a, b)?;
@@ -318,7 +320,14 @@ pub(crate) fn matmul(a: &Tensor, b: &Tensor, batch: &[usize]) -> Result<Tensor> 
     let out = gpu
         .zeros::<f32>(batch_count * m * n)
         .map_err(failed(name))?;
-    gemm::gemm_f32(&gpu, &spec, &ab, &bb, &out).map_err(failed(name))?;
+    if gpu.tensor_core_matmul() && spec.fits_tensor_cores() {
+        // Mixed precision: bf16 operands on the tensor cores, f32 accumulation and result.
+        let a16 = ew::to_bf16(&gpu, &ab).map_err(failed(name))?;
+        let b16 = ew::to_bf16(&gpu, &bb).map_err(failed(name))?;
+        gemm::gemm_bf16(&gpu, &spec, &a16, &b16, &out).map_err(failed(name))?;
+    } else {
+        gemm::gemm_f32(&gpu, &spec, &ab, &bb, &out).map_err(failed(name))?;
+    }
     Ok(f32_tensor(&gpu, out, &out_shape, ordinal(a)))
 }
 

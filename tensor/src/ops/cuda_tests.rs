@@ -8,8 +8,9 @@ use crate::{DType, Device, Tensor, TensorError};
 
 const GPU: Device = Device::Cuda(0);
 
+/// `t` on cuda:0, which multiplies in exact f32 (tensor cores off) for these comparisons.
 fn on_gpu(t: &Tensor) -> Tensor {
-    ditmoe_cuda::registry::device_or_emulator(0);
+    ditmoe_cuda::registry::device_or_emulator(0).set_tensor_core_matmul(false);
     t.to_dtype(DType::F32).unwrap().to_device(GPU).unwrap()
 }
 
@@ -112,6 +113,52 @@ fn matmul_reads_transposed_operands_and_broadcasts_a_rank_two_rhs() {
         &xt.matmul(&z).unwrap(),
         1e-5,
         "xᵀ·z",
+    );
+}
+
+#[test]
+fn mixed_precision_matmul_uses_the_tensor_cores_where_the_shape_fits() {
+    // cuda:1 keeps the default: bf16 operands, f32 accumulation.
+    let gpu = ditmoe_cuda::registry::device_or_emulator(1);
+    assert!(gpu.tensor_core_matmul());
+    let on = |t: &Tensor| t.to_device(Device::Cuda(1)).unwrap();
+    let round = |t: &Tensor| {
+        t.to_dtype(DType::BF16)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+    };
+    let x = f32_cpu(&[3, 16, 24], 20);
+    let w = f32_cpu(&[40, 24], 21);
+    let got = on(&x).matmul(&on(&w).t().unwrap()).unwrap();
+    // Exactly the product of the bf16-rounded operands (up to f32 summation order) ...
+    let expected = round(&x).matmul(&round(&w).t().unwrap()).unwrap();
+    assert_close(
+        &got.to_vec_f64(),
+        &expected.to_vec_f64(),
+        1e-5,
+        "bf16 tensor cores",
+    );
+    // ... and within bf16 precision (2^-8 per operand) of the f32 product, on the output's scale.
+    let exact = x.matmul(&w.t().unwrap()).unwrap().to_vec_f64();
+    let scale = exact.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let worst = got
+        .to_vec_f64()
+        .iter()
+        .zip(&exact)
+        .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        worst > 0.0 && worst < 2e-2 * scale,
+        "{worst} vs scale {scale}"
+    );
+    // K = 7 does not fit the tensor-core tiles: the f32 SIMT GEMM runs, exactly.
+    let (p, q) = (f32_cpu(&[5, 7], 22), f32_cpu(&[7, 6], 23));
+    let got = on(&p).matmul(&on(&q)).unwrap();
+    assert_close(
+        &got.to_vec_f64(),
+        &p.matmul(&q).unwrap().to_vec_f64(),
+        1e-5,
+        "fallback",
     );
 }
 
