@@ -85,39 +85,40 @@ impl GaussianDiffusion {
         }
     }
 
-    fn coefficient(&self, t: &[usize], dtype: DType, f: impl Fn(usize) -> f64) -> Result<Tensor> {
-        per_sample(t.iter().map(|&t| f(t)), dtype)
+    /// Per-sample schedule values `f(t)` as `[N, 1, 1, 1]`, in `like`'s dtype and on its device.
+    fn coefficient(&self, t: &[usize], like: &Tensor, f: impl Fn(usize) -> f64) -> Result<Tensor> {
+        per_sample(t.iter().map(|&t| f(t)), like.dtype())?.to_device(like.device())
     }
 
     /// x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε, with one timestep per sample.
     pub fn q_sample(&self, x0: &Tensor, t: &[usize], noise: &Tensor) -> Result<Tensor> {
         let a = &self.schedule.alphas_cumprod;
-        let signal = self.coefficient(t, x0.dtype(), |t| a[t].sqrt())?;
-        let sigma = self.coefficient(t, x0.dtype(), |t| (1.0 - a[t]).sqrt())?;
+        let signal = self.coefficient(t, x0, |t| a[t].sqrt())?;
+        let sigma = self.coefficient(t, x0, |t| (1.0 - a[t]).sqrt())?;
         x0.mul(&signal)?.add(&noise.mul(&sigma)?)
     }
 
     /// x̂_0 = √(1/ᾱ_t) x_t − √(1/ᾱ_t − 1) ε̂.
     pub fn predict_x0(&self, x_t: &Tensor, t: &[usize], eps: &Tensor) -> Result<Tensor> {
         let a = &self.schedule.alphas_cumprod;
-        x_t.mul(&self.coefficient(t, x_t.dtype(), |t| (1.0 / a[t]).sqrt())?)?
-            .sub(&eps.mul(&self.coefficient(t, x_t.dtype(), |t| (1.0 / a[t] - 1.0).sqrt())?)?)
+        x_t.mul(&self.coefficient(t, x_t, |t| (1.0 / a[t]).sqrt())?)?
+            .sub(&eps.mul(&self.coefficient(t, x_t, |t| (1.0 / a[t] - 1.0).sqrt())?)?)
     }
 
     /// Mean of q(x_{t−1} | x_t, x_0).
     pub fn posterior_mean(&self, x0: &Tensor, x_t: &Tensor, t: &[usize]) -> Result<Tensor> {
         let s = &self.schedule;
-        x0.mul(&self.coefficient(t, x0.dtype(), |t| s.posterior_mean_coef1[t])?)?
-            .add(&x_t.mul(&self.coefficient(t, x0.dtype(), |t| s.posterior_mean_coef2[t])?)?)
+        x0.mul(&self.coefficient(t, x0, |t| s.posterior_mean_coef1[t])?)?
+            .add(&x_t.mul(&self.coefficient(t, x0, |t| s.posterior_mean_coef2[t])?)?)
     }
 
     /// Learned log variance: frac·log β_t + (1 − frac)·log β̃_t with frac = (v + 1)/2.
     pub fn model_log_variance(&self, v: &Var, t: &[usize]) -> Result<Var> {
         let s = &self.schedule;
-        let dtype = v.value().dtype();
+        let like = v.value();
         let min_log =
-            Var::constant(self.coefficient(t, dtype, |t| s.posterior_log_variance_clipped[t])?);
-        let span = Var::constant(self.coefficient(t, dtype, |t| {
+            Var::constant(self.coefficient(t, &like, |t| s.posterior_log_variance_clipped[t])?);
+        let span = Var::constant(self.coefficient(t, &like, |t| {
             s.betas[t].ln() - s.posterior_log_variance_clipped[t]
         })?);
         v.add_scalar(1.0)?
@@ -166,7 +167,7 @@ impl GaussianDiffusion {
         let true_mean = self.posterior_mean(x0, x_t, t)?;
         let s = &self.schedule;
         let true_log_var = self
-            .coefficient(t, x0.dtype(), |t| s.posterior_log_variance_clipped[t])?
+            .coefficient(t, x0, |t| s.posterior_log_variance_clipped[t])?
             .broadcast_to(x0.shape())?;
         let ln2 = std::f64::consts::LN_2;
         let kl = mean_per_sample(&normal_kl(
@@ -186,7 +187,9 @@ impl GaussianDiffusion {
                 .map(|&t| if t == 0 { 1.0 } else { 0.0 })
                 .collect::<Vec<f64>>(),
             &[t.len()],
-        )?;
+        )?
+        .to_dtype(x0.dtype())?
+        .to_device(x0.device())?;
         let vb = Var::where_cond(&at_zero, &nll, &kl)?.mean_all()?;
         Ok(LossTerms {
             total: mse.add(&vb)?,
@@ -199,7 +202,7 @@ impl GaussianDiffusion {
 /// Rectified flow: z_t = (1 − t)·x + t·ε, target velocity v = ε − x; t = sigmoid(n), n ~ N(0, 1)
 /// (logit-normal). Returns z_t and the target.
 pub fn flow_interpolate(x0: &Tensor, noise: &Tensor, t: &[f64]) -> Result<(Tensor, Tensor)> {
-    let tt = per_sample(t.iter().copied(), x0.dtype())?;
+    let tt = per_sample(t.iter().copied(), x0.dtype())?.to_device(x0.device())?;
     let z = x0.mul(&tt.neg()?.add_scalar(1.0)?)?.add(&noise.mul(&tt)?)?;
     Ok((z, noise.sub(x0)?))
 }

@@ -251,13 +251,6 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
     {
         bail!("dataset {} gives {c}×{h}×{w} images of {} classes; the model expects {}×{}×{} and {} classes", data.name(), data.num_classes(), model_config.in_channels, model_config.input_size, model_config.input_size, model_config.num_classes);
     }
-    if options.device != Device::Cpu && matches!(config.objective, Objective::Ddpm { .. }) {
-        bail!(
-            "the DDPM objective has no CUDA path yet (its variational bound needs a where/select \
-             kernel); train with the flow objective on {} (the tiny presets use it) or on the CPU",
-            options.device
-        );
-    }
     std::fs::create_dir_all(out).with_context(|| out.display().to_string())?;
     let model = Dit::new(model_config.clone(), config.seed)?;
     let params = model.named_parameters();
@@ -596,49 +589,49 @@ mod tests {
         // cuda:0 is the real GPU when the driver has one, else the PTX emulator; exact f32
         // products (tensor cores off) so the two runs agree to f32 rounding.
         ditmoe_cuda::registry::device_or_emulator(0).set_tensor_core_matmul(false);
-        let mut config = tiny_config();
-        config.steps = 2;
-        config.log_every = 1;
         let on_gpu = TrainOptions {
             device: Device::Cuda(0),
             ..quiet()
         };
-        let refused = train(&config, &temp("ddpm-gpu"), &on_gpu).unwrap_err();
-        assert!(
-            refused.to_string().contains("no CUDA path yet"),
-            "{refused}"
-        );
-        config.objective = Objective::Flow { time_scale: 1000.0 };
-        let (cpu, gpu) = (temp("cpu"), temp("gpu"));
-        train(&config, &cpu, &quiet()).unwrap();
-        train(&config, &gpu, &on_gpu).unwrap();
-        let (a, b) = (
-            read_metrics(&cpu.join("metrics.jsonl")).unwrap(),
-            read_metrics(&gpu.join("metrics.jsonl")).unwrap(),
-        );
-        assert_eq!(a.len(), 2);
-        for (x, y) in a.iter().zip(&b) {
-            assert!(
-                (x.loss - y.loss).abs() <= 1e-4 * x.loss.abs(),
-                "{} vs {}",
-                x.loss,
-                y.loss
+        let mut config = tiny_config();
+        config.steps = 2;
+        config.log_every = 1;
+        // DDPM with the learned-variance bound, then rectified flow.
+        for objective in [
+            config.objective.clone(),
+            Objective::Flow { time_scale: 1000.0 },
+        ] {
+            config.objective = objective;
+            let (cpu, gpu) = (temp("cpu"), temp("gpu"));
+            train(&config, &cpu, &quiet()).unwrap();
+            train(&config, &gpu, &on_gpu).unwrap();
+            let (a, b) = (
+                read_metrics(&cpu.join("metrics.jsonl")).unwrap(),
+                read_metrics(&gpu.join("metrics.jsonl")).unwrap(),
             );
-            assert!((x.grad_norm - y.grad_norm).abs() <= 1e-3 * x.grad_norm);
-        }
-        // The checkpoint was written from the GPU run and holds the same weights.
-        let file = |dir: &Path| read_tensors(dir.join("checkpoint/model.safetensors")).unwrap();
-        let (wa, wb) = (file(&cpu).tensors, file(&gpu).tensors);
-        for (name, t) in &wa {
-            let (x, y) = (t.to_vec_f64(), wb[name].to_vec_f64());
-            let diff = x
-                .iter()
-                .zip(&y)
-                .fold(0.0f64, |m, (p, q)| m.max((p - q).abs()));
-            assert!(diff < 1e-4, "{name}: weights differ by {diff}");
-        }
-        for dir in [cpu, gpu] {
-            std::fs::remove_dir_all(dir).unwrap();
+            assert_eq!(a.len(), 2);
+            for (x, y) in a.iter().zip(&b) {
+                let what = format!("{:?}: loss {} vs {}", config.objective, x.loss, y.loss);
+                assert!((x.loss - y.loss).abs() <= 1e-4 * x.loss.abs(), "{what}");
+                assert!(
+                    (x.grad_norm - y.grad_norm).abs() <= 1e-3 * x.grad_norm,
+                    "{what}"
+                );
+            }
+            // The checkpoint was written from the GPU run and holds the same weights.
+            let file = |dir: &Path| read_tensors(dir.join("checkpoint/model.safetensors")).unwrap();
+            let (wa, wb) = (file(&cpu).tensors, file(&gpu).tensors);
+            for (name, t) in &wa {
+                let (x, y) = (t.to_vec_f64(), wb[name].to_vec_f64());
+                let diff = x
+                    .iter()
+                    .zip(&y)
+                    .fold(0.0f64, |m, (p, q)| m.max((p - q).abs()));
+                assert!(diff < 1e-4, "{name}: weights differ by {diff}");
+            }
+            for dir in [cpu, gpu] {
+                std::fs::remove_dir_all(dir).unwrap();
+            }
         }
     }
 

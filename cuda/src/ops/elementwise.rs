@@ -215,6 +215,55 @@ pub fn binary(
     Ok(out)
 }
 
+/// `cond ? a : b` elementwise (`cond` non-zero), the three operands broadcast to the
+/// contiguous output of shape `a.shape`: `views` gives each operand's strides and offset over
+/// that shape.
+pub fn select(
+    gpu: &Gpu,
+    cond: (&Buffer<f32>, View),
+    a: (&Buffer<f32>, View),
+    b: (&Buffer<f32>, View),
+) -> Result<Buffer<f32>> {
+    let shape = a.1.shape;
+    for (what, (buffer, view)) in [("select condition", cond), ("select a", a), ("select b", b)] {
+        if view.shape != shape || view.strides.len() != shape.len() {
+            return Err(CudaError::InvalidArgument(format!(
+                "{what}: expected a view of shape {shape:?}, found {:?}",
+                view.shape
+            )));
+        }
+        check_reach(what, buffer, shape, view.strides, view.offset)?;
+    }
+    let n: usize = shape.iter().product();
+    let meta: Vec<u32> = shape
+        .iter()
+        .chain(cond.1.strides)
+        .chain(a.1.strides)
+        .chain(b.1.strides)
+        .map(|&v| check_u32("shape or stride", v))
+        .collect::<Result<_>>()?;
+    let meta = gpu.upload(&meta)?;
+    let out = gpu.zeros::<f32>(n)?;
+    gpu.launch(
+        "elementwise",
+        "select_f32",
+        LaunchConfig::linear(n, ELEMENTWISE_BLOCK),
+        &[
+            (&out).into(),
+            cond.0.into(),
+            a.0.into(),
+            b.0.into(),
+            (&meta).into(),
+            check_u32("elements", n)?.into(),
+            (shape.len() as u32).into(),
+            check_u32("offset", cond.1.offset)?.into(),
+            check_u32("offset", a.1.offset)?.into(),
+            check_u32("offset", b.1.offset)?.into(),
+        ],
+    )?;
+    Ok(out)
+}
+
 /// Fails unless every element a strided view reaches lies inside `buffer`.
 fn check_reach<T>(
     what: &str,

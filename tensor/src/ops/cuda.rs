@@ -213,9 +213,30 @@ pub(crate) fn unary(x: &Tensor, op: UnaryOp, grad: Option<&Tensor>) -> Result<Te
     Ok(f32_tensor(&gpu, out, x.shape(), ordinal(x)))
 }
 
+/// A one-element CPU tensor (a scalar constant) copied to `device`, as PyTorch lets CPU
+/// scalars meet CUDA tensors; any other tensor is returned as it is.
+fn scalar_to(t: &Tensor, device: Device) -> Result<Tensor> {
+    if !t.is_cuda() && t.numel() == 1 && device != Device::Cpu {
+        t.to_device(device)
+    } else {
+        Ok(t.clone())
+    }
+}
+
+/// The device all operands of an op share (CPU scalars aside).
+fn common_device(tensors: &[&Tensor]) -> Device {
+    tensors
+        .iter()
+        .map(|t| t.device())
+        .find(|d| *d != Device::Cpu)
+        .unwrap_or(Device::Cpu)
+}
+
 /// `a op b` with broadcasting; both operands are read in place, whatever their strides.
 pub(crate) fn binary(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {
     let name = "binary";
+    let device = common_device(&[a, b]);
+    let (a, b) = (&scalar_to(a, device)?, &scalar_to(b, device)?);
     same_device(name, a, b)?;
     let shape = broadcast_shapes(name, a.shape(), b.shape())?;
     let (la, lb) = (
@@ -252,6 +273,57 @@ pub(crate) fn binary(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {
     };
     let out = ew::binary(gpu, code, &ab, &bb, &layout).map_err(failed(name))?;
     Ok(f32_tensor(gpu, out, &shape, ordinal(a)))
+}
+
+/// An operand's layout broadcast to `shape`, as a kernel view.
+fn broadcast_view<'a>(shape: &'a [usize], layout: &'a crate::layout::Layout) -> ew::View<'a> {
+    ew::View {
+        shape,
+        strides: layout.strides(),
+        offset: layout.offset(),
+    }
+}
+
+/// `condition ? on_true : on_false` with broadcasting (condition non-zero; an `i64`
+/// condition is not supported on the GPU).
+pub(crate) fn where_cond(
+    condition: &Tensor,
+    on_true: &Tensor,
+    on_false: &Tensor,
+) -> Result<Tensor> {
+    let op = "where_cond";
+    let device = common_device(&[condition, on_true, on_false]);
+    let (c, a, b) = (
+        scalar_to(condition, device)?,
+        scalar_to(on_true, device)?,
+        scalar_to(on_false, device)?,
+    );
+    same_device(op, &a, &c)?;
+    same_device(op, &a, &b)?;
+    let shape = broadcast_shapes(op, c.shape(), a.shape())?;
+    let shape = broadcast_shapes(op, &shape, b.shape())?;
+    let operand = |t: &Tensor| -> Result<(Arc<Buffer<f32>>, crate::layout::Layout)> {
+        match t.cuda_storage().map(|s| &s.data) {
+            Some(CudaData::F32(buffer)) => {
+                Ok((Arc::clone(buffer), t.layout().broadcast_to(&shape)?))
+            }
+            _ => Err(TensorError::DType {
+                op,
+                expected: DType::F32,
+                found: t.dtype(),
+            }),
+        }
+    };
+    let ((cb, cl), (ab, al), (bb, bl)) = (operand(&c)?, operand(&a)?, operand(&b)?);
+    let gpu = Arc::clone(&a.cuda_storage().expect("a device tensor").gpu);
+    let out = ew::select(
+        &gpu,
+        (&cb, broadcast_view(&shape, &cl)),
+        (&ab, broadcast_view(&shape, &al)),
+        (&bb, broadcast_view(&shape, &bl)),
+    )
+    .map_err(failed(op))?;
+    Ok(f32_tensor(&gpu, out, &shape, ordinal(&a)))
 }
 
 /// Whether `t` is the transpose (last two dims swapped) of a dense tensor: then a GEMM reads

@@ -219,6 +219,28 @@ fn softmax_reductions_and_layer_norm_match_the_cpu() {
 }
 
 #[test]
+fn where_cond_broadcasts_and_cpu_scalars_meet_device_tensors() {
+    let x = f32_cpu(&[3, 4], 30);
+    let y = f32_cpu(&[4], 31);
+    let cond = x.gt(&Tensor::full(&[], 0.0, DType::F32).unwrap()).unwrap();
+    let expected = Tensor::where_cond(&cond, &x, &y).unwrap();
+    let (gx, gy) = (on_gpu(&x), on_gpu(&y));
+    // The comparison takes a CPU scalar, as PyTorch allows.
+    let gcond = gx.gt(&Tensor::full(&[], 0.0, DType::F32).unwrap()).unwrap();
+    check(
+        &Tensor::where_cond(&gcond, &gx, &gy).unwrap(),
+        &expected,
+        0.0,
+        "where",
+    );
+    // Infinite values in the branch not taken do not leak into the result.
+    let inf = Tensor::full(&[3, 4], f64::INFINITY, DType::F32).unwrap();
+    let masked = Tensor::where_cond(&gcond, &gx, &on_gpu(&inf)).unwrap();
+    let cpu_masked = Tensor::where_cond(&cond, &x, &inf).unwrap();
+    assert_eq!(masked.to_vec_f64(), cpu_masked.to_vec_f64());
+}
+
+#[test]
 fn embedding_lookup_and_topk_match_the_cpu() {
     let table = f32_cpu(&[6, 4], 13);
     let idx = Tensor::from_vec(vec![5i64, 0, 5, 2], &[4]).unwrap();

@@ -251,6 +251,9 @@ impl Tensor {
     /// Elementwise `condition != 0 ? on_true : on_false`, all three broadcast together.
     pub fn where_cond(condition: &Tensor, on_true: &Tensor, on_false: &Tensor) -> Result<Tensor> {
         on_false.check_dtype("where_cond", on_true.dtype())?;
+        if condition.is_cuda() || on_true.is_cuda() || on_false.is_cuda() {
+            return crate::ops::cuda::where_cond(condition, on_true, on_false);
+        }
         let shape = broadcast_shapes("where_cond", condition.shape(), on_true.shape())?;
         let shape = broadcast_shapes("where_cond", &shape, on_false.shape())?;
         let mask: Vec<bool> = condition
