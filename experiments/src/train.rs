@@ -597,10 +597,7 @@ mod tests {
         config.steps = 2;
         config.log_every = 1;
         // DDPM with the learned-variance bound, then rectified flow.
-        for objective in [
-            config.objective.clone(),
-            Objective::Flow { time_scale: 1000.0 },
-        ] {
+        for objective in [config.objective, Objective::Flow { time_scale: 1000.0 }] {
             config.objective = objective;
             let (cpu, gpu) = (temp("cpu"), temp("gpu"));
             train(&config, &cpu, &quiet()).unwrap();
