@@ -34,15 +34,30 @@ echo "building the CUDA test binaries"
 executables test --release -p ditmoe-cuda --no-run | while read -r name path; do
     install "$path" "$bundle/bin/test-$name"
 done
+# The device-path tests of the other crates (run.sh filters them to their GPU tests).
+executables test --release -p ditmoe-tensor --lib --no-run | while read -r name path; do
+    install "$path" "$bundle/bin/gpu-test-$name"
+done
+executables test --release -p ditmoe-nn --test cuda_step --no-run | while read -r name path; do
+    install "$path" "$bundle/bin/gpu-test-$name"
+done
+executables test --release -p ditmoe-experiments --lib --no-run | while read -r name path; do
+    install "$path" "$bundle/bin/gpu-test-$name"
+done
 echo "building the GPU benchmark"
 executables bench -p ditmoe-benches --bench gpu_gemm --no-run | while read -r name path; do
     install "$path" "$bundle/bin/bench-$name"
 done
+echo "building the ditmoe CLI (for the end-to-end training run)"
+cargo build --release -p ditmoe-experiments --bin ditmoe
+install target/release/ditmoe "$bundle/bin/ditmoe"
+mkdir -p "$bundle/configs"
+cp experiments/configs/*.toml "$bundle/configs/"
 
 cat > "$bundle/run.sh" <<'RUN'
 #!/usr/bin/env bash
 # The GPU check: every CUDA test, compute-sanitizer (memcheck and racecheck) on the GEMM test,
-# then the benchmarks. Logs go to LOG_FOLDER (default: $OUT/gpu-logs, or ./gpu-logs).
+# a short tiny-moe training run on the GPU and on the CPU, then the benchmarks. Logs go to LOG_FOLDER (default: $OUT/gpu-logs, or ./gpu-logs).
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 logs="${1:-${OUT:-$here}/gpu-logs}"
@@ -50,10 +65,12 @@ mkdir -p "$logs"
 status=0
 nvidia-smi > "$logs/nvidia-smi.txt" 2>&1 || echo "nvidia-smi failed" | tee -a "$logs/summary.txt"
 
-for test in "$here"/bin/test-*; do
-    name="$(basename "$test")"
+# Runs one test binary (with an optional name filter), logging to <name>.log.
+run_test() {
+    local name="$1"
+    shift
     # --nocapture keeps each test's "GPU run skipped" line, if any, in the log.
-    if "$test" --nocapture > "$logs/$name.log" 2>&1; then
+    if "$here/bin/$name" --nocapture "$@" > "$logs/$name.log" 2>&1; then
         echo "passed: $name $(grep -h 'test result' "$logs/$name.log" | tail -1)" | tee -a "$logs/summary.txt"
     else
         echo "FAILED: $name (see $name.log)" | tee -a "$logs/summary.txt"
@@ -63,7 +80,13 @@ for test in "$here"/bin/test-*; do
         echo "WARNING: $name did not find the GPU" | tee -a "$logs/summary.txt"
         status=1
     fi
+}
+for test in "$here"/bin/test-*; do
+    run_test "$(basename "$test")"
 done
+run_test gpu-test-ditmoe_tensor cuda
+run_test gpu-test-cuda_step
+run_test gpu-test-ditmoe_experiments training_on_the_gpu
 
 sanitizer="$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)"
 if [ -n "$sanitizer" ]; then
@@ -79,6 +102,19 @@ if [ -n "$sanitizer" ]; then
 else
     echo "compute-sanitizer not found: sanitizer runs skipped" | tee -a "$logs/summary.txt"
 fi
+
+# End to end: tiny-moe trains on the GPU; the same steps on the CPU give the speed-up.
+for device in cuda cpu; do
+    steps=200
+    [ "$device" = cpu ] && steps=20
+    if "$here/bin/ditmoe" train --config "$here/configs/tiny-moe.toml" --steps "$steps" \
+        --device "$device" --out "$logs/train-$device" > "$logs/train-$device.log" 2>&1; then
+        echo "passed: ditmoe train --device $device ($(tail -1 "$logs/train-$device.log"))" | tee -a "$logs/summary.txt"
+    else
+        echo "FAILED: ditmoe train --device $device (see train-$device.log)" | tee -a "$logs/summary.txt"
+        status=1
+    fi
+done
 
 for bench in "$here"/bin/bench-*; do
     name="$(basename "$bench")"

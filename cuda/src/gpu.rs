@@ -272,9 +272,26 @@ impl Gpu {
         })
     }
 
-    /// A new device buffer of `len` zeros.
+    /// A new device buffer of `len` zeros. On a GPU this is a device
+    /// memset, not a copy from the host: every op allocates its output this way.
     pub fn zeros<T: Element>(&self, len: usize) -> Result<Buffer<T>> {
-        self.upload(&vec![T::default(); len])
+        let raw = match &self.backend {
+            Backend::Driver { stream, .. } => {
+                // cuMemAlloc of zero bytes fails; keep one byte so empty buffers are valid.
+                let bytes = (len * T::BYTES).max(1);
+                RawBuffer::Driver(
+                    stream
+                        .alloc_zeros::<u8>(bytes)
+                        .map_err(driver_error("cuMemsetD8"))?,
+                )
+            }
+            Backend::Emulator { .. } => self.alloc_raw(&vec![0u8; len * T::BYTES])?,
+        };
+        Ok(Buffer {
+            raw,
+            len,
+            element: PhantomData,
+        })
     }
 
     /// Copies a device buffer back to the host (waits for the kernels that write it).
