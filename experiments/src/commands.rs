@@ -172,20 +172,49 @@ pub fn train(
     Ok(())
 }
 
+/// The options of `ditmoe sample`.
+#[derive(Debug, clap::Args)]
+pub struct SampleArgs {
+    /// A checkpoint directory written by `ditmoe train` (e.g. runs/tiny-moe/checkpoint).
+    #[arg(long)]
+    pub checkpoint: std::path::PathBuf,
+    /// Number of samples (rounded up to a multiple of the class count).
+    #[arg(long, default_value_t = 64)]
+    pub n: usize,
+    /// Classifier-free guidance scale (default: the training config's).
+    #[arg(long)]
+    pub cfg: Option<f64>,
+    /// ddpm | ddim | euler (default: the training config's).
+    #[arg(long)]
+    pub sampler: Option<String>,
+    #[arg(long)]
+    pub steps: Option<usize>,
+    #[arg(long, default_value = "grid.png")]
+    pub out: std::path::PathBuf,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// cpu, cuda or cuda:N: where the model runs.
+    #[arg(long, default_value = "cpu")]
+    pub device: ditmoe_tensor::Device,
+}
+
 /// `ditmoe sample`: a grid of class-conditional samples from a checkpoint directory.
-pub fn sample(
-    checkpoint: &Path,
-    n: usize,
-    cfg: Option<f64>,
-    sampler: Option<&str>,
-    steps: Option<usize>,
-    out: &Path,
-    seed: u64,
-) -> anyhow::Result<()> {
+pub fn sample(args: &SampleArgs) -> anyhow::Result<()> {
     use crate::generate::{generate, sample_labels, Generation};
     use ditmoe_diffusion::SamplerKind;
+    let SampleArgs {
+        checkpoint,
+        n,
+        cfg,
+        sampler,
+        steps,
+        out,
+        seed,
+        device,
+    } = args;
+    device.ensure_available()?;
     let (model, config) = crate::train::load_for_sampling(checkpoint)?;
-    let sampler = match sampler {
+    let sampler = match sampler.as_deref() {
         None => config.sample.sampler,
         Some("ddpm") => SamplerKind::Ddpm,
         Some("ddim") => SamplerKind::Ddim { eta: 0.0 },
@@ -200,7 +229,8 @@ pub fn sample(
         sampler,
         steps: steps.unwrap_or(config.sample.steps),
         cfg_scale: scale,
-        seed,
+        seed: *seed,
+        device: *device,
     };
     let images = generate(&model, &config, &labels, &generation)?;
     crate::grid::write_grid(out, &images, classes, &(0..classes).collect::<Vec<_>>())?;

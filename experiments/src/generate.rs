@@ -5,8 +5,8 @@ use crate::config::{Objective, TrainConfig};
 use anyhow::{bail, Result};
 use ditmoe_autograd::{no_grad, Var};
 use ditmoe_diffusion::{sample, SampleOptions, SamplerKind};
-use ditmoe_nn::Dit;
-use ditmoe_tensor::{seeded_rng, Tensor};
+use ditmoe_nn::{Dit, Module};
+use ditmoe_tensor::{seeded_rng, Device, Tensor};
 
 /// How to sample.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -16,6 +16,9 @@ pub struct Generation {
     pub cfg_scale: f64,
     /// Seeds the starting noise (and any sampler noise): equal seeds, equal noise.
     pub seed: u64,
+    /// Where the model runs. The sampler's own arithmetic (noise, update rule) stays on the
+    /// host, so every device draws the same noise; each denoising call moves the batch over.
+    pub device: Device,
 }
 
 /// Labels for a class-by-class grid: `per_class` of each class, class-major.
@@ -25,7 +28,8 @@ pub fn sample_labels(classes: usize, per_class: usize) -> Vec<usize> {
         .collect()
 }
 
-/// Images `[N, C, H, W]` in [−1, 1], one per label, from `model` trained per `config`.
+/// Images `[N, C, H, W]` in [−1, 1] (on the host), one per label, from `model` trained per
+/// `config`. The model is moved to `generation.device` first.
 pub fn generate(
     model: &Dit,
     config: &TrainConfig,
@@ -40,12 +44,17 @@ pub fn generate(
             if flow { "euler" } else { "ddpm or ddim" }
         );
     }
-    let y = Tensor::from_vec(labels.iter().map(|&l| l as i64).collect(), &[labels.len()])?;
+    let device = generation.device;
+    model.to_device(device)?;
+    let y = Tensor::from_vec(labels.iter().map(|&l| l as i64).collect(), &[labels.len()])?
+        .to_device(device)?;
     let denoise = |x: &Tensor, t: &Tensor| {
         no_grad(|| {
-            Ok(model
-                .forward_with_cfg(&Var::constant(x.clone()), t, &y, generation.cfg_scale)?
-                .value())
+            let x = Var::constant(x.to_device(device)?);
+            model
+                .forward_with_cfg(&x, &t.to_device(device)?, &y, generation.cfg_scale)?
+                .value()
+                .to_device(Device::Cpu)
         })
     };
     let diffusion = crate::train::diffusion_of(config, model.config.learn_sigma);

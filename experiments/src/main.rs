@@ -62,26 +62,7 @@ enum Command {
         device: ditmoe_tensor::Device,
     },
     /// Writes a PNG grid of class-conditional samples (one row per class) from a checkpoint.
-    Sample {
-        /// A checkpoint directory written by `ditmoe train` (e.g. runs/tiny-moe/checkpoint).
-        #[arg(long)]
-        checkpoint: PathBuf,
-        /// Number of samples (rounded up to a multiple of the class count).
-        #[arg(long, default_value_t = 64)]
-        n: usize,
-        /// Classifier-free guidance scale (default: the training config's).
-        #[arg(long)]
-        cfg: Option<f64>,
-        /// ddpm | ddim | euler (default: the training config's).
-        #[arg(long)]
-        sampler: Option<String>,
-        #[arg(long)]
-        steps: Option<usize>,
-        #[arg(long, default_value = "grid.png")]
-        out: PathBuf,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-    },
+    Sample(commands::SampleArgs),
     /// The routing ablation, the main job: trains every variant of a preset on identical data,
     /// seeds and steps, evaluates them and writes DIR/report.md.
     Ablate {
@@ -132,16 +113,7 @@ fn main() -> ExitCode {
             device,
         )
         .map_err(|e| format!("{e:#}")),
-        Command::Sample {
-            checkpoint,
-            n,
-            cfg,
-            sampler,
-            steps,
-            out,
-            seed,
-        } => commands::sample(&checkpoint, n, cfg, sampler.as_deref(), steps, &out, seed)
-            .map_err(|e| format!("{e:#}")),
+        Command::Sample(args) => commands::sample(&args).map_err(|e| format!("{e:#}")),
         Command::Ablate {
             preset,
             out,

@@ -633,6 +633,38 @@ mod tests {
     }
 
     #[test]
+    fn sampling_on_the_gpu_gives_the_cpu_images() {
+        use crate::generate::{generate, Generation};
+        use ditmoe_diffusion::SamplerKind;
+        ditmoe_cuda::registry::device_or_emulator(0).set_tensor_core_matmul(false);
+        let mut config = tiny_config();
+        config.steps = 1;
+        let dir = temp("sample-gpu");
+        train(&config, &dir, &quiet()).unwrap();
+        let (model, config) = load_for_sampling(&dir.join("checkpoint")).unwrap();
+        let images = |device| {
+            let generation = Generation {
+                sampler: SamplerKind::Ddim { eta: 0.0 },
+                steps: 2,
+                cfg_scale: 2.0,
+                seed: 5,
+                device,
+            };
+            generate(&model, &config, &[0, 3, 7], &generation).unwrap()
+        };
+        let on_gpu = images(Device::Cuda(0));
+        assert_eq!(on_gpu.device(), Device::Cpu, "images come back to the host");
+        let on_cpu = images(Device::Cpu);
+        let (a, b) = (on_cpu.to_vec_f64(), on_gpu.to_vec_f64());
+        let diff = a
+            .iter()
+            .zip(&b)
+            .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
+        assert!(diff < 1e-4, "images differ by {diff}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn resume_needs_a_matching_checkpoint() {
         let config = tiny_config();
         let dir = temp("mismatch");

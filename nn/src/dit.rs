@@ -244,7 +244,8 @@ impl Dit {
     /// half unguided. (The DiT reference guides only the first 3 channels, a quirk.)
     pub fn forward_with_cfg(&self, x: &Var, t: &Tensor, y: &Tensor, scale: f64) -> Result<Var> {
         let n = x.shape()[0];
-        let null = Tensor::full(&[n], self.null_class() as f64, DType::I64)?;
+        let null =
+            Tensor::full(&[n], self.null_class() as f64, DType::I64)?.to_device(y.device())?;
         let both = Var::concat(&[x, x], 0)?;
         let out = self
             .forward(

@@ -72,6 +72,7 @@ pub fn evaluate(model: &Dit, variant: &Variant, judge: &Judge, grid: &Path) -> R
         steps: judge.settings.sample_steps,
         cfg_scale: config.sample.cfg_scale,
         seed: config.seed,
+        device: ditmoe_tensor::Device::Cpu,
     };
     let images = generate(model, config, &labels, &generation)?;
     write_grid(grid, &images, classes, &(0..classes).collect::<Vec<_>>())?;
