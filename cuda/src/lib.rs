@@ -9,8 +9,9 @@
 //! interpreter on the CPU (`emulator/`), which lets every kernel be tested against its CPU
 //! reference anywhere — with out-of-bounds and shared-memory race checks on top.
 //!
-//! Reading order: `gpu.rs` (buffers, launches), `kernels.rs` (the module catalogue), then a
-//! kernel file next to its wrapper: `kernels/elementwise.ptx` with `ops/elementwise.rs`, …
+//! Reading order: `gpu.rs` (buffers, launches), `kernels/mod.rs` (the module catalogue), then a
+//! kernel file next to its wrapper: `kernels/elementwise.ptx` with `ops/elementwise.rs`, …;
+//! `registry.rs` (one `Gpu` per `cuda:N` per process); `emulator/` (parse, memory, exec).
 
 pub mod element;
 pub mod emulator;

@@ -8,12 +8,22 @@
 use ditmoe_cuda::Gpu;
 use rand::{Rng, SeedableRng};
 
-/// The emulator, plus `cuda:0` when there is one.
+/// The emulator, plus `cuda:0` when there is one. When there is none, says so once per test
+/// binary, on stderr directly so that the test harness does not capture it.
 pub fn gpus() -> Vec<Gpu> {
     let mut gpus = vec![Gpu::emulator()];
     match Gpu::new(0) {
         Ok(gpu) => gpus.push(gpu),
-        Err(why) => eprintln!("GPU run skipped: {why}"),
+        Err(why) => {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "GPU run skipped (kernels checked in the PTX emulator only): {why}"
+                );
+            });
+        }
     }
     gpus
 }
