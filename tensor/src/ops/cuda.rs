@@ -644,3 +644,38 @@ pub(crate) fn index_add_rows(table: &Tensor, index: &Tensor, source: &Tensor) ->
     gpu_index::index_add_rows(&gpu, &out, &ib, &src, rows, cols).map_err(failed(op))?;
     Ok(copy)
 }
+
+/// Whether a gather / scatter-add works along the last dimension with an index that spans every
+/// other dimension — the case the row kernels take (out-of-range indices give NaN / are
+/// skipped on the GPU, with no host round trip to check them).
+pub(crate) fn gathers_last_dim(t: &Tensor, dim: usize, index: &Tensor) -> bool {
+    let r = t.rank();
+    r > 0 && dim == r - 1 && index.shape()[..r - 1] == t.shape()[..r - 1]
+}
+
+/// `out[.., j] = x[.., index[.., j]]` along the last dimension.
+pub(crate) fn gather_last(x: &Tensor, index: &Tensor) -> Result<Tensor> {
+    let op = "gather";
+    same_device(op, x, index)?;
+    let cols = *x.shape().last().expect("rank >= 1");
+    let rows = x.numel() / cols.max(1);
+    let (gpu, xb) = dense_f32(x, op)?;
+    let ib = dense_indices(index, op)?;
+    let out = gpu_index::gather_cols(&gpu, &xb, &ib, rows, cols).map_err(failed(op))?;
+    Ok(f32_tensor(&gpu, out, index.shape(), ordinal(x)))
+}
+
+/// A copy of `x` with `source[.., j]` added at `[.., index[.., j]]` along the last dimension.
+pub(crate) fn scatter_add_last(x: &Tensor, index: &Tensor, source: &Tensor) -> Result<Tensor> {
+    let op = "scatter_add";
+    same_device(op, x, index)?;
+    same_device(op, x, source)?;
+    let cols = *x.shape().last().expect("rank >= 1");
+    let rows = x.numel() / cols.max(1);
+    let copy = contiguous(x)?;
+    let (gpu, out) = dense_f32(&copy, op)?;
+    let ib = dense_indices(index, op)?;
+    let (_, src) = dense_f32(source, op)?;
+    gpu_index::scatter_add_cols(&gpu, &out, &ib, &src, rows, cols).map_err(failed(op))?;
+    Ok(copy)
+}

@@ -253,6 +253,23 @@ fn embedding_lookup_and_topk_match_the_cpu() {
         0.0,
         "index_select",
     );
+    // gather / scatter_add along the last dim (MoE gate values and their gradient).
+    let x = f32_cpu(&[2, 3, 6], 32);
+    let picks = Tensor::from_vec(vec![5i64, 0, 2, 2, 1, 3, 4, 4, 0, 1, 5, 3], &[2, 3, 2]).unwrap();
+    let gpicks = picks.to_device(GPU).unwrap();
+    check(
+        &on_gpu(&x).gather(2, &gpicks).unwrap(),
+        &x.gather(2, &picks).unwrap(),
+        0.0,
+        "gather",
+    );
+    let src = f32_cpu(&[2, 3, 2], 33);
+    check(
+        &on_gpu(&x).scatter_add(2, &gpicks, &on_gpu(&src)).unwrap(),
+        &x.scatter_add(2, &picks, &src).unwrap(),
+        1e-6,
+        "scatter_add",
+    );
     let scores = f32_cpu(&[5, 8], 14);
     for dim in [0, 1] {
         let (v, i) = scores.topk(3, dim, true).unwrap();

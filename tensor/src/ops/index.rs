@@ -167,6 +167,9 @@ impl Tensor {
     /// out[i] = self[i with i_dim replaced by index[i]]; the output has `index`'s shape.
     pub fn gather(&self, dim: usize, index: &Tensor) -> Result<Tensor> {
         check_gather_shape("gather", self, dim, index)?;
+        if self.is_cuda() && crate::ops::cuda::gathers_last_dim(self, dim, index) {
+            return crate::ops::cuda::gather_last(self, index);
+        }
         let idx = read_indices("gather", index, self.shape()[dim])?;
         let strides = contiguous_strides(self.shape());
         with_element_type!(self.dtype(), T => {
@@ -183,6 +186,9 @@ impl Tensor {
         check_gather_shape("scatter_add", self, dim, index)?;
         source.check_shape("scatter_add", index.shape())?;
         source.check_dtype("scatter_add", self.dtype())?;
+        if self.is_cuda() && crate::ops::cuda::gathers_last_dim(self, dim, index) {
+            return crate::ops::cuda::scatter_add_last(self, index, source);
+        }
         let idx = read_indices("scatter_add", index, self.shape()[dim])?;
         let strides = contiguous_strides(self.shape());
         with_float_type!(self.dtype(), "scatter_add", T => {
