@@ -187,6 +187,10 @@ impl Gpu {
                  (bf16 tensor cores, cp.async)"
             )));
         }
+        // Every kernel and copy of this Gpu goes to one stream, so stream order is all the
+        // synchronisation there is; cudarc's per-buffer read/write events would only add work.
+        // SAFETY: no buffer of this context is used from another stream.
+        unsafe { context.disable_event_tracking() };
         let stream = context.default_stream();
         Ok(Gpu {
             backend: Backend::Driver {
