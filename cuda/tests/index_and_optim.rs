@@ -144,13 +144,14 @@ fn adamw_matches_the_reference_update_over_several_steps() {
             .map(f64::from)
             .collect();
         let (mut m, mut v) = (vec![0.0f64; n], vec![0.0f64; n]);
-        let pd = gpu
+        let mut pd = gpu
             .upload(&p.iter().map(|&x| x as f32).collect::<Vec<_>>())
             .unwrap();
-        let (md, vd) = (gpu.zeros::<f32>(n).unwrap(), gpu.zeros::<f32>(n).unwrap());
+        let (mut md, mut vd) = (gpu.zeros::<f32>(n).unwrap(), gpu.zeros::<f32>(n).unwrap());
         for step in 1..=3u32 {
             let g = random(n, -1.0, 1.0, 40 + step as u64);
-            adamw(&gpu, &hyper(step), &pd, &gpu.upload(&g).unwrap(), &md, &vd).unwrap();
+            let next = adamw(&gpu, &hyper(step), &pd, &gpu.upload(&g).unwrap(), &md, &vd).unwrap();
+            (pd, md, vd) = (next.param, next.m, next.v);
             // The update of ditmoe_nn::optim::AdamW::step, in f64.
             let h = hyper(step);
             let (b1, b2) = (h.beta1 as f64, h.beta2 as f64);

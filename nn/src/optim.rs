@@ -3,6 +3,7 @@
 //! the weights.
 
 use ditmoe_autograd::{no_grad, Var};
+use ditmoe_tensor::ops::optim::AdamWHyper;
 use ditmoe_tensor::{Result, Tensor, TensorError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -66,34 +67,29 @@ impl AdamW {
 
     /// One update of every parameter that has a gradient, the gradients multiplied by
     /// `grad_scale` first (the clipping factor).
+    /// `Tensor::adamw_update` does the arithmetic in one pass (one kernel on a GPU).
     pub fn step(&mut self, params: &[(String, Var)], lr: f64, grad_scale: f64) -> Result<()> {
         self.step += 1;
-        let (b1, b2) = self.config.betas;
-        let (correction1, correction2) = (
-            1.0 - b1.powi(self.step as i32),
-            1.0 - b2.powi(self.step as i32),
-        );
+        let (beta1, beta2) = self.config.betas;
+        let hyper = AdamWHyper {
+            lr,
+            beta1,
+            beta2,
+            eps: self.config.eps,
+            weight_decay: self.config.weight_decay,
+            grad_scale,
+            step: self.step,
+        };
         no_grad(|| {
             for (name, param) in params {
                 let Some(grad) = param.grad() else { continue };
-                let g = grad.mul_scalar(grad_scale)?;
                 let (m, v) = match self.moments.remove(name) {
                     Some(moments) => moments,
-                    None => (g.zeros_like()?, g.zeros_like()?),
+                    None => (grad.zeros_like()?, grad.zeros_like()?),
                 };
-                let m = m.mul_scalar(b1)?.add(&g.mul_scalar(1.0 - b1)?)?;
-                let v = v.mul_scalar(b2)?.add(&g.mul(&g)?.mul_scalar(1.0 - b2)?)?;
-                let update = m.mul_scalar(1.0 / correction1)?.div(
-                    &v.mul_scalar(1.0 / correction2)?
-                        .sqrt()?
-                        .add_scalar(self.config.eps)?,
-                )?;
-                let p = param
-                    .value()
-                    .mul_scalar(1.0 - lr * self.config.weight_decay)?
-                    .sub(&update.mul_scalar(lr)?)?;
-                param.set_value(p)?;
-                self.moments.insert(name.clone(), (m, v));
+                let next = param.value().adamw_update(&grad, &m, &v, &hyper)?;
+                param.set_value(next.param)?;
+                self.moments.insert(name.clone(), (next.m, next.v));
             }
             Ok(())
         })

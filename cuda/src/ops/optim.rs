@@ -18,7 +18,14 @@ pub struct AdamWStep {
     pub step: u32,
 }
 
-/// Updates `param`, `m` and `v` in place from `grad`.
+/// The parameter and moments after one step.
+pub struct AdamWState {
+    pub param: Buffer<f32>,
+    pub m: Buffer<f32>,
+    pub v: Buffer<f32>,
+}
+
+/// One step from `param`, `grad` and the moments `m`, `v`, into new buffers.
 pub fn adamw(
     gpu: &Gpu,
     hyper: &AdamWStep,
@@ -26,11 +33,16 @@ pub fn adamw(
     grad: &Buffer<f32>,
     m: &Buffer<f32>,
     v: &Buffer<f32>,
-) -> Result<()> {
+) -> Result<AdamWState> {
     let n = param.len();
     check_len("adamw gradient", grad, n)?;
     check_len("adamw first moment", m, n)?;
     check_len("adamw second moment", v, n)?;
+    let next = AdamWState {
+        param: gpu.zeros(n)?,
+        m: gpu.zeros(n)?,
+        v: gpu.zeros(n)?,
+    };
     let step = hyper.step.max(1) as i32;
     let correction1 = 1.0 - (hyper.beta1 as f64).powi(step);
     let correction2 = 1.0 - (hyper.beta2 as f64).powi(step);
@@ -39,6 +51,9 @@ pub fn adamw(
         "adamw_f32",
         LaunchConfig::linear(n, ELEMENTWISE_BLOCK),
         &[
+            (&next.param).into(),
+            (&next.m).into(),
+            (&next.v).into(),
             param.into(),
             grad.into(),
             m.into(),
@@ -53,5 +68,6 @@ pub fn adamw(
             ((1.0 / correction1) as f32).into(),
             ((1.0 / correction2) as f32).into(),
         ],
-    )
+    )?;
+    Ok(next)
 }

@@ -12,6 +12,7 @@ use ditmoe_cuda::ops::elementwise::{self as ew, Binary, Broadcast, Unary};
 use ditmoe_cuda::ops::gemm::{self, Gemm};
 use ditmoe_cuda::ops::index as gpu_index;
 use ditmoe_cuda::ops::norm as gpu_norm;
+use ditmoe_cuda::ops::optim::{self as gpu_optim, AdamWStep};
 use ditmoe_cuda::ops::rows::{self as gpu_rows, RowReduce};
 use ditmoe_cuda::{registry, Buffer, CudaError, Gpu};
 
@@ -19,6 +20,7 @@ use crate::error::{Result, TensorError};
 use crate::layout::broadcast_shapes;
 use crate::ops::binary::BinaryOp;
 use crate::ops::norm::{LayerNormGrads, LayerNormStats};
+use crate::ops::optim::{AdamWHyper, AdamWUpdate};
 use crate::ops::reduce::{rows_over, ReduceOp};
 use crate::ops::unary::UnaryOp;
 use crate::storage::{CudaData, CudaStorage};
@@ -678,4 +680,35 @@ pub(crate) fn scatter_add_last(x: &Tensor, index: &Tensor, source: &Tensor) -> R
     let (_, src) = dense_f32(source, op)?;
     gpu_index::scatter_add_cols(&gpu, &out, &ib, &src, rows, cols).map_err(failed(op))?;
     Ok(copy)
+}
+
+/// One fused AdamW step on the GPU (`adamw_f32`).
+pub(crate) fn adamw(
+    param: &Tensor,
+    grad: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    hyper: &AdamWHyper,
+) -> Result<AdamWUpdate> {
+    let op = "adamw_update";
+    let (gpu, pb) = dense_f32(param, op)?;
+    let (_, gb) = dense_f32(grad, op)?;
+    let (_, mb) = dense_f32(m, op)?;
+    let (_, vb) = dense_f32(v, op)?;
+    let step = AdamWStep {
+        lr: hyper.lr as f32,
+        beta1: hyper.beta1 as f32,
+        beta2: hyper.beta2 as f32,
+        eps: hyper.eps as f32,
+        weight_decay: hyper.weight_decay as f32,
+        grad_scale: hyper.grad_scale as f32,
+        step: u32::try_from(hyper.step).unwrap_or(u32::MAX),
+    };
+    let next = gpu_optim::adamw(&gpu, &step, &pb, &gb, &mb, &vb).map_err(failed(op))?;
+    let (shape, ordinal) = (param.shape(), ordinal(param));
+    Ok(AdamWUpdate {
+        param: f32_tensor(&gpu, next.param, shape, ordinal),
+        m: f32_tensor(&gpu, next.m, shape, ordinal),
+        v: f32_tensor(&gpu, next.v, shape, ordinal),
+    })
 }

@@ -283,6 +283,32 @@ fn embedding_lookup_and_topk_match_the_cpu() {
 }
 
 #[test]
+fn the_fused_adamw_step_matches_the_cpu() {
+    let hyper = crate::ops::optim::AdamWHyper {
+        lr: 1e-2,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.1,
+        grad_scale: 0.5,
+        step: 2,
+    };
+    let (p, g, m) = (
+        f32_cpu(&[7, 9], 40),
+        f32_cpu(&[7, 9], 41),
+        f32_cpu(&[7, 9], 42),
+    );
+    let v = f32_cpu(&[7, 9], 43).abs().unwrap();
+    let cpu = p.adamw_update(&g, &m, &v, &hyper).unwrap();
+    let gpu = on_gpu(&p)
+        .adamw_update(&on_gpu(&g), &on_gpu(&m), &on_gpu(&v), &hyper)
+        .unwrap();
+    check(&gpu.param, &cpu.param, 1e-6, "param");
+    check(&gpu.m, &cpu.m, 1e-6, "m");
+    check(&gpu.v, &cpu.v, 1e-6, "v");
+}
+
+#[test]
 fn ops_without_a_cuda_kernel_and_mixed_devices_are_clear_errors() {
     let g = on_gpu(&f32_cpu(&[2, 3], 15));
     let err = g.argsort(1, false).unwrap_err();

@@ -8,6 +8,7 @@ pub(crate) mod cuda;
 pub mod index;
 pub mod matmul;
 pub mod norm;
+pub mod optim;
 pub mod reduce;
 pub mod shape;
 pub mod softmax;
