@@ -1,9 +1,10 @@
-//! One training step of small DiT / DiT-MoE models on `cuda:0` against the same step on the
+//! One training step of small DiT / DiT-MoE models — dense, token choice with a shared expert,
+//! expert choice, expert race with SwiGLU experts — on `cuda:0` against the same step on the
 //! CPU: loss and every gradient. `cuda:0` is the real GPU when the driver has one, else the PTX
 //! emulator (the test says which).
 
 use ditmoe_autograd::Var;
-use ditmoe_nn::moe::{ExpertKind, MoeConfig, RoutingConfig, RoutingGroup};
+use ditmoe_nn::moe::{ExpertKind, MoeConfig, RaceGate, RoutingConfig, RoutingGroup};
 use ditmoe_nn::{Dit, DitConfig, ForwardOptions, Module, MoePlacement};
 use ditmoe_tensor::{seeded_rng, DType, Device, Tensor};
 
@@ -82,12 +83,23 @@ fn a_training_step_on_the_gpu_matches_the_cpu() {
             group: RoutingGroup::PerImage,
         },
     };
+    let race = MoeConfig {
+        num_experts: 4,
+        expert_hidden: 24,
+        expert_kind: ExpertKind::SwiGlu,
+        shared_expert_hidden: Some(8),
+        routing: RoutingConfig::ExpertRace {
+            top_k: 2,
+            gate: RaceGate::Softmax,
+        },
+    };
     for config in [
         base.clone(),
         base.clone()
             .with_moe(base.ditmoe_ffn(4, 2), MoePlacement::EveryBlock),
         base.clone()
             .with_moe(expert_choice, MoePlacement::EveryOther),
+        base.clone().with_moe(race, MoePlacement::DeepHalf),
     ] {
         let (cpu_loss, cpu_grads) = step(&config, Device::Cpu);
         let (gpu_loss, gpu_grads) = step(&config, GPU);
