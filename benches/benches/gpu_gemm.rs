@@ -1,6 +1,8 @@
 //! GEMM on the GPU: our tensor-core kernel (`gemm_bf16`) against cuBLAS in the same run, at
 //! square sizes 1024³–8192³ and at the FFN shapes of DiT-MoE-S/B (16384 tokens), plus our SIMT
-//! f32 fallback at the small sizes. Throughput is in FLOP/s (2·M·N·K per product).
+//! f32 fallback at the small sizes; and the grouped expert GEMM (`grouped_gemm_bf16`, 8 and 16
+//! experts, balanced and skewed groups) against a per-expert loop of cuBLAS calls and one dense
+//! cuBLAS GEMM of equal FLOPs. Throughput is in FLOP/s (2·M·N·K per product).
 //!
 //! The cuBLAS baseline is its bf16 GEMM (f32 compute, bf16 output — what PyTorch calls for a
 //! bf16 matmul); ours writes f32, a little more traffic. Without a GPU this prints why and
@@ -10,7 +12,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm as _, GemmConfig};
-use ditmoe_cuda::ops::gemm::{gemm_bf16, gemm_f32, Gemm};
+use ditmoe_cuda::ops::gemm::{gemm_bf16, gemm_f32, grouped_gemm_bf16, Gemm};
 use ditmoe_cuda::Gpu;
 use half::bf16;
 
@@ -99,5 +101,129 @@ fn bench_gemm(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_gemm);
+/// Expert group sizes of `tokens` rows over `experts`: balanced, or skewed (expert e gets a
+/// share proportional to 1/(e+1), as an unbalanced router would give).
+fn group_sizes(tokens: usize, experts: usize, skewed: bool) -> Vec<usize> {
+    let weights: Vec<f64> = (0..experts)
+        .map(|e| if skewed { 1.0 / (e + 1) as f64 } else { 1.0 })
+        .collect();
+    let total: f64 = weights.iter().sum();
+    let mut sizes: Vec<usize> = weights
+        .iter()
+        .map(|w| (tokens as f64 * w / total) as usize)
+        .collect();
+    sizes[0] += tokens - sizes.iter().sum::<usize>();
+    sizes
+}
+
+/// The expert FFN up-projection of DiT-MoE-S (K = 384, N = 1536) over 16384 routed rows: one
+/// grouped launch against a loop of per-expert GEMMs (ours and cuBLAS) and against one dense
+/// cuBLAS GEMM of equal FLOPs (the ceiling).
+fn bench_grouped(c: &mut Criterion) {
+    let Ok(gpu) = Gpu::new(0) else {
+        return; // bench_gemm already said why
+    };
+    let stream = gpu.cuda_stream().expect("a driver GPU has a stream");
+    let blas = CudaBlas::new(stream.clone()).expect("cuBLAS could not be loaded");
+    let (tokens, k, n) = (16384, 384, 1536);
+    let mut group = c.benchmark_group("gpu_grouped_gemm");
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(3));
+    group.throughput(Throughput::Elements((2 * tokens * n * k) as u64));
+    for experts in [8, 16] {
+        let x = gpu.upload(&filled(tokens * k, 3)).unwrap();
+        let w = gpu.upload(&filled(experts * n * k, 4)).unwrap();
+        let out = gpu.zeros::<f32>(tokens * n).unwrap();
+        for skewed in [false, true] {
+            let sizes = group_sizes(tokens, experts, skewed);
+            let label = format!("{experts}E {}", if skewed { "skewed" } else { "balanced" });
+            group.bench_function(BenchmarkId::new("ours_grouped", &label), |bench| {
+                bench.iter(|| {
+                    grouped_gemm_bf16(&gpu, &x, &sizes, &w, true, n, &out).unwrap();
+                    gpu.synchronize().unwrap();
+                })
+            });
+            // cuBLAS, one call per expert on its slice of rows (column-major: Cᵀ = W·Xᵀ).
+            let x_view = unsafe {
+                x.cuda_slice()
+                    .unwrap()
+                    .transmute::<bf16>(tokens * k)
+                    .unwrap()
+            };
+            let w_view = unsafe {
+                w.cuda_slice()
+                    .unwrap()
+                    .transmute::<bf16>(experts * n * k)
+                    .unwrap()
+            };
+            let mut c_blas = stream.alloc_zeros::<bf16>(tokens * n).unwrap();
+            group.bench_function(
+                BenchmarkId::new("cublas_per_expert_loop", &label),
+                |bench| {
+                    bench.iter(|| {
+                        let mut start = 0;
+                        for (e, &rows) in sizes.iter().enumerate() {
+                            if rows == 0 {
+                                continue;
+                            }
+                            let config = GemmConfig {
+                                transa: cublasOperation_t::CUBLAS_OP_T,
+                                transb: cublasOperation_t::CUBLAS_OP_N,
+                                m: n as i32,
+                                n: rows as i32,
+                                k: k as i32,
+                                alpha: bf16::ONE,
+                                lda: k as i32,
+                                ldb: k as i32,
+                                beta: bf16::ZERO,
+                                ldc: n as i32,
+                            };
+                            let we = w_view.slice(e * n * k..(e + 1) * n * k);
+                            let xe = x_view.slice(start * k..(start + rows) * k);
+                            let mut ce = c_blas.slice_mut(start * n..(start + rows) * n);
+                            // SAFETY: the slices have the sizes the config names.
+                            unsafe { blas.gemm(config, &we, &xe, &mut ce) }.unwrap();
+                            start += rows;
+                        }
+                        stream.synchronize().unwrap();
+                    })
+                },
+            );
+        }
+        let dense = GemmConfig {
+            transa: cublasOperation_t::CUBLAS_OP_T,
+            transb: cublasOperation_t::CUBLAS_OP_N,
+            m: n as i32,
+            n: tokens as i32,
+            k: k as i32,
+            alpha: bf16::ONE,
+            lda: k as i32,
+            ldb: k as i32,
+            beta: bf16::ZERO,
+            ldc: n as i32,
+        };
+        let x_view = unsafe {
+            x.cuda_slice()
+                .unwrap()
+                .transmute::<bf16>(tokens * k)
+                .unwrap()
+        };
+        let w_view = unsafe { w.cuda_slice().unwrap().transmute::<bf16>(n * k).unwrap() };
+        let mut c_dense = stream.alloc_zeros::<bf16>(tokens * n).unwrap();
+        group.bench_function(
+            BenchmarkId::new("cublas_dense_equal_flops", format!("{experts}E")),
+            |bench| {
+                bench.iter(|| {
+                    // SAFETY: the views and c_dense have the sizes the config names.
+                    unsafe { blas.gemm(dense, &w_view, &x_view, &mut c_dense) }.unwrap();
+                    stream.synchronize().unwrap();
+                })
+            },
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_gemm, bench_grouped);
 criterion_main!(benches);

@@ -156,3 +156,58 @@ fn tensor_core_gemm_refuses_unaligned_extents_and_wrong_buffers() {
         "{err}"
     );
 }
+
+#[test]
+fn grouped_gemm_multiplies_each_group_by_its_own_weights() {
+    // Skewed groups: one spans two row tiles, one is empty, one is a single row.
+    let group_sizes = [130usize, 0, 1, 37];
+    let (k, n) = (24, 40);
+    let rows: usize = group_sizes.iter().sum();
+    let round =
+        |v: Vec<f32>| -> Vec<f32> { v.into_iter().map(|x| bf16::from_f32(x).to_f32()).collect() };
+    let to_bf16 = |v: &[f32]| -> Vec<bf16> { v.iter().map(|&x| bf16::from_f32(x)).collect() };
+    for gpu in gpus() {
+        for weights_transposed in [true, false] {
+            let x = round(random(rows * k, -1.0, 1.0, 60));
+            let w = round(random(group_sizes.len() * k * n, -1.0, 1.0, 61));
+            let out = gpu.zeros::<f32>(rows * n).unwrap();
+            ditmoe_cuda::ops::gemm::grouped_gemm_bf16(
+                &gpu,
+                &gpu.upload(&to_bf16(&x)).unwrap(),
+                &group_sizes,
+                &gpu.upload(&to_bf16(&w)).unwrap(),
+                weights_transposed,
+                n,
+                &out,
+            )
+            .unwrap();
+            // Reference: each group's rows times its weight matrix, on the CPU.
+            let xt = Tensor::from_slice(&x, &[rows, k])
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap();
+            let wt = Tensor::from_slice(&w, &[group_sizes.len(), k * n])
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap();
+            let mut expected = Vec::new();
+            let mut start = 0;
+            for (g, &size) in group_sizes.iter().enumerate() {
+                let wg = wt.narrow(0, g, 1).unwrap();
+                let wg = if weights_transposed {
+                    wg.reshape(&[n, k]).unwrap().t().unwrap()
+                } else {
+                    wg.reshape(&[k, n]).unwrap()
+                };
+                let part = xt.narrow(0, start, size).unwrap().matmul(&wg).unwrap();
+                expected.extend(values(&part));
+                start += size;
+            }
+            let what = format!(
+                "grouped, weights transposed: {weights_transposed}, on {}",
+                gpu.name()
+            );
+            assert_close(&gpu.download(&out).unwrap(), &expected, 1e-5, &what);
+        }
+    }
+}

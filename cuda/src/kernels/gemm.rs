@@ -36,28 +36,46 @@ struct Operand {
 pub struct GemmLayout {
     pub a_transposed: bool,
     pub b_transposed: bool,
+    /// Rows of A in groups of any size, group g times B[g] (mixture-of-experts layers).
+    pub grouped: bool,
 }
 
 impl GemmLayout {
-    pub const ALL: [GemmLayout; 4] = [
+    pub const ALL: [GemmLayout; 6] = [
         GemmLayout::new(false, false),
         GemmLayout::new(false, true),
         GemmLayout::new(true, false),
         GemmLayout::new(true, true),
+        GemmLayout::grouped(false),
+        GemmLayout::grouped(true),
     ];
 
+    /// A batched GEMM with these operand layouts.
     pub const fn new(a_transposed: bool, b_transposed: bool) -> Self {
         Self {
             a_transposed,
             b_transposed,
+            grouped: false,
         }
     }
 
-    /// `gemm_bf16_nn`, `gemm_bf16_nt`, … (BLAS naming: the letter of A, then of B).
+    /// A grouped GEMM: A row-major `[rows, K]`, B `[groups, K, N]` (or `[groups, N, K]` when
+    /// `b_transposed`).
+    pub const fn grouped(b_transposed: bool) -> Self {
+        Self {
+            a_transposed: false,
+            b_transposed,
+            grouped: true,
+        }
+    }
+
+    /// `gemm_bf16_nn`, `gemm_bf16_nt`, …, `grouped_bf16_nt` (BLAS naming: the letter of A, then
+    /// of B).
     pub fn entry(self) -> String {
         let letter = |t: bool| if t { 't' } else { 'n' };
+        let kind = if self.grouped { "grouped" } else { "gemm" };
         format!(
-            "gemm_bf16_{}{}",
+            "{kind}_bf16_{}{}",
             letter(self.a_transposed),
             letter(self.b_transposed)
         )
@@ -95,6 +113,81 @@ macro_rules! emit {
         let _ = write!($out, "    ");
         let _ = writeln!($out, $($arg)*);
     }};
+}
+
+/// The parameters the grouped entries take after the batched ones.
+fn extra_params(layout: GemmLayout) -> &'static str {
+    if layout.grouped {
+        ",\n    .param .u64 schedule,\n    .param .u64 group_offsets"
+    } else {
+        ""
+    }
+}
+
+/// This CTA's first row m0 (%r6), row count M (%r8) and base addresses of A, B, C (%rd0-2).
+/// Batched: grid y is the row tile, grid z the batch entry. Grouped: grid y indexes the
+/// schedule of (group, row tile) pairs; group g holds rows offsets[g]..offsets[g+1] of A and C
+/// and multiplies B[g].
+fn block_origin(layout: GemmLayout) -> String {
+    let mut out = String::new();
+    if layout.grouped {
+        emit!(out, "ld.param.u64 %rd14, [schedule];");
+        emit!(out, "mov.u32 %r5, %ctaid.y;");
+        emit!(out, "mul.wide.u32 %rd15, %r5, 8;");
+        emit!(out, "add.u64 %rd14, %rd14, %rd15;");
+        emit!(
+            out,
+            "ld.global.v2.u32 {{%r5, %r6}}, [%rd14];  // group, row tile"
+        );
+        emit!(out, "shl.b32 %r6, %r6, 7;                   // m0");
+        emit!(out, "ld.param.u64 %rd14, [group_offsets];");
+        emit!(out, "mul.wide.u32 %rd15, %r5, 4;");
+        emit!(out, "add.u64 %rd14, %rd14, %rd15;");
+        emit!(
+            out,
+            "ld.global.u32 %r27, [%rd14];           // first row of the group"
+        );
+        emit!(out, "ld.global.u32 %r8, [%rd14+4];");
+        emit!(
+            out,
+            "sub.u32 %r8, %r8, %r27;                // M = rows of the group"
+        );
+        emit!(out, "ld.param.u64 %rd0, [a];");
+        emit!(out, "mul.wide.u32 %rd14, %r27, %r11;");
+        emit!(out, "shl.b64 %rd14, %rd14, 1;");
+        emit!(out, "add.u64 %rd0, %rd0, %rd14;");
+        emit!(out, "ld.param.u64 %rd2, [c];");
+        emit!(out, "mul.wide.u32 %rd14, %r27, %r13;");
+        emit!(out, "shl.b64 %rd14, %rd14, 2;");
+        emit!(out, "add.u64 %rd2, %rd2, %rd14;");
+        emit!(out, "cvt.u64.u32 %rd15, %r5;");
+        emit!(out, "ld.param.u64 %rd1, [b];");
+        emit!(out, "ld.param.u64 %rd14, [batch_stride_b];");
+        emit!(out, "mul.lo.u64 %rd14, %rd14, %rd15;");
+        emit!(out, "shl.b64 %rd14, %rd14, 1;");
+        emit!(out, "add.u64 %rd1, %rd1, %rd14;");
+        return out;
+    }
+    emit!(out, "mov.u32 %r5, %ctaid.y;");
+    emit!(
+        out,
+        "shl.b32 %r6, %r5, 7;                   // m0 = 128 * block row"
+    );
+    emit!(out, "ld.param.u32 %r8, [m];");
+    emit!(out, "mov.u32 %r5, %ctaid.z;");
+    emit!(out, "cvt.u64.u32 %rd15, %r5;");
+    for (base, param, stride, shift) in [
+        ("%rd0", "a", "batch_stride_a", 1),
+        ("%rd1", "b", "batch_stride_b", 1),
+        ("%rd2", "c", "batch_stride_c", 2),
+    ] {
+        emit!(out, "ld.param.u64 {base}, [{param}];");
+        emit!(out, "ld.param.u64 %rd14, [{stride}];");
+        emit!(out, "mul.lo.u64 %rd14, %rd14, %rd15;");
+        emit!(out, "shl.b64 %rd14, %rd14, {shift};");
+        emit!(out, "add.u64 {base}, {base}, %rd14;");
+    }
+    out
 }
 
 fn zero_accumulators() -> String {
@@ -327,6 +420,8 @@ pub fn module(template: &str) -> String {
         let operands = layout.operands();
         let entry = format!(".visible .entry{body}")
             .replace("{{NAME}}", &layout.entry())
+            .replace("{{EXTRA_PARAMS}}", extra_params(layout))
+            .replace("{{BLOCK_ORIGIN}}\n", &block_origin(layout))
             .replace("{{ZERO_ACCUMULATORS}}\n", &zero_accumulators())
             .replace("{{LANE_OFFSETS}}\n", &lane_offsets(&operands))
             .replace("{{LOAD_SLICE}}\n", &load_slice(&operands))
@@ -349,10 +444,11 @@ mod tests {
         for layout in GemmLayout::ALL {
             assert!(text.contains(&format!(".visible .entry {}(", layout.entry())));
         }
-        assert_eq!(text.matches("mma.sync.aligned").count(), 4 * 2 * 16);
+        assert_eq!(text.matches("mma.sync.aligned").count(), 6 * 2 * 16);
+        // .trans loads: A in the two tX entries (4 per k step), B in the three xN entries (2).
         assert_eq!(
             text.matches("ldmatrix.sync.aligned.m8n8.x4.trans").count(),
-            2 * 2 * (4 + 2)
+            2 * 2 * 4 + 3 * 2 * 2
         );
     }
 }

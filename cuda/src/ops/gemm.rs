@@ -180,3 +180,79 @@ pub fn gemm_f32(
         ],
     )
 }
+
+/// A grouped GEMM for mixture-of-experts layers: the rows of `x: [rows, K]` (tokens sorted by
+/// expert) fall into consecutive groups of `group_sizes`, and group g is multiplied by
+/// `weights[g]`: `[groups, N, K]` when `weights_transposed` (a linear layer's `x · Wᵀ`), else
+/// `[groups, K, N]`. Writes `out: [rows, N]` (f32). One launch for every group, whatever the
+/// sizes: the grid walks a (group, 128-row tile) schedule built here from the sizes, so empty
+/// or small groups cost nothing extra (dropless token choice).
+pub fn grouped_gemm_bf16(
+    gpu: &Gpu,
+    x: &Buffer<half::bf16>,
+    group_sizes: &[usize],
+    weights: &Buffer<half::bf16>,
+    weights_transposed: bool,
+    n: usize,
+    out: &Buffer<f32>,
+) -> Result<()> {
+    let rows: usize = group_sizes.iter().sum();
+    let groups = group_sizes.len();
+    let k = x.len() / rows.max(1);
+    check_len("grouped gemm input", x, rows * k)?;
+    check_len("grouped gemm weights", weights, groups * k * n)?;
+    check_len("grouped gemm output", out, rows * n)?;
+    let ldb = if weights_transposed { k } else { n };
+    if k % 8 != 0 || ldb % 8 != 0 {
+        return Err(CudaError::InvalidArgument(format!(
+            "grouped_gemm_bf16 needs K ({k}) and the weights' row length ({ldb}) to be \
+             multiples of 8"
+        )));
+    }
+    let mut offsets = vec![0u32; groups + 1];
+    let mut schedule = Vec::new();
+    for (g, &size) in group_sizes.iter().enumerate() {
+        offsets[g + 1] = offsets[g] + check_u32("rows", size)?;
+        for tile in 0..size.div_ceil(BF16_TILE) {
+            schedule.extend([g as u32, tile as u32]);
+        }
+    }
+    if schedule.is_empty() || n == 0 {
+        return Ok(());
+    }
+    let schedule_buffer = gpu.upload(&schedule)?;
+    let offsets_buffer = gpu.upload(&offsets)?;
+    let layout = GemmLayout::grouped(weights_transposed);
+    let config = LaunchConfig {
+        grid: (
+            n.div_ceil(BF16_TILE) as u32,
+            check_u32("row tiles", schedule.len() / 2)?,
+            1,
+        ),
+        block: (BF16_THREADS, 1, 1),
+        shared_bytes: BF16_SHARED_BYTES,
+    };
+    gpu.launch(
+        "gemm_bf16",
+        &layout.entry(),
+        config,
+        &[
+            out.into(),
+            x.into(),
+            weights.into(),
+            check_u32("rows", rows)?.into(),
+            check_u32("N", n)?.into(),
+            check_u32("K", k)?.into(),
+            check_u32("lda", k)?.into(),
+            check_u32("ldb", ldb)?.into(),
+            check_u32("ldc", n)?.into(),
+            0u64.into(),
+            ((k * n) as u64).into(),
+            0u64.into(),
+            1.0f32.into(),
+            0.0f32.into(),
+            (&schedule_buffer).into(),
+            (&offsets_buffer).into(),
+        ],
+    )
+}
