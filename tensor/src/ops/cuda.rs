@@ -712,3 +712,44 @@ pub(crate) fn adamw(
         v: f32_tensor(&gpu, next.v, shape, ordinal),
     })
 }
+
+/// All groups of a grouped matmul in one tensor-core launch (`grouped_bf16_*`), when the GPU
+/// multiplies in mixed precision and the shapes fit; `None` sends the caller to the per-group
+/// loop.
+pub(crate) fn grouped_matmul(
+    x: &Tensor,
+    group_sizes: &[usize],
+    weights: &[&Tensor],
+    transpose_weights: bool,
+) -> Result<Option<Tensor>> {
+    let op = "grouped_matmul";
+    let (gpu, xb) = dense_f32(x, op)?;
+    let (inner, first) = (x.shape()[1], weights.first().map(|w| w.shape()));
+    let out = match first {
+        Some(&[a, b]) => {
+            if transpose_weights {
+                a
+            } else {
+                b
+            }
+        }
+        _ => return Ok(None),
+    };
+    // The weights' rows must be 16-byte chunks, as must x's.
+    let weight_row = if transpose_weights { inner } else { out };
+    if !gpu.tensor_core_matmul() || inner % 8 != 0 || weight_row % 8 != 0 {
+        return Ok(None);
+    }
+    for w in weights {
+        same_device(op, x, w)?;
+    }
+    let stacked = Tensor::stack(weights, 0)?;
+    let (_, wb) = dense_f32(&stacked, op)?;
+    let x16 = ew::to_bf16(&gpu, &xb).map_err(failed(op))?;
+    let w16 = ew::to_bf16(&gpu, &wb).map_err(failed(op))?;
+    let rows = x.shape()[0];
+    let y = gpu.zeros::<f32>(rows * out).map_err(failed(op))?;
+    gemm::grouped_gemm_bf16(&gpu, &x16, group_sizes, &w16, transpose_weights, out, &y)
+        .map_err(failed(op))?;
+    Ok(Some(f32_tensor(&gpu, y, &[rows, out], ordinal(x))))
+}

@@ -283,6 +283,65 @@ fn embedding_lookup_and_topk_match_the_cpu() {
 }
 
 #[test]
+fn grouped_matmul_is_one_tensor_core_launch_or_the_exact_loop() {
+    let sizes = [9, 0, 20, 3];
+    let x = f32_cpu(&[32, 16], 50);
+    let w: Vec<Tensor> = (0..4).map(|s| f32_cpu(&[24, 16], 51 + s)).collect();
+    let refs: Vec<&Tensor> = w.iter().collect();
+    for transpose in [true, false] {
+        let ws: Vec<Tensor> = if transpose {
+            w.clone()
+        } else {
+            w.iter().map(|t| t.t().unwrap().contiguous()).collect()
+        };
+        let ws_refs: Vec<&Tensor> = if transpose {
+            refs.clone()
+        } else {
+            ws.iter().collect()
+        };
+        let expected = Tensor::grouped_matmul(&x, &sizes, &ws_refs, transpose).unwrap();
+        // cuda:0: exact f32, the per-group loop.
+        let on0: Vec<Tensor> = ws_refs.iter().map(|t| on_gpu(t)).collect();
+        let got = Tensor::grouped_matmul(
+            &on_gpu(&x),
+            &sizes,
+            &on0.iter().collect::<Vec<_>>(),
+            transpose,
+        )
+        .unwrap();
+        check(&got, &expected, 1e-5, "grouped, exact");
+        // cuda:1: mixed precision, one grouped launch; equal to the product of rounded operands.
+        ditmoe_cuda::registry::device_or_emulator(1);
+        let on1 = |t: &Tensor| t.to_device(Device::Cuda(1)).unwrap();
+        let round = |t: &Tensor| {
+            t.to_dtype(DType::BF16)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+        };
+        let w1: Vec<Tensor> = ws_refs.iter().map(|t| on1(t)).collect();
+        let got =
+            Tensor::grouped_matmul(&on1(&x), &sizes, &w1.iter().collect::<Vec<_>>(), transpose)
+                .unwrap();
+        let rounded: Vec<Tensor> = ws_refs.iter().map(|t| round(t)).collect();
+        let expected = Tensor::grouped_matmul(
+            &round(&x),
+            &sizes,
+            &rounded.iter().collect::<Vec<_>>(),
+            transpose,
+        )
+        .unwrap();
+        assert_eq!(got.device(), Device::Cuda(1));
+        assert_close(
+            &got.to_vec_f64(),
+            &expected.to_vec_f64(),
+            1e-5,
+            "grouped, bf16 tensor cores",
+        );
+    }
+}
+
+#[test]
 fn the_fused_adamw_step_matches_the_cpu() {
     let hyper = crate::ops::optim::AdamWHyper {
         lr: 1e-2,

@@ -5,6 +5,7 @@ pub mod attention;
 pub mod binary;
 pub mod create;
 pub(crate) mod cuda;
+pub mod grouped;
 pub mod index;
 pub mod matmul;
 pub mod norm;
