@@ -3,6 +3,7 @@
 //! Templated modules (the GEMM, whose tile layout is chosen per operand layout) are expanded
 //! from Rust here, once.
 
+pub mod attention;
 pub mod gemm;
 
 use std::sync::OnceLock;
@@ -32,6 +33,10 @@ pub fn catalogue() -> &'static [ModuleSource] {
             plain("index", include_str!("../../kernels/index.ptx")),
             plain("optim", include_str!("../../kernels/optim.ptx")),
             plain("gemm_f32", include_str!("../../kernels/gemm_f32.ptx")),
+            ModuleSource {
+                name: "attention".to_string(),
+                ptx: attention::module(include_str!("../../kernels/attention.ptx")),
+            },
             ModuleSource {
                 name: "gemm_bf16".to_string(),
                 ptx: gemm::module(include_str!("../../kernels/gemm_bf16.ptx")),

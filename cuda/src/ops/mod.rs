@@ -2,6 +2,7 @@
 //! and passes exactly the parameters the PTX declares. Each module pairs with a file in
 //! `cuda/kernels/` of the same name.
 
+pub mod attention;
 pub mod elementwise;
 pub mod gemm;
 pub mod index;

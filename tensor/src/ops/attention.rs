@@ -179,6 +179,15 @@ impl Tensor {
     /// module docs). Returns the output and the per-row log-sum-exp `[.., Tq]`.
     pub fn flash_attention(&self, k: &Tensor, v: &Tensor, scale: f64) -> Result<(Tensor, Tensor)> {
         let (groups, tq, tk, d) = attention_dims(self, k, v)?;
+        if self.is_cuda() {
+            if tq != tk {
+                return Err(TensorError::invalid(
+                    "flash_attention",
+                    "on a GPU, self-attention (as many keys as queries)",
+                ));
+            }
+            return crate::ops::cuda::flash_attention(self, k, v, groups, d, scale);
+        }
         let lse_shape = &self.shape()[..self.rank() - 1];
         with_float_type!(self.dtype(), "flash_attention", T => {
             let (q, k, v) = (self.values::<T>()?, k.values::<T>()?, v.values::<T>()?);

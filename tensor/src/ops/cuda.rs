@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use ditmoe_cuda::ops::attention as gpu_attention;
 use ditmoe_cuda::ops::elementwise::{self as ew, Binary, Broadcast, Unary};
 use ditmoe_cuda::ops::gemm::{self, Gemm};
 use ditmoe_cuda::ops::index as gpu_index;
@@ -752,4 +753,50 @@ pub(crate) fn grouped_matmul(
     gemm::grouped_gemm_bf16(&gpu, &x16, group_sizes, &w16, transpose_weights, out, &y)
         .map_err(failed(op))?;
     Ok(Some(f32_tensor(&gpu, y, &[rows, out], ordinal(x))))
+}
+
+/// FlashAttention-2 forward on the tensor cores (bf16 inputs, f32 accumulation): the output and
+/// the per-row log-sum-exp. Needs mixed precision on (it rounds Q, K, V and P to bf16) and a
+/// head dimension the kernel is built for; there is no GPU backward yet (issue #7).
+pub(crate) fn flash_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    head_dim: usize,
+    scale: f64,
+) -> Result<(Tensor, Tensor)> {
+    let op = "flash_attention";
+    same_device(op, q, k)?;
+    same_device(op, q, v)?;
+    let (gpu, qb) = dense_f32(q, op)?;
+    if !gpu.tensor_core_matmul() {
+        return Err(TensorError::invalid(
+            op,
+            "the fused GPU kernel computes in bf16; turn mixed precision on \
+             (Gpu::set_tensor_core_matmul) or compose attention from matmul and softmax",
+        ));
+    }
+    let (_, kb) = dense_f32(k, op)?;
+    let (_, vb) = dense_f32(v, op)?;
+    let bf16 = |b: &Buffer<f32>| ew::to_bf16(&gpu, b).map_err(failed(op));
+    let tokens = q.shape()[q.rank() - 2];
+    let out = gpu_attention::flash_attention_forward(
+        &gpu,
+        &bf16(&qb)?,
+        &bf16(&kb)?,
+        &bf16(&vb)?,
+        gpu_attention::AttentionShape {
+            heads,
+            tokens,
+            head_dim,
+        },
+        scale as f32,
+    )
+    .map_err(failed(op))?;
+    let ordinal = ordinal(q);
+    Ok((
+        f32_tensor(&gpu, out.out, q.shape(), ordinal),
+        f32_tensor(&gpu, out.lse, &q.shape()[..q.rank() - 1], ordinal),
+    ))
 }

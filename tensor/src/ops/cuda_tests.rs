@@ -342,6 +342,46 @@ fn grouped_matmul_is_one_tensor_core_launch_or_the_exact_loop() {
 }
 
 #[test]
+fn flash_attention_runs_the_fused_kernel_in_mixed_precision() {
+    let (q, k, v) = (
+        f32_cpu(&[2, 3, 40, 32], 60),
+        f32_cpu(&[2, 3, 40, 32], 61),
+        f32_cpu(&[2, 3, 40, 32], 62),
+    );
+    let scale = 32f64.powf(-0.5);
+    let round = |t: &Tensor| {
+        t.to_dtype(DType::BF16)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+    };
+    let (expected, expected_lse) = round(&q)
+        .flash_attention(&round(&k), &round(&v), scale)
+        .unwrap();
+    ditmoe_cuda::registry::device_or_emulator(1);
+    let on1 = |t: &Tensor| t.to_device(Device::Cuda(1)).unwrap();
+    let (out, lse) = on1(&q).flash_attention(&on1(&k), &on1(&v), scale).unwrap();
+    assert_eq!(out.device(), Device::Cuda(1));
+    assert_close(
+        &out.to_vec_f64(),
+        &expected.to_vec_f64(),
+        2e-2,
+        "O (P in bf16)",
+    );
+    assert_close(
+        &lse.to_vec_f64(),
+        &expected_lse.to_vec_f64(),
+        1e-4,
+        "log-sum-exp",
+    );
+    // cuda:0 multiplies in exact f32: the bf16 kernel is refused with the reason.
+    let err = on_gpu(&q)
+        .flash_attention(&on_gpu(&k), &on_gpu(&v), scale)
+        .unwrap_err();
+    assert!(err.to_string().contains("mixed precision"), "{err}");
+}
+
+#[test]
 fn the_fused_adamw_step_matches_the_cpu() {
     let hyper = crate::ops::optim::AdamWHyper {
         lr: 1e-2,

@@ -1,0 +1,375 @@
+//! Expands the `kernels/attention.ptx` template (FlashAttention-2 forward) for one head
+//! dimension D: the tile loads, the ldmatrix addresses and the unrolled mma / online-softmax
+//! sequences, whose register names must be spelled out.
+
+use std::fmt::Write;
+
+/// Query rows and keys per tile.
+const TILE: u32 = 64;
+
+/// The head dimensions the kernel is built for.
+pub const HEAD_DIMS: [u32; 4] = [16, 32, 64, 128];
+
+/// The entry of head dimension `d`.
+pub fn entry(d: u32) -> String {
+    format!("flash_forward_d{d}")
+}
+
+/// Bytes of one shared row: D bf16 values plus 16 bytes of padding (so the 8 rows an ldmatrix
+/// reads start in different banks).
+fn stride(d: u32) -> u32 {
+    d * 2 + 16
+}
+
+macro_rules! emit {
+    ($out:expr, $($arg:tt)*) => {{
+        let _ = write!($out, "    ");
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
+
+/// cp.async of rows `%r9 .. %r9 + 64` of the [T, D] matrix at `base` into the shared tile at
+/// byte `offset`: 8·D chunks of 16 bytes, D/16 per thread; rows past T are zero-filled.
+fn load_tile(d: u32, base: &str, offset: u32) -> String {
+    let mut out = String::new();
+    let chunks_per_row = d / 8;
+    for j in 0..d / 16 {
+        emit!(out, "add.u32 %r10, %r0, {};", 128 * j);
+        emit!(
+            out,
+            "shr.u32 %r11, %r10, {};",
+            chunks_per_row.trailing_zeros()
+        );
+        emit!(out, "and.b32 %r12, %r10, {};", chunks_per_row - 1);
+        emit!(out, "add.u32 %r13, %r9, %r11;");
+        emit!(out, "setp.lt.u32 %p1, %r13, %r7;");
+        emit!(out, "mul.wide.u32 %rd8, %r13, {d};");
+        emit!(out, "shl.b32 %r14, %r12, 3;");
+        emit!(out, "cvt.u64.u32 %rd9, %r14;");
+        emit!(out, "add.u64 %rd8, %rd8, %rd9;");
+        emit!(out, "shl.b64 %rd8, %rd8, 1;");
+        emit!(out, "add.u64 %rd8, %rd8, {base};");
+        emit!(out, "@!%p1 mov.u64 %rd8, {base};");
+        emit!(out, "selp.u32 %r15, 16, 0, %p1;");
+        emit!(out, "mul.lo.u32 %r16, %r11, {};", stride(d));
+        emit!(out, "shl.b32 %r17, %r12, 4;");
+        emit!(out, "add.u32 %r16, %r16, %r17;");
+        emit!(out, "add.u32 %r16, %r16, %r8;");
+        if offset > 0 {
+            emit!(out, "add.u32 %r16, %r16, {offset};");
+        }
+        emit!(out, "cp.async.cg.shared.global [%r16], [%rd8], 16, %r15;");
+    }
+    out
+}
+
+/// Q's A fragments: lane l addresses row 16·warp + l % 16, columns 8·(l / 16) of each k16 step.
+fn q_fragments(d: u32) -> String {
+    let mut out = String::new();
+    emit!(out, "shl.b32 %r18, %r1, 4;");
+    emit!(out, "and.b32 %r19, %r2, 15;");
+    emit!(out, "add.u32 %r18, %r18, %r19;");
+    emit!(out, "mul.lo.u32 %r18, %r18, {};", stride(d));
+    emit!(out, "shr.u32 %r19, %r2, 4;");
+    emit!(out, "shl.b32 %r19, %r19, 4;");
+    emit!(out, "add.u32 %r18, %r18, %r19;");
+    emit!(out, "add.u32 %r18, %r18, %r8;");
+    for kc in 0..d / 16 {
+        emit!(out, "add.u32 %r19, %r18, {};", kc * 32);
+        emit!(
+            out,
+            "ldmatrix.sync.aligned.m8n8.x4.shared.b16 {{%qa{}, %qa{}, %qa{}, %qa{}}}, [%r19];",
+            4 * kc,
+            4 * kc + 1,
+            4 * kc + 2,
+            4 * kc + 3
+        );
+    }
+    out
+}
+
+fn mma(out: &mut String, d: [String; 4], a: [String; 4], b: [&str; 2]) {
+    emit!(
+        out,
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {{{}, {}, {}, {}}}, {{{}, {}, {}, {}}}, {{{}, {}}}, {{{}, {}, {}, {}}};",
+        d[0], d[1], d[2], d[3], a[0], a[1], a[2], a[3], b[0], b[1], d[0], d[1], d[2], d[3]
+    );
+}
+
+fn regs(prefix: &str, first: u32) -> [String; 4] {
+    [0, 1, 2, 3].map(|i| format!("%{prefix}{}", first + i))
+}
+
+/// S = Q·Kᵀ for the 64 keys of the tile: 8 n8 tiles (S tile j in %s4j..%s4j+3). K is the
+/// K-contiguous B operand: lanes address key rows (l % 8) + 8·(l / 16), columns 8·((l / 8) % 2).
+fn scores(d: u32) -> String {
+    let mut out = String::new();
+    for i in 0..32 {
+        emit!(out, "mov.f32 %s{i}, 0f00000000;");
+    }
+    emit!(out, "and.b32 %r20, %r2, 7;");
+    emit!(out, "shr.u32 %r21, %r2, 4;");
+    emit!(out, "shl.b32 %r21, %r21, 3;");
+    emit!(out, "add.u32 %r20, %r20, %r21;");
+    emit!(out, "mul.lo.u32 %r20, %r20, {};", stride(d));
+    emit!(out, "shr.u32 %r21, %r2, 3;");
+    emit!(out, "and.b32 %r21, %r21, 1;");
+    emit!(out, "shl.b32 %r21, %r21, 4;");
+    emit!(out, "add.u32 %r20, %r20, %r21;");
+    emit!(out, "add.u32 %r20, %r20, %r8;");
+    for p in 0..4 {
+        for kc in 0..d / 16 {
+            emit!(out, "add.u32 %r21, %r20, {};", p * 16 * stride(d) + kc * 32);
+            emit!(
+                out,
+                "ldmatrix.sync.aligned.m8n8.x4.shared.b16 {{%kb0, %kb1, %kb2, %kb3}}, [%r21];"
+            );
+            mma(
+                &mut out,
+                regs("s", 8 * p),
+                regs("qa", 4 * kc),
+                ["%kb0", "%kb1"],
+            );
+            mma(
+                &mut out,
+                regs("s", 8 * p + 4),
+                regs("qa", 4 * kc),
+                ["%kb2", "%kb3"],
+            );
+        }
+    }
+    out
+}
+
+/// The online softmax of one tile: mask, scale, running max, rescale l and O, P = ex2(S − m),
+/// and P packed into bf16 A fragments (%pa).
+fn softmax(d: u32) -> String {
+    let mut out = String::new();
+    for j in 0..8 {
+        for e in 0..4 {
+            let s = format!("%s{}", 4 * j + e);
+            emit!(out, "add.u32 %r23, %r9, {};", j * 8 + (e & 1));
+            emit!(out, "add.u32 %r23, %r23, %r4;");
+            emit!(out, "setp.ge.u32 %p2, %r23, %r7;");
+            emit!(out, "mul.f32 {s}, {s}, %f0;");
+            emit!(out, "@%p2 mov.f32 {s}, 0fFF800000;");
+        }
+    }
+    // Row maxima of this lane's values, then across the 4 lanes that share each row.
+    emit!(out, "max.f32 %f5, %s0, %s1;");
+    emit!(out, "max.f32 %f6, %s2, %s3;");
+    for j in 1..8 {
+        emit!(out, "max.f32 %f5, %f5, %s{};", 4 * j);
+        emit!(out, "max.f32 %f5, %f5, %s{};", 4 * j + 1);
+        emit!(out, "max.f32 %f6, %f6, %s{};", 4 * j + 2);
+        emit!(out, "max.f32 %f6, %f6, %s{};", 4 * j + 3);
+    }
+    for lane_mask in [1, 2] {
+        emit!(out, "shfl.sync.bfly.b32 %f7, %f5, {lane_mask}, 31, -1;");
+        emit!(out, "max.f32 %f5, %f5, %f7;");
+        emit!(out, "shfl.sync.bfly.b32 %f7, %f6, {lane_mask}, 31, -1;");
+        emit!(out, "max.f32 %f6, %f6, %f7;");
+    }
+    emit!(out, "max.f32 %f5, %f5, %f1;                // new m, row g");
+    emit!(
+        out,
+        "max.f32 %f6, %f6, %f2;                // new m, row g + 8"
+    );
+    emit!(out, "sub.f32 %f7, %f1, %f5;");
+    emit!(
+        out,
+        "ex2.approx.f32 %f7, %f7;               // rescale of row g"
+    );
+    emit!(out, "sub.f32 %f8, %f2, %f6;");
+    emit!(
+        out,
+        "ex2.approx.f32 %f8, %f8;               // rescale of row g + 8"
+    );
+    emit!(out, "mov.f32 %f1, %f5;");
+    emit!(out, "mov.f32 %f2, %f6;");
+    emit!(out, "mul.f32 %f3, %f3, %f7;");
+    emit!(out, "mul.f32 %f4, %f4, %f8;");
+    for j in 0..8 {
+        for e in 0..4 {
+            let s = format!("%s{}", 4 * j + e);
+            let (m, l) = if e < 2 {
+                ("%f5", "%f3")
+            } else {
+                ("%f6", "%f4")
+            };
+            emit!(out, "sub.f32 {s}, {s}, {m};");
+            emit!(out, "ex2.approx.f32 {s}, {s};");
+            emit!(out, "add.f32 {l}, {l}, {s};");
+        }
+    }
+    for jd in 0..d / 8 {
+        for e in 0..4 {
+            let alpha = if e < 2 { "%f7" } else { "%f8" };
+            emit!(out, "mul.f32 %acc{0}, %acc{0}, {alpha};", 4 * jd + e);
+        }
+    }
+    // Two n8 tiles of P (keys 16c..16c+15) are one k16 A fragment.
+    for c in 0..4 {
+        let s = 8 * c;
+        emit!(out, "cvt.rn.bf16x2.f32 %pa{}, %s{}, %s{};", 4 * c, s + 1, s);
+        emit!(
+            out,
+            "cvt.rn.bf16x2.f32 %pa{}, %s{}, %s{};",
+            4 * c + 1,
+            s + 3,
+            s + 2
+        );
+        emit!(
+            out,
+            "cvt.rn.bf16x2.f32 %pa{}, %s{}, %s{};",
+            4 * c + 2,
+            s + 5,
+            s + 4
+        );
+        emit!(
+            out,
+            "cvt.rn.bf16x2.f32 %pa{}, %s{}, %s{};",
+            4 * c + 3,
+            s + 7,
+            s + 6
+        );
+    }
+    out
+}
+
+/// O += P·V: V is the N-contiguous B operand (ldmatrix.trans): lanes address key rows
+/// (l % 8) + 8·((l / 8) % 2), columns 8·(l / 16).
+fn pv(d: u32) -> String {
+    let mut out = String::new();
+    let v_tile = TILE * stride(d);
+    emit!(out, "and.b32 %r24, %r2, 7;");
+    emit!(out, "shr.u32 %r25, %r2, 3;");
+    emit!(out, "and.b32 %r25, %r25, 1;");
+    emit!(out, "shl.b32 %r25, %r25, 3;");
+    emit!(out, "add.u32 %r24, %r24, %r25;");
+    emit!(out, "mul.lo.u32 %r24, %r24, {};", stride(d));
+    emit!(out, "shr.u32 %r25, %r2, 4;");
+    emit!(out, "shl.b32 %r25, %r25, 4;");
+    emit!(out, "add.u32 %r24, %r24, %r25;");
+    emit!(out, "add.u32 %r24, %r24, %r8;");
+    emit!(out, "add.u32 %r24, %r24, {v_tile};");
+    for c in 0..4 {
+        for dp in 0..d / 16 {
+            emit!(out, "add.u32 %r25, %r24, {};", c * 16 * stride(d) + dp * 32);
+            emit!(
+                out,
+                "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {{%kb0, %kb1, %kb2, %kb3}}, [%r25];"
+            );
+            mma(
+                &mut out,
+                regs("acc", 8 * dp),
+                regs("pa", 4 * c),
+                ["%kb0", "%kb1"],
+            );
+            mma(
+                &mut out,
+                regs("acc", 8 * dp + 4),
+                regs("pa", 4 * c),
+                ["%kb2", "%kb3"],
+            );
+        }
+    }
+    out
+}
+
+/// O /= l, stores O and the log-sum-exp of the rows below T.
+fn finish(d: u32) -> String {
+    let mut out = String::new();
+    for lane_mask in [1, 2] {
+        emit!(out, "shfl.sync.bfly.b32 %f7, %f3, {lane_mask}, 31, -1;");
+        emit!(out, "add.f32 %f3, %f3, %f7;");
+        emit!(out, "shfl.sync.bfly.b32 %f7, %f4, {lane_mask}, 31, -1;");
+        emit!(out, "add.f32 %f4, %f4, %f7;");
+    }
+    emit!(out, "rcp.rn.f32 %f9, %f3;");
+    emit!(out, "rcp.rn.f32 %f10, %f4;");
+    emit!(out, "shl.b32 %r26, %r1, 4;");
+    emit!(out, "add.u32 %r26, %r26, %r5;");
+    emit!(out, "add.u32 %r26, %r26, %r3;                // row g");
+    emit!(out, "add.u32 %r27, %r26, 8;                 // row g + 8");
+    emit!(out, "setp.lt.u32 %p3, %r26, %r7;");
+    emit!(out, "setp.lt.u32 %p4, %r27, %r7;");
+    for (row, pred, first, inv) in [("%r26", "%p3", 0, "%f9"), ("%r27", "%p4", 2, "%f10")] {
+        emit!(out, "mul.wide.u32 %rd10, {row}, {d};");
+        for jd in 0..d / 8 {
+            let (a, b) = (4 * jd + first, 4 * jd + first + 1);
+            emit!(out, "mul.f32 %acc{a}, %acc{a}, {inv};");
+            emit!(out, "mul.f32 %acc{b}, %acc{b}, {inv};");
+            emit!(out, "add.u32 %r28, %r4, {};", jd * 8);
+            emit!(out, "cvt.u64.u32 %rd11, %r28;");
+            emit!(out, "add.u64 %rd11, %rd11, %rd10;");
+            emit!(out, "shl.b64 %rd11, %rd11, 2;");
+            emit!(out, "add.u64 %rd11, %rd11, %rd3;");
+            emit!(
+                out,
+                "@{pred} st.global.v2.f32 [%rd11], {{%acc{a}, %acc{b}}};"
+            );
+        }
+    }
+    // The log-sum-exp (natural log), written by the first lane of each row's quad.
+    emit!(out, "setp.eq.u32 %p5, %r4, 0;");
+    for (row, pred, m, l) in [("%r26", "%p3", "%f1", "%f3"), ("%r27", "%p4", "%f2", "%f4")] {
+        emit!(out, "lg2.approx.f32 %f11, {l};");
+        emit!(out, "add.f32 %f11, %f11, {m};");
+        emit!(out, "mul.f32 %f11, %f11, 0f3F317218;");
+        emit!(out, "and.pred %p6, %p5, {pred};");
+        emit!(out, "mul.wide.u32 %rd12, {row}, 4;");
+        emit!(out, "add.u64 %rd12, %rd12, %rd4;");
+        emit!(out, "@%p6 st.global.f32 [%rd12], %f11;");
+    }
+    out
+}
+
+/// The module: one entry per head dimension in [`HEAD_DIMS`].
+pub fn module(template: &str) -> String {
+    let (header, body) = template
+        .split_once(".visible .entry")
+        .expect("the attention template has an entry");
+    let mut module = header.to_string();
+    for d in HEAD_DIMS {
+        let zero_acc: String = (0..d / 2)
+            .map(|i| format!("    mov.f32 %acc{i}, 0f00000000;\n"))
+            .collect();
+        let load_kv = load_tile(d, "%rd1", 0) + &load_tile(d, "%rd2", TILE * stride(d));
+        let entry = format!(".visible .entry{body}")
+            .replace("{{NAME}}", &entry(d))
+            .replace("{{D}}", &d.to_string())
+            .replace("{{ACC_REGS}}", &(d / 2).to_string())
+            .replace("{{Q_REGS}}", &(d / 4).to_string())
+            .replace("{{SHARED_BYTES}}", &(2 * TILE * stride(d)).to_string())
+            .replace("{{LOAD_Q}}\n", &load_tile(d, "%rd0", 0))
+            .replace("{{Q_FRAGMENTS}}\n", &q_fragments(d))
+            .replace("{{ZERO_ACC}}\n", &zero_acc)
+            .replace("{{LOAD_KV}}\n", &load_kv)
+            .replace("{{SCORES}}\n", &scores(d))
+            .replace("{{SOFTMAX}}\n", &softmax(d))
+            .replace("{{PV}}\n", &pv(d))
+            .replace("{{FINISH}}\n", &finish(d));
+        module.push_str(&entry);
+        module.push('\n');
+    }
+    module
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_placeholder_is_expanded_for_every_head_dim() {
+        let text = module(include_str!("../../kernels/attention.ptx"));
+        let body = text.split_once(".visible").unwrap().1;
+        assert!(!body.contains("{{"), "an unexpanded placeholder remains");
+        for d in HEAD_DIMS {
+            assert!(text.contains(&format!(".visible .entry {}(", entry(d))));
+        }
+        // Per head dim: S = 4 pairs × D/16 steps × 2, O = 4 × D/16 × 2 mma.
+        let expected: u32 = HEAD_DIMS.iter().map(|d| 16 * d / 16).sum();
+        assert_eq!(text.matches("mma.sync.aligned").count() as u32, expected);
+    }
+}

@@ -1,0 +1,87 @@
+//! `kernels/attention.ptx` (FlashAttention-2 forward) against the CPU attention.
+
+mod common;
+
+use common::{gpus, random, values};
+use ditmoe_cuda::ops::attention::{flash_attention_forward, AttentionShape};
+use ditmoe_tensor::{DType, Tensor};
+use half::bf16;
+
+#[test]
+fn flash_forward_matches_the_cpu_attention() {
+    // (heads, tokens, head dim): partial query and key tiles, one and several key tiles.
+    for (heads, tokens, d) in [(2, 37, 16), (1, 130, 32), (1, 70, 64), (1, 65, 128)] {
+        let n = heads * tokens * d;
+        let round = |v: Vec<f32>| -> Vec<f32> {
+            v.into_iter().map(|x| bf16::from_f32(x).to_f32()).collect()
+        };
+        let (q, k, v) = (
+            round(random(n, -2.0, 2.0, 1)),
+            round(random(n, -2.0, 2.0, 2)),
+            round(random(n, -1.0, 1.0, 3)),
+        );
+        let scale = (d as f64).powf(-0.5);
+        let t = |x: &[f32]| {
+            Tensor::from_slice(x, &[heads, tokens, d])
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap()
+        };
+        let (expected, expected_lse) = t(&q).flash_attention(&t(&k), &t(&v), scale).unwrap();
+        let (expected, expected_lse) = (values(&expected), values(&expected_lse));
+        let to_bf16 = |x: &[f32]| -> Vec<bf16> { x.iter().map(|&v| bf16::from_f32(v)).collect() };
+        for gpu in gpus() {
+            let got = flash_attention_forward(
+                &gpu,
+                &gpu.upload(&to_bf16(&q)).unwrap(),
+                &gpu.upload(&to_bf16(&k)).unwrap(),
+                &gpu.upload(&to_bf16(&v)).unwrap(),
+                AttentionShape {
+                    heads,
+                    tokens,
+                    head_dim: d,
+                },
+                scale as f32,
+            )
+            .unwrap();
+            let (out, lse) = (
+                gpu.download(&got.out).unwrap(),
+                gpu.download(&got.lse).unwrap(),
+            );
+            // P is rounded to bf16 before P·V (as in FlashAttention): ~3 significant digits.
+            let worst = out
+                .iter()
+                .zip(&expected)
+                .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(
+                worst < 1e-2,
+                "O differs by {worst} (T={tokens}, D={d}) on {}",
+                gpu.name()
+            );
+            let worst = lse
+                .iter()
+                .zip(&expected_lse)
+                .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(
+                worst < 1e-4,
+                "LSE differs by {worst} (T={tokens}, D={d}) on {}",
+                gpu.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn unsupported_head_dims_are_refused() {
+    let gpu = ditmoe_cuda::Gpu::emulator();
+    let x = gpu.zeros::<bf16>(24).unwrap();
+    let shape = AttentionShape {
+        heads: 1,
+        tokens: 1,
+        head_dim: 24,
+    };
+    let err = flash_attention_forward(&gpu, &x, &x, &x, shape, 1.0)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("head dims"), "{err}");
+}
