@@ -53,6 +53,7 @@ cargo build --release -p ditmoe-experiments --bin ditmoe
 install target/release/ditmoe "$bundle/bin/ditmoe"
 mkdir -p "$bundle/configs"
 cp experiments/configs/*.toml "$bundle/configs/"
+cp benches/gpu/sdpa.py "$bundle/"
 
 cat > "$bundle/run.sh" <<'RUN'
 #!/usr/bin/env bash
@@ -126,6 +127,13 @@ for bench in "$here"/bin/bench-*; do
         echo "ran: $name (see $name.log)" | tee -a "$logs/summary.txt"
     fi
 done
+# PyTorch baselines at the same shapes (SDPA attention, cuBLAS through torch.matmul).
+if python3 -c "import torch; assert torch.cuda.is_available()" 2> /dev/null; then
+    python3 "$here/sdpa.py" > "$logs/pytorch-baselines.log" 2>&1 || status=1
+    echo "ran: PyTorch baselines (see pytorch-baselines.log)" | tee -a "$logs/summary.txt"
+else
+    echo "PyTorch with CUDA not found: PyTorch baselines skipped" | tee -a "$logs/summary.txt"
+fi
 exit "$status"
 RUN
 chmod +x "$bundle/run.sh"

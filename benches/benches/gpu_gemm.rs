@@ -2,7 +2,8 @@
 //! square sizes 1024³–8192³ and at the FFN shapes of DiT-MoE-S/B (16384 tokens), plus our SIMT
 //! f32 fallback at the small sizes; and the grouped expert GEMM (`grouped_gemm_bf16`, 8 and 16
 //! experts, balanced and skewed groups) against a per-expert loop of cuBLAS calls and one dense
-//! cuBLAS GEMM of equal FLOPs. Throughput is in FLOP/s (2·M·N·K per product).
+//! cuBLAS GEMM of equal FLOPs; and the FlashAttention-2 forward at S = 1024–8192. Throughput is
+//! in FLOP/s (2·M·N·K per product, 4·heads·S²·d per attention forward).
 //!
 //! The cuBLAS baseline is its bf16 GEMM (f32 compute, bf16 output — what PyTorch calls for a
 //! bf16 matmul); ours writes f32, a little more traffic. Without a GPU this prints why and
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm as _, GemmConfig};
+use ditmoe_cuda::ops::attention::{flash_attention_forward, AttentionShape};
 use ditmoe_cuda::ops::gemm::{gemm_bf16, gemm_f32, grouped_gemm_bf16, Gemm};
 use ditmoe_cuda::Gpu;
 use half::bf16;
@@ -225,5 +227,48 @@ fn bench_grouped(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_gemm, bench_grouped);
+/// Our FlashAttention-2 forward at sequence lengths 1024–8192, head dims 64 and 128, 16 heads
+/// (batch × heads), bf16. Throughput counts the standard 4·heads·S²·d FLOPs; PyTorch's
+/// `scaled_dot_product_attention` at the same shapes is `benches/gpu/sdpa.py`.
+fn bench_attention(c: &mut Criterion) {
+    let Ok(gpu) = Gpu::new(0) else {
+        return;
+    };
+    let heads = 16;
+    let mut group = c.benchmark_group("gpu_attention_forward");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(3));
+    for head_dim in [64, 128] {
+        for tokens in [1024, 2048, 4096, 8192] {
+            let n = heads * tokens * head_dim;
+            let (q, k, v) = (
+                gpu.upload(&filled(n, 5)).unwrap(),
+                gpu.upload(&filled(n, 6)).unwrap(),
+                gpu.upload(&filled(n, 7)).unwrap(),
+            );
+            let shape = AttentionShape {
+                heads,
+                tokens,
+                head_dim,
+            };
+            let scale = (head_dim as f32).powf(-0.5);
+            group.throughput(Throughput::Elements(
+                (4 * heads * tokens * tokens * head_dim) as u64,
+            ));
+            group.bench_function(
+                BenchmarkId::new(format!("ours_d{head_dim}"), tokens),
+                |bench| {
+                    bench.iter(|| {
+                        flash_attention_forward(&gpu, &q, &k, &v, shape, scale).unwrap();
+                        gpu.synchronize().unwrap();
+                    })
+                },
+            );
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_gemm, bench_grouped, bench_attention);
 criterion_main!(benches);
