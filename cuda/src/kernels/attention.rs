@@ -63,8 +63,9 @@ fn load_tile(d: u32, base: &str, offset: u32) -> String {
     out
 }
 
-/// Q's A fragments: lane l addresses row 16·warp + l % 16, columns 8·(l / 16) of each k16 step.
-fn q_fragments(d: u32) -> String {
+/// A fragments (registers `%{prefix}0..`) of the 64-row shared tile at `offset`: this warp's 16
+/// rows, every k16 step of D; lane l addresses row 16·warp + l % 16, columns 8·(l / 16).
+fn a_fragments(d: u32, prefix: &str, offset: u32) -> String {
     let mut out = String::new();
     emit!(out, "shl.b32 %r18, %r1, 4;");
     emit!(out, "and.b32 %r19, %r2, 15;");
@@ -75,10 +76,10 @@ fn q_fragments(d: u32) -> String {
     emit!(out, "add.u32 %r18, %r18, %r19;");
     emit!(out, "add.u32 %r18, %r18, %r8;");
     for kc in 0..d / 16 {
-        emit!(out, "add.u32 %r19, %r18, {};", kc * 32);
+        emit!(out, "add.u32 %r19, %r18, {};", offset + kc * 32);
         emit!(
             out,
-            "ldmatrix.sync.aligned.m8n8.x4.shared.b16 {{%qa{}, %qa{}, %qa{}, %qa{}}}, [%r19];",
+            "ldmatrix.sync.aligned.m8n8.x4.shared.b16 {{%{prefix}{}, %{prefix}{}, %{prefix}{}, %{prefix}{}}}, [%r19];",
             4 * kc,
             4 * kc + 1,
             4 * kc + 2,
@@ -100,13 +101,11 @@ fn regs(prefix: &str, first: u32) -> [String; 4] {
     [0, 1, 2, 3].map(|i| format!("%{prefix}{}", first + i))
 }
 
-/// S = Q·Kᵀ for the 64 keys of the tile: 8 n8 tiles (S tile j in %s4j..%s4j+3). K is the
-/// K-contiguous B operand: lanes address key rows (l % 8) + 8·(l / 16), columns 8·((l / 8) % 2).
-fn scores(d: u32) -> String {
+/// `%{acc}` (16 rows × 64 columns, tile j in `%{acc}4j..4j+3`) += `%{a}` (16 × D A fragments) ·
+/// Tᵀ, for the 64-row shared tile T at `offset` read as the K-contiguous B operand: lanes
+/// address rows (l % 8) + 8·(l / 16), columns 8·((l / 8) % 2).
+fn product_transposed_tile(d: u32, acc: &str, a: &str, offset: u32) -> String {
     let mut out = String::new();
-    for i in 0..32 {
-        emit!(out, "mov.f32 %s{i}, 0f00000000;");
-    }
     emit!(out, "and.b32 %r20, %r2, 7;");
     emit!(out, "shr.u32 %r21, %r2, 4;");
     emit!(out, "shl.b32 %r21, %r21, 3;");
@@ -119,22 +118,95 @@ fn scores(d: u32) -> String {
     emit!(out, "add.u32 %r20, %r20, %r8;");
     for p in 0..4 {
         for kc in 0..d / 16 {
-            emit!(out, "add.u32 %r21, %r20, {};", p * 16 * stride(d) + kc * 32);
+            emit!(
+                out,
+                "add.u32 %r21, %r20, {};",
+                offset + p * 16 * stride(d) + kc * 32
+            );
             emit!(
                 out,
                 "ldmatrix.sync.aligned.m8n8.x4.shared.b16 {{%kb0, %kb1, %kb2, %kb3}}, [%r21];"
             );
             mma(
                 &mut out,
-                regs("s", 8 * p),
-                regs("qa", 4 * kc),
+                regs(acc, 8 * p),
+                regs(a, 4 * kc),
                 ["%kb0", "%kb1"],
             );
             mma(
                 &mut out,
-                regs("s", 8 * p + 4),
-                regs("qa", 4 * kc),
+                regs(acc, 8 * p + 4),
+                regs(a, 4 * kc),
                 ["%kb2", "%kb3"],
+            );
+        }
+    }
+    out
+}
+
+/// `%{acc}` (16 rows × D) += `%{a}` (16 × 64 A fragments, as packed from a 16 × 64 tile of
+/// C fragments) · T, for the 64-row shared tile T at `offset` read as the N-contiguous B
+/// operand (ldmatrix.trans): lanes address rows (l % 8) + 8·((l / 8) % 2), columns 8·(l / 16).
+fn product_tile(d: u32, acc: &str, a: &str, offset: u32) -> String {
+    let mut out = String::new();
+    emit!(out, "and.b32 %r24, %r2, 7;");
+    emit!(out, "shr.u32 %r25, %r2, 3;");
+    emit!(out, "and.b32 %r25, %r25, 1;");
+    emit!(out, "shl.b32 %r25, %r25, 3;");
+    emit!(out, "add.u32 %r24, %r24, %r25;");
+    emit!(out, "mul.lo.u32 %r24, %r24, {};", stride(d));
+    emit!(out, "shr.u32 %r25, %r2, 4;");
+    emit!(out, "shl.b32 %r25, %r25, 4;");
+    emit!(out, "add.u32 %r24, %r24, %r25;");
+    emit!(out, "add.u32 %r24, %r24, %r8;");
+    for c in 0..4 {
+        for dp in 0..d / 16 {
+            emit!(
+                out,
+                "add.u32 %r25, %r24, {};",
+                offset + c * 16 * stride(d) + dp * 32
+            );
+            emit!(
+                out,
+                "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {{%kb0, %kb1, %kb2, %kb3}}, [%r25];"
+            );
+            mma(
+                &mut out,
+                regs(acc, 8 * dp),
+                regs(a, 4 * c),
+                ["%kb0", "%kb1"],
+            );
+            mma(
+                &mut out,
+                regs(acc, 8 * dp + 4),
+                regs(a, 4 * c),
+                ["%kb2", "%kb3"],
+            );
+        }
+    }
+    out
+}
+
+/// `%{prefix}0..31` = 0.
+fn zero(prefix: &str, count: u32) -> String {
+    (0..count)
+        .map(|i| format!("    mov.f32 %{prefix}{i}, 0f00000000;\n"))
+        .collect()
+}
+
+/// Packs a 16 × 64 tile of C fragments (`%{from}`) into bf16 A fragments (`%{to}`): two n8
+/// tiles (columns 16c..16c+15) are one k16 A fragment.
+fn pack_a(from: &str, to: &str) -> String {
+    let mut out = String::new();
+    for c in 0..4 {
+        let s = 8 * c;
+        for (reg, hi, lo) in [(0, 1, 0), (1, 3, 2), (2, 5, 4), (3, 7, 6)] {
+            emit!(
+                out,
+                "cvt.rn.bf16x2.f32 %{to}{}, %{from}{}, %{from}{};",
+                4 * c + reg,
+                s + hi,
+                s + lo
             );
         }
     }
@@ -208,72 +280,7 @@ fn softmax(d: u32) -> String {
             emit!(out, "mul.f32 %acc{0}, %acc{0}, {alpha};", 4 * jd + e);
         }
     }
-    // Two n8 tiles of P (keys 16c..16c+15) are one k16 A fragment.
-    for c in 0..4 {
-        let s = 8 * c;
-        emit!(out, "cvt.rn.bf16x2.f32 %pa{}, %s{}, %s{};", 4 * c, s + 1, s);
-        emit!(
-            out,
-            "cvt.rn.bf16x2.f32 %pa{}, %s{}, %s{};",
-            4 * c + 1,
-            s + 3,
-            s + 2
-        );
-        emit!(
-            out,
-            "cvt.rn.bf16x2.f32 %pa{}, %s{}, %s{};",
-            4 * c + 2,
-            s + 5,
-            s + 4
-        );
-        emit!(
-            out,
-            "cvt.rn.bf16x2.f32 %pa{}, %s{}, %s{};",
-            4 * c + 3,
-            s + 7,
-            s + 6
-        );
-    }
-    out
-}
-
-/// O += P·V: V is the N-contiguous B operand (ldmatrix.trans): lanes address key rows
-/// (l % 8) + 8·((l / 8) % 2), columns 8·(l / 16).
-fn pv(d: u32) -> String {
-    let mut out = String::new();
-    let v_tile = TILE * stride(d);
-    emit!(out, "and.b32 %r24, %r2, 7;");
-    emit!(out, "shr.u32 %r25, %r2, 3;");
-    emit!(out, "and.b32 %r25, %r25, 1;");
-    emit!(out, "shl.b32 %r25, %r25, 3;");
-    emit!(out, "add.u32 %r24, %r24, %r25;");
-    emit!(out, "mul.lo.u32 %r24, %r24, {};", stride(d));
-    emit!(out, "shr.u32 %r25, %r2, 4;");
-    emit!(out, "shl.b32 %r25, %r25, 4;");
-    emit!(out, "add.u32 %r24, %r24, %r25;");
-    emit!(out, "add.u32 %r24, %r24, %r8;");
-    emit!(out, "add.u32 %r24, %r24, {v_tile};");
-    for c in 0..4 {
-        for dp in 0..d / 16 {
-            emit!(out, "add.u32 %r25, %r24, {};", c * 16 * stride(d) + dp * 32);
-            emit!(
-                out,
-                "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {{%kb0, %kb1, %kb2, %kb3}}, [%r25];"
-            );
-            mma(
-                &mut out,
-                regs("acc", 8 * dp),
-                regs("pa", 4 * c),
-                ["%kb0", "%kb1"],
-            );
-            mma(
-                &mut out,
-                regs("acc", 8 * dp + 4),
-                regs("pa", 4 * c),
-                ["%kb2", "%kb3"],
-            );
-        }
-    }
+    out.push_str(&pack_a("s", "pa"));
     out
 }
 
@@ -332,9 +339,6 @@ pub fn module(template: &str) -> String {
         .expect("the attention template has an entry");
     let mut module = header.to_string();
     for d in HEAD_DIMS {
-        let zero_acc: String = (0..d / 2)
-            .map(|i| format!("    mov.f32 %acc{i}, 0f00000000;\n"))
-            .collect();
         let load_kv = load_tile(d, "%rd1", 0) + &load_tile(d, "%rd2", TILE * stride(d));
         let entry = format!(".visible .entry{body}")
             .replace("{{NAME}}", &entry(d))
@@ -343,12 +347,15 @@ pub fn module(template: &str) -> String {
             .replace("{{Q_REGS}}", &(d / 4).to_string())
             .replace("{{SHARED_BYTES}}", &(2 * TILE * stride(d)).to_string())
             .replace("{{LOAD_Q}}\n", &load_tile(d, "%rd0", 0))
-            .replace("{{Q_FRAGMENTS}}\n", &q_fragments(d))
-            .replace("{{ZERO_ACC}}\n", &zero_acc)
+            .replace("{{Q_FRAGMENTS}}\n", &a_fragments(d, "qa", 0))
+            .replace("{{ZERO_ACC}}\n", &zero("acc", d / 2))
             .replace("{{LOAD_KV}}\n", &load_kv)
-            .replace("{{SCORES}}\n", &scores(d))
+            .replace(
+                "{{SCORES}}\n",
+                &(zero("s", 32) + &product_transposed_tile(d, "s", "qa", 0)),
+            )
             .replace("{{SOFTMAX}}\n", &softmax(d))
-            .replace("{{PV}}\n", &pv(d))
+            .replace("{{PV}}\n", &product_tile(d, "acc", "pa", TILE * stride(d)))
             .replace("{{FINISH}}\n", &finish(d));
         module.push_str(&entry);
         module.push('\n');
