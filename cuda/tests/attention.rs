@@ -3,7 +3,9 @@
 mod common;
 
 use common::{gpus, random, values};
-use ditmoe_cuda::ops::attention::{flash_attention_forward, AttentionShape};
+use ditmoe_cuda::ops::attention::{
+    flash_attention_backward, flash_attention_forward, AttentionShape,
+};
 use ditmoe_tensor::{DType, Tensor};
 use half::bf16;
 
@@ -84,4 +86,69 @@ fn unsupported_head_dims_are_refused() {
         .err()
         .unwrap();
     assert!(err.to_string().contains("head dims"), "{err}");
+}
+
+#[test]
+fn flash_backward_matches_the_cpu_gradients() {
+    for (heads, tokens, d) in [(2, 37, 16), (1, 130, 32), (1, 70, 64)] {
+        let n = heads * tokens * d;
+        let round = |v: Vec<f32>| -> Vec<f32> {
+            v.into_iter().map(|x| bf16::from_f32(x).to_f32()).collect()
+        };
+        let (q, k, v) = (
+            round(random(n, -2.0, 2.0, 11)),
+            round(random(n, -2.0, 2.0, 12)),
+            round(random(n, -1.0, 1.0, 13)),
+        );
+        let d_out = random(n, -1.0, 1.0, 14);
+        let scale = (d as f64).powf(-0.5);
+        let t = |x: &[f32]| {
+            Tensor::from_slice(x, &[heads, tokens, d])
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap()
+        };
+        let (out, lse) = t(&q).flash_attention(&t(&k), &t(&v), scale).unwrap();
+        let expected = t(&q)
+            .flash_attention_backward(&t(&k), &t(&v), &out, &lse, &t(&d_out), scale)
+            .unwrap();
+        let to_bf16 = |x: &[f32]| -> Vec<bf16> { x.iter().map(|&v| bf16::from_f32(v)).collect() };
+        for gpu in gpus() {
+            let shape = AttentionShape {
+                heads,
+                tokens,
+                head_dim: d,
+            };
+            let got = flash_attention_backward(
+                &gpu,
+                &gpu.upload(&to_bf16(&q)).unwrap(),
+                &gpu.upload(&to_bf16(&k)).unwrap(),
+                &gpu.upload(&to_bf16(&v)).unwrap(),
+                &gpu.upload(&values(&out)).unwrap(),
+                &gpu.upload(&values(&lse)).unwrap(),
+                &gpu.upload(&d_out).unwrap(),
+                shape,
+                scale as f32,
+            )
+            .unwrap();
+            for (what, buffer, reference) in [
+                ("dq", &got.q, &expected.q),
+                ("dk", &got.k, &expected.k),
+                ("dv", &got.v, &expected.v),
+            ] {
+                let (g, e) = (gpu.download(buffer).unwrap(), values(reference));
+                let scale_of = e.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+                let worst = g
+                    .iter()
+                    .zip(&e)
+                    .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+                // P, dS and dO pass through bf16 on the tensor cores.
+                assert!(
+                    worst < 3e-2 * scale_of,
+                    "{what} differs by {worst} (scale {scale_of}, T={tokens}, D={d}) on {}",
+                    gpu.name()
+                );
+            }
+        }
+    }
 }

@@ -284,6 +284,49 @@ fn softmax(d: u32) -> String {
     out
 }
 
+/// This warp's rows (`%r5` + 16·warp + g, and + 8) in `%r26`, `%r27`, with `%p3`, `%p4` saying
+/// which are below T.
+fn own_rows() -> String {
+    let mut out = String::new();
+    emit!(out, "shl.b32 %r26, %r1, 4;");
+    emit!(out, "add.u32 %r26, %r26, %r5;");
+    emit!(out, "add.u32 %r26, %r26, %r3;                // row g");
+    emit!(out, "add.u32 %r27, %r26, 8;                 // row g + 8");
+    emit!(out, "setp.lt.u32 %p3, %r26, %r7;");
+    emit!(out, "setp.lt.u32 %p4, %r27, %r7;");
+    out
+}
+
+/// Stores the 16 × D accumulators `%{acc}` of this warp's rows (see [`own_rows`]) below T into
+/// the f32 [T, D] matrix at `base`, each row multiplied first by its factor if given.
+fn store_rows(d: u32, acc: &str, base: &str, factors: Option<[&str; 2]>) -> String {
+    let mut out = own_rows();
+    for (half, (row, pred, first)) in [("%r26", "%p3", 0), ("%r27", "%p4", 2)]
+        .into_iter()
+        .enumerate()
+    {
+        emit!(out, "mul.wide.u32 %rd10, {row}, {d};");
+        for jd in 0..d / 8 {
+            let (a, b) = (4 * jd + first, 4 * jd + first + 1);
+            if let Some(factors) = factors {
+                let factor = factors[half];
+                emit!(out, "mul.f32 %{acc}{a}, %{acc}{a}, {factor};");
+                emit!(out, "mul.f32 %{acc}{b}, %{acc}{b}, {factor};");
+            }
+            emit!(out, "add.u32 %r28, %r4, {};", jd * 8);
+            emit!(out, "cvt.u64.u32 %rd11, %r28;");
+            emit!(out, "add.u64 %rd11, %rd11, %rd10;");
+            emit!(out, "shl.b64 %rd11, %rd11, 2;");
+            emit!(out, "add.u64 %rd11, %rd11, {base};");
+            emit!(
+                out,
+                "@{pred} st.global.v2.f32 [%rd11], {{%{acc}{a}, %{acc}{b}}};"
+            );
+        }
+    }
+    out
+}
+
 /// O /= l, stores O and the log-sum-exp of the rows below T.
 fn finish(d: u32) -> String {
     let mut out = String::new();
@@ -295,29 +338,7 @@ fn finish(d: u32) -> String {
     }
     emit!(out, "rcp.rn.f32 %f9, %f3;");
     emit!(out, "rcp.rn.f32 %f10, %f4;");
-    emit!(out, "shl.b32 %r26, %r1, 4;");
-    emit!(out, "add.u32 %r26, %r26, %r5;");
-    emit!(out, "add.u32 %r26, %r26, %r3;                // row g");
-    emit!(out, "add.u32 %r27, %r26, 8;                 // row g + 8");
-    emit!(out, "setp.lt.u32 %p3, %r26, %r7;");
-    emit!(out, "setp.lt.u32 %p4, %r27, %r7;");
-    for (row, pred, first, inv) in [("%r26", "%p3", 0, "%f9"), ("%r27", "%p4", 2, "%f10")] {
-        emit!(out, "mul.wide.u32 %rd10, {row}, {d};");
-        for jd in 0..d / 8 {
-            let (a, b) = (4 * jd + first, 4 * jd + first + 1);
-            emit!(out, "mul.f32 %acc{a}, %acc{a}, {inv};");
-            emit!(out, "mul.f32 %acc{b}, %acc{b}, {inv};");
-            emit!(out, "add.u32 %r28, %r4, {};", jd * 8);
-            emit!(out, "cvt.u64.u32 %rd11, %r28;");
-            emit!(out, "add.u64 %rd11, %rd11, %rd10;");
-            emit!(out, "shl.b64 %rd11, %rd11, 2;");
-            emit!(out, "add.u64 %rd11, %rd11, %rd3;");
-            emit!(
-                out,
-                "@{pred} st.global.v2.f32 [%rd11], {{%acc{a}, %acc{b}}};"
-            );
-        }
-    }
+    out.push_str(&store_rows(d, "acc", "%rd3", Some(["%f9", "%f10"])));
     // The log-sum-exp (natural log), written by the first lane of each row's quad.
     emit!(out, "setp.eq.u32 %p5, %r4, 0;");
     for (row, pred, m, l) in [("%r26", "%p3", "%f1", "%f3"), ("%r27", "%p4", "%f2", "%f4")] {
@@ -330,6 +351,229 @@ fn finish(d: u32) -> String {
         emit!(out, "@%p6 st.global.f32 [%rd12], %f11;");
     }
     out
+}
+
+/// The head dimensions the backward kernels are built for (at D = 128 their accumulators,
+/// dK and dV together, would not fit the registers without spilling).
+pub const BACKWARD_HEAD_DIMS: [u32; 3] = [16, 32, 64];
+
+/// The entries of the backward pass at head dimension `d`: (dK dV, dQ).
+pub fn backward_entries(d: u32) -> (String, String) {
+    (
+        format!("flash_backward_dkdv_d{d}"),
+        format!("flash_backward_dq_d{d}"),
+    )
+}
+
+/// Registers, shared tiles and the index/base-address setup both backward kernels share.
+fn backward_declarations(d: u32) -> String {
+    let mut out = String::new();
+    for decl in [
+        ".reg .pred %p<8>;".to_string(),
+        ".reg .b32 %r<40>;".to_string(),
+        ".reg .b64 %rd<16>;".to_string(),
+        ".reg .f32 %f<16>;".to_string(),
+        ".reg .f32 %s<32>;".to_string(),
+        ".reg .f32 %dp<32>;".to_string(),
+        ".reg .b32 %pa<16>;".to_string(),
+        ".reg .b32 %kb<4>;".to_string(),
+        format!(".shared .align 16 .b8 tiles[{}];", 2 * TILE * stride(d)),
+    ] {
+        emit!(out, "{decl}");
+    }
+    out
+}
+
+/// Thread coordinates, T, the scale (`%f0` with log2 e folded in, `%f15` plain) and this
+/// head's base addresses: q `%rd0`, k `%rd1`, v `%rd2`, dO `%rd13` (bf16); the first output
+/// `%rd3` and, for dK dV, dV `%rd7` (f32); log-sum-exp `%rd4` and Δ `%rd14` (f32 per row).
+fn backward_setup(d: u32, outputs: &[&str]) -> String {
+    let mut out = String::new();
+    for line in [
+        "mov.u32 %r0, %tid.x;",
+        "shr.u32 %r1, %r0, 5;",
+        "and.b32 %r2, %r0, 31;",
+        "shr.u32 %r3, %r2, 2;",
+        "and.b32 %r4, %r2, 3;",
+        "shl.b32 %r4, %r4, 1;",
+        "mov.u32 %r5, %ctaid.x;",
+        "shl.b32 %r5, %r5, 6;                   // first row (query or key) of the CTA",
+        "ld.param.u32 %r7, [t];",
+        "ld.param.f32 %f15, [scale];",
+        "mul.f32 %f0, %f15, 0f3FB8AA3B;",
+        "mov.u32 %r8, tiles;",
+        "mov.u32 %r6, %ctaid.y;",
+        "mul.wide.u32 %rd5, %r6, %r7;",
+    ] {
+        emit!(out, "{line}");
+    }
+    emit!(out, "mul.lo.u64 %rd6, %rd5, {d};");
+    emit!(out, "shl.b64 %rd9, %rd6, 1;");
+    for (reg, param) in [
+        ("%rd0", "q"),
+        ("%rd1", "k"),
+        ("%rd2", "v"),
+        ("%rd13", "d_out"),
+    ] {
+        emit!(out, "ld.param.u64 {reg}, [{param}];");
+        emit!(out, "add.u64 {reg}, {reg}, %rd9;");
+    }
+    emit!(out, "shl.b64 %rd9, %rd6, 2;");
+    for (reg, param) in ["%rd3", "%rd7"].iter().zip(outputs) {
+        emit!(out, "ld.param.u64 {reg}, [{param}];");
+        emit!(out, "add.u64 {reg}, {reg}, %rd9;");
+    }
+    emit!(out, "shl.b64 %rd9, %rd5, 2;");
+    for (reg, param) in [("%rd4", "lse"), ("%rd14", "delta")] {
+        emit!(out, "ld.param.u64 {reg}, [{param}];");
+        emit!(out, "add.u64 {reg}, {reg}, %rd9;");
+    }
+    out
+}
+
+/// The per-row log-sum-exp (log2 units) and Δ of this warp's query rows: `%f1`, `%f2` and
+/// `%f3`, `%f4` (zero past T).
+fn row_stats() -> String {
+    let mut out = own_rows();
+    for (row, pred, lse, delta) in [("%r26", "%p3", "%f1", "%f3"), ("%r27", "%p4", "%f2", "%f4")] {
+        emit!(out, "mov.f32 {lse}, 0f00000000;");
+        emit!(out, "mov.f32 {delta}, 0f00000000;");
+        emit!(out, "mul.wide.u32 %rd10, {row}, 4;");
+        emit!(out, "add.u64 %rd11, %rd4, %rd10;");
+        emit!(out, "@{pred} ld.global.f32 {lse}, [%rd11];");
+        emit!(out, "add.u64 %rd11, %rd14, %rd10;");
+        emit!(out, "@{pred} ld.global.f32 {delta}, [%rd11];");
+        emit!(out, "mul.f32 {lse}, {lse}, 0f3FB8AA3B;");
+    }
+    out
+}
+
+/// One K, V tile of the dQ kernel: S, P (keys past T masked), dP = dO·Vᵀ, dS = P ∘ (dP − Δ),
+/// dQ += dS·K.
+fn dq_tile(d: u32) -> String {
+    let mut out = zero("s", 32) + &product_transposed_tile(d, "s", "qa", 0);
+    for j in 0..8 {
+        for e in 0..4 {
+            let (s, lse) = (
+                format!("%s{}", 4 * j + e),
+                if e < 2 { "%f1" } else { "%f2" },
+            );
+            emit!(out, "add.u32 %r23, %r9, {};", j * 8 + (e & 1));
+            emit!(out, "add.u32 %r23, %r23, %r4;");
+            emit!(out, "setp.ge.u32 %p2, %r23, %r7;");
+            emit!(out, "mul.f32 {s}, {s}, %f0;");
+            emit!(out, "sub.f32 {s}, {s}, {lse};");
+            emit!(out, "@%p2 mov.f32 {s}, 0fFF800000;");
+            emit!(out, "ex2.approx.f32 {s}, {s};");
+        }
+    }
+    out += &zero("dp", 32);
+    out += &product_transposed_tile(d, "dp", "da", TILE * stride(d));
+    for i in 0..32 {
+        let delta = if i % 4 < 2 { "%f3" } else { "%f4" };
+        emit!(out, "sub.f32 %dp{i}, %dp{i}, {delta};");
+        emit!(out, "mul.f32 %s{i}, %s{i}, %dp{i};");
+    }
+    out += &pack_a("s", "pa");
+    out + &product_tile(d, "acc", "pa", 0)
+}
+
+/// One Q, dO tile of the dK dV kernel (rows are this CTA's keys, columns the tile's queries):
+/// Pᵀ (queries past T masked), dV += Pᵀ·dO, dPᵀ = V·dOᵀ, dSᵀ = Pᵀ ∘ (dPᵀ − Δ), dK += dSᵀ·Q.
+fn dkdv_tile(d: u32) -> String {
+    let mut out = zero("s", 32) + &product_transposed_tile(d, "s", "ka", 0);
+    // Each lane's 16 query columns: j·8 + 2·(lane % 4) + e; rows e and e + 2 of a tile share one.
+    let column = |out: &mut String, j: u32, e: u32, table: &str, into: &str| {
+        emit!(out, "add.u32 %r23, %r9, {};", j * 8 + e);
+        emit!(out, "add.u32 %r23, %r23, %r4;");
+        emit!(out, "setp.ge.u32 %p2, %r23, %r7;");
+        emit!(out, "mul.wide.u32 %rd10, %r23, 4;");
+        emit!(out, "add.u64 %rd11, {table}, %rd10;");
+        emit!(out, "mov.f32 {into}, 0f00000000;");
+        emit!(out, "@!%p2 ld.global.f32 {into}, [%rd11];");
+    };
+    for j in 0..8 {
+        for e in 0..2 {
+            column(&mut out, j, e, "%rd4", "%f5");
+            emit!(out, "mul.f32 %f5, %f5, 0f3FB8AA3B;");
+            for row in [e, e + 2] {
+                let s = format!("%s{}", 4 * j + row);
+                emit!(out, "mul.f32 {s}, {s}, %f0;");
+                emit!(out, "sub.f32 {s}, {s}, %f5;");
+                emit!(out, "@%p2 mov.f32 {s}, 0fFF800000;");
+                emit!(out, "ex2.approx.f32 {s}, {s};");
+            }
+        }
+    }
+    out += &pack_a("s", "pa");
+    out += &product_tile(d, "accv", "pa", TILE * stride(d));
+    out += &zero("dp", 32);
+    out += &product_transposed_tile(d, "dp", "va", TILE * stride(d));
+    for j in 0..8 {
+        for e in 0..2 {
+            column(&mut out, j, e, "%rd14", "%f6");
+            for row in [e, e + 2] {
+                let i = 4 * j + row;
+                emit!(out, "sub.f32 %dp{i}, %dp{i}, %f6;");
+                emit!(out, "mul.f32 %s{i}, %s{i}, %dp{i};");
+            }
+        }
+    }
+    out += &pack_a("s", "pa");
+    out + &product_tile(d, "acck", "pa", 0)
+}
+
+/// The backward module: both kernels per head dimension in [`BACKWARD_HEAD_DIMS`].
+pub fn backward_module(template: &str) -> String {
+    let (header, body) = template
+        .split_once(".visible .entry")
+        .expect("the backward template has entries");
+    let mut module = header.to_string();
+    for d in BACKWARD_HEAD_DIMS {
+        let (dkdv, dq) = backward_entries(d);
+        let t1 = TILE * stride(d);
+        let load_kv = load_tile(d, "%rd1", 0) + &load_tile(d, "%rd2", t1);
+        let load_qdo = load_tile(d, "%rd0", 0) + &load_tile(d, "%rd13", t1);
+        let text = format!(".visible .entry{body}")
+            .replace("{{DKDV_NAME}}", &dkdv)
+            .replace("{{DQ_NAME}}", &dq)
+            .replace("{{DECLARATIONS}}\n", &backward_declarations(d))
+            .replace("{{A_REGS}}", &(d / 4).to_string())
+            .replace("{{ACC_REGS}}", &(d / 2).to_string())
+            .replace("{{LOAD_KV}}\n", &load_kv)
+            .replace("{{LOAD_QDO}}\n", &load_qdo)
+            .replace(
+                "{{KV_FRAGMENTS}}\n",
+                &(a_fragments(d, "ka", 0) + &a_fragments(d, "va", t1)),
+            )
+            .replace(
+                "{{QDO_FRAGMENTS}}\n",
+                &(a_fragments(d, "qa", 0) + &a_fragments(d, "da", t1)),
+            )
+            .replace(
+                "{{ZERO_DKDV}}\n",
+                &(zero("acck", d / 2) + &zero("accv", d / 2)),
+            )
+            .replace("{{ZERO_DQ}}\n", &zero("acc", d / 2))
+            .replace("{{ROW_STATS}}\n", &row_stats())
+            .replace("{{DKDV_TILE}}\n", &dkdv_tile(d))
+            .replace("{{DQ_TILE}}\n", &dq_tile(d))
+            .replace(
+                "{{DKDV_FINISH}}\n",
+                &(store_rows(d, "acck", "%rd3", Some(["%f15", "%f15"]))
+                    + &store_rows(d, "accv", "%rd7", None)),
+            )
+            .replace(
+                "{{DQ_FINISH}}\n",
+                &store_rows(d, "acc", "%rd3", Some(["%f15", "%f15"])),
+            );
+        // The two entries' setups differ only in their outputs.
+        let text = text.replacen("{{SETUP}}\n", &backward_setup(d, &["dk", "dv"]), 1);
+        let text = text.replacen("{{SETUP}}\n", &backward_setup(d, &["dq"]), 1);
+        module.push_str(&text);
+        module.push('\n');
+    }
+    module
 }
 
 /// The module: one entry per head dimension in [`HEAD_DIMS`].

@@ -38,6 +38,12 @@ pub fn catalogue() -> &'static [ModuleSource] {
                 ptx: attention::module(include_str!("../../kernels/attention.ptx")),
             },
             ModuleSource {
+                name: "attention_backward".to_string(),
+                ptx: attention::backward_module(include_str!(
+                    "../../kernels/attention_backward.ptx"
+                )),
+            },
+            ModuleSource {
                 name: "gemm_bf16".to_string(),
                 ptx: gemm::module(include_str!("../../kernels/gemm_bf16.ptx")),
             },
@@ -51,4 +57,21 @@ pub fn module_source(name: &str) -> Option<&'static str> {
         .iter()
         .find(|m| m.name == name)
         .map(|m| m.ptx.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_module_is_ascii_and_names_distinct_kernels() {
+        // ptxas rejects any non-ASCII byte, comments included.
+        for module in catalogue() {
+            if let Some((line, _)) = module.ptx.lines().enumerate().find(|(_, l)| !l.is_ascii()) {
+                panic!("{}: line {} is not ASCII", module.name, line + 1);
+            }
+            let parsed = crate::emulator::parse_module(&module.ptx).unwrap();
+            assert!(!parsed.kernels.is_empty(), "{}", module.name);
+        }
+    }
 }

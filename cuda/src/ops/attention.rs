@@ -1,10 +1,13 @@
-//! Wrapper for `kernels/attention.ptx`: the FlashAttention-2 forward pass.
+//! Wrappers for `kernels/attention.ptx` and `kernels/attention_backward.ptx`: the
+//! FlashAttention-2 forward and backward passes.
 
 use super::check_len;
 use super::check_u32;
 use crate::error::{CudaError, Result};
 use crate::gpu::{Buffer, Gpu, LaunchConfig};
-use crate::kernels::attention::{entry, HEAD_DIMS};
+use crate::kernels::attention::{backward_entries, entry, BACKWARD_HEAD_DIMS, HEAD_DIMS};
+use crate::ops::elementwise::{binary, to_bf16, Binary, Broadcast};
+use crate::ops::rows::{reduce_rows, RowReduce};
 
 /// O and the per-row log-sum-exp of a fused attention forward pass.
 pub struct AttentionOutput {
@@ -76,4 +79,103 @@ pub fn flash_attention_forward(
         ],
     )?;
     Ok(output)
+}
+
+/// The gradients of a fused attention, f32 `[heads, T, D]` each.
+pub struct AttentionGrads {
+    pub q: Buffer<f32>,
+    pub k: Buffer<f32>,
+    pub v: Buffer<f32>,
+}
+
+/// The backward pass of [`flash_attention_forward`] from its inputs, its output `out`, its
+/// log-sum-exp `lse` and the output gradient `d_out` (f32). Δ = rowsum(dO ∘ O) is computed
+/// first with the elementwise and row kernels; then one kernel gives dK and dV, another dQ.
+#[allow(clippy::too_many_arguments)]
+pub fn flash_attention_backward(
+    gpu: &Gpu,
+    q: &Buffer<half::bf16>,
+    k: &Buffer<half::bf16>,
+    v: &Buffer<half::bf16>,
+    out: &Buffer<f32>,
+    lse: &Buffer<f32>,
+    d_out: &Buffer<f32>,
+    shape: AttentionShape,
+    scale: f32,
+) -> Result<AttentionGrads> {
+    let AttentionShape {
+        heads,
+        tokens,
+        head_dim,
+    } = shape;
+    if !BACKWARD_HEAD_DIMS.contains(&(head_dim as u32)) {
+        return Err(CudaError::InvalidArgument(format!(
+            "the flash attention backward is built for head dims {BACKWARD_HEAD_DIMS:?}, not \
+             {head_dim}"
+        )));
+    }
+    let n = heads * tokens * head_dim;
+    for (what, buffer) in [("q", q), ("k", k), ("v", v)] {
+        check_len(&format!("attention backward {what}"), buffer, n)?;
+    }
+    check_len("attention backward output", out, n)?;
+    check_len("attention backward output gradient", d_out, n)?;
+    check_len("attention backward log-sum-exp", lse, heads * tokens)?;
+    let grads = AttentionGrads {
+        q: gpu.zeros(n)?,
+        k: gpu.zeros(n)?,
+        v: gpu.zeros(n)?,
+    };
+    if n == 0 {
+        return Ok(grads);
+    }
+    let same = Broadcast::of(&[n], &[n])?;
+    let product = binary(gpu, Binary::Mul, d_out, out, &same)?;
+    let delta = reduce_rows(gpu, RowReduce::Sum, &product, heads * tokens, head_dim)?;
+    let d_out16 = to_bf16(gpu, d_out)?;
+    let config = LaunchConfig {
+        grid: (
+            check_u32("tiles", tokens.div_ceil(64))?,
+            check_u32("heads", heads)?,
+            1,
+        ),
+        block: (128, 1, 1),
+        shared_bytes: 0,
+    };
+    let (dkdv, dq) = backward_entries(head_dim as u32);
+    let tokens = check_u32("tokens", tokens)?;
+    gpu.launch(
+        "attention_backward",
+        &dkdv,
+        config,
+        &[
+            (&grads.k).into(),
+            (&grads.v).into(),
+            q.into(),
+            k.into(),
+            v.into(),
+            (&d_out16).into(),
+            lse.into(),
+            (&delta).into(),
+            tokens.into(),
+            scale.into(),
+        ],
+    )?;
+    gpu.launch(
+        "attention_backward",
+        &dq,
+        config,
+        &[
+            (&grads.q).into(),
+            q.into(),
+            k.into(),
+            v.into(),
+            (&d_out16).into(),
+            lse.into(),
+            (&delta).into(),
+            tokens.into(),
+            scale.into(),
+        ],
+    )?;
+    Ok(grads)
 }
