@@ -100,6 +100,8 @@ fn a_training_step_on_the_gpu_matches_the_cpu() {
         base.clone()
             .with_moe(expert_choice, MoePlacement::EveryOther),
         base.clone().with_moe(race, MoePlacement::DeepHalf),
+        // Head dim 16: on cuda:1 attention runs the fused FlashAttention-2 kernels.
+        DitConfig::dense(8, 2, 3, 32, 2, 2, 5),
     ] {
         let (cpu_loss, cpu_grads) = step(&config, Device::Cpu);
         let (gpu_loss, gpu_grads) = step(&config, GPU);

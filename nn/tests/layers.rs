@@ -142,22 +142,26 @@ fn fused_attention_equals_naive_attention_in_values_and_gradients() {
     let fused = layer.forward(&x).unwrap().value();
     layer.kernel = AttentionKernel::Naive;
     assert!(max_abs_diff(&fused, &layer.forward(&x).unwrap().value()) < 1e-5);
-    // Auto picks by length: naive for short sequences, fused from FUSED_FROM_TOKENS on — on the
-    // CPU; on a GPU it composes attention (no fused GPU kernel yet) whatever the length.
+    // Auto picks by length on the CPU: naive for short sequences, fused from FUSED_FROM_TOKENS
+    // on; on a GPU the fused kernels whenever they take the inputs, whatever the length.
     assert_eq!(
-        AttentionKernel::Auto.resolve(9, false),
+        AttentionKernel::Auto.resolve(9, Placement::Cpu),
         AttentionKernel::Naive
     );
     assert_eq!(
-        AttentionKernel::Auto.resolve(FUSED_FROM_TOKENS, false),
+        AttentionKernel::Auto.resolve(FUSED_FROM_TOKENS, Placement::Cpu),
         AttentionKernel::Fused
     );
     assert_eq!(
-        AttentionKernel::Auto.resolve(FUSED_FROM_TOKENS, true),
+        AttentionKernel::Auto.resolve(9, Placement::Gpu { fused: true }),
+        AttentionKernel::Fused
+    );
+    assert_eq!(
+        AttentionKernel::Auto.resolve(FUSED_FROM_TOKENS, Placement::Gpu { fused: false }),
         AttentionKernel::Naive
     );
     assert_eq!(
-        AttentionKernel::Fused.resolve(9, false),
+        AttentionKernel::Fused.resolve(9, Placement::Cpu),
         AttentionKernel::Fused
     );
 }

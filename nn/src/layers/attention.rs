@@ -22,15 +22,41 @@ pub enum AttentionKernel {
 pub const FUSED_FROM_TOKENS: usize = 1024;
 
 impl AttentionKernel {
-    /// The kernel that runs for sequences of `tokens`. On a GPU `Auto` composes attention from
-    /// matmul and softmax: the fused GPU kernel is issue #7 (an explicit `Fused` there fails
-    /// naming the missing kernel).
-    pub fn resolve(self, tokens: usize, on_gpu: bool) -> AttentionKernel {
-        match self {
-            AttentionKernel::Auto if on_gpu => AttentionKernel::Naive,
-            AttentionKernel::Auto if tokens >= FUSED_FROM_TOKENS => AttentionKernel::Fused,
-            AttentionKernel::Auto => AttentionKernel::Naive,
-            chosen => chosen,
+    /// The kernel that runs for sequences of `tokens` in `placement`. On a GPU `Auto` runs the
+    /// fused tensor-core kernels when they take the shape (mixed precision on, a head dim they
+    /// are built for) and composes attention from matmul and softmax otherwise.
+    pub fn resolve(self, tokens: usize, placement: Placement) -> AttentionKernel {
+        match (self, placement) {
+            (AttentionKernel::Auto, Placement::Gpu { fused: true }) => AttentionKernel::Fused,
+            (AttentionKernel::Auto, Placement::Gpu { fused: false }) => AttentionKernel::Naive,
+            (AttentionKernel::Auto, Placement::Cpu) if tokens >= FUSED_FROM_TOKENS => {
+                AttentionKernel::Fused
+            }
+            (AttentionKernel::Auto, Placement::Cpu) => AttentionKernel::Naive,
+            (chosen, _) => chosen,
+        }
+    }
+}
+
+/// Where attention runs, as far as choosing its kernel goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    Cpu,
+    /// On a GPU; `fused`: whether the fused kernels take these inputs.
+    Gpu {
+        fused: bool,
+    },
+}
+
+impl Placement {
+    /// The placement of attention over `q`.
+    pub fn of(q: &ditmoe_tensor::Tensor) -> Placement {
+        if q.is_cuda() {
+            Placement::Gpu {
+                fused: q.fused_attention_available(),
+            }
+        } else {
+            Placement::Cpu
         }
     }
 }
@@ -83,7 +109,7 @@ impl Attention {
             parts[2].squeeze(0)?,
         );
         let scale = (head_dim as f64).powf(-0.5);
-        let o = match self.kernel.resolve(t, x.value().is_cuda()) {
+        let o = match self.kernel.resolve(t, Placement::of(&q.value())) {
             AttentionKernel::Naive => naive_attention(&q, &k, &v, scale)?,
             _ => Var::flash_attention(&q, &k, &v, scale)?,
         };

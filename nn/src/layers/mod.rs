@@ -10,7 +10,7 @@ pub mod patch;
 pub mod timestep;
 
 pub use adaln::{modulate, AdaLnModulation};
-pub use attention::{naive_attention, Attention, AttentionKernel, FUSED_FROM_TOKENS};
+pub use attention::{naive_attention, Attention, AttentionKernel, Placement, FUSED_FROM_TOKENS};
 pub use embedding::{Embedding, LabelEmbedder};
 pub use linear::Linear;
 pub use mlp::{Mlp, SwiGlu};

@@ -206,6 +206,13 @@ impl Tensor {
         })
     }
 
+    /// Whether [`Tensor::flash_attention`] and its backward can run for this `q` (`[.., T, d]`):
+    /// always on the CPU; on a GPU when it multiplies in mixed precision and the kernels are
+    /// built for `d` (self-attention).
+    pub fn fused_attention_available(&self) -> bool {
+        !self.is_cuda() || crate::ops::cuda::fused_attention_available(self)
+    }
+
     /// Gradients of [`Tensor::flash_attention`] given its inputs, its saved output and
     /// log-sum-exp, and the output gradient; the scores are recomputed tile by tile.
     pub fn flash_attention_backward(
@@ -224,6 +231,12 @@ impl Tensor {
             "flash_attention_backward (lse)",
             &self.shape()[..self.rank() - 1],
         )?;
+        if self.is_cuda() {
+            let saved = crate::ops::cuda::AttentionSaved { out, lse };
+            return crate::ops::cuda::flash_attention_backward(
+                self, k, v, saved, grad_out, d, scale,
+            );
+        }
         with_float_type!(self.dtype(), "flash_attention_backward", T => {
             let (q, kv, vv) = (self.values::<T>()?, k.values::<T>()?, v.values::<T>()?);
             let (o, lse, d_o) = (out.values::<T>()?, lse.values::<T>()?, grad_out.values::<T>()?);

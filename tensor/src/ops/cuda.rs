@@ -800,3 +800,73 @@ pub(crate) fn flash_attention(
         f32_tensor(&gpu, out.lse, &q.shape()[..q.rank() - 1], ordinal),
     ))
 }
+
+/// Whether the fused attention kernels (forward and backward) take `q` on its GPU.
+pub(crate) fn fused_attention_available(q: &Tensor) -> bool {
+    let d = q.shape().last().copied().unwrap_or(0) as u32;
+    q.cuda_storage().is_some_and(|s| s.gpu.tensor_core_matmul())
+        && ditmoe_cuda::kernels::attention::BACKWARD_HEAD_DIMS.contains(&d)
+}
+
+/// What the attention forward pass saved for its backward.
+pub(crate) struct AttentionSaved<'a> {
+    pub out: &'a Tensor,
+    pub lse: &'a Tensor,
+}
+
+/// The FlashAttention-2 backward on the tensor cores: dQ, dK, dV.
+pub(crate) fn flash_attention_backward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    saved: AttentionSaved,
+    grad_out: &Tensor,
+    head_dim: usize,
+    scale: f64,
+) -> Result<crate::ops::attention::AttentionGrads> {
+    let op = "flash_attention_backward";
+    for t in [k, v, saved.out, saved.lse, grad_out] {
+        same_device(op, q, t)?;
+    }
+    if !fused_attention_available(q) {
+        return Err(TensorError::invalid(
+            op,
+            format!(
+                "the fused GPU kernels need mixed precision on and a head dim in {:?}; compose \
+                 attention from matmul and softmax instead",
+                ditmoe_cuda::kernels::attention::BACKWARD_HEAD_DIMS
+            ),
+        ));
+    }
+    let (gpu, qb) = dense_f32(q, op)?;
+    let (_, kb) = dense_f32(k, op)?;
+    let (_, vb) = dense_f32(v, op)?;
+    let (_, ob) = dense_f32(saved.out, op)?;
+    let (_, lb) = dense_f32(saved.lse, op)?;
+    let (_, gb) = dense_f32(grad_out, op)?;
+    let bf16 = |b: &Buffer<f32>| ew::to_bf16(&gpu, b).map_err(failed(op));
+    let tokens = q.shape()[q.rank() - 2];
+    let heads = q.numel() / (tokens * head_dim).max(1);
+    let grads = gpu_attention::flash_attention_backward(
+        &gpu,
+        &bf16(&qb)?,
+        &bf16(&kb)?,
+        &bf16(&vb)?,
+        &ob,
+        &lb,
+        &gb,
+        gpu_attention::AttentionShape {
+            heads,
+            tokens,
+            head_dim,
+        },
+        scale as f32,
+    )
+    .map_err(failed(op))?;
+    let ordinal = ordinal(q);
+    Ok(crate::ops::attention::AttentionGrads {
+        q: f32_tensor(&gpu, grads.q, q.shape(), ordinal),
+        k: f32_tensor(&gpu, grads.k, q.shape(), ordinal),
+        v: f32_tensor(&gpu, grads.v, q.shape(), ordinal),
+    })
+}

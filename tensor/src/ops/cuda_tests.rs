@@ -374,11 +374,46 @@ fn flash_attention_runs_the_fused_kernel_in_mixed_precision() {
         1e-4,
         "log-sum-exp",
     );
-    // cuda:0 multiplies in exact f32: the bf16 kernel is refused with the reason.
+    // The backward, against the CPU gradients of the rounded inputs.
+    let grad = f32_cpu(&[2, 3, 40, 32], 63);
+    let cpu = round(&q)
+        .flash_attention_backward(
+            &round(&k),
+            &round(&v),
+            &expected,
+            &expected_lse,
+            &grad,
+            scale,
+        )
+        .unwrap();
+    let gpu = on1(&q)
+        .flash_attention_backward(&on1(&k), &on1(&v), &out, &lse, &on1(&grad), scale)
+        .unwrap();
+    for (what, g, c) in [
+        ("dq", &gpu.q, &cpu.q),
+        ("dk", &gpu.k, &cpu.k),
+        ("dv", &gpu.v, &cpu.v),
+    ] {
+        let (g, c) = (g.to_vec_f64(), c.to_vec_f64());
+        let scale_of = c.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        let worst = g
+            .iter()
+            .zip(&c)
+            .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            worst < 3e-2 * scale_of,
+            "{what}: {worst} vs scale {scale_of}"
+        );
+    }
+    assert!(on1(&q).fused_attention_available());
+    // cuda:0 multiplies in exact f32: the bf16 kernels are refused with the reason.
+    assert!(!on_gpu(&q).fused_attention_available());
     let err = on_gpu(&q)
         .flash_attention(&on_gpu(&k), &on_gpu(&v), scale)
         .unwrap_err();
     assert!(err.to_string().contains("mixed precision"), "{err}");
+    // Head dim 24 has no kernel.
+    assert!(!on1(&f32_cpu(&[1, 8, 24], 64)).fused_attention_available());
 }
 
 #[test]
