@@ -255,8 +255,10 @@ pub fn ablate(
     out: std::path::PathBuf,
     variants: Vec<String>,
     seed: Option<u64>,
+    device: ditmoe_tensor::Device,
 ) -> anyhow::Result<()> {
     use crate::ablate::{ablate, AblateOptions};
+    device.ensure_available()?;
     let began = std::time::Instant::now();
     let options = AblateOptions {
         preset,
@@ -269,9 +271,10 @@ pub fn ablate(
             .map(|a| if a.contains(' ') { format!("'{a}'") } else { a })
             .collect::<Vec<_>>()
             .join(" "),
+        device,
     };
     eprintln!(
-        "ablation `{}` into {} ({} threads)",
+        "ablation `{}` into {} on {device} ({} CPU threads)",
         options.preset,
         options.out.display(),
         ditmoe_tensor::parallel::num_threads()

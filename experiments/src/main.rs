@@ -78,6 +78,9 @@ enum Command {
         /// Override the preset's seed.
         #[arg(long)]
         seed: Option<u64>,
+        /// cpu, cuda or cuda:N: where the variants train and are sampled.
+        #[arg(long, default_value = "cpu")]
+        device: ditmoe_tensor::Device,
     },
 }
 
@@ -119,7 +122,8 @@ fn main() -> ExitCode {
             out,
             variants,
             seed,
-        } => commands::ablate(preset, out, variants, seed).map_err(|e| format!("{e:#}")),
+            device,
+        } => commands::ablate(preset, out, variants, seed, device).map_err(|e| format!("{e:#}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

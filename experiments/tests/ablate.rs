@@ -269,3 +269,37 @@ fn a_miniature_ablation_writes_a_complete_consistent_report_and_resumes() {
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no variant `nope`"));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn the_ablation_runs_on_a_gpu() {
+    // cuda:0 is the PTX emulator unless this machine has a GPU: slow, so one variant.
+    let dir: PathBuf =
+        std::env::temp_dir().join(format!("ditmoe-ablate-gpu-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let preset = dir.join("mini.toml");
+    std::fs::write(&preset, MINI).unwrap();
+    let out = dir.join("out");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ditmoe"));
+    command
+        .args(["ablate", "--preset"])
+        .arg(&preset)
+        .arg("--out")
+        .arg(&out);
+    command.args(["--variants", "tc", "--device", "cuda"]);
+    if let ditmoe_cuda::DriverStatus::Missing(_) = ditmoe_cuda::driver_status() {
+        command.env(ditmoe_cuda::registry::EMULATOR_ENV, "1");
+    }
+    let result = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "{stderr}");
+    assert!(stderr.contains("on cuda:0"), "{stderr}");
+    let summary = json(&out.join("summary.json"));
+    assert_eq!(summary["variants"].as_array().unwrap().len(), 1);
+    let evaluation = json(&out.join("runs").join("tc").join("evaluation.json"));
+    assert!(evaluation["quality"]["frechet_distance"]
+        .as_f64()
+        .unwrap()
+        .is_finite());
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -15,7 +15,7 @@ use ditmoe_diffusion::{flow_interpolate, GaussianDiffusion};
 use ditmoe_nn::accounting::model_cost;
 use ditmoe_nn::moe::RoutingConfig;
 use ditmoe_nn::{Dit, DitConfig, ForwardOptions, Module};
-use ditmoe_tensor::{seeded_rng, DType, Tensor};
+use ditmoe_tensor::{seeded_rng, DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Instant;
@@ -59,6 +59,8 @@ pub struct Judge<'a> {
     pub images: &'a Tensor,
     pub labels: &'a [usize],
     pub settings: &'a EvaluationConfig,
+    /// Where the judged models run (sampling and routing); the classifier stays on the CPU.
+    pub device: Device,
 }
 
 /// Evaluates the EMA weights `model` of `variant`, writing its sample grid to `grid`.
@@ -72,7 +74,7 @@ pub fn evaluate(model: &Dit, variant: &Variant, judge: &Judge, grid: &Path) -> R
         steps: judge.settings.sample_steps,
         cfg_scale: config.sample.cfg_scale,
         seed: config.seed,
-        device: ditmoe_tensor::Device::Cpu,
+        device: judge.device,
     };
     let images = generate(model, config, &labels, &generation)?;
     write_grid(grid, &images, classes, &(0..classes).collect::<Vec<_>>())?;
@@ -213,10 +215,13 @@ fn specialization(
         DType::F32,
         &mut seeded_rng(config.seed ^ 0x5EC1),
     )?;
+    let device = judge.device;
+    model.to_device(device)?;
     let y = Tensor::from_vec(
         judge.labels.iter().map(|&l| l as i64).collect(),
         &[judge.labels.len()],
-    )?;
+    )?
+    .to_device(device)?;
     for bin in 0..bins {
         let fraction = (bin as f64 + 0.5) / bins as f64;
         let (input, t) = noised(config, &diffusion, judge.images, &noise, fraction)?;
@@ -224,6 +229,7 @@ fn specialization(
             label_dropout: None,
             record_routing: true,
         };
+        let (input, t) = (input.to_device(device)?, t.to_device(device)?);
         let output = no_grad(|| model.forward(&Var::constant(input), &t, &y, options))?;
         let records = output.routing.iter().flatten();
         for (table, record) in tables.iter_mut().zip(records) {

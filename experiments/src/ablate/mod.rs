@@ -43,6 +43,8 @@ pub struct AblateOptions {
     pub quiet: bool,
     /// The command line, for the report.
     pub command: String,
+    /// Where the variants train and are sampled (`Device::Cuda(i)`: on GPU i).
+    pub device: ditmoe_tensor::Device,
 }
 
 fn say(options: &AblateOptions, message: String) {
@@ -161,6 +163,7 @@ fn train_and_evaluate(
                 .join("metrics")
                 .join(format!("{}.jsonl", variant.name)),
         ),
+        device: options.device,
         ..TrainOptions::new(progress)
     };
     train(&variant.config, run, &train_options)?;
@@ -222,6 +225,7 @@ pub fn ablate(options: &AblateOptions) -> Result<PathBuf> {
         images: &real.narrow(0, 0, held)?,
         labels: &real_labels[..held],
         settings,
+        device: options.device,
     };
 
     let count = variants.len();
