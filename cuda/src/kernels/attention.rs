@@ -8,17 +8,23 @@ use std::fmt::Write;
 const TILE: u32 = 64;
 
 /// The head dimensions the kernel is built for.
-pub const HEAD_DIMS: [u32; 4] = [16, 32, 64, 128];
+pub const HEAD_DIMS: [u32; 6] = [16, 24, 32, 64, 72, 128];
 
 /// The entry of head dimension `d`.
 pub fn entry(d: u32) -> String {
     format!("flash_forward_d{d}")
 }
 
-/// Bytes of one shared row: D bf16 values plus 16 bytes of padding (so the 8 rows an ldmatrix
+/// D rounded up to the k16 step of the tensor cores: a head dim that is a multiple of 8 but not
+/// of 16 (24 in the tiny presets, 72 in DiT-XL) is zero-padded in shared memory and registers.
+fn padded(d: u32) -> u32 {
+    d.div_ceil(16) * 16
+}
+
+/// Bytes of one shared row: the padded D in bf16 plus 16 bytes (so the 8 rows an ldmatrix
 /// reads start in different banks).
 fn stride(d: u32) -> u32 {
-    d * 2 + 16
+    padded(d) * 2 + 16
 }
 
 macro_rules! emit {
@@ -32,17 +38,18 @@ macro_rules! emit {
 /// byte `offset`: 8·D chunks of 16 bytes, D/16 per thread; rows past T are zero-filled.
 fn load_tile(d: u32, base: &str, offset: u32) -> String {
     let mut out = String::new();
-    let chunks_per_row = d / 8;
-    for j in 0..d / 16 {
+    // Chunks of 16 bytes per shared row (padded D) and per global row (D).
+    let (shared_chunks, global_chunks) = (padded(d) / 8, d / 8);
+    for j in 0..padded(d) / 16 {
         emit!(out, "add.u32 %r10, %r0, {};", 128 * j);
-        emit!(
-            out,
-            "shr.u32 %r11, %r10, {};",
-            chunks_per_row.trailing_zeros()
-        );
-        emit!(out, "and.b32 %r12, %r10, {};", chunks_per_row - 1);
+        emit!(out, "div.u32 %r11, %r10, {shared_chunks};");
+        emit!(out, "rem.u32 %r12, %r10, {shared_chunks};");
         emit!(out, "add.u32 %r13, %r9, %r11;");
         emit!(out, "setp.lt.u32 %p1, %r13, %r7;");
+        if global_chunks < shared_chunks {
+            emit!(out, "setp.lt.u32 %p7, %r12, {global_chunks};");
+            emit!(out, "and.pred %p1, %p1, %p7;");
+        }
         emit!(out, "mul.wide.u32 %rd8, %r13, {d};");
         emit!(out, "shl.b32 %r14, %r12, 3;");
         emit!(out, "cvt.u64.u32 %rd9, %r14;");
@@ -75,7 +82,7 @@ fn a_fragments(d: u32, prefix: &str, offset: u32) -> String {
     emit!(out, "shl.b32 %r19, %r19, 4;");
     emit!(out, "add.u32 %r18, %r18, %r19;");
     emit!(out, "add.u32 %r18, %r18, %r8;");
-    for kc in 0..d / 16 {
+    for kc in 0..padded(d) / 16 {
         emit!(out, "add.u32 %r19, %r18, {};", offset + kc * 32);
         emit!(
             out,
@@ -117,7 +124,7 @@ fn product_transposed_tile(d: u32, acc: &str, a: &str, offset: u32) -> String {
     emit!(out, "add.u32 %r20, %r20, %r21;");
     emit!(out, "add.u32 %r20, %r20, %r8;");
     for p in 0..4 {
-        for kc in 0..d / 16 {
+        for kc in 0..padded(d) / 16 {
             emit!(
                 out,
                 "add.u32 %r21, %r20, {};",
@@ -160,7 +167,7 @@ fn product_tile(d: u32, acc: &str, a: &str, offset: u32) -> String {
     emit!(out, "add.u32 %r24, %r24, %r25;");
     emit!(out, "add.u32 %r24, %r24, %r8;");
     for c in 0..4 {
-        for dp in 0..d / 16 {
+        for dp in 0..padded(d) / 16 {
             emit!(
                 out,
                 "add.u32 %r25, %r24, {};",
@@ -274,7 +281,7 @@ fn softmax(d: u32) -> String {
             emit!(out, "add.f32 {l}, {l}, {s};");
         }
     }
-    for jd in 0..d / 8 {
+    for jd in 0..padded(d) / 8 {
         for e in 0..4 {
             let alpha = if e < 2 { "%f7" } else { "%f8" };
             emit!(out, "mul.f32 %acc{0}, %acc{0}, {alpha};", 4 * jd + e);
@@ -353,9 +360,9 @@ fn finish(d: u32) -> String {
     out
 }
 
-/// The head dimensions the backward kernels are built for (at D = 128 their accumulators,
-/// dK and dV together, would not fit the registers without spilling).
-pub const BACKWARD_HEAD_DIMS: [u32; 3] = [16, 32, 64];
+/// The head dimensions the backward kernels are built for (from D = 72 on, the dK and dV
+/// accumulators together no longer fit the registers without spilling; ptxas checks).
+pub const BACKWARD_HEAD_DIMS: [u32; 4] = [16, 24, 32, 64];
 
 /// The entries of the backward pass at head dimension `d`: (dK dV, dQ).
 pub fn backward_entries(d: u32) -> (String, String) {
@@ -538,8 +545,8 @@ pub fn backward_module(template: &str) -> String {
             .replace("{{DKDV_NAME}}", &dkdv)
             .replace("{{DQ_NAME}}", &dq)
             .replace("{{DECLARATIONS}}\n", &backward_declarations(d))
-            .replace("{{A_REGS}}", &(d / 4).to_string())
-            .replace("{{ACC_REGS}}", &(d / 2).to_string())
+            .replace("{{A_REGS}}", &(padded(d) / 4).to_string())
+            .replace("{{ACC_REGS}}", &(padded(d) / 2).to_string())
             .replace("{{LOAD_KV}}\n", &load_kv)
             .replace("{{LOAD_QDO}}\n", &load_qdo)
             .replace(
@@ -552,9 +559,9 @@ pub fn backward_module(template: &str) -> String {
             )
             .replace(
                 "{{ZERO_DKDV}}\n",
-                &(zero("acck", d / 2) + &zero("accv", d / 2)),
+                &(zero("acck", padded(d) / 2) + &zero("accv", padded(d) / 2)),
             )
-            .replace("{{ZERO_DQ}}\n", &zero("acc", d / 2))
+            .replace("{{ZERO_DQ}}\n", &zero("acc", padded(d) / 2))
             .replace("{{ROW_STATS}}\n", &row_stats())
             .replace("{{DKDV_TILE}}\n", &dkdv_tile(d))
             .replace("{{DQ_TILE}}\n", &dq_tile(d))
@@ -587,12 +594,12 @@ pub fn module(template: &str) -> String {
         let entry = format!(".visible .entry{body}")
             .replace("{{NAME}}", &entry(d))
             .replace("{{D}}", &d.to_string())
-            .replace("{{ACC_REGS}}", &(d / 2).to_string())
-            .replace("{{Q_REGS}}", &(d / 4).to_string())
+            .replace("{{ACC_REGS}}", &(padded(d) / 2).to_string())
+            .replace("{{Q_REGS}}", &(padded(d) / 4).to_string())
             .replace("{{SHARED_BYTES}}", &(2 * TILE * stride(d)).to_string())
             .replace("{{LOAD_Q}}\n", &load_tile(d, "%rd0", 0))
             .replace("{{Q_FRAGMENTS}}\n", &a_fragments(d, "qa", 0))
-            .replace("{{ZERO_ACC}}\n", &zero("acc", d / 2))
+            .replace("{{ZERO_ACC}}\n", &zero("acc", padded(d) / 2))
             .replace("{{LOAD_KV}}\n", &load_kv)
             .replace(
                 "{{SCORES}}\n",
@@ -619,8 +626,8 @@ mod tests {
         for d in HEAD_DIMS {
             assert!(text.contains(&format!(".visible .entry {}(", entry(d))));
         }
-        // Per head dim: S = 4 pairs × D/16 steps × 2, O = 4 × D/16 × 2 mma.
-        let expected: u32 = HEAD_DIMS.iter().map(|d| 16 * d / 16).sum();
+        // Per head dim: S = 4 pairs × Dp/16 steps × 2, O = 4 × Dp/16 × 2 mma (Dp: padded D).
+        let expected: u32 = HEAD_DIMS.iter().map(|&d| padded(d)).sum();
         assert_eq!(text.matches("mma.sync.aligned").count() as u32, expected);
     }
 }
