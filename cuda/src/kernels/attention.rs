@@ -2,7 +2,7 @@
 //! dimension D: the tile loads, the ldmatrix addresses and the unrolled mma / online-softmax
 //! sequences, whose register names must be spelled out.
 
-use std::fmt::Write;
+use super::codegen::{emit, mma, regs};
 
 /// Query rows and keys per tile.
 const TILE: u32 = 64;
@@ -25,13 +25,6 @@ fn padded(d: u32) -> u32 {
 /// reads start in different banks).
 fn stride(d: u32) -> u32 {
     padded(d) * 2 + 16
-}
-
-macro_rules! emit {
-    ($out:expr, $($arg:tt)*) => {{
-        let _ = write!($out, "    ");
-        let _ = writeln!($out, $($arg)*);
-    }};
 }
 
 /// cp.async of rows `%r9 .. %r9 + 64` of the [T, D] matrix at `base` into the shared tile at
@@ -94,18 +87,6 @@ fn a_fragments(d: u32, prefix: &str, offset: u32) -> String {
         );
     }
     out
-}
-
-fn mma(out: &mut String, d: [String; 4], a: [String; 4], b: [&str; 2]) {
-    emit!(
-        out,
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {{{}, {}, {}, {}}}, {{{}, {}, {}, {}}}, {{{}, {}}}, {{{}, {}, {}, {}}};",
-        d[0], d[1], d[2], d[3], a[0], a[1], a[2], a[3], b[0], b[1], d[0], d[1], d[2], d[3]
-    );
-}
-
-fn regs(prefix: &str, first: u32) -> [String; 4] {
-    [0, 1, 2, 3].map(|i| format!("%{prefix}{}", first + i))
 }
 
 /// `%{acc}` (16 rows × 64 columns, tile j in `%{acc}4j..4j+3`) += `%{a}` (16 × D A fragments) ·

@@ -5,7 +5,7 @@
 //! unrolled fragment/mma and store sequences, whose register names must be spelled out — is
 //! written here, one small function per section.
 
-use std::fmt::Write;
+use super::codegen::{emit, mma, regs};
 
 /// Bytes of one shared-memory stage: a 128×32 bf16 tile of A, then one of B.
 const STAGE_BYTES: u32 = 16384;
@@ -105,14 +105,6 @@ impl GemmLayout {
             },
         ]
     }
-}
-
-/// Appends formatted lines of PTX, indented like the template.
-macro_rules! emit {
-    ($out:expr, $($arg:tt)*) => {{
-        let _ = write!($out, "    ");
-        let _ = writeln!($out, $($arg)*);
-    }};
 }
 
 /// The parameters the grouped entries take after the batched ones.
@@ -353,25 +345,11 @@ fn multiply_slice(operands: &[Operand; 2]) -> String {
                 let acc = 4 * (4 * i + j);
                 let a = 4 * i;
                 let b = 2 * j;
-                emit!(
-                    out,
-                    "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 \
-                     {{%acc{}, %acc{}, %acc{}, %acc{}}}, {{%fa{}, %fa{}, %fa{}, %fa{}}}, \
-                     {{%fb{}, %fb{}}}, {{%acc{}, %acc{}, %acc{}, %acc{}}};",
-                    acc,
-                    acc + 1,
-                    acc + 2,
-                    acc + 3,
-                    a,
-                    a + 1,
-                    a + 2,
-                    a + 3,
-                    b,
-                    b + 1,
-                    acc,
-                    acc + 1,
-                    acc + 2,
-                    acc + 3
+                mma(
+                    &mut out,
+                    regs("acc", acc),
+                    regs("fa", a),
+                    [&format!("%fb{b}"), &format!("%fb{}", b + 1)],
                 );
             }
         }

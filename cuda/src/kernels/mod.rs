@@ -4,6 +4,7 @@
 //! from Rust here, once.
 
 pub mod attention;
+mod codegen;
 pub mod gemm;
 
 use std::sync::OnceLock;

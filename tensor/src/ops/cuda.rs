@@ -584,49 +584,69 @@ fn copy_pieces<T: ditmoe_cuda::Element>(
     Ok(())
 }
 
+/// The pieces of a concat, each as the buffer `pick` finds in its storage (a dtype error
+/// otherwise), copied into one new buffer of `numel` elements.
+fn concat_buffers<T: ditmoe_cuda::Element>(
+    gpu: &Gpu,
+    tensors: &[&Tensor],
+    dim: usize,
+    shape: &[usize],
+    pick: fn(&CudaData) -> Option<Arc<Buffer<T>>>,
+) -> Result<Buffer<T>> {
+    let op = "concat";
+    let expected = tensors[0].dtype();
+    let pieces: Vec<_> = tensors
+        .iter()
+        .map(|t| {
+            t.cuda_storage()
+                .and_then(|s| pick(&s.data))
+                .map(|b| (*t, b))
+                .ok_or(TensorError::DType {
+                    op,
+                    expected,
+                    found: t.dtype(),
+                })
+        })
+        .collect::<Result<_>>()?;
+    let out = gpu.zeros::<T>(shape.iter().product()).map_err(failed(op))?;
+    copy_pieces(gpu, &out, &pieces, dim, &ew::contiguous_strides(shape))?;
+    Ok(out)
+}
+
 /// Joins device tensors along `dim` into a new tensor of `shape`: each piece is copied, in
 /// place of its strides, into its slice of the output.
 pub(crate) fn concat(tensors: &[&Tensor], dim: usize, shape: &[usize]) -> Result<Tensor> {
-    let op = "concat";
     let first = tensors[0];
     for t in tensors {
-        same_device(op, first, t)?;
+        same_device("concat", first, t)?;
     }
     let gpu = Arc::clone(&first.cuda_storage().expect("a device tensor").gpu);
-    let out_strides = ew::contiguous_strides(shape);
-    let n: usize = shape.iter().product();
-    let data = |t: &Tensor| t.cuda_storage().expect("a device tensor").data.clone();
-    if first.dtype() == DType::F32 {
-        let pieces: Vec<_> = tensors
-            .iter()
-            .map(|t| match data(t) {
-                CudaData::F32(b) => Ok((*t, b)),
-                CudaData::I64(_) => Err(TensorError::DType {
-                    op,
-                    expected: DType::F32,
-                    found: DType::I64,
-                }),
-            })
-            .collect::<Result<_>>()?;
-        let out = gpu.zeros::<f32>(n).map_err(failed(op))?;
-        copy_pieces(&gpu, &out, &pieces, dim, &out_strides)?;
-        Ok(f32_tensor(&gpu, out, shape, ordinal(first)))
-    } else {
-        let pieces: Vec<_> = tensors
-            .iter()
-            .map(|t| match data(t) {
-                CudaData::I64(b) => Ok((*t, b)),
-                CudaData::F32(_) => Err(TensorError::DType {
-                    op,
-                    expected: DType::I64,
-                    found: DType::F32,
-                }),
-            })
-            .collect::<Result<_>>()?;
-        let out = gpu.zeros::<u32>(n).map_err(failed(op))?;
-        copy_pieces(&gpu, &out, &pieces, dim, &out_strides)?;
-        Ok(u32_tensor(&gpu, out, shape, ordinal(first)))
-    }
+    Ok(match first.dtype() {
+        DType::I64 => {
+            let pick = |d: &CudaData| match d {
+                CudaData::I64(b) => Some(Arc::clone(b)),
+                CudaData::F32(_) => None,
+            };
+            u32_tensor(
+                &gpu,
+                concat_buffers(&gpu, tensors, dim, shape, pick)?,
+                shape,
+                ordinal(first),
+            )
+        }
+        _ => {
+            let pick = |d: &CudaData| match d {
+                CudaData::F32(b) => Some(Arc::clone(b)),
+                CudaData::I64(_) => None,
+            };
+            f32_tensor(
+                &gpu,
+                concat_buffers(&gpu, tensors, dim, shape, pick)?,
+                shape,
+                ordinal(first),
+            )
+        }
+    })
 }
 
 /// A copy of `table` with `source[i, :]` added to row `index[i]` (the scatter-add that is the

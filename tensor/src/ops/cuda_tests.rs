@@ -51,6 +51,32 @@ fn tensors_round_trip_and_views_stay_views() {
 }
 
 #[test]
+fn concat_copies_strided_pieces_of_either_dtype() {
+    let (a, b_source) = (f32_cpu(&[2, 3, 4], 70), f32_cpu(&[2, 4, 3], 71));
+    let b = b_source.transpose(1, 2).unwrap(); // a strided piece
+    let expected = Tensor::concat(&[&a, &b], 2).unwrap();
+    let b_on_gpu = on_gpu(&b_source).transpose(1, 2).unwrap();
+    let got = Tensor::concat(&[&on_gpu(&a), &b_on_gpu], 2).unwrap();
+    check(&got, &expected, 0.0, "concat");
+    let (i, j) = (
+        Tensor::from_vec(vec![1i64, 2], &[2]).unwrap(),
+        Tensor::from_vec(vec![7i64], &[1]).unwrap(),
+    );
+    let joined =
+        Tensor::concat(&[&i.to_device(GPU).unwrap(), &j.to_device(GPU).unwrap()], 0).unwrap();
+    assert_eq!(
+        joined
+            .to_device(Device::Cpu)
+            .unwrap()
+            .to_vec::<i64>()
+            .unwrap(),
+        vec![1, 2, 7]
+    );
+    let err = Tensor::concat(&[&on_gpu(&a), &a], 2).unwrap_err();
+    assert!(matches!(err, TensorError::DeviceMismatch { .. }), "{err}");
+}
+
+#[test]
 fn elementwise_ops_broadcast_over_strided_views() {
     let a = f32_cpu(&[4, 1, 6], 2);
     let b = f32_cpu(&[3, 6], 3).t().unwrap().t().unwrap();
