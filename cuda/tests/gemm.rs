@@ -211,3 +211,53 @@ fn grouped_gemm_multiplies_each_group_by_its_own_weights() {
         }
     }
 }
+
+#[test]
+fn grouped_weight_gradients_sum_over_each_groups_rows_only() {
+    let group_sizes = [130usize, 0, 1, 37];
+    let (m, n) = (24, 40);
+    let rows: usize = group_sizes.iter().sum();
+    let round =
+        |v: Vec<f32>| -> Vec<f32> { v.into_iter().map(|x| bf16::from_f32(x).to_f32()).collect() };
+    let to_bf16 = |v: &[f32]| -> Vec<bf16> { v.iter().map(|&x| bf16::from_f32(x)).collect() };
+    for gpu in gpus() {
+        let dy = round(random(rows * m, -1.0, 1.0, 70));
+        let x = round(random(rows * n, -1.0, 1.0, 71));
+        let out = gpu.zeros::<f32>(group_sizes.len() * m * n).unwrap();
+        ditmoe_cuda::ops::gemm::grouped_weight_grad_bf16(
+            &gpu,
+            &gpu.upload(&to_bf16(&dy)).unwrap(),
+            &gpu.upload(&to_bf16(&x)).unwrap(),
+            &group_sizes,
+            &out,
+        )
+        .unwrap();
+        let dyt = Tensor::from_slice(&dy, &[rows, m])
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap();
+        let xt = Tensor::from_slice(&x, &[rows, n])
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap();
+        let mut expected = Vec::new();
+        let mut start = 0;
+        for &size in &group_sizes {
+            let g = dyt
+                .narrow(0, start, size)
+                .unwrap()
+                .t()
+                .unwrap()
+                .matmul(&xt.narrow(0, start, size).unwrap())
+                .unwrap();
+            expected.extend(values(&g));
+            start += size;
+        }
+        assert_close(
+            &gpu.download(&out).unwrap(),
+            &expected,
+            1e-5,
+            &format!("grouped dW on {}", gpu.name()),
+        );
+    }
+}

@@ -2,7 +2,7 @@
 //! multiplied by its own weight, `y[rows_g] = x[rows_g] · W_gᵀ` (weights `[out, in]`, PyTorch
 //! layout) — the expert computation of a Mixture-of-Experts layer once tokens are sorted by
 //! expert (`Tensor::grouped_matmul`: a GEMM per group on the CPU, one grouped launch on a GPU).
-//! Backward: dX_g = dY_g · W_g (grouped again), dW_g = dY_gᵀ · X_g.
+//! Backward: dX_g = dY_g · W_g (grouped again), dW_g = dY_gᵀ · X_g (`grouped_weight_grads`).
 
 use crate::Var;
 use ditmoe_tensor::{Result, Tensor};
@@ -18,15 +18,12 @@ impl Var {
         parents.extend(weights.iter().copied());
         Ok(Var::from_op("grouped_matmul", y, &parents, move |g| {
             let dx = Tensor::grouped_matmul(g, &sizes, &ws.iter().collect::<Vec<_>>(), false)?;
-            let x_groups = xv.split(&sizes, 0)?;
             let mut grads = vec![Some(dx)];
-            for ((dy, x_rows), w) in g.split(&sizes, 0)?.iter().zip(&x_groups).zip(&ws) {
-                grads.push(Some(if x_rows.shape()[0] == 0 {
-                    w.zeros_like()?
-                } else {
-                    dy.t()?.matmul(x_rows)?
-                }));
-            }
+            grads.extend(
+                Tensor::grouped_weight_grads(g, &xv, &sizes)?
+                    .into_iter()
+                    .map(Some),
+            );
             Ok(grads)
         }))
     }

@@ -30,50 +30,75 @@ struct Operand {
     is_a: bool,
 }
 
+/// How the CTAs of an entry split the work beyond one matrix product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grouping {
+    /// Grid z walks a batch of equally shaped products.
+    Batched,
+    /// The rows of A and C fall into groups of any size and group g multiplies B[g]: the
+    /// forward and dX products of mixture-of-experts layers.
+    Rows,
+    /// The shared dimension K falls into groups: C[g] = A_g · B_g over group g's rows only (A
+    /// stored transposed): the weight gradients of mixture-of-experts layers.
+    Depth,
+}
+
 /// The operand layouts of one entry: `n` is the natural layout (A [M,K], B [K,N] row-major),
 /// `t` the transposed one (A stored [K,M], B stored [N,K]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GemmLayout {
     pub a_transposed: bool,
     pub b_transposed: bool,
-    /// Rows of A in groups of any size, group g times B[g] (mixture-of-experts layers).
-    pub grouped: bool,
+    pub grouping: Grouping,
 }
 
 impl GemmLayout {
-    pub const ALL: [GemmLayout; 6] = [
+    pub const ALL: [GemmLayout; 7] = [
         GemmLayout::new(false, false),
         GemmLayout::new(false, true),
         GemmLayout::new(true, false),
         GemmLayout::new(true, true),
         GemmLayout::grouped(false),
         GemmLayout::grouped(true),
+        GemmLayout::DEPTH_GROUPED,
     ];
+
+    /// The weight-gradient product of expert layers: A = dYᵀ (dY stored `[rows, M]`), B = X
+    /// stored `[rows, N]`, C `[groups, M, N]`.
+    pub const DEPTH_GROUPED: GemmLayout = GemmLayout {
+        a_transposed: true,
+        b_transposed: false,
+        grouping: Grouping::Depth,
+    };
 
     /// A batched GEMM with these operand layouts.
     pub const fn new(a_transposed: bool, b_transposed: bool) -> Self {
         Self {
             a_transposed,
             b_transposed,
-            grouped: false,
+            grouping: Grouping::Batched,
         }
     }
 
-    /// A grouped GEMM: A row-major `[rows, K]`, B `[groups, K, N]` (or `[groups, N, K]` when
-    /// `b_transposed`).
+    /// A row-grouped GEMM: A row-major `[rows, K]`, B `[groups, K, N]` (or `[groups, N, K]`
+    /// when `b_transposed`).
     pub const fn grouped(b_transposed: bool) -> Self {
         Self {
             a_transposed: false,
             b_transposed,
-            grouped: true,
+            grouping: Grouping::Rows,
         }
     }
 
-    /// `gemm_bf16_nn`, `gemm_bf16_nt`, …, `grouped_bf16_nt` (BLAS naming: the letter of A, then
-    /// of B).
+    /// `gemm_bf16_nn`, …, `grouped_bf16_nt`, `grouped_depth_bf16_tn` (BLAS naming: the letter
+    /// of A, then of B).
     pub fn entry(self) -> String {
         let letter = |t: bool| if t { 't' } else { 'n' };
-        let kind = if self.grouped { "grouped" } else { "gemm" };
+        let kind = match self.grouping {
+            Grouping::Batched => "gemm",
+            Grouping::Rows => "grouped",
+            Grouping::Depth => "grouped_depth",
+        };
         format!(
             "{kind}_bf16_{}{}",
             letter(self.a_transposed),
@@ -109,7 +134,7 @@ impl GemmLayout {
 
 /// The parameters the grouped entries take after the batched ones.
 fn extra_params(layout: GemmLayout) -> &'static str {
-    if layout.grouped {
+    if layout.grouping != Grouping::Batched {
         ",\n    .param .u64 schedule,\n    .param .u64 group_offsets"
     } else {
         ""
@@ -117,12 +142,50 @@ fn extra_params(layout: GemmLayout) -> &'static str {
 }
 
 /// This CTA's first row m0 (%r6), row count M (%r8) and base addresses of A, B, C (%rd0-2).
-/// Batched: grid y is the row tile, grid z the batch entry. Grouped: grid y indexes the
+/// Batched: grid y is the row tile, grid z the batch entry. Row-grouped: grid y indexes the
 /// schedule of (group, row tile) pairs; group g holds rows offsets[g]..offsets[g+1] of A and C
-/// and multiplies B[g].
+/// and multiplies B[g]. Depth-grouped: the schedule holds (group, row tile of C[g]) pairs and K
+/// (%r10) is the size of group g, whose rows of A and B are offsets[g]..offsets[g+1].
 fn block_origin(layout: GemmLayout) -> String {
     let mut out = String::new();
-    if layout.grouped {
+    if layout.grouping == Grouping::Depth {
+        emit!(out, "ld.param.u64 %rd14, [schedule];");
+        emit!(out, "mov.u32 %r5, %ctaid.y;");
+        emit!(out, "mul.wide.u32 %rd15, %r5, 8;");
+        emit!(out, "add.u64 %rd14, %rd14, %rd15;");
+        emit!(
+            out,
+            "ld.global.v2.u32 {{%r5, %r6}}, [%rd14];  // group, row tile of C[g]"
+        );
+        emit!(out, "shl.b32 %r6, %r6, 7;");
+        emit!(out, "ld.param.u32 %r8, [m];");
+        emit!(out, "ld.param.u64 %rd14, [group_offsets];");
+        emit!(out, "mul.wide.u32 %rd15, %r5, 4;");
+        emit!(out, "add.u64 %rd14, %rd14, %rd15;");
+        emit!(
+            out,
+            "ld.global.u32 %r27, [%rd14];           // first row of the group"
+        );
+        emit!(out, "ld.global.u32 %r10, [%rd14+4];");
+        emit!(
+            out,
+            "sub.u32 %r10, %r10, %r27;              // K = rows of the group"
+        );
+        for (base, param, leading) in [("%rd0", "a", "%r11"), ("%rd1", "b", "%r12")] {
+            emit!(out, "ld.param.u64 {base}, [{param}];");
+            emit!(out, "mul.wide.u32 %rd14, %r27, {leading};");
+            emit!(out, "shl.b64 %rd14, %rd14, 1;");
+            emit!(out, "add.u64 {base}, {base}, %rd14;");
+        }
+        emit!(out, "cvt.u64.u32 %rd15, %r5;");
+        emit!(out, "ld.param.u64 %rd2, [c];");
+        emit!(out, "ld.param.u64 %rd14, [batch_stride_c];");
+        emit!(out, "mul.lo.u64 %rd14, %rd14, %rd15;");
+        emit!(out, "shl.b64 %rd14, %rd14, 2;");
+        emit!(out, "add.u64 %rd2, %rd2, %rd14;");
+        return out;
+    }
+    if layout.grouping == Grouping::Rows {
         emit!(out, "ld.param.u64 %rd14, [schedule];");
         emit!(out, "mov.u32 %r5, %ctaid.y;");
         emit!(out, "mul.wide.u32 %rd15, %r5, 8;");
@@ -422,11 +485,11 @@ mod tests {
         for layout in GemmLayout::ALL {
             assert!(text.contains(&format!(".visible .entry {}(", layout.entry())));
         }
-        assert_eq!(text.matches("mma.sync.aligned").count(), 6 * 2 * 16);
-        // .trans loads: A in the two tX entries (4 per k step), B in the three xN entries (2).
+        assert_eq!(text.matches("mma.sync.aligned").count(), 7 * 2 * 16);
+        // .trans loads: A in the three tX entries (4 per k step), B in the four xN ones (2).
         assert_eq!(
             text.matches("ldmatrix.sync.aligned.m8n8.x4.trans").count(),
-            2 * 2 * 4 + 3 * 2 * 2
+            3 * 2 * 4 + 4 * 2 * 2
         );
     }
 }

@@ -209,14 +209,7 @@ pub fn grouped_gemm_bf16(
              multiples of 8"
         )));
     }
-    let mut offsets = vec![0u32; groups + 1];
-    let mut schedule = Vec::new();
-    for (g, &size) in group_sizes.iter().enumerate() {
-        offsets[g + 1] = offsets[g] + check_u32("rows", size)?;
-        for tile in 0..size.div_ceil(BF16_TILE) {
-            schedule.extend([g as u32, tile as u32]);
-        }
-    }
+    let (schedule, offsets) = group_schedule(group_sizes, |size| size.div_ceil(BF16_TILE))?;
     if schedule.is_empty() || n == 0 {
         return Ok(());
     }
@@ -249,6 +242,87 @@ pub fn grouped_gemm_bf16(
             0u64.into(),
             ((k * n) as u64).into(),
             0u64.into(),
+            1.0f32.into(),
+            0.0f32.into(),
+            (&schedule_buffer).into(),
+            (&offsets_buffer).into(),
+        ],
+    )
+}
+
+/// The (group, 128-row tile) schedule and the prefix-summed row offsets of `group_sizes`,
+/// for `tiles_of(size)` row tiles per group (groups with no tile are left out).
+fn group_schedule(
+    group_sizes: &[usize],
+    tiles_of: impl Fn(usize) -> usize,
+) -> Result<(Vec<u32>, Vec<u32>)> {
+    let mut offsets = vec![0u32; group_sizes.len() + 1];
+    let mut schedule = Vec::new();
+    for (g, &size) in group_sizes.iter().enumerate() {
+        offsets[g + 1] = offsets[g] + check_u32("rows", size)?;
+        for tile in 0..tiles_of(size) {
+            schedule.extend([g as u32, tile as u32]);
+        }
+    }
+    Ok((schedule, offsets))
+}
+
+/// The weight gradients of a grouped GEMM: `out[g] = dy_gᵀ · x_g` for the consecutive row groups
+/// of `dy: [rows, M]` and `x: [rows, N]`, into `out: [groups, M, N]` (f32, zeroed by the
+/// caller: empty groups get no CTA). One launch: the grid walks a (group, 128-row tile of
+/// out[g]) schedule and each CTA's K loop covers only its group's rows.
+pub fn grouped_weight_grad_bf16(
+    gpu: &Gpu,
+    dy: &Buffer<half::bf16>,
+    x: &Buffer<half::bf16>,
+    group_sizes: &[usize],
+    out: &Buffer<f32>,
+) -> Result<()> {
+    let rows: usize = group_sizes.iter().sum();
+    let groups = group_sizes.len();
+    let (m, n) = (dy.len() / rows.max(1), x.len() / rows.max(1));
+    check_len("grouped weight gradient dy", dy, rows * m)?;
+    check_len("grouped weight gradient x", x, rows * n)?;
+    check_len("grouped weight gradient output", out, groups * m * n)?;
+    if m % 8 != 0 || n % 8 != 0 {
+        return Err(CudaError::InvalidArgument(format!(
+            "grouped_weight_grad_bf16 needs both row lengths ({m}, {n}) to be multiples of 8"
+        )));
+    }
+    let tiles = m.div_ceil(BF16_TILE);
+    let (schedule, offsets) =
+        group_schedule(group_sizes, |size| if size == 0 { 0 } else { tiles })?;
+    if schedule.is_empty() || n == 0 {
+        return Ok(());
+    }
+    let schedule_buffer = gpu.upload(&schedule)?;
+    let offsets_buffer = gpu.upload(&offsets)?;
+    let config = LaunchConfig {
+        grid: (
+            n.div_ceil(BF16_TILE) as u32,
+            check_u32("tiles", schedule.len() / 2)?,
+            1,
+        ),
+        block: (BF16_THREADS, 1, 1),
+        shared_bytes: BF16_SHARED_BYTES,
+    };
+    gpu.launch(
+        "gemm_bf16",
+        &GemmLayout::DEPTH_GROUPED.entry(),
+        config,
+        &[
+            out.into(),
+            dy.into(),
+            x.into(),
+            check_u32("M", m)?.into(),
+            check_u32("N", n)?.into(),
+            0u32.into(),
+            check_u32("lda", m)?.into(),
+            check_u32("ldb", n)?.into(),
+            check_u32("ldc", n)?.into(),
+            0u64.into(),
+            0u64.into(),
+            ((m * n) as u64).into(),
             1.0f32.into(),
             0.0f32.into(),
             (&schedule_buffer).into(),

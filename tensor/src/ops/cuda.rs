@@ -890,3 +890,30 @@ pub(crate) fn flash_attention_backward(
         v: f32_tensor(&gpu, grads.v, q.shape(), ordinal),
     })
 }
+
+/// All weight gradients of a grouped matmul in one tensor-core launch (mixed precision, shapes
+/// that fit); `None` sends the caller to the per-group loop.
+pub(crate) fn grouped_weight_grads(
+    dy: &Tensor,
+    x: &Tensor,
+    group_sizes: &[usize],
+) -> Result<Option<Vec<Tensor>>> {
+    let op = "grouped_weight_grads";
+    same_device(op, dy, x)?;
+    let (gpu, dyb) = dense_f32(dy, op)?;
+    let (out, inner) = (dy.shape()[1], x.shape()[1]);
+    if !gpu.tensor_core_matmul() || out % 8 != 0 || inner % 8 != 0 {
+        return Ok(None);
+    }
+    let (_, xb) = dense_f32(x, op)?;
+    let dy16 = ew::to_bf16(&gpu, &dyb).map_err(failed(op))?;
+    let x16 = ew::to_bf16(&gpu, &xb).map_err(failed(op))?;
+    let groups = group_sizes.len();
+    let grads = gpu.zeros::<f32>(groups * out * inner).map_err(failed(op))?;
+    gemm::grouped_weight_grad_bf16(&gpu, &dy16, &x16, group_sizes, &grads).map_err(failed(op))?;
+    let all = f32_tensor(&gpu, grads, &[groups, out, inner], ordinal(dy));
+    (0..groups)
+        .map(|g| all.narrow(0, g, 1)?.squeeze(0))
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
+}

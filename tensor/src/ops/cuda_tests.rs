@@ -365,6 +365,29 @@ fn grouped_matmul_is_one_tensor_core_launch_or_the_exact_loop() {
             "grouped, bf16 tensor cores",
         );
     }
+    // The weight gradients: one depth-grouped launch on cuda:1, the exact loop on cuda:0.
+    let dy = f32_cpu(&[32, 24], 56);
+    let expected = Tensor::grouped_weight_grads(&dy, &x, &sizes).unwrap();
+    let exact = Tensor::grouped_weight_grads(&on_gpu(&dy), &on_gpu(&x), &sizes).unwrap();
+    let on1 = |t: &Tensor| t.to_device(Device::Cuda(1)).unwrap();
+    let round = |t: &Tensor| {
+        t.to_dtype(DType::BF16)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+    };
+    let mixed = Tensor::grouped_weight_grads(&on1(&dy), &on1(&x), &sizes).unwrap();
+    let rounded = Tensor::grouped_weight_grads(&round(&dy), &round(&x), &sizes).unwrap();
+    for g in 0..sizes.len() {
+        check(&exact[g], &expected[g], 1e-5, "grouped dW, exact");
+        assert_eq!(mixed[g].device(), Device::Cuda(1));
+        assert_close(
+            &mixed[g].to_vec_f64(),
+            &rounded[g].to_vec_f64(),
+            1e-5,
+            "grouped dW, bf16",
+        );
+    }
 }
 
 #[test]

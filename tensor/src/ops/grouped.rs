@@ -82,6 +82,46 @@ impl Tensor {
     }
 }
 
+impl Tensor {
+    /// The weight gradients of [`Tensor::grouped_matmul`] with transposed weights:
+    /// `dW_g = dy_gᵀ · x_g` (`[out, in]`) for the consecutive row groups of `dy: [rows, out]`
+    /// and `x: [rows, in]`; an empty group's gradient is zero. On a mixed-precision GPU one
+    /// launch computes them all.
+    pub fn grouped_weight_grads(
+        dy: &Tensor,
+        x: &Tensor,
+        group_sizes: &[usize],
+    ) -> Result<Vec<Tensor>> {
+        let rows: usize = group_sizes.iter().sum();
+        for (what, t) in [("dy", dy), ("x", x)] {
+            if t.rank() != 2 || t.shape()[0] != rows {
+                return Err(TensorError::shape(
+                    "grouped_weight_grads",
+                    format!("{what} of shape [{rows}, _] (the sum of the group sizes)"),
+                    t.shape(),
+                ));
+            }
+        }
+        if dy.is_cuda() {
+            if let Some(grads) = crate::ops::cuda::grouped_weight_grads(dy, x, group_sizes)? {
+                return Ok(grads);
+            }
+        }
+        let (out, inner) = (dy.shape()[1], x.shape()[1]);
+        dy.split(group_sizes, 0)?
+            .iter()
+            .zip(x.split(group_sizes, 0)?)
+            .map(|(dy_g, x_g)| {
+                if x_g.shape()[0] == 0 {
+                    Tensor::zeros_on(&[out, inner], x.dtype(), x.device())
+                } else {
+                    dy_g.t()?.matmul(&x_g)
+                }
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +157,19 @@ mod tests {
         }
         assert_close(&yt.to_vec_f64(), &yv, 1e-12, "untransposed weights");
         assert!(Tensor::grouped_matmul(&x, &[3, 3], &refs[..2], true).is_err());
+        // Weight gradients: each group's dyᵀ·x, zero for the empty group.
+        let dy = random_strided(&[7, 4], -1.0, 1.0, 20);
+        let grads = Tensor::grouped_weight_grads(&dy, &x, &sizes).unwrap();
+        assert_eq!(grads.len(), 3);
+        assert_eq!(grads[1].to_vec_f64(), vec![0.0; 12]);
+        let last = dy
+            .narrow(0, 2, 5)
+            .unwrap()
+            .t()
+            .unwrap()
+            .matmul(&x.narrow(0, 2, 5).unwrap())
+            .unwrap();
+        assert_close(&grads[2].to_vec_f64(), &last.to_vec_f64(), 1e-12, "group 2");
         assert!(Tensor::grouped_matmul(&x, &sizes, &refs[..2], true).is_err());
     }
 }
