@@ -109,7 +109,11 @@ impl MoeLayer {
         }
     }
 
-    /// The routing rule of this layer applied to gate values of `images` images.
+    /// The routing rule of this layer applied to gate values of `images` images. On a GPU the
+    /// per-token (token choice) and per-expert (expert choice) top-k run there and only the
+    /// chosen indices come back to build the dispatch order; expert race ranks the whole
+    /// score grid at once, which the row top-k kernel is not made for, so its scores come to
+    /// the host.
     pub fn route(&self, scores: &Tensor, images: usize) -> Result<RoutingDecision> {
         match self.config.routing {
             RoutingConfig::TokenChoice { top_k, .. } => token_choice(scores, top_k),
@@ -117,7 +121,9 @@ impl MoeLayer {
                 capacity_factor,
                 group,
             } => expert_choice(scores, capacity_factor, group, images),
-            RoutingConfig::ExpertRace { top_k, .. } => expert_race(scores, top_k),
+            RoutingConfig::ExpertRace { top_k, .. } => {
+                expert_race(&scores.to_device(Device::Cpu)?, top_k)
+            }
         }
     }
 
@@ -155,8 +161,7 @@ impl MoeLayer {
                 return Err(TensorError::invalid("MoE", format!("expected a routing decision for {n} tokens and {e} experts, found {} and {}", dec.num_tokens, dec.num_experts)));
             }
             Some(dec) => dec.clone(),
-            // The discrete routing decision is made on the host (a GPU routing kernel is #7's).
-            None => self.route(&scores.value().to_device(Device::Cpu)?, b)?,
+            None => self.route(&scores.value(), b)?,
         };
         let mut weights = scores.flatten()?.index_select(
             0,

@@ -11,7 +11,7 @@
 //! differentiable scores, so the router learns through the weights of the pairs it picked.
 
 use crate::moe::config::RoutingGroup;
-use ditmoe_tensor::{Result, Tensor, TensorError};
+use ditmoe_tensor::{Device, Result, Tensor, TensorError};
 
 /// The chosen (token, expert) pairs, each stored as its position `token·E + expert` in the
 /// `[N, E]` score grid, in the order their weights are gathered.
@@ -70,6 +70,7 @@ pub fn token_choice(scores: &Tensor, k: usize) -> Result<RoutingDecision> {
     let (n, e) = grid(scores)?;
     let (_, picks) = scores.topk(k, 1, true)?;
     let positions = picks
+        .to_device(Device::Cpu)?
         .to_vec::<i64>()?
         .iter()
         .enumerate()
@@ -110,7 +111,7 @@ pub fn expert_choice(
     let s = n / groups;
     let c = capacity(s, capacity_factor, e);
     let (_, picks) = scores.reshape(&[groups, s, e])?.topk(c, 1, true)?;
-    let picks = picks.to_vec::<i64>()?; // [groups, C, E]
+    let picks = picks.to_device(Device::Cpu)?.to_vec::<i64>()?; // [groups, C, E]
     let mut positions = Vec::with_capacity(groups * c * e);
     for g in 0..groups {
         for expert in 0..e {
