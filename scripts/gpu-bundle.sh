@@ -64,6 +64,12 @@ here="$(cd "$(dirname "$0")" && pwd)"
 logs="${1:-${OUT:-$here}/gpu-logs}"
 mkdir -p "$logs"
 status=0
+# cuBLAS for the benchmark baselines: the system's, or the one PyTorch's pip wheels ship
+# (site-packages/nvidia/*/lib is not on the loader's path by itself).
+nvidia_libs="$(python3 -c 'import glob, os, nvidia; print(":".join(glob.glob(os.path.join(list(nvidia.__path__)[0], "*", "lib"))))' 2> /dev/null || true)"
+if [ -n "$nvidia_libs" ]; then
+    export LD_LIBRARY_PATH="$nvidia_libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
 nvidia-smi > "$logs/nvidia-smi.txt" 2>&1 || echo "nvidia-smi failed" | tee -a "$logs/summary.txt"
 
 # Runs one test binary (with an optional name filter), logging to <name>.log.
