@@ -134,6 +134,8 @@ enum Backend {
         context: Arc<cu::CudaContext>,
         stream: Arc<cu::CudaStream>,
         modules: Mutex<HashMap<String, Arc<cu::CudaModule>>>,
+        /// Kernel handles by `module::entry`, looked up once.
+        functions: Mutex<HashMap<String, cu::CudaFunction>>,
     },
     Emulator {
         memory: Arc<Mutex<GlobalMemory>>,
@@ -197,6 +199,7 @@ impl Gpu {
                 context,
                 stream,
                 modules: Mutex::new(HashMap::new()),
+                functions: Mutex::new(HashMap::new()),
             },
             name: format!("{name} (sm_{major}{minor})"),
             tensor_core_matmul: AtomicBool::new(true),
@@ -352,21 +355,32 @@ impl Gpu {
                 context,
                 stream,
                 modules,
+                functions,
             } => {
-                let loaded = {
-                    let mut cache = modules.lock().expect("module cache");
-                    match cache.get(module) {
-                        Some(m) => Arc::clone(m),
-                        None => {
-                            let m = context
-                                .load_module(cudarc::nvrtc::Ptx::from_src(source))
-                                .map_err(driver_error("cuModuleLoadData"))?;
-                            cache.insert(module.to_string(), Arc::clone(&m));
-                            m
-                        }
+                let key = format!("{module}::{entry}");
+                let cached = functions.lock().expect("function cache").get(&key).cloned();
+                let function = match cached {
+                    Some(function) => function,
+                    None => {
+                        let mut cache = modules.lock().expect("module cache");
+                        let loaded = match cache.get(module) {
+                            Some(m) => Arc::clone(m),
+                            None => {
+                                let m = context
+                                    .load_module(cudarc::nvrtc::Ptx::from_src(source))
+                                    .map_err(driver_error("cuModuleLoadData"))?;
+                                cache.insert(module.to_string(), Arc::clone(&m));
+                                m
+                            }
+                        };
+                        let function = loaded.load_function(entry).map_err(|_| unknown())?;
+                        functions
+                            .lock()
+                            .expect("function cache")
+                            .insert(key, function.clone());
+                        function
                     }
                 };
-                let function = loaded.load_function(entry).map_err(|_| unknown())?;
                 if config.shared_bytes > 48 * 1024 {
                     function
                         .set_attribute(

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{gpus, random, values};
+use common::{bf16_exact, gpus, random, to_bf16, values};
 use ditmoe_cuda::ops::attention::{
     flash_attention_backward, flash_attention_forward, AttentionShape,
 };
@@ -22,13 +22,10 @@ fn flash_forward_matches_the_cpu_attention() {
         (1, 65, 128),
     ] {
         let n = heads * tokens * d;
-        let round = |v: Vec<f32>| -> Vec<f32> {
-            v.into_iter().map(|x| bf16::from_f32(x).to_f32()).collect()
-        };
         let (q, k, v) = (
-            round(random(n, -2.0, 2.0, 1)),
-            round(random(n, -2.0, 2.0, 2)),
-            round(random(n, -1.0, 1.0, 3)),
+            bf16_exact(random(n, -2.0, 2.0, 1)),
+            bf16_exact(random(n, -2.0, 2.0, 2)),
+            bf16_exact(random(n, -1.0, 1.0, 3)),
         );
         let scale = (d as f64).powf(-0.5);
         let t = |x: &[f32]| {
@@ -39,7 +36,6 @@ fn flash_forward_matches_the_cpu_attention() {
         };
         let (expected, expected_lse) = t(&q).flash_attention(&t(&k), &t(&v), scale).unwrap();
         let (expected, expected_lse) = (values(&expected), values(&expected_lse));
-        let to_bf16 = |x: &[f32]| -> Vec<bf16> { x.iter().map(|&v| bf16::from_f32(v)).collect() };
         for gpu in gpus() {
             let got = flash_attention_forward(
                 &gpu,
@@ -100,13 +96,10 @@ fn unsupported_head_dims_are_refused() {
 fn flash_backward_matches_the_cpu_gradients() {
     for (heads, tokens, d) in [(2, 37, 16), (1, 45, 24), (1, 130, 32), (1, 70, 64)] {
         let n = heads * tokens * d;
-        let round = |v: Vec<f32>| -> Vec<f32> {
-            v.into_iter().map(|x| bf16::from_f32(x).to_f32()).collect()
-        };
         let (q, k, v) = (
-            round(random(n, -2.0, 2.0, 11)),
-            round(random(n, -2.0, 2.0, 12)),
-            round(random(n, -1.0, 1.0, 13)),
+            bf16_exact(random(n, -2.0, 2.0, 11)),
+            bf16_exact(random(n, -2.0, 2.0, 12)),
+            bf16_exact(random(n, -1.0, 1.0, 13)),
         );
         let d_out = random(n, -1.0, 1.0, 14);
         let scale = (d as f64).powf(-0.5);
@@ -120,7 +113,6 @@ fn flash_backward_matches_the_cpu_gradients() {
         let expected = t(&q)
             .flash_attention_backward(&t(&k), &t(&v), &out, &lse, &t(&d_out), scale)
             .unwrap();
-        let to_bf16 = |x: &[f32]| -> Vec<bf16> { x.iter().map(|&v| bf16::from_f32(v)).collect() };
         for gpu in gpus() {
             let shape = AttentionShape {
                 heads,

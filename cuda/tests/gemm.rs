@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_close, gpus, random, values};
+use common::{assert_close, bf16_exact, gpus, random, to_bf16, values};
 use ditmoe_cuda::ops::gemm::{gemm_bf16, gemm_f32, Gemm};
 use ditmoe_tensor::{DType, Tensor};
 use half::bf16;
@@ -78,14 +78,9 @@ fn tensor_core_gemm_matches_the_cpu_in_every_layout() {
                 spec.batch * spec.m * spec.n,
             );
             // Inputs rounded to bf16 first, so the reference sees exactly what the GPU does.
-            let round = |v: Vec<f32>| -> Vec<f32> {
-                v.into_iter().map(|x| bf16::from_f32(x).to_f32()).collect()
-            };
-            let a = round(random(sa, -1.0, 1.0, 10 * s as u64));
-            let b = round(random(sb, -1.0, 1.0, 10 * s as u64 + 1));
+            let a = bf16_exact(random(sa, -1.0, 1.0, 10 * s as u64));
+            let b = bf16_exact(random(sb, -1.0, 1.0, 10 * s as u64 + 1));
             let c = random(sc, -1.0, 1.0, 10 * s as u64 + 2);
-            let to_bf16 =
-                |v: &[f32]| -> Vec<bf16> { v.iter().map(|&x| bf16::from_f32(x)).collect() };
             let ad = gpu.upload(&to_bf16(&a)).unwrap();
             let bd = gpu.upload(&to_bf16(&b)).unwrap();
             let cd = gpu.upload(&c).unwrap();
@@ -163,13 +158,10 @@ fn grouped_gemm_multiplies_each_group_by_its_own_weights() {
     let group_sizes = [130usize, 0, 1, 37];
     let (k, n) = (24, 40);
     let rows: usize = group_sizes.iter().sum();
-    let round =
-        |v: Vec<f32>| -> Vec<f32> { v.into_iter().map(|x| bf16::from_f32(x).to_f32()).collect() };
-    let to_bf16 = |v: &[f32]| -> Vec<bf16> { v.iter().map(|&x| bf16::from_f32(x)).collect() };
     for gpu in gpus() {
         for weights_transposed in [true, false] {
-            let x = round(random(rows * k, -1.0, 1.0, 60));
-            let w = round(random(group_sizes.len() * k * n, -1.0, 1.0, 61));
+            let x = bf16_exact(random(rows * k, -1.0, 1.0, 60));
+            let w = bf16_exact(random(group_sizes.len() * k * n, -1.0, 1.0, 61));
             let out = gpu.zeros::<f32>(rows * n).unwrap();
             ditmoe_cuda::ops::gemm::grouped_gemm_bf16(
                 &gpu,
@@ -217,12 +209,9 @@ fn grouped_weight_gradients_sum_over_each_groups_rows_only() {
     let group_sizes = [130usize, 0, 1, 37];
     let (m, n) = (24, 40);
     let rows: usize = group_sizes.iter().sum();
-    let round =
-        |v: Vec<f32>| -> Vec<f32> { v.into_iter().map(|x| bf16::from_f32(x).to_f32()).collect() };
-    let to_bf16 = |v: &[f32]| -> Vec<bf16> { v.iter().map(|&x| bf16::from_f32(x)).collect() };
     for gpu in gpus() {
-        let dy = round(random(rows * m, -1.0, 1.0, 70));
-        let x = round(random(rows * n, -1.0, 1.0, 71));
+        let dy = bf16_exact(random(rows * m, -1.0, 1.0, 70));
+        let x = bf16_exact(random(rows * n, -1.0, 1.0, 71));
         let out = gpu.zeros::<f32>(group_sizes.len() * m * n).unwrap();
         ditmoe_cuda::ops::gemm::grouped_weight_grad_bf16(
             &gpu,

@@ -3,38 +3,21 @@
 //! CPU: loss and every gradient. `cuda:0` is the real GPU when the driver has one, else the PTX
 //! emulator (the test says which).
 
+mod common;
+
 use ditmoe_autograd::Var;
 use ditmoe_nn::moe::{ExpertKind, MoeConfig, RaceGate, RoutingConfig, RoutingGroup};
 use ditmoe_nn::{Dit, DitConfig, ForwardOptions, Module, MoePlacement};
-use ditmoe_tensor::{seeded_rng, DType, Device, Tensor};
+use ditmoe_tensor::Device;
 
 const GPU: Device = Device::Cuda(0);
-
-fn inputs(n: usize, config: &DitConfig) -> (Tensor, Tensor, Tensor) {
-    let rng = &mut seeded_rng(11);
-    let x = Tensor::randn(
-        &[n, config.in_channels, config.input_size, config.input_size],
-        0.0,
-        1.0,
-        DType::F32,
-        rng,
-    )
-    .unwrap();
-    let t = Tensor::from_vec((0..n).map(|i| (i * 97 % 1000) as f32).collect(), &[n]).unwrap();
-    let y = Tensor::from_vec(
-        (0..n).map(|i| (i % config.num_classes) as i64).collect(),
-        &[n],
-    )
-    .unwrap();
-    (x, t, y)
-}
 
 /// Loss (mean square of the output + auxiliary loss) and its gradients, on `device`.
 fn step(config: &DitConfig, device: Device) -> (f64, Vec<(String, Vec<f64>)>) {
     let model = Dit::new(config.clone(), 1).unwrap();
     model.randomize(0.05, 2).unwrap();
     model.to_device(device).unwrap();
-    let (x, t, y) = inputs(2, config);
+    let (x, t, y) = common::dit_inputs(2, config);
     let x = Var::constant(x.to_device(device).unwrap());
     let (t, y) = (t.to_device(device).unwrap(), y.to_device(device).unwrap());
     let out = model

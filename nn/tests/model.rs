@@ -54,21 +54,7 @@ fn variants() -> Vec<DitConfig> {
 }
 
 fn inputs(n: usize, config: &DitConfig) -> (Var, Tensor, Tensor) {
-    let rng = &mut seeded_rng(11);
-    let x = Tensor::randn(
-        &[n, config.in_channels, config.input_size, config.input_size],
-        0.0,
-        1.0,
-        DType::F32,
-        rng,
-    )
-    .unwrap();
-    let t = Tensor::from_vec((0..n).map(|i| (i * 97 % 1000) as f32).collect(), &[n]).unwrap();
-    let y = Tensor::from_vec(
-        (0..n).map(|i| (i % config.num_classes) as i64).collect(),
-        &[n],
-    )
-    .unwrap();
+    let (x, t, y) = common::dit_inputs(n, config);
     (Var::constant(x), t, y)
 }
 

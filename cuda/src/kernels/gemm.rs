@@ -148,101 +148,80 @@ fn extra_params(layout: GemmLayout) -> &'static str {
 /// (%r10) is the size of group g, whose rows of A and B are offsets[g]..offsets[g+1].
 fn block_origin(layout: GemmLayout) -> String {
     let mut out = String::new();
-    if layout.grouping == Grouping::Depth {
-        emit!(out, "ld.param.u64 %rd14, [schedule];");
-        emit!(out, "mov.u32 %r5, %ctaid.y;");
-        emit!(out, "mul.wide.u32 %rd15, %r5, 8;");
-        emit!(out, "add.u64 %rd14, %rd14, %rd15;");
-        emit!(
-            out,
-            "ld.global.v2.u32 {{%r5, %r6}}, [%rd14];  // group, row tile of C[g]"
-        );
-        emit!(out, "shl.b32 %r6, %r6, 7;");
-        emit!(out, "ld.param.u32 %r8, [m];");
-        emit!(out, "ld.param.u64 %rd14, [group_offsets];");
-        emit!(out, "mul.wide.u32 %rd15, %r5, 4;");
-        emit!(out, "add.u64 %rd14, %rd14, %rd15;");
-        emit!(
-            out,
-            "ld.global.u32 %r27, [%rd14];           // first row of the group"
-        );
-        emit!(out, "ld.global.u32 %r10, [%rd14+4];");
-        emit!(
-            out,
-            "sub.u32 %r10, %r10, %r27;              // K = rows of the group"
-        );
-        for (base, param, leading) in [("%rd0", "a", "%r11"), ("%rd1", "b", "%r12")] {
-            emit!(out, "ld.param.u64 {base}, [{param}];");
-            emit!(out, "mul.wide.u32 %rd14, %r27, {leading};");
-            emit!(out, "shl.b64 %rd14, %rd14, 1;");
-            emit!(out, "add.u64 {base}, {base}, %rd14;");
+    match layout.grouping {
+        Grouping::Batched => {
+            emit!(out, "mov.u32 %r5, %ctaid.y;");
+            emit!(
+                out,
+                "shl.b32 %r6, %r5, 7;                   // m0 = 128 * block row"
+            );
+            emit!(out, "ld.param.u32 %r8, [m];");
+            emit!(out, "mov.u32 %r5, %ctaid.z;                 // batch entry");
+            for (base, param, stride, shift) in [
+                ("%rd0", "a", "batch_stride_a", 1),
+                ("%rd1", "b", "batch_stride_b", 1),
+                ("%rd2", "c", "batch_stride_c", 2),
+            ] {
+                offset_by_index(&mut out, base, param, stride, shift);
+            }
         }
-        emit!(out, "cvt.u64.u32 %rd15, %r5;");
-        emit!(out, "ld.param.u64 %rd2, [c];");
-        emit!(out, "ld.param.u64 %rd14, [batch_stride_c];");
-        emit!(out, "mul.lo.u64 %rd14, %rd14, %rd15;");
-        emit!(out, "shl.b64 %rd14, %rd14, 2;");
-        emit!(out, "add.u64 %rd2, %rd2, %rd14;");
-        return out;
-    }
-    if layout.grouping == Grouping::Rows {
-        emit!(out, "ld.param.u64 %rd14, [schedule];");
-        emit!(out, "mov.u32 %r5, %ctaid.y;");
-        emit!(out, "mul.wide.u32 %rd15, %r5, 8;");
-        emit!(out, "add.u64 %rd14, %rd14, %rd15;");
-        emit!(
-            out,
-            "ld.global.v2.u32 {{%r5, %r6}}, [%rd14];  // group, row tile"
-        );
-        emit!(out, "shl.b32 %r6, %r6, 7;                   // m0");
-        emit!(out, "ld.param.u64 %rd14, [group_offsets];");
-        emit!(out, "mul.wide.u32 %rd15, %r5, 4;");
-        emit!(out, "add.u64 %rd14, %rd14, %rd15;");
-        emit!(
-            out,
-            "ld.global.u32 %r27, [%rd14];           // first row of the group"
-        );
-        emit!(out, "ld.global.u32 %r8, [%rd14+4];");
-        emit!(
-            out,
-            "sub.u32 %r8, %r8, %r27;                // M = rows of the group"
-        );
-        emit!(out, "ld.param.u64 %rd0, [a];");
-        emit!(out, "mul.wide.u32 %rd14, %r27, %r11;");
-        emit!(out, "shl.b64 %rd14, %rd14, 1;");
-        emit!(out, "add.u64 %rd0, %rd0, %rd14;");
-        emit!(out, "ld.param.u64 %rd2, [c];");
-        emit!(out, "mul.wide.u32 %rd14, %r27, %r13;");
-        emit!(out, "shl.b64 %rd14, %rd14, 2;");
-        emit!(out, "add.u64 %rd2, %rd2, %rd14;");
-        emit!(out, "cvt.u64.u32 %rd15, %r5;");
-        emit!(out, "ld.param.u64 %rd1, [b];");
-        emit!(out, "ld.param.u64 %rd14, [batch_stride_b];");
-        emit!(out, "mul.lo.u64 %rd14, %rd14, %rd15;");
-        emit!(out, "shl.b64 %rd14, %rd14, 1;");
-        emit!(out, "add.u64 %rd1, %rd1, %rd14;");
-        return out;
-    }
-    emit!(out, "mov.u32 %r5, %ctaid.y;");
-    emit!(
-        out,
-        "shl.b32 %r6, %r5, 7;                   // m0 = 128 * block row"
-    );
-    emit!(out, "ld.param.u32 %r8, [m];");
-    emit!(out, "mov.u32 %r5, %ctaid.z;");
-    emit!(out, "cvt.u64.u32 %rd15, %r5;");
-    for (base, param, stride, shift) in [
-        ("%rd0", "a", "batch_stride_a", 1),
-        ("%rd1", "b", "batch_stride_b", 1),
-        ("%rd2", "c", "batch_stride_c", 2),
-    ] {
-        emit!(out, "ld.param.u64 {base}, [{param}];");
-        emit!(out, "ld.param.u64 %rd14, [{stride}];");
-        emit!(out, "mul.lo.u64 %rd14, %rd14, %rd15;");
-        emit!(out, "shl.b64 %rd14, %rd14, {shift};");
-        emit!(out, "add.u64 {base}, {base}, %rd14;");
+        Grouping::Rows => {
+            group_of_tile(&mut out, "%r8"); // M = rows of the group
+            offset_by_rows(&mut out, "%rd0", "a", "%r11", 1);
+            offset_by_rows(&mut out, "%rd2", "c", "%r13", 2);
+            offset_by_index(&mut out, "%rd1", "b", "batch_stride_b", 1);
+        }
+        Grouping::Depth => {
+            emit!(out, "ld.param.u32 %r8, [m];");
+            group_of_tile(&mut out, "%r10"); // K = rows of the group
+            offset_by_rows(&mut out, "%rd0", "a", "%r11", 1);
+            offset_by_rows(&mut out, "%rd1", "b", "%r12", 1);
+            offset_by_index(&mut out, "%rd2", "c", "batch_stride_c", 2);
+        }
     }
     out
+}
+
+/// Reads this CTA's (group, row tile) from the schedule: the group into %r5, m0 into %r6,
+/// the group's first row into %r27 and its row count into `size`.
+fn group_of_tile(out: &mut String, size: &str) {
+    emit!(out, "ld.param.u64 %rd14, [schedule];");
+    emit!(out, "mov.u32 %r5, %ctaid.y;");
+    emit!(out, "mul.wide.u32 %rd15, %r5, 8;");
+    emit!(out, "add.u64 %rd14, %rd14, %rd15;");
+    emit!(
+        out,
+        "ld.global.v2.u32 {{%r5, %r6}}, [%rd14];  // group, row tile"
+    );
+    emit!(out, "shl.b32 %r6, %r6, 7;                   // m0");
+    emit!(out, "ld.param.u64 %rd14, [group_offsets];");
+    emit!(out, "mul.wide.u32 %rd15, %r5, 4;");
+    emit!(out, "add.u64 %rd14, %rd14, %rd15;");
+    emit!(
+        out,
+        "ld.global.u32 %r27, [%rd14];           // first row of the group"
+    );
+    emit!(out, "ld.global.u32 {size}, [%rd14+4];");
+    emit!(out, "sub.u32 {size}, {size}, %r27;");
+}
+
+/// `base` = parameter `param` advanced by %r27 rows of `leading` elements of 2^`shift` bytes.
+fn offset_by_rows(out: &mut String, base: &str, param: &str, leading: &str, shift: u32) {
+    emit!(out, "ld.param.u64 {base}, [{param}];");
+    emit!(out, "mul.wide.u32 %rd14, %r27, {leading};");
+    emit!(out, "shl.b64 %rd14, %rd14, {shift};");
+    emit!(out, "add.u64 {base}, {base}, %rd14;");
+}
+
+/// `base` = parameter `param` advanced by %r5 (batch entry or group) times the element stride
+/// parameter `stride`, elements of 2^`shift` bytes.
+fn offset_by_index(out: &mut String, base: &str, param: &str, stride: &str, shift: u32) {
+    emit!(out, "cvt.u64.u32 %rd15, %r5;");
+    emit!(out, "ld.param.u64 {base}, [{param}];");
+    emit!(out, "ld.param.u64 %rd14, [{stride}];");
+    emit!(out, "mul.lo.u64 %rd14, %rd14, %rd15;");
+    emit!(out, "shl.b64 %rd14, %rd14, {shift};");
+    emit!(out, "add.u64 {base}, {base}, %rd14;");
 }
 
 fn zero_accumulators() -> String {

@@ -187,14 +187,7 @@ pub fn binary(
         layout.b_offset,
     )?;
     let n = layout.numel();
-    let meta: Vec<u32> = layout
-        .shape
-        .iter()
-        .chain(&layout.a_strides)
-        .chain(&layout.b_strides)
-        .map(|&v| check_u32("shape or stride", v))
-        .collect::<Result<_>>()?;
-    let meta = gpu.upload(&meta)?;
+    let meta = upload_meta(gpu, &[&layout.shape, &layout.a_strides, &layout.b_strides])?;
     let out = gpu.zeros::<f32>(n)?;
     gpu.launch(
         "elementwise",
@@ -235,14 +228,7 @@ pub fn select(
         check_reach(what, buffer, shape, view.strides, view.offset)?;
     }
     let n: usize = shape.iter().product();
-    let meta: Vec<u32> = shape
-        .iter()
-        .chain(cond.1.strides)
-        .chain(a.1.strides)
-        .chain(b.1.strides)
-        .map(|&v| check_u32("shape or stride", v))
-        .collect::<Result<_>>()?;
-    let meta = gpu.upload(&meta)?;
+    let meta = upload_meta(gpu, &[shape, cond.1.strides, a.1.strides, b.1.strides])?;
     let out = gpu.zeros::<f32>(n)?;
     gpu.launch(
         "elementwise",
@@ -262,6 +248,17 @@ pub fn select(
         ],
     )?;
     Ok(out)
+}
+
+/// The shape/stride table of a strided kernel (`[shape, strides of each operand]`, u32) in a
+/// device buffer.
+fn upload_meta(gpu: &Gpu, sections: &[&[usize]]) -> Result<Buffer<u32>> {
+    let meta: Vec<u32> = sections
+        .iter()
+        .flat_map(|section| section.iter())
+        .map(|&v| check_u32("shape or stride", v))
+        .collect::<Result<_>>()?;
+    gpu.upload(&meta)
 }
 
 /// Fails unless every element a strided view reaches lies inside `buffer`.
@@ -326,14 +323,7 @@ pub fn copy_into<T: Element>(
     if n == 0 {
         return Ok(());
     }
-    let meta: Vec<u32> = from
-        .shape
-        .iter()
-        .chain(from.strides)
-        .chain(to.strides)
-        .map(|&v| check_u32("shape or stride", v))
-        .collect::<Result<_>>()?;
-    let meta = gpu.upload(&meta)?;
+    let meta = upload_meta(gpu, &[from.shape, from.strides, to.strides])?;
     gpu.launch(
         "elementwise",
         "copy_strided_b32",

@@ -33,6 +33,19 @@ pub fn random(len: usize, lo: f32, hi: f32, seed: u64) -> Vec<f32> {
     (0..len).map(|_| rng.random_range(lo..hi)).collect()
 }
 
+/// The values rounded to bf16 (so a bf16 kernel and an f64 reference see the same numbers).
+pub fn bf16_exact(values: Vec<f32>) -> Vec<f32> {
+    values
+        .into_iter()
+        .map(|x| half::bf16::from_f32(x).to_f32())
+        .collect()
+}
+
+/// The values as bf16, for upload.
+pub fn to_bf16(values: &[f32]) -> Vec<half::bf16> {
+    values.iter().map(|&x| half::bf16::from_f32(x)).collect()
+}
+
 /// Fails naming the first element where `|a - e| > tol · (1 + |e|)`.
 pub fn assert_close(actual: &[f32], expected: &[f32], tol: f32, what: &str) {
     assert_eq!(actual.len(), expected.len(), "{what}: length");

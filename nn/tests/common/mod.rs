@@ -44,3 +44,14 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f64::max)
 }
+
+/// A DiT batch of `n`: images N(0, 1) `[n, C, H, W]`, timesteps spread over [0, 1000) and labels
+/// cycling through the classes.
+pub fn dit_inputs(n: usize, config: &ditmoe_nn::DitConfig) -> (Tensor, Tensor, Tensor) {
+    let rng = &mut seeded_rng(11);
+    let shape = [n, config.in_channels, config.input_size, config.input_size];
+    let x = Tensor::randn(&shape, 0.0, 1.0, DType::F32, rng).unwrap();
+    let t = Tensor::from_vec((0..n).map(|i| (i * 97 % 1000) as f32).collect(), &[n]).unwrap();
+    let labels = (0..n).map(|i| (i % config.num_classes) as i64).collect();
+    (x, t, Tensor::from_vec(labels, &[n]).unwrap())
+}
