@@ -53,17 +53,30 @@ cargo build --release -p ditmoe-experiments --bin ditmoe
 install target/release/ditmoe "$bundle/bin/ditmoe"
 mkdir -p "$bundle/configs"
 cp experiments/configs/*.toml "$bundle/configs/"
+# The `full` ablation preset at its real shapes with a smoke-test budget (60 steps per variant,
+# a small evaluation): shows that it runs on the GPU and how long its steps take there.
+sed -e 's/^steps = 20000/steps = 60/' -e 's/^warmup_steps = 500/warmup_steps = 10/' \
+    -e 's/^checkpoint_every = 1000/checkpoint_every = 60/' -e 's/^log_every = 50/log_every = 20/' \
+    -e 's/^samples_per_class = 100/samples_per_class = 2/' -e 's/^sample_steps = 50/sample_steps = 5/' \
+    -e 's/^real_images = 5000/real_images = 100/' \
+    -e 's/^specialization_images = 256/specialization_images = 16/' \
+    -e 's/steps = 3000, batch_size = 128/steps = 50, batch_size = 128/' \
+    experiments/ablations/full.toml > "$bundle/configs/full-smoke.toml"
 cp benches/gpu/sdpa.py "$bundle/"
 
 cat > "$bundle/run.sh" <<'RUN'
 #!/usr/bin/env bash
-# The GPU check: every CUDA test, compute-sanitizer (memcheck and racecheck) on the GEMM test,
-# a short tiny-moe training run on the GPU and on the CPU, then the benchmarks. Logs go to LOG_FOLDER (default: $OUT/gpu-logs, or ./gpu-logs).
+# The GPU check: every CUDA test (on the GPU only: the emulator runs passed where the bundle was
+# built), a short tiny-moe training run on the GPU and on the CPU, the `full` ablation at a smoke
+# budget, the benchmarks, PyTorch's baselines, then compute-sanitizer (memcheck and racecheck) on
+# the GEMM test. Every step has a time limit so that the whole run ends inside a GPU lease.
+# Logs go to LOG_FOLDER (default: $OUT/gpu-logs, or ./gpu-logs); summary.txt lists each step.
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 logs="${1:-${OUT:-$here}/gpu-logs}"
 mkdir -p "$logs"
 status=0
+export DITMOE_TEST_GPU_ONLY=1
 # cuBLAS for the benchmark baselines: the system's, or the one PyTorch's pip wheels ship
 # (site-packages/nvidia/*/lib is not on the loader's path by itself).
 nvidia_libs="$(python3 -c 'import glob, os, nvidia; print(":".join(glob.glob(os.path.join(list(nvidia.__path__)[0], "*", "lib"))))' 2> /dev/null || true)"
@@ -72,73 +85,64 @@ if [ -n "$nvidia_libs" ]; then
 fi
 nvidia-smi > "$logs/nvidia-smi.txt" 2>&1 || echo "nvidia-smi failed" | tee -a "$logs/summary.txt"
 
-# Runs one test binary (with an optional name filter), logging to <name>.log.
-run_test() {
-    local name="$1"
-    shift
-    # --nocapture keeps each test's "GPU run skipped" line, if any, in the log.
-    if "$here/bin/$name" --nocapture "$@" > "$logs/$name.log" 2>&1; then
-        echo "passed: $name $(grep -h 'test result' "$logs/$name.log" | tail -1)" | tee -a "$logs/summary.txt"
+say() { echo "$*" | tee -a "$logs/summary.txt"; }
+
+# Runs one step under a time limit: step SECONDS LOG_NAME COMMAND...; logs to LOG_NAME.log.
+step() {
+    local limit="$1" name="$2"
+    shift 2
+    local start=$SECONDS
+    if timeout -k 5 "$limit" "$@" > "$logs/$name.log" 2>&1; then
+        say "passed: $name ($((SECONDS - start)) s) $(grep -h 'test result' "$logs/$name.log" | tail -1)"
     else
-        echo "FAILED: $name (see $name.log)" | tee -a "$logs/summary.txt"
+        say "FAILED: $name (exit $?, $((SECONDS - start)) s, see $name.log): $(grep -h -m3 'panicked\|error\|FAILED' "$logs/$name.log" | head -3 | tr '\n' ' ')"
         status=1
     fi
-    if grep -q "GPU run skipped" "$logs/$name.log"; then
-        echo "WARNING: $name did not find the GPU" | tee -a "$logs/summary.txt"
+    # cuda:0 must be the GPU; cuda:1 is the emulator on a one-GPU machine (expected).
+    if grep -q "GPU run skipped" "$logs/$name.log" && ! grep -q "cuda:1 is the PTX emulator" "$logs/$name.log"; then
+        say "WARNING: $name did not find the GPU"
         status=1
     fi
 }
 for test in "$here"/bin/test-*; do
-    run_test "$(basename "$test")"
+    step 60 "$(basename "$test")" "$test" --nocapture
 done
-run_test gpu-test-ditmoe_tensor cuda
-run_test gpu-test-cuda_step
-run_test gpu-test-ditmoe_experiments training_on_the_gpu
-
-sanitizer="$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)"
-if [ -n "$sanitizer" ]; then
-    for tool in memcheck racecheck; do
-        if "$sanitizer" --tool "$tool" --error-exitcode 1 "$here/bin/test-gemm" \
-            tensor_core_gemm_matches_the_cpu_in_every_layout > "$logs/sanitizer-$tool.log" 2>&1; then
-            echo "passed: compute-sanitizer $tool on the GEMM test" | tee -a "$logs/summary.txt"
-        else
-            echo "FAILED: compute-sanitizer $tool (see sanitizer-$tool.log)" | tee -a "$logs/summary.txt"
-            status=1
-        fi
-    done
-else
-    echo "compute-sanitizer not found: sanitizer runs skipped" | tee -a "$logs/summary.txt"
-fi
+step 90 gpu-test-ditmoe_tensor "$here/bin/gpu-test-ditmoe_tensor" --nocapture cuda
+step 90 gpu-test-cuda_step "$here/bin/gpu-test-cuda_step" --nocapture
+step 90 gpu-test-ditmoe_experiments "$here/bin/gpu-test-ditmoe_experiments" --nocapture on_the_gpu
 
 # End to end: tiny-moe trains on the GPU; the same steps on the CPU give the speed-up.
-for device in cuda cpu; do
-    steps=200
-    [ "$device" = cpu ] && steps=20
-    if "$here/bin/ditmoe" train --config "$here/configs/tiny-moe.toml" --steps "$steps" \
-        --device "$device" --out "$logs/train-$device" > "$logs/train-$device.log" 2>&1; then
-        echo "passed: ditmoe train --device $device ($(tail -1 "$logs/train-$device.log"))" | tee -a "$logs/summary.txt"
-    else
-        echo "FAILED: ditmoe train --device $device (see train-$device.log)" | tee -a "$logs/summary.txt"
-        status=1
-    fi
-done
+step 60 train-cuda "$here/bin/ditmoe" train --config "$here/configs/tiny-moe.toml" --steps 200 \
+    --device cuda --out "$logs/train-cuda"
+step 60 train-cpu "$here/bin/ditmoe" train --config "$here/configs/tiny-moe.toml" --steps 20 \
+    --device cpu --out "$logs/train-cpu"
+step 120 ablate-full-smoke "$here/bin/ditmoe" ablate --preset "$here/configs/full-smoke.toml" \
+    --device cuda --out "$logs/ablate-full-smoke"
 
 for bench in "$here"/bin/bench-*; do
-    name="$(basename "$bench")"
-    (cd "$logs" && "$bench" --bench --noplot) > "$logs/$name.log" 2>&1 || status=1
-    if grep -q "benchmarks skipped" "$logs/$name.log"; then
-        echo "FAILED: $name found no GPU" | tee -a "$logs/summary.txt"
+    cd "$logs" # criterion writes its reports under ./target
+    step 150 "$(basename "$bench")" "$bench" --bench --noplot
+    cd "$here"
+    if grep -q "benchmarks skipped" "$logs/$(basename "$bench").log"; then
+        say "FAILED: $(basename "$bench") found no GPU"
         status=1
-    else
-        echo "ran: $name (see $name.log)" | tee -a "$logs/summary.txt"
     fi
 done
 # PyTorch baselines at the same shapes (SDPA attention, cuBLAS through torch.matmul).
 if python3 -c "import torch; assert torch.cuda.is_available()" 2> /dev/null; then
-    python3 "$here/sdpa.py" > "$logs/pytorch-baselines.log" 2>&1 || status=1
-    echo "ran: PyTorch baselines (see pytorch-baselines.log)" | tee -a "$logs/summary.txt"
+    step 60 pytorch-baselines python3 "$here/sdpa.py"
 else
-    echo "PyTorch with CUDA not found: PyTorch baselines skipped" | tee -a "$logs/summary.txt"
+    say "PyTorch with CUDA not found: PyTorch baselines skipped"
+fi
+
+sanitizer="$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)"
+if [ -n "$sanitizer" ]; then
+    for tool in memcheck racecheck; do
+        step 45 "sanitizer-$tool" "$sanitizer" --tool "$tool" --error-exitcode 1 \
+            "$here/bin/test-gemm" tensor_core_gemm_matches_the_cpu_in_every_layout
+    done
+else
+    say "compute-sanitizer not found: sanitizer runs skipped"
 fi
 exit "$status"
 RUN

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm as _, GemmConfig};
-use ditmoe_cuda::ops::attention::{flash_attention_forward, AttentionShape};
+use ditmoe_cuda::ops::attention::{
+    flash_attention_backward, flash_attention_forward, AttentionShape,
+};
 use ditmoe_cuda::ops::gemm::{gemm_bf16, gemm_f32, grouped_gemm_bf16, Gemm};
 use ditmoe_cuda::Gpu;
 use half::bf16;
@@ -29,6 +31,12 @@ const SHAPES: [(&str, usize, usize, usize); 8] = [
     ("B-ffn-up 16384x3072x768", 16384, 3072, 768),
     ("B-ffn-down 16384x768x3072", 16384, 768, 3072),
 ];
+
+/// Short windows: a GPU kernel runs hundreds of times in a second, and the whole benchmark has
+/// to fit a lent GPU's few minutes.
+const SAMPLES: usize = 10;
+const WARM_UP: Duration = Duration::from_millis(500);
+const MEASUREMENT: Duration = Duration::from_secs(1);
 
 fn filled(n: usize, seed: u32) -> Vec<bf16> {
     (0..n)
@@ -68,8 +76,9 @@ fn bench_gemm(c: &mut Criterion) {
     let blas = cublas(&stream);
     let mut group = c.benchmark_group("gpu_gemm");
     group
-        .sample_size(20)
-        .measurement_time(Duration::from_secs(3));
+        .sample_size(SAMPLES)
+        .warm_up_time(WARM_UP)
+        .measurement_time(MEASUREMENT);
     for (label, m, n, k) in SHAPES {
         group.throughput(Throughput::Elements((2 * m * n * k) as u64));
         let a = gpu.upload(&filled(m * k, 1)).unwrap();
@@ -109,8 +118,9 @@ fn bench_gemm(c: &mut Criterion) {
             });
         }
         if m * n * k <= 2048 * 2048 * 2048 {
-            let af = gpu.zeros::<f32>(m * k).unwrap();
-            let bf = gpu.zeros::<f32>(k * n).unwrap();
+            let af: Vec<f32> = filled(m * k, 1).iter().map(|x| x.to_f32()).collect();
+            let bf: Vec<f32> = filled(k * n, 2).iter().map(|x| x.to_f32()).collect();
+            let (af, bf) = (gpu.upload(&af).unwrap(), gpu.upload(&bf).unwrap());
             group.bench_function(BenchmarkId::new("ours_f32_simt", label), |bench| {
                 bench.iter(|| {
                     gemm_f32(&gpu, &spec, &af, &bf, &out).unwrap();
@@ -149,8 +159,9 @@ fn bench_grouped(c: &mut Criterion) {
     let (tokens, k, n) = (16384, 384, 1536);
     let mut group = c.benchmark_group("gpu_grouped_gemm");
     group
-        .sample_size(20)
-        .measurement_time(Duration::from_secs(3));
+        .sample_size(SAMPLES)
+        .warm_up_time(WARM_UP)
+        .measurement_time(MEASUREMENT);
     group.throughput(Throughput::Elements((2 * tokens * n * k) as u64));
     for experts in [8, 16] {
         let x = gpu.upload(&filled(tokens * k, 3)).unwrap();
@@ -251,17 +262,20 @@ fn bench_grouped(c: &mut Criterion) {
 }
 
 /// Our FlashAttention-2 forward at sequence lengths 1024–8192, head dims 64 and 128, 16 heads
-/// (batch × heads), bf16. Throughput counts the standard 4·heads·S²·d FLOPs; PyTorch's
-/// `scaled_dot_product_attention` at the same shapes is `benches/gpu/sdpa.py`.
+/// (batch × heads), bf16, and the backward (Δ, dK/dV kernel, dQ kernel) where it is built
+/// (head dim 64). Throughput counts the standard 4·heads·S²·d FLOPs forward and 2.5× that
+/// backward; PyTorch's `scaled_dot_product_attention` at the same shapes is
+/// `benches/gpu/sdpa.py`.
 fn bench_attention(c: &mut Criterion) {
     let Ok(gpu) = Gpu::new(0) else {
         return;
     };
     let heads = 16;
-    let mut group = c.benchmark_group("gpu_attention_forward");
+    let mut group = c.benchmark_group("gpu_attention");
     group
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(3));
+        .sample_size(SAMPLES)
+        .warm_up_time(WARM_UP)
+        .measurement_time(MEASUREMENT);
     for head_dim in [64, 128] {
         for tokens in [1024, 2048, 4096, 8192] {
             let n = heads * tokens * head_dim;
@@ -284,6 +298,35 @@ fn bench_attention(c: &mut Criterion) {
                 |bench| {
                     bench.iter(|| {
                         flash_attention_forward(&gpu, &q, &k, &v, shape, scale).unwrap();
+                        gpu.synchronize().unwrap();
+                    })
+                },
+            );
+            if head_dim > 64 {
+                continue; // the backward kernels are built up to head dim 64
+            }
+            let forward = flash_attention_forward(&gpu, &q, &k, &v, shape, scale).unwrap();
+            let d_out: Vec<f32> = filled(n, 8).iter().map(|x| x.to_f32()).collect();
+            let d_out = gpu.upload(&d_out).unwrap();
+            group.throughput(Throughput::Elements(
+                (10 * heads * tokens * tokens * head_dim) as u64,
+            ));
+            group.bench_function(
+                BenchmarkId::new(format!("ours_backward_d{head_dim}"), tokens),
+                |bench| {
+                    bench.iter(|| {
+                        flash_attention_backward(
+                            &gpu,
+                            &q,
+                            &k,
+                            &v,
+                            &forward.out,
+                            &forward.lse,
+                            &d_out,
+                            shape,
+                            scale,
+                        )
+                        .unwrap();
                         gpu.synchronize().unwrap();
                     })
                 },

@@ -9,10 +9,14 @@ use ditmoe_cuda::Gpu;
 use rand::{Rng, SeedableRng};
 
 /// The emulator, plus `cuda:0` when there is one. When there is none, says so once per test
-/// binary, on stderr directly so that the test harness does not capture it.
+/// binary, on stderr directly so that the test harness does not capture it. With
+/// `DITMOE_TEST_GPU_ONLY=1` and a GPU found, only the GPU (the GPU bundle sets it: the emulator
+/// runs already passed where the bundle was built).
 pub fn gpus() -> Vec<Gpu> {
-    let mut gpus = vec![Gpu::emulator()];
+    let gpu_only = std::env::var("DITMOE_TEST_GPU_ONLY").is_ok_and(|v| v == "1");
+    let mut gpus = vec![];
     match Gpu::new(0) {
+        Ok(gpu) if gpu_only => return vec![gpu],
         Ok(gpu) => gpus.push(gpu),
         Err(why) => {
             static SAID: std::sync::Once = std::sync::Once::new();
@@ -25,6 +29,7 @@ pub fn gpus() -> Vec<Gpu> {
             });
         }
     }
+    gpus.insert(0, Gpu::emulator());
     gpus
 }
 
