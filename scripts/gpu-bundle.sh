@@ -62,7 +62,9 @@ sed -e 's/^steps = 20000/steps = 60/' -e 's/^warmup_steps = 500/warmup_steps = 1
     -e 's/^specialization_images = 256/specialization_images = 16/' \
     -e 's/steps = 3000, batch_size = 128/steps = 50, batch_size = 128/' \
     experiments/ablations/full.toml > "$bundle/configs/full-smoke.toml"
-cp benches/gpu/sdpa.py "$bundle/"
+cp benches/gpu/sdpa.py benches/gpu/train-step.sh "$bundle/"
+mkdir -p "$bundle/configs/step"
+cp benches/gpu/step/*.toml "$bundle/configs/step/"
 
 cat > "$bundle/run.sh" <<'RUN'
 #!/usr/bin/env bash
@@ -113,14 +115,14 @@ step 90 gpu-test-ditmoe_experiments "$here/bin/gpu-test-ditmoe_experiments" --no
 
 # End to end: tiny-moe trains on the GPU; the same steps on the CPU give the speed-up.
 step 60 train-cuda "$here/bin/ditmoe" train --config "$here/configs/tiny-moe.toml" --steps 200 \
-    --device cuda --out "$logs/train-cuda"
+    --device cuda --out /tmp/ditmoe-train-cuda
 step 60 train-cpu "$here/bin/ditmoe" train --config "$here/configs/tiny-moe.toml" --steps 20 \
-    --device cpu --out "$logs/train-cpu"
+    --device cpu --out /tmp/ditmoe-train-cpu
 step 120 ablate-full-smoke "$here/bin/ditmoe" ablate --preset "$here/configs/full-smoke.toml" \
-    --device cuda --out "$logs/ablate-full-smoke"
+    --device cuda --out /tmp/ditmoe-ablate-full-smoke
 
 for bench in "$here"/bin/bench-*; do
-    cd "$logs" # criterion writes its reports under ./target
+    cd /tmp # criterion writes its reports under ./target
     step 150 "$(basename "$bench")" "$bench" --bench --noplot
     cd "$here"
     if grep -q "benchmarks skipped" "$logs/$(basename "$bench").log"; then
@@ -129,6 +131,7 @@ for bench in "$here"/bin/bench-*; do
     fi
 done
 # PyTorch baselines at the same shapes (SDPA attention, cuBLAS through torch.matmul).
+step 200 train-step "$here/train-step.sh" "$here/bin/ditmoe" "$here/configs/step" "$logs/train-step"
 if python3 -c "import torch; assert torch.cuda.is_available()" 2> /dev/null; then
     step 60 pytorch-baselines python3 "$here/sdpa.py"
 else

@@ -27,6 +27,8 @@ struct Node {
     requires_grad: Mutex<bool>,
     /// The op that made this value; `None` for leaves.
     op: Option<&'static str>,
+    /// The profiler section it was made in (`ditmoe_tensor::profile`), for its backward rule.
+    section: Option<&'static str>,
     parents: Vec<Var>,
     backward: Mutex<Option<BackwardFn>>,
     /// Accumulated gradient (leaves only).
@@ -62,6 +64,7 @@ impl Var {
             value: RwLock::new(value),
             requires_grad: Mutex::new(requires_grad),
             op,
+            section: ditmoe_tensor::profile::current_section(),
             parents,
             backward: Mutex::new(backward),
             grad: Mutex::new(None),
@@ -197,6 +200,7 @@ impl Var {
             ));
         }
         let mut pending: HashMap<u64, Tensor> = HashMap::from([(self.0.id, grad_output.clone())]);
+        let mut sections = ditmoe_tensor::profile::BackwardSections::start();
         for node in self.reverse_topological_order() {
             let Some(grad) = pending.remove(&node.0.id) else {
                 continue;
@@ -213,6 +217,7 @@ impl Var {
             let backward = node.0.backward.lock().unwrap().take().ok_or_else(|| {
                 TensorError::invalid("backward", format!("expected a fresh graph, but `{op}` was already backpropagated through and its saved tensors freed; run the forward pass again"))
             })?;
+            sections.enter(node.0.section);
             let parent_grads = backward(&grad)?;
             assert_eq!(
                 parent_grads.len(),

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{self as cu, PushKernelArg};
@@ -143,6 +143,66 @@ enum Backend {
     },
 }
 
+/// How much a [`Gpu`] has been asked to do since it was opened: what a profiler reads to tell
+/// kernel work from host round trips.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Kernel launches.
+    pub launches: u64,
+    /// Copies from the host (each also allocates).
+    pub uploads: u64,
+    /// Copies to the host: each waits for every kernel launched before it.
+    pub downloads: u64,
+    /// Fresh zeroed buffers (an allocation and a device memset).
+    pub allocations: u64,
+}
+
+impl std::ops::Sub for Traffic {
+    type Output = Traffic;
+    fn sub(self, earlier: Traffic) -> Traffic {
+        Traffic {
+            launches: self.launches - earlier.launches,
+            uploads: self.uploads - earlier.uploads,
+            downloads: self.downloads - earlier.downloads,
+            allocations: self.allocations - earlier.allocations,
+        }
+    }
+}
+
+impl std::ops::Add for Traffic {
+    type Output = Traffic;
+    fn add(self, other: Traffic) -> Traffic {
+        Traffic {
+            launches: self.launches + other.launches,
+            uploads: self.uploads + other.uploads,
+            downloads: self.downloads + other.downloads,
+            allocations: self.allocations + other.allocations,
+        }
+    }
+}
+
+/// The time of each kernel, by entry name, while kernel timing is on
+/// ([`Gpu::time_kernels`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct KernelTime {
+    pub launches: u64,
+    /// From before the launch to the end of the kernel (the GPU idle at both ends).
+    pub time: std::time::Duration,
+}
+
+/// The running counts behind [`Traffic`].
+#[derive(Default)]
+struct TrafficCounters {
+    launches: AtomicU64,
+    uploads: AtomicU64,
+    downloads: AtomicU64,
+    allocations: AtomicU64,
+}
+
+fn count(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
 /// A GPU (or its emulation) that owns buffers and runs our kernels.
 pub struct Gpu {
     backend: Backend,
@@ -150,6 +210,9 @@ pub struct Gpu {
     /// Whether f32 matrix products may run on the bf16 tensor cores (see
     /// [`Gpu::set_tensor_core_matmul`]).
     tensor_core_matmul: AtomicBool,
+    traffic: TrafficCounters,
+    /// `Some` while kernel timing is on.
+    kernel_times: Mutex<Option<HashMap<String, KernelTime>>>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -203,6 +266,8 @@ impl Gpu {
             },
             name: format!("{name} (sm_{major}{minor})"),
             tensor_core_matmul: AtomicBool::new(true),
+            traffic: TrafficCounters::default(),
+            kernel_times: Mutex::new(None),
         })
     }
 
@@ -215,6 +280,8 @@ impl Gpu {
             },
             name: "PTX emulator (CPU)".to_string(),
             tensor_core_matmul: AtomicBool::new(true),
+            traffic: TrafficCounters::default(),
+            kernel_times: Mutex::new(None),
         }
     }
 
@@ -241,6 +308,32 @@ impl Gpu {
 
     pub fn tensor_core_matmul(&self) -> bool {
         self.tensor_core_matmul.load(Ordering::Relaxed)
+    }
+
+    /// Launches and copies so far (see [`Traffic`]).
+    pub fn traffic(&self) -> Traffic {
+        let t = &self.traffic;
+        Traffic {
+            launches: t.launches.load(Ordering::Relaxed),
+            uploads: t.uploads.load(Ordering::Relaxed),
+            downloads: t.downloads.load(Ordering::Relaxed),
+            allocations: t.allocations.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Starts (`true`) or stops timing each kernel: every launch then waits for the GPU before
+    /// and after, so this is for profiling only. Starting clears earlier times.
+    pub fn time_kernels(&self, on: bool) {
+        *self.kernel_times.lock().expect("kernel times") = on.then(HashMap::new);
+    }
+
+    /// The time of each kernel since timing started, by entry name.
+    pub fn kernel_times(&self) -> HashMap<String, KernelTime> {
+        self.kernel_times
+            .lock()
+            .expect("kernel times")
+            .clone()
+            .unwrap_or_default()
     }
 
     pub fn is_emulator(&self) -> bool {
@@ -272,6 +365,7 @@ impl Gpu {
 
     /// Copies `values` into a new device buffer.
     pub fn upload<T: Element>(&self, values: &[T]) -> Result<Buffer<T>> {
+        count(&self.traffic.uploads);
         Ok(Buffer {
             raw: self.alloc_raw(&to_bytes(values))?,
             len: values.len(),
@@ -282,6 +376,7 @@ impl Gpu {
     /// A new device buffer of `len` zeros. On a GPU this is a device
     /// memset, not a copy from the host: every op allocates its output this way.
     pub fn zeros<T: Element>(&self, len: usize) -> Result<Buffer<T>> {
+        count(&self.traffic.allocations);
         let raw = match &self.backend {
             Backend::Driver { stream, .. } => {
                 // cuMemAlloc of zero bytes fails; keep one byte so empty buffers are valid.
@@ -303,6 +398,7 @@ impl Gpu {
 
     /// Copies a device buffer back to the host (waits for the kernels that write it).
     pub fn download<T: Element>(&self, buffer: &Buffer<T>) -> Result<Vec<T>> {
+        count(&self.traffic.downloads);
         let bytes = match (&self.backend, &buffer.raw) {
             (Backend::Driver { stream, .. }, RawBuffer::Driver(slice)) => {
                 let mut bytes = stream
@@ -345,11 +441,35 @@ impl Gpu {
         config: LaunchConfig,
         args: &[Arg],
     ) -> Result<()> {
+        if self.kernel_times.lock().expect("kernel times").is_none() {
+            return self.launch_now(module, entry, config, args);
+        }
+        self.synchronize()?;
+        let start = std::time::Instant::now();
+        self.launch_now(module, entry, config, args)?;
+        self.synchronize()?;
+        let elapsed = start.elapsed();
+        if let Some(times) = self.kernel_times.lock().expect("kernel times").as_mut() {
+            let time = times.entry(entry.to_string()).or_default();
+            time.launches += 1;
+            time.time += elapsed;
+        }
+        Ok(())
+    }
+
+    fn launch_now(
+        &self,
+        module: &str,
+        entry: &str,
+        config: LaunchConfig,
+        args: &[Arg],
+    ) -> Result<()> {
         let unknown = || CudaError::UnknownKernel {
             module: module.to_string(),
             kernel: entry.to_string(),
         };
         let source = kernels::module_source(module).ok_or_else(unknown)?;
+        count(&self.traffic.launches);
         match &self.backend {
             Backend::Driver {
                 context,

@@ -23,7 +23,7 @@ pub mod registry;
 
 pub use element::Element;
 pub use error::{CudaError, Result};
-pub use gpu::{Arg, Buffer, Gpu, LaunchConfig};
+pub use gpu::{Arg, Buffer, Gpu, KernelTime, LaunchConfig, Traffic};
 
 use cudarc::driver::sys;
 

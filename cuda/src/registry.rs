@@ -22,6 +22,16 @@ fn emulator_requested() -> bool {
     std::env::var(EMULATOR_ENV).is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
+/// Every GPU this process has opened so far, by ordinal (what a profiler waits for).
+pub fn opened() -> Vec<Arc<Gpu>> {
+    devices()
+        .lock()
+        .expect("device registry")
+        .values()
+        .cloned()
+        .collect()
+}
+
 /// The GPU `cuda:ordinal`, opened on first use.
 pub fn device(ordinal: usize) -> Result<Arc<Gpu>> {
     let mut devices = devices().lock().expect("device registry");

@@ -189,3 +189,23 @@ fn casts_round_to_nearest_even_and_back() {
         assert_eq!(back, expected);
     }
 }
+
+#[test]
+fn traffic_and_kernel_times_count_what_was_asked() {
+    for gpu in gpus() {
+        let before = gpu.traffic();
+        let x = gpu.upload(&[1.0f32, 4.0, 9.0]).unwrap();
+        gpu.time_kernels(true);
+        let y = ew::unary(&gpu, ew::Unary::Sqrt, &x).unwrap();
+        let _ = ew::unary(&gpu, ew::Unary::Sqrt, &y).unwrap();
+        assert_eq!(gpu.download(&y).unwrap(), vec![1.0, 2.0, 3.0]);
+        let used = gpu.traffic() - before;
+        assert_eq!((used.uploads, used.launches, used.downloads), (1, 2, 1));
+        let times = gpu.kernel_times();
+        assert_eq!(times.len(), 1, "{times:?}");
+        assert_eq!(times.values().next().unwrap().launches, 2);
+        gpu.time_kernels(false);
+        let _ = ew::unary(&gpu, ew::Unary::Sqrt, &y).unwrap();
+        assert!(gpu.kernel_times().is_empty(), "timing stopped");
+    }
+}

@@ -103,18 +103,38 @@ pub fn forward(checkpoint: &Path, inputs: &Path, out: &Path) -> Result<(), Strin
     Ok(())
 }
 
+/// The options of `ditmoe train`.
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    #[arg(long, conflicts_with = "preset")]
+    pub config: Option<std::path::PathBuf>,
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// Override the config's number of steps.
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Output directory (default: runs/<name>).
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
+    /// Continue from the checkpoint in the output directory.
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// cpu, cuda or cuda:N (DITMOE_CUDA_EMULATOR=1 runs cuda in the PTX emulator).
+    #[arg(long, default_value = "cpu")]
+    pub device: ditmoe_tensor::Device,
+    /// Print where each step's time goes (attention, routing, experts, optimizer, … forward
+    /// and backward) and write it to OUT/profile.md; profiled steps run slower.
+    #[arg(long)]
+    pub profile: bool,
+}
+
 /// `ditmoe train`: trains from a config file or preset and prints a summary.
-pub fn train(
-    config: Option<&Path>,
-    preset: Option<&str>,
-    steps: Option<u64>,
-    out: Option<&Path>,
-    resume: bool,
-    seed: Option<u64>,
-    device: ditmoe_tensor::Device,
-) -> anyhow::Result<()> {
+pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
     use crate::config::TrainConfig;
-    let (mut config, name) = match (config, preset) {
+    let device = args.device;
+    let (mut config, name) = match (args.config.as_deref(), args.preset.as_deref()) {
         (Some(path), None) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
@@ -131,15 +151,16 @@ pub fn train(
         ),
         _ => anyhow::bail!("give exactly one of --config FILE or --preset NAME"),
     };
-    if let Some(steps) = steps {
+    if let Some(steps) = args.steps {
         config.steps = steps;
     }
-    if let Some(seed) = seed {
+    if let Some(seed) = args.seed {
         config.seed = seed;
     }
     config.validate().map_err(anyhow::Error::msg)?;
-    let out = out
-        .map(Path::to_path_buf)
+    let out = args
+        .out
+        .clone()
         .unwrap_or_else(|| std::path::PathBuf::from("runs").join(&name));
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     device.ensure_available()?;
@@ -156,11 +177,18 @@ pub fn train(
         Progress::Lines(String::new())
     };
     let options = TrainOptions {
-        resume,
+        resume: args.resume,
         device,
+        profile: args.profile,
         ..TrainOptions::new(progress)
     };
     let summary = crate::train::train(&config, &out, &options)?;
+    if let Some(profile) = &summary.profile {
+        let text = profile.to_markdown(&device.hardware()?);
+        let path = out.join("profile.md");
+        std::fs::write(&path, &text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        println!("{text}(written to {})", path.display());
+    }
     println!(
         "trained {} steps in {:.1} s: diffusion loss {:.4} → {:.4}; checkpoint in {}",
         summary.steps,

@@ -12,4 +12,5 @@ pub mod data;
 pub mod generate;
 pub mod grid;
 pub mod plot;
+pub mod step_profile;
 pub mod train;

@@ -41,26 +41,7 @@ enum Command {
         out: PathBuf,
     },
     /// Trains a model from a TOML config or a preset (tiny-dense, tiny-moe, tiny-ec, tiny-race).
-    Train {
-        #[arg(long, conflicts_with = "preset")]
-        config: Option<PathBuf>,
-        #[arg(long)]
-        preset: Option<String>,
-        /// Override the config's number of steps.
-        #[arg(long)]
-        steps: Option<u64>,
-        /// Output directory (default: runs/<name>).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Continue from the checkpoint in the output directory.
-        #[arg(long)]
-        resume: bool,
-        #[arg(long)]
-        seed: Option<u64>,
-        /// cpu, cuda or cuda:N (DITMOE_CUDA_EMULATOR=1 runs cuda in the PTX emulator).
-        #[arg(long, default_value = "cpu")]
-        device: ditmoe_tensor::Device,
-    },
+    Train(commands::TrainArgs),
     /// Writes a PNG grid of class-conditional samples (one row per class) from a checkpoint.
     Sample(commands::SampleArgs),
     /// The routing ablation, the main job: trains every variant of a preset on identical data,
@@ -98,24 +79,7 @@ fn main() -> ExitCode {
             inputs,
             out,
         } => commands::forward(&checkpoint, &inputs, &out),
-        Command::Train {
-            config,
-            preset,
-            steps,
-            out,
-            resume,
-            seed,
-            device,
-        } => commands::train(
-            config.as_deref(),
-            preset.as_deref(),
-            steps,
-            out.as_deref(),
-            resume,
-            seed,
-            device,
-        )
-        .map_err(|e| format!("{e:#}")),
+        Command::Train(args) => commands::train(&args).map_err(|e| format!("{e:#}")),
         Command::Sample(args) => commands::sample(&args).map_err(|e| format!("{e:#}")),
         Command::Ablate {
             preset,

@@ -9,13 +9,14 @@ use crate::config::{DataSpec, Objective, TrainConfig};
 use crate::data::files::{Cifar10, IdxDataset};
 use crate::data::shapes::Shapes;
 use crate::data::{batch, Dataset};
+use crate::step_profile::StepProfile;
 use anyhow::{anyhow, bail, Context, Result};
 use ditmoe_autograd::Var;
 use ditmoe_diffusion::{flow_interpolate, flow_loss, GaussianDiffusion, Schedule};
 use ditmoe_nn::checkpoint::{read_tensors, save_model, write_tensors};
 use ditmoe_nn::optim::{clip_factor, learning_rate, AdamW, Ema};
 use ditmoe_nn::{Dit, ForwardOptions, Module};
-use ditmoe_tensor::{seeded_rng, DType, Device, SeededRng, Tensor};
+use ditmoe_tensor::{profile, seeded_rng, DType, Device, SeededRng, Tensor};
 use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
 use std::collections::HashMap;
@@ -74,6 +75,8 @@ pub struct TrainSummary {
     pub last_loss: f64,
     pub steps: u64,
     pub seconds: f64,
+    /// With [`TrainOptions::profile`] and at least two steps run.
+    pub profile: Option<StepProfile>,
 }
 
 /// How a run shows its progress.
@@ -98,6 +101,10 @@ pub struct TrainOptions {
     pub metrics: Option<PathBuf>,
     /// Where the model, optimiser state and batches live (`Device::Cuda(i)`: on GPU i).
     pub device: Device,
+    /// Profile every step after the first (which loads the GPU kernels) by section and pass
+    /// ([`crate::step_profile`]), up to the final checkpoint (left out); the result is
+    /// [`TrainSummary::profile`].
+    pub profile: bool,
 }
 
 impl TrainOptions {
@@ -108,6 +115,7 @@ impl TrainOptions {
             stop_after: None,
             metrics: None,
             device: Device::Cpu,
+            profile: false,
         }
     }
 }
@@ -319,10 +327,15 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
     let mut window_began = Instant::now();
     let mut window = Window::default();
     let (mut first_loss, mut last_loss) = (f64::NAN, f64::NAN);
+    let mut step_profile = None;
     let end = options
         .stop_after
         .map_or(config.steps, |s| s.min(config.steps));
     for step in start..end {
+        if options.profile && step == start + 1 {
+            profile::enable();
+        }
+        let data_section = profile::section("data");
         let rng = &mut step_rng(config.seed, step);
         let indices: Vec<usize> = (0..config.batch_size)
             .map(|_| rng.random_range(0..data.len()))
@@ -364,11 +377,13 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
         );
         let (t_model, y) = (t_model.to_device(device)?, y.to_device(device)?);
         let flow_target = flow_target.map(|t| t.to_device(device)).transpose()?;
+        drop(data_section);
         let forward_options = ForwardOptions {
             label_dropout: Some(rng),
             record_routing: record,
         };
         let result = model.forward(&Var::constant(input.clone()), &t_model, &y, forward_options)?;
+        let loss_section = profile::section("loss");
         let (diffusion_loss, vb) = match (ddpm_steps, flow_target) {
             (Some(t), _) => {
                 let terms = diffusion.training_losses(&result.out, &x0, &input, &t, &noise)?;
@@ -382,6 +397,8 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
             Some(aux) => diffusion_loss.add(aux)?,
             None => diffusion_loss.clone(),
         };
+        drop(loss_section);
+        let logging_section = profile::section("logging");
         let loss_value = diffusion_loss.item()?;
         if !total.item()?.is_finite() {
             let last = checkpoint_dir(out).map_or("none was written yet".to_string(), |d| {
@@ -389,7 +406,9 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
             });
             bail!("non-finite loss at step {step}: stopping; the last good checkpoint is {last}");
         }
+        drop(logging_section);
         total.backward()?;
+        let optimizer_section = profile::section("optimizer");
         let (grad_norm, factor) = clip_factor(&params, config.grad_clip)?;
         let lr = learning_rate(
             config.lr,
@@ -401,6 +420,8 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
         optimizer.step(&params, lr, factor)?;
         params.iter().for_each(|(_, p)| p.zero_grad());
         ema.update(&params)?;
+        drop(optimizer_section);
+        let _logging_section = profile::section("logging");
         if first_loss.is_nan() {
             first_loss = loss_value;
         }
@@ -442,7 +463,12 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
         if let Some(bar) = &bar {
             bar.set_position(step + 1);
         }
+        if options.profile && step + 1 == end && step > start {
+            // Before the final checkpoint, which a short profiled run would be all about.
+            step_profile = Some(StepProfile::new(&profile::finish(), end - start - 1));
+        }
         if (step + 1) % config.checkpoint_every == 0 || step + 1 == end {
+            let _checkpoint_section = profile::section("checkpoint");
             save_checkpoint(
                 out,
                 &model,
@@ -464,6 +490,7 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
         last_loss,
         steps: end - start,
         seconds: began.elapsed().as_secs_f64(),
+        profile: step_profile,
     })
 }
 
@@ -662,6 +689,46 @@ mod tests {
             .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
         assert!(diff < 1e-4, "images differ by {diff}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_profiled_run_says_where_the_step_time_goes() {
+        let options = TrainOptions {
+            profile: true,
+            ..stop_after(4)
+        };
+        let summary = train(&tiny_config(), &temp("profile"), &options).unwrap();
+        let profile = summary.profile.expect("four steps were run with profiling");
+        assert_eq!(
+            profile.steps, 3,
+            "the first step (kernel loading) is left out"
+        );
+        for section in [
+            "attention",
+            "routing",
+            "experts",
+            "shared expert",
+            "optimizer",
+            "data",
+        ] {
+            assert!(profile.share_of(section) > 0.0, "{section}: {profile:?}");
+        }
+        for section in ["attention", "routing", "experts"] {
+            assert!(
+                profile
+                    .rows
+                    .iter()
+                    .any(|r| r.section == section && r.pass == profile::Pass::Backward),
+                "{section} has a backward row"
+            );
+        }
+        let shares: f64 = profile.rows.iter().map(|r| r.share).sum();
+        assert!((shares - 1.0).abs() < 1e-9);
+        assert!(profile.kernels.is_empty(), "no GPU kernels on the CPU");
+        assert!(train(&tiny_config(), &temp("unprofiled"), &stop_after(2))
+            .unwrap()
+            .profile
+            .is_none());
     }
 
     #[test]

@@ -57,7 +57,10 @@ impl DitBlock {
         let h = modulate(&norm(&x)?, shift_mlp, scale_mlp)?;
         let (ffn, extras) = match &self.ffn {
             Ffn::Dense(mlp) => (
-                mlp.forward(&h)?,
+                {
+                    let _section = ditmoe_tensor::profile::section("mlp");
+                    mlp.forward(&h)?
+                },
                 BlockExtras {
                     aux_loss: None,
                     routing: None,

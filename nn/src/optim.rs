@@ -124,12 +124,20 @@ impl AdamW {
 
 /// The global L2 norm of all gradients and the factor min(1, max_norm / norm) that clips it.
 pub fn clip_factor(params: &[(String, Var)], max_norm: f64) -> Result<(f64, f64)> {
-    let mut squares = 0.0;
-    for (_, p) in params {
-        if let Some(g) = p.grad() {
-            squares += g.mul(&g)?.sum_all()?.item()?;
-        }
+    // Each gradient's sum of squares stays on its device; one download brings them all (on a
+    // GPU, one wait instead of one per parameter), and the host adds them in f64.
+    let per_param: Vec<Tensor> = params
+        .iter()
+        .filter_map(|(_, p)| p.grad())
+        .map(|g| g.mul(&g)?.sum_all()?.reshape(&[1]))
+        .collect::<Result<_>>()?;
+    if per_param.is_empty() {
+        return Ok((0.0, 1.0));
     }
+    let squares: f64 = Tensor::concat(&per_param.iter().collect::<Vec<_>>(), 0)?
+        .to_vec_f64()
+        .iter()
+        .sum();
     let norm = squares.sqrt();
     let factor = if max_norm > 0.0 && norm > max_norm {
         max_norm / norm

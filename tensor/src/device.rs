@@ -42,16 +42,20 @@ impl Device {
     /// NVIDIA driver has GPU i (or `DITMOE_CUDA_EMULATOR=1` makes it the PTX emulator). The
     /// error says what was missing ("no NVIDIA driver found …").
     pub fn ensure_available(self) -> crate::Result<()> {
+        self.hardware().map(|_| ())
+    }
+
+    /// What the device is, for reports: "CPU (N threads)", or "cuda:0 (NVIDIA H100 80GB HBM3
+    /// (sm_90))"; the same error as [`Device::ensure_available`] when it is not there.
+    pub fn hardware(self) -> crate::Result<String> {
         match self {
-            Device::Cpu => Ok(()),
-            Device::Cuda(ordinal) => {
-                ditmoe_cuda::registry::device(ordinal)
-                    .map(|_| ())
-                    .map_err(|e| crate::TensorError::DeviceUnavailable {
-                        device: self,
-                        reason: e.to_string(),
-                    })
-            }
+            Device::Cpu => Ok(format!("CPU ({} threads)", crate::parallel::num_threads())),
+            Device::Cuda(ordinal) => ditmoe_cuda::registry::device(ordinal)
+                .map(|gpu| format!("{self} ({})", gpu.name()))
+                .map_err(|e| crate::TensorError::DeviceUnavailable {
+                    device: self,
+                    reason: e.to_string(),
+                }),
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod layout;
 pub mod memory;
 pub mod ops;
 pub mod parallel;
+pub mod profile;
 pub mod storage;
 pub mod tensor;
 

@@ -94,6 +94,7 @@ impl Attention {
 
     /// `[B, T, D] → [B, T, D]`.
     pub fn forward(&self, x: &Var) -> Result<Var> {
+        let _section = ditmoe_tensor::profile::section("attention");
         let (b, t, d) = (x.shape()[0], x.shape()[1], x.shape()[2]);
         let head_dim = d / self.heads;
         // [B, T, 3, H, hd] → [3, B, H, T, hd]: q, k, v are views of one buffer.

@@ -9,7 +9,7 @@ use crate::moe::routing::{
     expert_choice, expert_race, token_choice, RoutingDecision, RoutingRecord,
 };
 use ditmoe_autograd::Var;
-use ditmoe_tensor::{DType, Device, Result, SeededRng, Tensor, TensorError};
+use ditmoe_tensor::{profile, DType, Device, Result, SeededRng, Tensor, TensorError};
 
 /// One expert (or the shared expert): a SwiGLU or GELU MLP.
 pub enum FeedForward {
@@ -149,6 +149,9 @@ impl MoeLayer {
         fixed: Option<&RoutingDecision>,
         record: bool,
     ) -> Result<MoeOutput> {
+        // Everything here but the experts' FFNs is routing: gate, top-k, permutation,
+        // weighted un-permutation, balance loss.
+        let _section = profile::section("routing");
         let &[b, t, d] = x.shape() else {
             return Err(TensorError::shape("MoE", "[batch, tokens, dim]", x.shape()));
         };
@@ -184,13 +187,17 @@ impl MoeLayer {
         let token_of = index_tensor(order.iter().map(|&s| decision.token(s)), device)?;
         let expert_of = index_tensor(order.iter().map(|&s| decision.expert(s)), device)?;
         let sorted_tokens = tokens.index_select(0, &token_of)?;
-        let expert_out = self.experts_grouped(&sorted_tokens, &group_sizes, &expert_of)?;
+        let expert_out = {
+            let _section = profile::section("experts");
+            self.experts_grouped(&sorted_tokens, &group_sizes, &expert_of)?
+        };
         let sorted_weights =
             weights.index_select(0, &index_tensor(order.iter().copied(), device)?)?;
         let weighted = expert_out.mul(&sorted_weights.unsqueeze(1)?)?;
         let mut y = Var::constant(Tensor::zeros_on(&[n, d], x.value().dtype(), device)?)
             .index_add(0, &token_of, &weighted)?;
         if let Some(shared) = &self.shared {
+            let _section = profile::section("shared expert");
             y = y.add(&shared.forward(&tokens)?)?;
         }
 

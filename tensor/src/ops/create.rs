@@ -48,9 +48,12 @@ impl Tensor {
     pub fn ones(shape: &[usize], dtype: DType) -> Result<Tensor> {
         Tensor::full(shape, 1.0, dtype)
     }
-    /// Zeros of `shape` on `device`.
+    /// Zeros of `shape` on `device` (on a GPU, a device memset: nothing crosses the bus).
     pub fn zeros_on(shape: &[usize], dtype: DType, device: Device) -> Result<Tensor> {
-        Tensor::zeros(shape, dtype)?.to_device(device)
+        match device {
+            Device::Cpu => Tensor::zeros(shape, dtype),
+            Device::Cuda(ordinal) => crate::ops::cuda::zeros(shape, dtype, ordinal),
+        }
     }
     /// Zeros with this tensor's shape, dtype and device.
     pub fn zeros_like(&self) -> Result<Tensor> {

@@ -59,12 +59,40 @@ fn u32_tensor(gpu: &Arc<Gpu>, buffer: Buffer<u32>, shape: &[usize], ordinal: usi
     Tensor::from_cuda(storage, shape, ordinal)
 }
 
-/// Copies a CPU tensor to `cuda:ordinal`.
-pub(crate) fn upload(t: &Tensor, ordinal: usize) -> Result<Tensor> {
-    let gpu = registry::device(ordinal).map_err(|e| TensorError::DeviceUnavailable {
+fn opened(ordinal: usize) -> Result<Arc<Gpu>> {
+    registry::device(ordinal).map_err(|e| TensorError::DeviceUnavailable {
         device: Device::Cuda(ordinal),
         reason: e.to_string(),
-    })?;
+    })
+}
+
+/// The dtypes a device tensor can hold.
+const DEVICE_DTYPES: &str = "f32 or i64 on a GPU (convert with to_dtype first)";
+
+/// Zeros of `shape` made on `cuda:ordinal` (a device memset).
+pub(crate) fn zeros(shape: &[usize], dtype: DType, ordinal: usize) -> Result<Tensor> {
+    let gpu = opened(ordinal)?;
+    let (n, op) = (shape.iter().product(), "zeros");
+    match dtype {
+        DType::F32 => {
+            let buffer = gpu.zeros::<f32>(n).map_err(failed(op))?;
+            Ok(f32_tensor(&gpu, buffer, shape, ordinal))
+        }
+        DType::I64 => {
+            let buffer = gpu.zeros::<u32>(n).map_err(failed(op))?;
+            Ok(u32_tensor(&gpu, buffer, shape, ordinal))
+        }
+        found => Err(TensorError::UnsupportedDType {
+            op,
+            found,
+            supported: DEVICE_DTYPES,
+        }),
+    }
+}
+
+/// Copies a CPU tensor to `cuda:ordinal`.
+pub(crate) fn upload(t: &Tensor, ordinal: usize) -> Result<Tensor> {
+    let gpu = opened(ordinal)?;
     let op = "to_device";
     match t.dtype() {
         DType::F32 => {
@@ -86,7 +114,7 @@ pub(crate) fn upload(t: &Tensor, ordinal: usize) -> Result<Tensor> {
         found => Err(TensorError::UnsupportedDType {
             op,
             found,
-            supported: "f32 or i64 on a GPU (convert with to_dtype first)",
+            supported: DEVICE_DTYPES,
         }),
     }
 }
@@ -450,9 +478,30 @@ pub(crate) fn reduce(x: &Tensor, op: ReduceOp, dims: &[usize], keepdim: bool) ->
         &rows.dropped_shape
     };
     let (gpu, xb) = dense_f32(&rows.permuted, "reduce")?;
-    let reduced = gpu_rows::reduce_rows(&gpu, code, &xb, rows.outer(), rows.inner)
-        .map_err(failed("reduce"))?;
+    let (outer, inner) = (rows.outer(), rows.inner);
+    // The row kernel gives each row one block: a few long rows (a whole-tensor sum, say) would
+    // leave the GPU idle. Split each row into equal chunks, reduce the chunks, then the chunk
+    // results — exact for sum, mean (equal chunks) and max.
+    let reduced = match long_row_chunk(outer, inner) {
+        Some(chunk) => {
+            let partial = gpu_rows::reduce_rows(&gpu, code, &xb, outer * inner / chunk, chunk)
+                .map_err(failed("reduce"))?;
+            gpu_rows::reduce_rows(&gpu, code, &partial, outer, inner / chunk)
+        }
+        None => gpu_rows::reduce_rows(&gpu, code, &xb, outer, inner),
+    }
+    .map_err(failed("reduce"))?;
     Ok(f32_tensor(&gpu, reduced, shape, ordinal(x)))
+}
+
+/// The chunk length to split rows of `inner` elements into when there are too few rows to fill
+/// a GPU: the largest divisor of `inner` in 256..=4096, if any.
+fn long_row_chunk(outer: usize, inner: usize) -> Option<usize> {
+    const ENOUGH_ROWS: usize = 256;
+    if outer >= ENOUGH_ROWS || inner <= 4096 {
+        return None;
+    }
+    (256..=4096).rev().find(|chunk| inner % chunk == 0)
 }
 
 fn optional_dense(t: Option<&Tensor>, op: &'static str) -> Result<Option<Arc<Buffer<f32>>>> {

@@ -2,6 +2,7 @@
 //! driver has one, else the PTX emulator (the test says which), so the device path is checked
 //! on every machine.
 
+use crate::ops::reduce::ReduceOp;
 use crate::ops::testing::{assert_close, random_strided};
 use crate::ops::unary::UnaryOp;
 use crate::{DType, Device, Tensor, TensorError};
@@ -500,4 +501,51 @@ fn ops_without_a_cuda_kernel_and_mixed_devices_are_clear_errors() {
     let cpu = f32_cpu(&[2, 3], 16);
     let err = g.add(&cpu).unwrap_err();
     assert!(matches!(err, TensorError::DeviceMismatch { .. }), "{err}");
+}
+
+#[test]
+fn zeros_are_made_on_the_device() {
+    let gpu = ditmoe_cuda::registry::device_or_emulator(0);
+    let before = gpu.traffic();
+    let z = Tensor::zeros_on(&[3, 4], DType::F32, GPU).unwrap();
+    let i = Tensor::zeros_on(&[5], DType::I64, GPU).unwrap();
+    let used = gpu.traffic() - before;
+    assert_eq!(
+        (used.uploads, used.allocations),
+        (0, 2),
+        "a memset, not an upload"
+    );
+    assert_eq!(z.device(), GPU);
+    assert_eq!(z.to_vec_f64(), vec![0.0; 12]);
+    assert_eq!(
+        i.to_device(Device::Cpu).unwrap().to_vec::<i64>().unwrap(),
+        vec![0; 5]
+    );
+    assert!(matches!(
+        Tensor::zeros_on(&[2], DType::BF16, GPU),
+        Err(TensorError::UnsupportedDType { .. })
+    ));
+}
+
+#[test]
+fn long_rows_are_reduced_in_chunks_with_the_same_result() {
+    // 40960 = 10 chunks of 4096; 12000 = 3 chunks of 4000; 4099 is prime: one pass.
+    for (shape, dims) in [
+        (vec![40960], vec![]),
+        (vec![3, 12000], vec![1]),
+        (vec![2, 4099], vec![1]),
+        (vec![8, 5120], vec![0, 1]),
+    ] {
+        let x = f32_cpu(&shape, 80);
+        for op in [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max] {
+            let got = on_gpu(&x).reduce(op, &dims, false).unwrap();
+            let expected = x.reduce(op, &dims, false).unwrap();
+            check(
+                &got,
+                &expected,
+                1e-4,
+                &format!("{op:?} over {dims:?} of {shape:?}"),
+            );
+        }
+    }
 }
