@@ -32,6 +32,7 @@ pub fn catalogue() -> &'static [ModuleSource] {
             plain("rows", include_str!("../../kernels/rows.ptx")),
             plain("norm", include_str!("../../kernels/norm.ptx")),
             plain("index", include_str!("../../kernels/index.ptx")),
+            plain("routing", include_str!("../../kernels/routing.ptx")),
             plain("optim", include_str!("../../kernels/optim.ptx")),
             plain("gemm_f32", include_str!("../../kernels/gemm_f32.ptx")),
             ModuleSource {

@@ -8,6 +8,7 @@ pub mod gemm;
 pub mod index;
 pub mod norm;
 pub mod optim;
+pub mod routing;
 pub mod rows;
 
 use crate::error::{CudaError, Result};
