@@ -86,7 +86,11 @@ fn dispatch_order_is_a_stable_sort_by_expert_with_its_group_sizes() {
             let (order, counts) = sorted_by_expert(positions, experts);
             let buffer = gpu.upload(positions).unwrap();
             let got = dispatch_order(&gpu, &buffer, experts).unwrap();
-            let what = format!("{} pairs, {experts} experts, {}", positions.len(), gpu.name());
+            let what = format!(
+                "{} pairs, {experts} experts, {}",
+                positions.len(),
+                gpu.name()
+            );
             assert_eq!(gpu.download(&got.order).unwrap(), order, "{what}");
             assert_eq!(gpu.download(&got.counts).unwrap(), counts, "{what}");
             let tokens: Vec<u32> = order

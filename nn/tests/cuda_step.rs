@@ -105,3 +105,51 @@ fn a_training_step_on_the_gpu_matches_the_cpu() {
         }
     }
 }
+
+#[test]
+fn moe_routing_on_the_gpu_reads_back_only_the_group_sizes() {
+    // cuda:2, which no other test uses, so that its traffic counts are this test's alone
+    // (the emulator on a machine with fewer GPUs); exact f32 products, so that the routing can
+    // equal the CPU's.
+    const GPU: Device = Device::Cuda(2);
+    let gpu = ditmoe_cuda::registry::device_or_emulator(2);
+    gpu.set_tensor_core_matmul(false);
+    let token_choice = DitConfig::dense(8, 2, 3, 16, 2, 2, 5).ditmoe_ffn(4, 2);
+    let expert_choice = MoeConfig {
+        routing: RoutingConfig::ExpertChoice {
+            capacity_factor: 2.0,
+            group: RoutingGroup::PerImage,
+        },
+        ..token_choice
+    };
+    let mut rng = ditmoe_tensor::seeded_rng(3);
+    for config in [token_choice, expert_choice] {
+        let layer = ditmoe_nn::moe::MoeLayer::new(16, config, &mut rng).unwrap();
+        layer.to_device(GPU).unwrap();
+        let x = ditmoe_tensor::Tensor::randn(
+            &[2, 6, 16],
+            0.0,
+            1.0,
+            ditmoe_tensor::DType::F32,
+            &mut rng,
+        )
+        .unwrap();
+        let x = Var::constant(x.to_device(GPU).unwrap());
+        let before = gpu.traffic();
+        let out = layer.forward(&x, false).unwrap();
+        let used = gpu.traffic() - before;
+        assert_eq!(used.downloads, 1, "only the group sizes come back");
+        assert_eq!(out.y.value().device(), GPU);
+        // The same routing as the CPU's: the decision recorded on the GPU equals the CPU's.
+        let on_gpu = layer.forward(&x, true).unwrap().record.unwrap().decision;
+        layer.to_device(Device::Cpu).unwrap();
+        let cpu_x = Var::constant(x.value().to_device(Device::Cpu).unwrap());
+        let on_cpu = layer
+            .forward(&cpu_x, true)
+            .unwrap()
+            .record
+            .unwrap()
+            .decision;
+        assert_eq!(on_gpu, on_cpu);
+    }
+}

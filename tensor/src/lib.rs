@@ -27,6 +27,7 @@ pub use ops::binary::BinaryOp;
 pub use ops::create::{seeded_rng, SeededRng};
 pub use ops::norm::{LayerNormGrads, LayerNormStats};
 pub use ops::reduce::ReduceOp;
+pub use ops::routing::Dispatch;
 pub use ops::unary::UnaryOp;
 pub use storage::Storage;
 pub use tensor::Tensor;

@@ -341,14 +341,49 @@ fn finish(d: u32) -> String {
     out
 }
 
-/// The head dimensions the backward kernels are built for (from D = 72 on, the dK and dV
-/// accumulators together no longer fit the registers without spilling; ptxas checks).
-pub const BACKWARD_HEAD_DIMS: [u32; 4] = [16, 24, 32, 64];
+/// The head dimensions the backward kernels are built for.
+pub const BACKWARD_HEAD_DIMS: [u32; 6] = [16, 24, 32, 64, 72, 128];
 
-/// The entries of the backward pass at head dimension `d`: (dK dV, dQ).
-pub fn backward_entries(d: u32) -> (String, String) {
+/// From this head dimension on, the dK and dV accumulators with the K and V fragments no
+/// longer fit one thread's 255 registers (ptxas spilled at D = 128; D = 72 fits with 254):
+/// dK and dV get a kernel each, both recomputing Pᵀ — more tensor-core work, no spills.
+const SPLIT_KEY_GRADS_FROM: u32 = 128;
+
+/// Which key-side gradients a key-tile kernel accumulates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyGrads {
+    Both,
+    KeysOnly,
+    ValuesOnly,
+}
+
+impl KeyGrads {
+    fn keys(self) -> bool {
+        self != KeyGrads::ValuesOnly
+    }
+    fn values(self) -> bool {
+        self != KeyGrads::KeysOnly
+    }
+}
+
+/// The key-tile kernels of head dimension `d` with what each computes: one for dK and dV, or
+/// one for each from [`SPLIT_KEY_GRADS_FROM`] on.
+fn key_kernels(d: u32) -> Vec<(String, KeyGrads)> {
+    if d < SPLIT_KEY_GRADS_FROM {
+        vec![(format!("flash_backward_dkdv_d{d}"), KeyGrads::Both)]
+    } else {
+        vec![
+            (format!("flash_backward_dk_d{d}"), KeyGrads::KeysOnly),
+            (format!("flash_backward_dv_d{d}"), KeyGrads::ValuesOnly),
+        ]
+    }
+}
+
+/// The entries of the backward pass at head dimension `d`: the key-tile kernels (dK and dV,
+/// together or one each; all take the same parameters) and the dQ kernel.
+pub fn backward_entries(d: u32) -> (Vec<String>, String) {
     (
-        format!("flash_backward_dkdv_d{d}"),
+        key_kernels(d).into_iter().map(|(name, _)| name).collect(),
         format!("flash_backward_dq_d{d}"),
     )
 }
@@ -365,7 +400,10 @@ fn backward_declarations(d: u32) -> String {
         ".reg .f32 %dp<32>;".to_string(),
         ".reg .b32 %pa<16>;".to_string(),
         ".reg .b32 %kb<4>;".to_string(),
-        format!(".shared .align 16 .b8 tiles[{}];", 2 * TILE * stride(d)),
+        format!(
+            ".shared .align 16 .b8 tiles[{}];",
+            query_stats_offset(d) + 2 * TILE * 4
+        ),
     ] {
         emit!(out, "{decl}");
     }
@@ -466,23 +504,62 @@ fn dq_tile(d: u32) -> String {
     out + &product_tile(d, "acc", "pa", 0)
 }
 
-/// One Q, dO tile of the dK dV kernel (rows are this CTA's keys, columns the tile's queries):
-/// Pᵀ (queries past T masked), dV += Pᵀ·dO, dPᵀ = V·dOᵀ, dSᵀ = Pᵀ ∘ (dPᵀ − Δ), dK += dSᵀ·Q.
-fn dkdv_tile(d: u32) -> String {
+/// Bytes from the start of `tiles` to the query row statistics of a key-tile kernel: after
+/// the Q and dO tiles, 64 log-sum-exps then 64 Δs (f32).
+fn query_stats_offset(d: u32) -> u32 {
+    2 * TILE * stride(d)
+}
+
+/// Copies the log-sum-exp (threads 0..63) and Δ (threads 64..127) of the tile's 64 queries
+/// (`%r9..`; 0 past T) into shared memory, and points `%r33` at this lane's first column
+/// (query 2·(lane % 4)). Read from there, the 16 per-lane values of each table cost a shared
+/// load each instead of a global load and its 64-bit address (which made D = 128 spill).
+fn load_query_stats(d: u32) -> String {
+    let mut out = String::new();
+    let offset = query_stats_offset(d);
+    for line in [
+        "and.b32 %r34, %r0, 63;".to_string(),
+        "add.u32 %r34, %r9, %r34;".to_string(),
+        "setp.lt.u32 %p5, %r34, %r7;".to_string(),
+        "setp.lt.u32 %p6, %r0, 64;".to_string(),
+        "mul.wide.u32 %rd10, %r34, 4;".to_string(),
+        "add.u64 %rd11, %rd14, %rd10;".to_string(),
+        "@%p6 add.u64 %rd11, %rd4, %rd10;".to_string(),
+        "mov.f32 %f7, 0f00000000;".to_string(),
+        "@%p5 ld.global.f32 %f7, [%rd11];".to_string(),
+        "shl.b32 %r35, %r0, 2;".to_string(),
+        "add.u32 %r35, %r35, %r8;".to_string(),
+        format!("st.shared.f32 [%r35+{offset}], %f7;"),
+        "shl.b32 %r33, %r4, 2;".to_string(),
+        "add.u32 %r33, %r33, %r8;".to_string(),
+        format!("add.u32 %r33, %r33, {offset};"),
+    ] {
+        emit!(out, "{line}");
+    }
+    out
+}
+
+/// One Q, dO tile of a key-tile kernel (rows are this CTA's keys, columns the tile's queries):
+/// Pᵀ (queries past T masked), dV += Pᵀ·dO, dPᵀ = V·dOᵀ, dSᵀ = Pᵀ ∘ (dPᵀ − Δ), dK += dSᵀ·Q —
+/// only the dV or only the dK part when `grads` says so.
+fn dkdv_tile(d: u32, grads: KeyGrads) -> String {
     let mut out = zero("s", 32) + &product_transposed_tile(d, "s", "ka", 0);
     // Each lane's 16 query columns: j·8 + 2·(lane % 4) + e; rows e and e + 2 of a tile share one.
-    let column = |out: &mut String, j: u32, e: u32, table: &str, into: &str| {
+    // Its log-sum-exp and Δ come from the tile's row statistics in shared memory (see
+    // [`load_query_stats`]; `%r33` addresses this lane's first column).
+    let column = |out: &mut String, j: u32, e: u32, table: u32, into: &str| {
         emit!(out, "add.u32 %r23, %r9, {};", j * 8 + e);
         emit!(out, "add.u32 %r23, %r23, %r4;");
         emit!(out, "setp.ge.u32 %p2, %r23, %r7;");
-        emit!(out, "mul.wide.u32 %rd10, %r23, 4;");
-        emit!(out, "add.u64 %rd11, {table}, %rd10;");
-        emit!(out, "mov.f32 {into}, 0f00000000;");
-        emit!(out, "@!%p2 ld.global.f32 {into}, [%rd11];");
+        emit!(
+            out,
+            "ld.shared.f32 {into}, [%r33+{}];",
+            table + 4 * (j * 8 + e)
+        );
     };
     for j in 0..8 {
         for e in 0..2 {
-            column(&mut out, j, e, "%rd4", "%f5");
+            column(&mut out, j, e, 0, "%f5");
             emit!(out, "mul.f32 %f5, %f5, 0f3FB8AA3B;");
             for row in [e, e + 2] {
                 let s = format!("%s{}", 4 * j + row);
@@ -493,13 +570,18 @@ fn dkdv_tile(d: u32) -> String {
             }
         }
     }
-    out += &pack_a("s", "pa");
-    out += &product_tile(d, "accv", "pa", TILE * stride(d));
+    if grads.values() {
+        out += &pack_a("s", "pa");
+        out += &product_tile(d, "accv", "pa", TILE * stride(d));
+    }
+    if !grads.keys() {
+        return out;
+    }
     out += &zero("dp", 32);
     out += &product_transposed_tile(d, "dp", "va", TILE * stride(d));
     for j in 0..8 {
         for e in 0..2 {
-            column(&mut out, j, e, "%rd14", "%f6");
+            column(&mut out, j, e, 4 * TILE, "%f6");
             for row in [e, e + 2] {
                 let i = 4 * j + row;
                 emit!(out, "sub.f32 %dp{i}, %dp{i}, %f6;");
@@ -511,53 +593,64 @@ fn dkdv_tile(d: u32) -> String {
     out + &product_tile(d, "acck", "pa", 0)
 }
 
-/// The backward module: both kernels per head dimension in [`BACKWARD_HEAD_DIMS`].
+/// The backward module: the key-tile kernel(s) and the dQ kernel per head dimension in
+/// [`BACKWARD_HEAD_DIMS`].
 pub fn backward_module(template: &str) -> String {
-    let (header, body) = template
+    let (header, entries) = template
         .split_once(".visible .entry")
         .expect("the backward template has entries");
+    let (key_entry, query_entry) = entries
+        .split_once(".visible .entry")
+        .expect("the backward template has a key-tile and a query-tile entry");
     let mut module = header.to_string();
     for d in BACKWARD_HEAD_DIMS {
-        let (dkdv, dq) = backward_entries(d);
         let t1 = TILE * stride(d);
         let load_kv = load_tile(d, "%rd1", 0) + &load_tile(d, "%rd2", t1);
         let load_qdo = load_tile(d, "%rd0", 0) + &load_tile(d, "%rd13", t1);
-        let text = format!(".visible .entry{body}")
-            .replace("{{DKDV_NAME}}", &dkdv)
+        let shared = |text: &str| {
+            text.replace("{{DECLARATIONS}}\n", &backward_declarations(d))
+                .replace("{{A_REGS}}", &(padded(d) / 4).to_string())
+                .replace("{{ACC_REGS}}", &(padded(d) / 2).to_string())
+                .replace("{{LOAD_KV}}\n", &load_kv)
+                .replace("{{LOAD_QDO}}\n", &load_qdo)
+        };
+        for (name, grads) in key_kernels(d) {
+            let mut fragments = a_fragments(d, "ka", 0);
+            let (mut zeros, mut finish) = (String::new(), String::new());
+            if grads.keys() {
+                fragments += &a_fragments(d, "va", t1);
+                zeros += &zero("acck", padded(d) / 2);
+                finish += &store_rows(d, "acck", "%rd3", Some(["%f15", "%f15"]));
+            }
+            if grads.values() {
+                zeros += &zero("accv", padded(d) / 2);
+                finish += &store_rows(d, "accv", "%rd7", None);
+            }
+            let text = shared(&format!(".visible .entry{key_entry}"))
+                .replace("{{DKDV_NAME}}", &name)
+                .replace("{{SETUP}}\n", &backward_setup(d, &["dk", "dv"]))
+                .replace("{{KV_FRAGMENTS}}\n", &fragments)
+                .replace("{{ZERO_DKDV}}\n", &zeros)
+                .replace("{{LOAD_QUERY_STATS}}\n", &load_query_stats(d))
+                .replace("{{DKDV_TILE}}\n", &dkdv_tile(d, grads))
+                .replace("{{DKDV_FINISH}}\n", &finish);
+            module.push_str(&text);
+        }
+        let (_, dq) = backward_entries(d);
+        let text = shared(&format!(".visible .entry{query_entry}"))
             .replace("{{DQ_NAME}}", &dq)
-            .replace("{{DECLARATIONS}}\n", &backward_declarations(d))
-            .replace("{{A_REGS}}", &(padded(d) / 4).to_string())
-            .replace("{{ACC_REGS}}", &(padded(d) / 2).to_string())
-            .replace("{{LOAD_KV}}\n", &load_kv)
-            .replace("{{LOAD_QDO}}\n", &load_qdo)
-            .replace(
-                "{{KV_FRAGMENTS}}\n",
-                &(a_fragments(d, "ka", 0) + &a_fragments(d, "va", t1)),
-            )
+            .replace("{{SETUP}}\n", &backward_setup(d, &["dq"]))
             .replace(
                 "{{QDO_FRAGMENTS}}\n",
                 &(a_fragments(d, "qa", 0) + &a_fragments(d, "da", t1)),
             )
-            .replace(
-                "{{ZERO_DKDV}}\n",
-                &(zero("acck", padded(d) / 2) + &zero("accv", padded(d) / 2)),
-            )
             .replace("{{ZERO_DQ}}\n", &zero("acc", padded(d) / 2))
             .replace("{{ROW_STATS}}\n", &row_stats())
-            .replace("{{DKDV_TILE}}\n", &dkdv_tile(d))
             .replace("{{DQ_TILE}}\n", &dq_tile(d))
-            .replace(
-                "{{DKDV_FINISH}}\n",
-                &(store_rows(d, "acck", "%rd3", Some(["%f15", "%f15"]))
-                    + &store_rows(d, "accv", "%rd7", None)),
-            )
             .replace(
                 "{{DQ_FINISH}}\n",
                 &store_rows(d, "acc", "%rd3", Some(["%f15", "%f15"])),
             );
-        // The two entries' setups differ only in their outputs.
-        let text = text.replacen("{{SETUP}}\n", &backward_setup(d, &["dk", "dv"]), 1);
-        let text = text.replacen("{{SETUP}}\n", &backward_setup(d, &["dq"]), 1);
         module.push_str(&text);
         module.push('\n');
     }

@@ -90,7 +90,8 @@ pub struct AttentionGrads {
 
 /// The backward pass of [`flash_attention_forward`] from its inputs, its output `out`, its
 /// log-sum-exp `lse` and the output gradient `d_out` (f32). Δ = rowsum(dO ∘ O) is computed
-/// first with the elementwise and row kernels; then one kernel gives dK and dV, another dQ.
+/// first with the elementwise and row kernels; then one kernel gives dK and dV (one each from
+/// head dim 72 on), another dQ.
 #[allow(clippy::too_many_arguments)]
 pub fn flash_attention_backward(
     gpu: &Gpu,
@@ -142,25 +143,27 @@ pub fn flash_attention_backward(
         block: (128, 1, 1),
         shared_bytes: 0,
     };
-    let (dkdv, dq) = backward_entries(head_dim as u32);
+    let (key_kernels, dq) = backward_entries(head_dim as u32);
     let tokens = check_u32("tokens", tokens)?;
-    gpu.launch(
-        "attention_backward",
-        &dkdv,
-        config,
-        &[
-            (&grads.k).into(),
-            (&grads.v).into(),
-            q.into(),
-            k.into(),
-            v.into(),
-            (&d_out16).into(),
-            lse.into(),
-            (&delta).into(),
-            tokens.into(),
-            scale.into(),
-        ],
-    )?;
+    for key_kernel in key_kernels {
+        gpu.launch(
+            "attention_backward",
+            &key_kernel,
+            config,
+            &[
+                (&grads.k).into(),
+                (&grads.v).into(),
+                q.into(),
+                k.into(),
+                v.into(),
+                (&d_out16).into(),
+                lse.into(),
+                (&delta).into(),
+                tokens.into(),
+                scale.into(),
+            ],
+        )?;
+    }
     gpu.launch(
         "attention_backward",
         &dq,

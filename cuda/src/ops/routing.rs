@@ -93,11 +93,7 @@ pub struct DispatchOrder {
 }
 
 /// Sorts the pairs of `positions` by expert (a counting sort, one block per expert).
-pub fn dispatch_order(
-    gpu: &Gpu,
-    positions: &Buffer<u32>,
-    experts: usize,
-) -> Result<DispatchOrder> {
+pub fn dispatch_order(gpu: &Gpu, positions: &Buffer<u32>, experts: usize) -> Result<DispatchOrder> {
     if experts == 0 {
         return Err(CudaError::InvalidArgument(
             "dispatch order: expected at least one expert".into(),

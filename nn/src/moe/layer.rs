@@ -6,7 +6,7 @@ use crate::layers::{Mlp, SwiGlu};
 use crate::module::{Module, Visitor};
 use crate::moe::config::{ExpertKind, MoeConfig, RaceGate, RoutingConfig};
 use crate::moe::routing::{
-    expert_choice, expert_race, token_choice, RoutingDecision, RoutingRecord,
+    expert_choice_positions, expert_race, token_choice_positions, RoutingDecision, RoutingRecord,
 };
 use ditmoe_autograd::Var;
 use ditmoe_tensor::{profile, DType, Device, Result, SeededRng, Tensor, TensorError};
@@ -60,13 +60,6 @@ pub struct MoeLayer {
     pub shared: Option<FeedForward>,
 }
 
-/// A 1-D index tensor on `device`.
-fn index_tensor(values: impl IntoIterator<Item = usize>, device: Device) -> Result<Tensor> {
-    let v: Vec<i64> = values.into_iter().map(|x| x as i64).collect();
-    let n = v.len();
-    Tensor::from_vec(v, &[n])?.to_device(device)
-}
-
 impl MoeLayer {
     /// Router U(±1/√D) (PyTorch's default for the DiT-MoE gate), experts xavier-uniform.
     pub fn new(dim: usize, config: MoeConfig, rng: &mut SeededRng) -> Result<Self> {
@@ -115,14 +108,27 @@ impl MoeLayer {
     /// score grid at once, which the row top-k kernel is not made for, so its scores come to
     /// the host.
     pub fn route(&self, scores: &Tensor, images: usize) -> Result<RoutingDecision> {
+        let &[n, e] = scores.shape() else {
+            return Err(TensorError::shape(
+                "route",
+                "scores [tokens, experts]",
+                scores.shape(),
+            ));
+        };
+        RoutingDecision::from_positions(&self.route_positions(scores, images)?, n, e)
+    }
+
+    /// [`MoeLayer::route`]'s pairs as positions where the scores are: on a GPU, token and
+    /// expert choice never leave it (expert race ranks the whole grid on the host).
+    pub fn route_positions(&self, scores: &Tensor, images: usize) -> Result<Tensor> {
         match self.config.routing {
-            RoutingConfig::TokenChoice { top_k, .. } => token_choice(scores, top_k),
+            RoutingConfig::TokenChoice { top_k, .. } => token_choice_positions(scores, top_k),
             RoutingConfig::ExpertChoice {
                 capacity_factor,
                 group,
-            } => expert_choice(scores, capacity_factor, group, images),
+            } => expert_choice_positions(scores, capacity_factor, group, images),
             RoutingConfig::ExpertRace { top_k, .. } => {
-                expert_race(&scores.to_device(Device::Cpu)?, top_k)
+                expert_race(&scores.to_device(Device::Cpu)?, top_k)?.positions_on(scores.device())
             }
         }
     }
@@ -159,17 +165,14 @@ impl MoeLayer {
         let device = x.value().device();
         let tokens = x.reshape(&[n, d])?;
         let scores = self.scores(&tokens)?;
-        let decision = match fixed {
+        let (positions, fixed) = match fixed {
             Some(dec) if dec.num_tokens != n || dec.num_experts != e => {
                 return Err(TensorError::invalid("MoE", format!("expected a routing decision for {n} tokens and {e} experts, found {} and {}", dec.num_tokens, dec.num_experts)));
             }
-            Some(dec) => dec.clone(),
-            None => self.route(&scores.value(), b)?,
+            Some(dec) => (dec.positions_on(device)?, Some(dec)),
+            None => (self.route_positions(&scores.value(), b)?, None),
         };
-        let mut weights = scores.flatten()?.index_select(
-            0,
-            &index_tensor(decision.positions.iter().copied(), device)?,
-        )?;
+        let mut weights = scores.flatten()?.index_select(0, &positions)?;
         if let RoutingConfig::TokenChoice {
             top_k,
             renormalize: true,
@@ -180,22 +183,18 @@ impl MoeLayer {
             weights = per_token.div(&per_token.sum(&[1], true)?)?.flatten()?;
         }
 
-        // Sort the pairs by expert (stable) so each expert's tokens are one contiguous group.
-        let mut order: Vec<usize> = (0..decision.len()).collect();
-        order.sort_by_key(|&slot| decision.expert(slot));
-        let group_sizes = decision.expert_counts();
-        let token_of = index_tensor(order.iter().map(|&s| decision.token(s)), device)?;
-        let expert_of = index_tensor(order.iter().map(|&s| decision.expert(s)), device)?;
-        let sorted_tokens = tokens.index_select(0, &token_of)?;
+        // The pairs sorted by expert (stably), so each expert's tokens are one contiguous group.
+        let dispatch = Tensor::dispatch_order(&positions, e)?;
+        let group_sizes = &dispatch.group_sizes;
+        let sorted_tokens = tokens.index_select(0, &dispatch.token_of)?;
         let expert_out = {
             let _section = profile::section("experts");
-            self.experts_grouped(&sorted_tokens, &group_sizes, &expert_of)?
+            self.experts_grouped(&sorted_tokens, group_sizes, &dispatch.expert_of)?
         };
-        let sorted_weights =
-            weights.index_select(0, &index_tensor(order.iter().copied(), device)?)?;
+        let sorted_weights = weights.index_select(0, &dispatch.order)?;
         let weighted = expert_out.mul(&sorted_weights.unsqueeze(1)?)?;
         let mut y = Var::constant(Tensor::zeros_on(&[n, d], x.value().dtype(), device)?)
-            .index_add(0, &token_of, &weighted)?;
+            .index_add(0, &dispatch.token_of, &weighted)?;
         if let Some(shared) = &self.shared {
             let _section = profile::section("shared expert");
             y = y.add(&shared.forward(&tokens)?)?;
@@ -228,6 +227,10 @@ impl MoeLayer {
             _ => None,
         };
         let record = if record {
+            let decision = match fixed {
+                Some(dec) => dec.clone(),
+                None => RoutingDecision::from_positions(&positions, n, e)?,
+            };
             let weights = weights.value().to_device(Device::Cpu)?;
             Some(RoutingRecord {
                 decision,

@@ -36,6 +36,32 @@ impl RoutingDecision {
     pub fn is_empty(&self) -> bool {
         self.positions.is_empty()
     }
+    /// The decision of a `[P]` tensor of positions (downloaded if on a GPU).
+    pub fn from_positions(
+        positions: &Tensor,
+        num_tokens: usize,
+        num_experts: usize,
+    ) -> Result<RoutingDecision> {
+        let positions = positions
+            .to_device(Device::Cpu)?
+            .to_vec::<i64>()?
+            .into_iter()
+            .map(|p| p as usize)
+            .collect();
+        Ok(RoutingDecision {
+            num_tokens,
+            num_experts,
+            positions,
+        })
+    }
+
+    /// The positions as an i64 tensor on `device`.
+    pub fn positions_on(&self, device: Device) -> Result<Tensor> {
+        let n = self.positions.len();
+        let values = self.positions.iter().map(|&p| p as i64).collect();
+        Tensor::from_vec(values, &[n])?.to_device(device)
+    }
+
     /// Pairs per expert.
     pub fn expert_counts(&self) -> Vec<usize> {
         let mut counts = vec![0; self.num_experts];
@@ -68,19 +94,15 @@ fn grid(scores: &Tensor) -> Result<(usize, usize)> {
 /// Token choice: every token takes its `k` highest-scoring experts (best first).
 pub fn token_choice(scores: &Tensor, k: usize) -> Result<RoutingDecision> {
     let (n, e) = grid(scores)?;
+    RoutingDecision::from_positions(&token_choice_positions(scores, k)?, n, e)
+}
+
+/// [`token_choice`]'s pairs as a `[N·k]` tensor of positions where the scores are (on a GPU
+/// the picks never leave it).
+pub fn token_choice_positions(scores: &Tensor, k: usize) -> Result<Tensor> {
+    let (_, e) = grid(scores)?;
     let (_, picks) = scores.topk(k, 1, true)?;
-    let positions = picks
-        .to_device(Device::Cpu)?
-        .to_vec::<i64>()?
-        .iter()
-        .enumerate()
-        .map(|(slot, &x)| (slot / k) * e + x as usize)
-        .collect();
-    Ok(RoutingDecision {
-        num_tokens: n,
-        num_experts: e,
-        positions,
-    })
+    Tensor::token_choice_positions(&picks, e)
 }
 
 /// Expert capacity C = round(S · f_c / E), at least 1 and at most S.
@@ -98,6 +120,18 @@ pub fn expert_choice(
     images: usize,
 ) -> Result<RoutingDecision> {
     let (n, e) = grid(scores)?;
+    let positions = expert_choice_positions(scores, capacity_factor, group, images)?;
+    RoutingDecision::from_positions(&positions, n, e)
+}
+
+/// [`expert_choice`]'s pairs as a tensor of positions where the scores are.
+pub fn expert_choice_positions(
+    scores: &Tensor,
+    capacity_factor: f64,
+    group: RoutingGroup,
+    images: usize,
+) -> Result<Tensor> {
+    let (n, e) = grid(scores)?;
     let groups = match group {
         RoutingGroup::PerImage => images,
         RoutingGroup::Batch => 1,
@@ -110,22 +144,8 @@ pub fn expert_choice(
     }
     let s = n / groups;
     let c = capacity(s, capacity_factor, e);
-    let (_, picks) = scores.reshape(&[groups, s, e])?.topk(c, 1, true)?;
-    let picks = picks.to_device(Device::Cpu)?.to_vec::<i64>()?; // [groups, C, E]
-    let mut positions = Vec::with_capacity(groups * c * e);
-    for g in 0..groups {
-        for expert in 0..e {
-            for rank in 0..c {
-                let token = g * s + picks[(g * c + rank) * e + expert] as usize;
-                positions.push(token * e + expert);
-            }
-        }
-    }
-    Ok(RoutingDecision {
-        num_tokens: n,
-        num_experts: e,
-        positions,
-    })
+    let (_, picks) = scores.reshape(&[groups, s, e])?.topk(c, 1, true)?; // [groups, C, E]
+    Tensor::expert_choice_positions(&picks, s)
 }
 
 /// Expert race: the `N·k` highest (token, expert) scores of the whole grid, best first.

@@ -14,6 +14,7 @@ use ditmoe_cuda::ops::gemm::{self, Gemm};
 use ditmoe_cuda::ops::index as gpu_index;
 use ditmoe_cuda::ops::norm as gpu_norm;
 use ditmoe_cuda::ops::optim::{self as gpu_optim, AdamWStep};
+use ditmoe_cuda::ops::routing as gpu_routing;
 use ditmoe_cuda::ops::rows::{self as gpu_rows, RowReduce};
 use ditmoe_cuda::{registry, Buffer, CudaError, Gpu};
 
@@ -965,4 +966,66 @@ pub(crate) fn grouped_weight_grads(
         .map(|g| all.narrow(0, g, 1)?.squeeze(0))
         .collect::<Result<Vec<_>>>()
         .map(Some)
+}
+
+/// Token choice's `[N, k]` device picks as positions (`Tensor::token_choice_positions`).
+pub(crate) fn token_choice_positions(picks: &Tensor, num_experts: usize) -> Result<Tensor> {
+    let op = "token_choice_positions";
+    let gpu = &picks.cuda_storage().expect("a device tensor").gpu;
+    let buffer = dense_indices(picks, op)?;
+    let k = picks.shape()[1];
+    let positions =
+        gpu_routing::token_choice_positions(gpu, &buffer, k, num_experts).map_err(failed(op))?;
+    Ok(u32_tensor(gpu, positions, &[picks.numel()], ordinal(picks)))
+}
+
+/// Expert choice's `[G, C, E]` device picks as positions (`Tensor::expert_choice_positions`).
+pub(crate) fn expert_choice_positions(picks: &Tensor, group_tokens: usize) -> Result<Tensor> {
+    let op = "expert_choice_positions";
+    let gpu = &picks.cuda_storage().expect("a device tensor").gpu;
+    let buffer = dense_indices(picks, op)?;
+    let &[groups, capacity, experts] = picks.shape() else {
+        unreachable!("checked by the caller")
+    };
+    let shape = gpu_routing::ExpertChoiceShape {
+        groups,
+        group_tokens,
+        capacity,
+        experts,
+    };
+    let positions =
+        gpu_routing::expert_choice_positions(gpu, &buffer, shape).map_err(failed(op))?;
+    Ok(u32_tensor(gpu, positions, &[picks.numel()], ordinal(picks)))
+}
+
+/// The expert-sorted order of device positions (`Tensor::dispatch_order`); only the group
+/// sizes are downloaded.
+pub(crate) fn dispatch_order(
+    positions: &Tensor,
+    num_experts: usize,
+) -> Result<crate::ops::routing::Dispatch> {
+    let op = "dispatch_order";
+    if positions.rank() != 1 {
+        return Err(TensorError::shape(
+            op,
+            "positions of rank 1",
+            positions.shape(),
+        ));
+    }
+    let gpu = &positions.cuda_storage().expect("a device tensor").gpu;
+    let buffer = dense_indices(positions, op)?;
+    let sorted = gpu_routing::dispatch_order(gpu, &buffer, num_experts).map_err(failed(op))?;
+    let group_sizes = gpu
+        .download(&sorted.counts)
+        .map_err(failed(op))?
+        .into_iter()
+        .map(|c| c as usize)
+        .collect();
+    let (n, ordinal) = (positions.numel(), ordinal(positions));
+    Ok(crate::ops::routing::Dispatch {
+        order: u32_tensor(gpu, sorted.order, &[n], ordinal),
+        token_of: u32_tensor(gpu, sorted.token_of, &[n], ordinal),
+        expert_of: u32_tensor(gpu, sorted.expert_of, &[n], ordinal),
+        group_sizes,
+    })
 }

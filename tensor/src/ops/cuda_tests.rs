@@ -549,3 +549,46 @@ fn long_rows_are_reduced_in_chunks_with_the_same_result() {
         }
     }
 }
+
+#[test]
+fn moe_dispatch_on_the_device_matches_the_cpu() {
+    use rand::Rng;
+    ditmoe_cuda::registry::device_or_emulator(0);
+    let mut rng = crate::seeded_rng(90);
+    let (tokens, k, experts) = (70, 2, 6);
+    let picks: Vec<i64> = (0..tokens * k)
+        .map(|_| rng.random_range(0..experts as i64))
+        .collect();
+    let picks = Tensor::from_vec(picks, &[tokens, k]).unwrap();
+    let ec_picks: Vec<i64> = (0..2 * 5 * experts)
+        .map(|_| rng.random_range(0..35))
+        .collect();
+    let ec_picks = Tensor::from_vec(ec_picks, &[2, 5, experts]).unwrap();
+    let as_ints = |t: &Tensor| t.to_device(Device::Cpu).unwrap().to_vec::<i64>().unwrap();
+    for (cpu_positions, gpu_positions) in [
+        (
+            Tensor::token_choice_positions(&picks, experts).unwrap(),
+            Tensor::token_choice_positions(&picks.to_device(GPU).unwrap(), experts).unwrap(),
+        ),
+        (
+            Tensor::expert_choice_positions(&ec_picks, 35).unwrap(),
+            Tensor::expert_choice_positions(&ec_picks.to_device(GPU).unwrap(), 35).unwrap(),
+        ),
+    ] {
+        assert_eq!(gpu_positions.device(), GPU);
+        assert_eq!(as_ints(&gpu_positions), as_ints(&cpu_positions));
+        let (on_cpu, on_gpu) = (
+            Tensor::dispatch_order(&cpu_positions, experts).unwrap(),
+            Tensor::dispatch_order(&gpu_positions, experts).unwrap(),
+        );
+        assert_eq!(on_gpu.group_sizes, on_cpu.group_sizes);
+        for (g, c) in [
+            (&on_gpu.order, &on_cpu.order),
+            (&on_gpu.token_of, &on_cpu.token_of),
+            (&on_gpu.expert_of, &on_cpu.expert_of),
+        ] {
+            assert_eq!(g.device(), GPU);
+            assert_eq!(as_ints(g), as_ints(c));
+        }
+    }
+}

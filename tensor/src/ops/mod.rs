@@ -11,6 +11,7 @@ pub mod matmul;
 pub mod norm;
 pub mod optim;
 pub mod reduce;
+pub mod routing;
 pub mod shape;
 pub mod softmax;
 pub mod unary;

@@ -1,0 +1,148 @@
+//! MoE dispatch on tensors: from the router's top-k picks to routed pairs, and from routed
+//! pairs to the expert-sorted order the grouped expert GEMM needs (MegaBlocks, Gale et al.,
+//! 2022). A routed pair (token t, expert e) is its position `t·E + e` in the `[N, E]` score
+//! grid. CPU loops here; on a GPU the routing kernels (`ditmoe_cuda::ops::routing`), so the
+//! order never leaves the device — only the E group sizes are read back, for the GEMM
+//! schedule.
+
+use crate::error::{Result, TensorError};
+use crate::{DType, Tensor};
+
+/// The routed pairs sorted by expert (stably: pairs of one expert keep their order).
+#[derive(Debug, Clone)]
+pub struct Dispatch {
+    /// `[P]` i64: the index, among the unsorted pairs, of each sorted pair.
+    pub order: Tensor,
+    /// `[P]` i64: its token.
+    pub token_of: Tensor,
+    /// `[P]` i64: its expert.
+    pub expert_of: Tensor,
+    /// Pairs per expert: the row groups of the grouped GEMM.
+    pub group_sizes: Vec<usize>,
+}
+
+fn indices_of(t: &Tensor, op: &'static str, what: &str) -> Result<Vec<usize>> {
+    t.check_dtype(op, DType::I64)?;
+    if t.rank() != 1 {
+        return Err(TensorError::shape(
+            op,
+            format!("{what} of rank 1"),
+            t.shape(),
+        ));
+    }
+    Ok(t.to_vec::<i64>()?.into_iter().map(|i| i as usize).collect())
+}
+
+fn index_tensor(values: Vec<usize>) -> Result<Tensor> {
+    let n = values.len();
+    Tensor::from_vec(values.into_iter().map(|v| v as i64).collect(), &[n])
+}
+
+impl Tensor {
+    /// Token choice's picks `[N, k]` (expert indices, i64) as `[N·k]` positions, in slot
+    /// order (token by token).
+    pub fn token_choice_positions(picks: &Tensor, num_experts: usize) -> Result<Tensor> {
+        let op = "token_choice_positions";
+        picks.check_dtype(op, DType::I64)?;
+        let &[_, k] = picks.shape() else {
+            return Err(TensorError::shape(op, "picks [tokens, k]", picks.shape()));
+        };
+        if picks.is_cuda() {
+            return crate::ops::cuda::token_choice_positions(picks, num_experts);
+        }
+        let positions = picks
+            .to_vec::<i64>()?
+            .into_iter()
+            .enumerate()
+            .map(|(slot, e)| slot / k * num_experts + e as usize)
+            .collect();
+        index_tensor(positions)
+    }
+
+    /// Expert choice's picks `[G, C, E]` (each expert's C best token ranks within each group
+    /// of `group_tokens` tokens, i64) as `[G·E·C]` positions in (group, expert, rank) order.
+    pub fn expert_choice_positions(picks: &Tensor, group_tokens: usize) -> Result<Tensor> {
+        let op = "expert_choice_positions";
+        picks.check_dtype(op, DType::I64)?;
+        let &[groups, capacity, experts] = picks.shape() else {
+            return Err(TensorError::shape(
+                op,
+                "picks [groups, capacity, experts]",
+                picks.shape(),
+            ));
+        };
+        if picks.is_cuda() {
+            return crate::ops::cuda::expert_choice_positions(picks, group_tokens);
+        }
+        let ranks = picks.to_vec::<i64>()?;
+        let mut positions = Vec::with_capacity(ranks.len());
+        for g in 0..groups {
+            for e in 0..experts {
+                for r in 0..capacity {
+                    let token = g * group_tokens + ranks[(g * capacity + r) * experts + e] as usize;
+                    positions.push(token * experts + e);
+                }
+            }
+        }
+        index_tensor(positions)
+    }
+
+    /// The pairs at `positions` (`[P]` i64) sorted by expert, stably, with the group sizes.
+    pub fn dispatch_order(positions: &Tensor, num_experts: usize) -> Result<Dispatch> {
+        let op = "dispatch_order";
+        if num_experts == 0 {
+            return Err(TensorError::invalid(op, "expected at least one expert"));
+        }
+        if positions.is_cuda() {
+            positions.check_dtype(op, DType::I64)?;
+            return crate::ops::cuda::dispatch_order(positions, num_experts);
+        }
+        let positions = indices_of(positions, op, "positions")?;
+        let mut order: Vec<usize> = (0..positions.len()).collect();
+        order.sort_by_key(|&slot| positions[slot] % num_experts);
+        let mut group_sizes = vec![0; num_experts];
+        positions
+            .iter()
+            .for_each(|p| group_sizes[p % num_experts] += 1);
+        Ok(Dispatch {
+            token_of: index_tensor(order.iter().map(|&s| positions[s] / num_experts).collect())?,
+            expert_of: index_tensor(order.iter().map(|&s| positions[s] % num_experts).collect())?,
+            order: index_tensor(order)?,
+            group_sizes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ints(values: &[i64], shape: &[usize]) -> Tensor {
+        Tensor::from_vec(values.to_vec(), shape).unwrap()
+    }
+
+    #[test]
+    fn picks_become_grid_positions() {
+        // 3 tokens, top-2 of 4 experts.
+        let tc = Tensor::token_choice_positions(&ints(&[2, 0, 1, 3, 3, 2], &[3, 2]), 4).unwrap();
+        assert_eq!(tc.to_vec::<i64>().unwrap(), vec![2, 0, 5, 7, 11, 10]);
+        // 2 groups of 3 tokens, 2 experts, capacity 2: picks[g, r, e] = token rank.
+        let picks = ints(&[0, 2, 1, 0, 2, 2, 0, 1], &[2, 2, 2]);
+        let ec = Tensor::expert_choice_positions(&picks, 3).unwrap();
+        // group 0: expert 0 takes tokens 0, 1; expert 1 tokens 2, 0; group 1 likewise + 3.
+        assert_eq!(ec.to_vec::<i64>().unwrap(), vec![0, 2, 5, 1, 10, 6, 11, 9]);
+        assert!(Tensor::token_choice_positions(&ints(&[1, 2], &[2]), 4).is_err());
+    }
+
+    #[test]
+    fn dispatch_sorts_pairs_by_expert_stably() {
+        // Positions t·3 + e: (0,2) (1,0) (1,2) (2,0) (3,1) (0,0).
+        let positions = ints(&[2, 3, 5, 6, 10, 0], &[6]);
+        let d = Tensor::dispatch_order(&positions, 3).unwrap();
+        assert_eq!(d.order.to_vec::<i64>().unwrap(), vec![1, 3, 5, 4, 0, 2]);
+        assert_eq!(d.token_of.to_vec::<i64>().unwrap(), vec![1, 2, 0, 3, 0, 1]);
+        assert_eq!(d.expert_of.to_vec::<i64>().unwrap(), vec![0, 0, 0, 1, 2, 2]);
+        assert_eq!(d.group_sizes, vec![3, 1, 2]);
+        assert!(Tensor::dispatch_order(&positions, 0).is_err());
+    }
+}
