@@ -213,7 +213,13 @@ pub struct Gpu {
     traffic: TrafficCounters,
     /// `Some` while kernel timing is on.
     kernel_times: Mutex<Option<HashMap<String, KernelTime>>>,
+    /// Read-only u32 tables uploaded once and reused, by content ([`Gpu::constant_table`]).
+    tables: Mutex<HashMap<Vec<u32>, Arc<Buffer<u32>>>>,
 }
+
+/// How many distinct tables [`Gpu::constant_table`] keeps before it starts over (a training
+/// step uses a few hundred shape/stride tables, the same ones every step).
+const TABLES_KEPT: usize = 4096;
 
 impl std::fmt::Debug for Gpu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -268,6 +274,7 @@ impl Gpu {
             tensor_core_matmul: AtomicBool::new(true),
             traffic: TrafficCounters::default(),
             kernel_times: Mutex::new(None),
+            tables: Mutex::new(HashMap::new()),
         })
     }
 
@@ -282,6 +289,7 @@ impl Gpu {
             tensor_core_matmul: AtomicBool::new(true),
             traffic: TrafficCounters::default(),
             kernel_times: Mutex::new(None),
+            tables: Mutex::new(HashMap::new()),
         }
     }
 
@@ -371,6 +379,21 @@ impl Gpu {
             len: values.len(),
             element: PhantomData,
         })
+    }
+
+    /// `values` in a device buffer that kernels only read (a shape/stride table): uploaded the
+    /// first time, then the same buffer for the same values — no copy, no wait.
+    pub fn constant_table(&self, values: &[u32]) -> Result<Arc<Buffer<u32>>> {
+        let mut tables = self.tables.lock().expect("constant tables");
+        if let Some(table) = tables.get(values) {
+            return Ok(Arc::clone(table));
+        }
+        if tables.len() >= TABLES_KEPT {
+            tables.clear();
+        }
+        let table = Arc::new(self.upload(values)?);
+        tables.insert(values.to_vec(), Arc::clone(&table));
+        Ok(table)
     }
 
     /// A new device buffer of `len` zeros. On a GPU this is a device

@@ -209,3 +209,25 @@ fn traffic_and_kernel_times_count_what_was_asked() {
         assert!(gpu.kernel_times().is_empty(), "timing stopped");
     }
 }
+
+#[test]
+fn shape_tables_are_uploaded_once_per_distinct_table() {
+    for gpu in gpus() {
+        let a = gpu.upload(&random(12, -1.0, 1.0, 40)).unwrap();
+        let b = gpu.upload(&random(4, -1.0, 1.0, 41)).unwrap();
+        let layout = Broadcast::of(&[3, 4], &[4]).unwrap();
+        let first = ew::binary(&gpu, Binary::Add, &a, &b, &layout).unwrap();
+        let before = gpu.traffic();
+        let second = ew::binary(&gpu, Binary::Add, &a, &b, &layout).unwrap();
+        assert_eq!((gpu.traffic() - before).uploads, 0, "the table was reused");
+        assert_eq!(
+            gpu.download(&first).unwrap(),
+            gpu.download(&second).unwrap()
+        );
+        let other = Broadcast::of(&[4, 3], &[4, 1]).unwrap();
+        let before = gpu.traffic();
+        let b12 = gpu.upload(&random(4, -1.0, 1.0, 42)).unwrap();
+        ew::binary(&gpu, Binary::Add, &a, &b12, &other).unwrap();
+        assert_eq!((gpu.traffic() - before).uploads, 2, "b, and a new table");
+    }
+}

@@ -1,6 +1,8 @@
 //! Wrappers for `kernels/elementwise.ptx`: unary functions and their derivatives, broadcasting
 //! binary operations, and f32 ↔ bf16 casts.
 
+use std::sync::Arc;
+
 use super::{check_len, check_u32, ELEMENTWISE_BLOCK};
 use crate::element::Element;
 use crate::error::{CudaError, Result};
@@ -197,7 +199,7 @@ pub fn binary(
             (&out).into(),
             a.into(),
             b.into(),
-            (&meta).into(),
+            meta.as_ref().into(),
             check_u32("elements", n)?.into(),
             (layout.shape.len() as u32).into(),
             (op as u32).into(),
@@ -239,7 +241,7 @@ pub fn select(
             cond.0.into(),
             a.0.into(),
             b.0.into(),
-            (&meta).into(),
+            meta.as_ref().into(),
             check_u32("elements", n)?.into(),
             (shape.len() as u32).into(),
             check_u32("offset", cond.1.offset)?.into(),
@@ -251,14 +253,14 @@ pub fn select(
 }
 
 /// The shape/stride table of a strided kernel (`[shape, strides of each operand]`, u32) in a
-/// device buffer.
-fn upload_meta(gpu: &Gpu, sections: &[&[usize]]) -> Result<Buffer<u32>> {
+/// device buffer (uploaded once per distinct table, see [`Gpu::constant_table`]).
+fn upload_meta(gpu: &Gpu, sections: &[&[usize]]) -> Result<Arc<Buffer<u32>>> {
     let meta: Vec<u32> = sections
         .iter()
         .flat_map(|section| section.iter())
         .map(|&v| check_u32("shape or stride", v))
         .collect::<Result<_>>()?;
-    gpu.upload(&meta)
+    gpu.constant_table(&meta)
 }
 
 /// Fails unless every element a strided view reaches lies inside `buffer`.
@@ -331,7 +333,7 @@ pub fn copy_into<T: Element>(
         &[
             out.into(),
             x.into(),
-            (&meta).into(),
+            meta.as_ref().into(),
             check_u32("elements", n)?.into(),
             (from.shape.len() as u32).into(),
             check_u32("offset", from.offset)?.into(),

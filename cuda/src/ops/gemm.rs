@@ -213,8 +213,9 @@ pub fn grouped_gemm_bf16(
     if schedule.is_empty() || n == 0 {
         return Ok(());
     }
-    let schedule_buffer = gpu.upload(&schedule)?;
-    let offsets_buffer = gpu.upload(&offsets)?;
+    // The same routing gives the same tables (every step of expert choice): upload once.
+    let schedule_buffer = gpu.constant_table(&schedule)?;
+    let offsets_buffer = gpu.constant_table(&offsets)?;
     let layout = GemmLayout::grouped(weights_transposed);
     let config = LaunchConfig {
         grid: (
@@ -244,8 +245,8 @@ pub fn grouped_gemm_bf16(
             0u64.into(),
             1.0f32.into(),
             0.0f32.into(),
-            (&schedule_buffer).into(),
-            (&offsets_buffer).into(),
+            schedule_buffer.as_ref().into(),
+            offsets_buffer.as_ref().into(),
         ],
     )
 }
@@ -295,8 +296,9 @@ pub fn grouped_weight_grad_bf16(
     if schedule.is_empty() || n == 0 {
         return Ok(());
     }
-    let schedule_buffer = gpu.upload(&schedule)?;
-    let offsets_buffer = gpu.upload(&offsets)?;
+    // The same routing gives the same tables (every step of expert choice): upload once.
+    let schedule_buffer = gpu.constant_table(&schedule)?;
+    let offsets_buffer = gpu.constant_table(&offsets)?;
     let config = LaunchConfig {
         grid: (
             n.div_ceil(BF16_TILE) as u32,
@@ -325,8 +327,8 @@ pub fn grouped_weight_grad_bf16(
             ((m * n) as u64).into(),
             1.0f32.into(),
             0.0f32.into(),
-            (&schedule_buffer).into(),
-            (&offsets_buffer).into(),
+            schedule_buffer.as_ref().into(),
+            offsets_buffer.as_ref().into(),
         ],
     )
 }
