@@ -1,4 +1,5 @@
-//! `kernels/attention.ptx` (FlashAttention-2 forward) against the CPU attention.
+//! `kernels/attention.ptx` and `kernels/attention_backward.ptx` (FlashAttention-2) against the
+//! CPU attention and its gradients.
 
 mod common;
 
@@ -8,6 +9,53 @@ use ditmoe_cuda::ops::attention::{
 };
 use ditmoe_tensor::{DType, Tensor};
 use half::bf16;
+
+/// Random bf16-exact q, k, v of `heads` heads of `[tokens, d]`.
+struct Case {
+    shape: AttentionShape,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl Case {
+    fn new(heads: usize, tokens: usize, d: usize, seed: u64) -> Case {
+        let n = heads * tokens * d;
+        Case {
+            shape: AttentionShape {
+                heads,
+                tokens,
+                head_dim: d,
+            },
+            q: bf16_exact(random(n, -2.0, 2.0, seed)),
+            k: bf16_exact(random(n, -2.0, 2.0, seed + 1)),
+            v: bf16_exact(random(n, -1.0, 1.0, seed + 2)),
+        }
+    }
+
+    fn scale(&self) -> f64 {
+        (self.shape.head_dim as f64).powf(-0.5)
+    }
+
+    /// `x` (one of this case's `[heads, tokens, d]` matrices) as an f64 CPU tensor.
+    fn cpu(&self, x: &[f32]) -> Tensor {
+        let AttentionShape {
+            heads,
+            tokens,
+            head_dim,
+        } = self.shape;
+        Tensor::from_slice(x, &[heads, tokens, head_dim])
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+    }
+}
+
+fn max_difference(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
+}
 
 #[test]
 fn flash_forward_matches_the_cpu_attention() {
@@ -21,32 +69,21 @@ fn flash_forward_matches_the_cpu_attention() {
         (1, 33, 72),
         (1, 65, 128),
     ] {
-        let n = heads * tokens * d;
-        let (q, k, v) = (
-            bf16_exact(random(n, -2.0, 2.0, 1)),
-            bf16_exact(random(n, -2.0, 2.0, 2)),
-            bf16_exact(random(n, -1.0, 1.0, 3)),
-        );
-        let scale = (d as f64).powf(-0.5);
-        let t = |x: &[f32]| {
-            Tensor::from_slice(x, &[heads, tokens, d])
-                .unwrap()
-                .to_dtype(DType::F64)
-                .unwrap()
-        };
-        let (expected, expected_lse) = t(&q).flash_attention(&t(&k), &t(&v), scale).unwrap();
+        let case = Case::new(heads, tokens, d, 1);
+        let (q, k, v) = (&case.q, &case.k, &case.v);
+        let scale = case.scale();
+        let (expected, expected_lse) = case
+            .cpu(q)
+            .flash_attention(&case.cpu(k), &case.cpu(v), scale)
+            .unwrap();
         let (expected, expected_lse) = (values(&expected), values(&expected_lse));
         for gpu in gpus() {
             let got = flash_attention_forward(
                 &gpu,
-                &gpu.upload(&to_bf16(&q)).unwrap(),
-                &gpu.upload(&to_bf16(&k)).unwrap(),
-                &gpu.upload(&to_bf16(&v)).unwrap(),
-                AttentionShape {
-                    heads,
-                    tokens,
-                    head_dim: d,
-                },
+                &gpu.upload(&to_bf16(q)).unwrap(),
+                &gpu.upload(&to_bf16(k)).unwrap(),
+                &gpu.upload(&to_bf16(v)).unwrap(),
+                case.shape,
                 scale as f32,
             )
             .unwrap();
@@ -55,19 +92,13 @@ fn flash_forward_matches_the_cpu_attention() {
                 gpu.download(&got.lse).unwrap(),
             );
             // P is rounded to bf16 before P·V (as in FlashAttention): ~3 significant digits.
-            let worst = out
-                .iter()
-                .zip(&expected)
-                .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            let worst = max_difference(&out, &expected);
             assert!(
                 worst < 1e-2,
                 "O differs by {worst} (T={tokens}, D={d}) on {}",
                 gpu.name()
             );
-            let worst = lse
-                .iter()
-                .zip(&expected_lse)
-                .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            let worst = max_difference(&lse, &expected_lse);
             assert!(
                 worst < 1e-4,
                 "LSE differs by {worst} (T={tokens}, D={d}) on {}",
@@ -103,39 +134,35 @@ fn flash_backward_matches_the_cpu_gradients() {
         (1, 70, 72),
         (1, 67, 128),
     ] {
-        let n = heads * tokens * d;
-        let (q, k, v) = (
-            bf16_exact(random(n, -2.0, 2.0, 11)),
-            bf16_exact(random(n, -2.0, 2.0, 12)),
-            bf16_exact(random(n, -1.0, 1.0, 13)),
-        );
-        let d_out = random(n, -1.0, 1.0, 14);
-        let scale = (d as f64).powf(-0.5);
-        let t = |x: &[f32]| {
-            Tensor::from_slice(x, &[heads, tokens, d])
-                .unwrap()
-                .to_dtype(DType::F64)
-                .unwrap()
-        };
-        let (out, lse) = t(&q).flash_attention(&t(&k), &t(&v), scale).unwrap();
-        let expected = t(&q)
-            .flash_attention_backward(&t(&k), &t(&v), &out, &lse, &t(&d_out), scale)
+        let case = Case::new(heads, tokens, d, 11);
+        let (q, k, v) = (&case.q, &case.k, &case.v);
+        let d_out = random(heads * tokens * d, -1.0, 1.0, 14);
+        let scale = case.scale();
+        let (out, lse) = case
+            .cpu(q)
+            .flash_attention(&case.cpu(k), &case.cpu(v), scale)
+            .unwrap();
+        let expected = case
+            .cpu(q)
+            .flash_attention_backward(
+                &case.cpu(k),
+                &case.cpu(v),
+                &out,
+                &lse,
+                &case.cpu(&d_out),
+                scale,
+            )
             .unwrap();
         for gpu in gpus() {
-            let shape = AttentionShape {
-                heads,
-                tokens,
-                head_dim: d,
-            };
             let got = flash_attention_backward(
                 &gpu,
-                &gpu.upload(&to_bf16(&q)).unwrap(),
-                &gpu.upload(&to_bf16(&k)).unwrap(),
-                &gpu.upload(&to_bf16(&v)).unwrap(),
+                &gpu.upload(&to_bf16(q)).unwrap(),
+                &gpu.upload(&to_bf16(k)).unwrap(),
+                &gpu.upload(&to_bf16(v)).unwrap(),
                 &gpu.upload(&values(&out)).unwrap(),
                 &gpu.upload(&values(&lse)).unwrap(),
                 &gpu.upload(&d_out).unwrap(),
-                shape,
+                case.shape,
                 scale as f32,
             )
             .unwrap();
@@ -146,10 +173,7 @@ fn flash_backward_matches_the_cpu_gradients() {
             ] {
                 let (g, e) = (gpu.download(buffer).unwrap(), values(reference));
                 let scale_of = e.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-                let worst = g
-                    .iter()
-                    .zip(&e)
-                    .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+                let worst = max_difference(&g, &e);
                 // P, dS and dO pass through bf16 on the tensor cores.
                 assert!(
                     worst < 3e-2 * scale_of,

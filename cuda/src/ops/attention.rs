@@ -4,7 +4,7 @@
 use super::check_len;
 use super::check_u32;
 use crate::error::{CudaError, Result};
-use crate::gpu::{Buffer, Gpu, LaunchConfig};
+use crate::gpu::{Arg, Buffer, Gpu, LaunchConfig};
 use crate::kernels::attention::{backward_entries, entry, BACKWARD_HEAD_DIMS, HEAD_DIMS};
 use crate::ops::elementwise::{binary, to_bf16, Binary, Broadcast};
 use crate::ops::rows::{reduce_rows, RowReduce};
@@ -144,41 +144,22 @@ pub fn flash_attention_backward(
         shared_bytes: 0,
     };
     let (key_kernels, dq) = backward_entries(head_dim as u32);
-    let tokens = check_u32("tokens", tokens)?;
+    // Every backward kernel reads the same inputs after its outputs.
+    let inputs: [Arg; 8] = [
+        q.into(),
+        k.into(),
+        v.into(),
+        (&d_out16).into(),
+        lse.into(),
+        (&delta).into(),
+        check_u32("tokens", tokens)?.into(),
+        scale.into(),
+    ];
+    let key_args = [[(&grads.k).into(), (&grads.v).into()].as_slice(), &inputs].concat();
     for key_kernel in key_kernels {
-        gpu.launch(
-            "attention_backward",
-            &key_kernel,
-            config,
-            &[
-                (&grads.k).into(),
-                (&grads.v).into(),
-                q.into(),
-                k.into(),
-                v.into(),
-                (&d_out16).into(),
-                lse.into(),
-                (&delta).into(),
-                tokens.into(),
-                scale.into(),
-            ],
-        )?;
+        gpu.launch("attention_backward", &key_kernel, config, &key_args)?;
     }
-    gpu.launch(
-        "attention_backward",
-        &dq,
-        config,
-        &[
-            (&grads.q).into(),
-            q.into(),
-            k.into(),
-            v.into(),
-            (&d_out16).into(),
-            lse.into(),
-            (&delta).into(),
-            tokens.into(),
-            scale.into(),
-        ],
-    )?;
+    let query_args = [[(&grads.q).into()].as_slice(), &inputs].concat();
+    gpu.launch("attention_backward", &dq, config, &query_args)?;
     Ok(grads)
 }

@@ -165,12 +165,12 @@ impl MoeLayer {
         let device = x.value().device();
         let tokens = x.reshape(&[n, d])?;
         let scores = self.scores(&tokens)?;
-        let (positions, fixed) = match fixed {
+        let positions = match fixed {
             Some(dec) if dec.num_tokens != n || dec.num_experts != e => {
                 return Err(TensorError::invalid("MoE", format!("expected a routing decision for {n} tokens and {e} experts, found {} and {}", dec.num_tokens, dec.num_experts)));
             }
-            Some(dec) => (dec.positions_on(device)?, Some(dec)),
-            None => (self.route_positions(&scores.value(), b)?, None),
+            Some(dec) => dec.positions_on(device)?,
+            None => self.route_positions(&scores.value(), b)?,
         };
         let mut weights = scores.flatten()?.index_select(0, &positions)?;
         if let RoutingConfig::TokenChoice {

@@ -1005,13 +1005,6 @@ pub(crate) fn dispatch_order(
     num_experts: usize,
 ) -> Result<crate::ops::routing::Dispatch> {
     let op = "dispatch_order";
-    if positions.rank() != 1 {
-        return Err(TensorError::shape(
-            op,
-            "positions of rank 1",
-            positions.shape(),
-        ));
-    }
     let gpu = &positions.cuda_storage().expect("a device tensor").gpu;
     let buffer = dense_indices(positions, op)?;
     let sorted = gpu_routing::dispatch_order(gpu, &buffer, num_experts).map_err(failed(op))?;

@@ -505,7 +505,10 @@ fn ops_without_a_cuda_kernel_and_mixed_devices_are_clear_errors() {
 
 #[test]
 fn zeros_are_made_on_the_device() {
-    let gpu = ditmoe_cuda::registry::device_or_emulator(0);
+    // cuda:2, which no other test here uses, so that its traffic counts are this test's alone
+    // (the emulator on a machine with fewer GPUs).
+    const GPU: Device = Device::Cuda(2);
+    let gpu = ditmoe_cuda::registry::device_or_emulator(2);
     let before = gpu.traffic();
     let z = Tensor::zeros_on(&[3, 4], DType::F32, GPU).unwrap();
     let i = Tensor::zeros_on(&[5], DType::I64, GPU).unwrap();

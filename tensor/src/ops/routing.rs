@@ -21,18 +21,6 @@ pub struct Dispatch {
     pub group_sizes: Vec<usize>,
 }
 
-fn indices_of(t: &Tensor, op: &'static str, what: &str) -> Result<Vec<usize>> {
-    t.check_dtype(op, DType::I64)?;
-    if t.rank() != 1 {
-        return Err(TensorError::shape(
-            op,
-            format!("{what} of rank 1"),
-            t.shape(),
-        ));
-    }
-    Ok(t.to_vec::<i64>()?.into_iter().map(|i| i as usize).collect())
-}
-
 fn index_tensor(values: Vec<usize>) -> Result<Tensor> {
     let n = values.len();
     Tensor::from_vec(values.into_iter().map(|v| v as i64).collect(), &[n])
@@ -93,11 +81,22 @@ impl Tensor {
         if num_experts == 0 {
             return Err(TensorError::invalid(op, "expected at least one expert"));
         }
+        positions.check_dtype(op, DType::I64)?;
+        if positions.rank() != 1 {
+            return Err(TensorError::shape(
+                op,
+                "positions of rank 1",
+                positions.shape(),
+            ));
+        }
         if positions.is_cuda() {
-            positions.check_dtype(op, DType::I64)?;
             return crate::ops::cuda::dispatch_order(positions, num_experts);
         }
-        let positions = indices_of(positions, op, "positions")?;
+        let positions: Vec<usize> = positions
+            .to_vec::<i64>()?
+            .into_iter()
+            .map(|p| p as usize)
+            .collect();
         let mut order: Vec<usize> = (0..positions.len()).collect();
         order.sort_by_key(|&slot| positions[slot] % num_experts);
         let mut group_sizes = vec![0; num_experts];
