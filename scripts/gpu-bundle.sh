@@ -4,7 +4,7 @@
 # machine with an NVIDIA GPU, its driver and compute-sanitizer. Nothing is compiled there.
 #
 #   scripts/gpu-bundle.sh [FOLDER]
-#   FOLDER/run.sh [LOG_FOLDER]      # on the GPU machine
+#   FOLDER/run.sh [LOG_FOLDER] [all|checks|benchmarks]     # on the GPU machine
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bundle="${1:-gpu-bundle}"
@@ -68,14 +68,26 @@ cp benches/gpu/step/*.toml "$bundle/configs/step/"
 
 cat > "$bundle/run.sh" <<'RUN'
 #!/usr/bin/env bash
-# The GPU check: every CUDA test (on the GPU only: the emulator runs passed where the bundle was
-# built), a short tiny-moe training run on the GPU and on the CPU, the `full` ablation at a smoke
-# budget, the benchmarks, PyTorch's baselines, then compute-sanitizer (memcheck and racecheck) on
-# the GEMM test. Every step has a time limit so that the whole run ends inside a GPU lease.
-# Logs go to LOG_FOLDER (default: $OUT/gpu-logs, or ./gpu-logs); summary.txt lists each step.
+# The GPU check, in two parts that each fit one 10-minute command:
+#   checks      every CUDA test (on the GPU only: the emulator runs passed where the bundle was
+#               built), compute-sanitizer memcheck on every kernel test binary and racecheck on
+#               those with shared memory, a short tiny-moe training run on the GPU and on the
+#               CPU, and the `full` ablation at a smoke budget, to its report;
+#   benchmarks  the criterion benchmarks, the training-step benchmark and PyTorch's baselines.
+# `all` (the default) runs both. Every step has a time limit so that a part ends inside a GPU
+# lease. Logs go to LOG_FOLDER (default: $OUT/gpu-logs, or ./gpu-logs); summary.txt lists each
+# step.
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 logs="${1:-${OUT:-$here}/gpu-logs}"
+part="${2:-all}"
+case "$part" in
+    all | checks | benchmarks) ;;
+    *)
+        echo "run.sh: expected the part to be all, checks or benchmarks, found '$part'" >&2
+        exit 2
+        ;;
+esac
 mkdir -p "$logs"
 status=0
 export DITMOE_TEST_GPU_ONLY=1
@@ -106,47 +118,63 @@ step() {
         status=1
     fi
 }
-for test in "$here"/bin/test-*; do
-    step 60 "$(basename "$test")" "$test" --nocapture
-done
-step 90 gpu-test-ditmoe_tensor "$here/bin/gpu-test-ditmoe_tensor" --nocapture cuda
-step 90 gpu-test-cuda_step "$here/bin/gpu-test-cuda_step" --nocapture
-step 90 gpu-test-ditmoe_experiments "$here/bin/gpu-test-ditmoe_experiments" --nocapture on_the_gpu
-
-# End to end: tiny-moe trains on the GPU; the same steps on the CPU give the speed-up.
-step 60 train-cuda "$here/bin/ditmoe" train --config "$here/configs/tiny-moe.toml" --steps 200 \
-    --device cuda --out /tmp/ditmoe-train-cuda
-step 60 train-cpu "$here/bin/ditmoe" train --config "$here/configs/tiny-moe.toml" --steps 20 \
-    --device cpu --out /tmp/ditmoe-train-cpu
-step 120 ablate-full-smoke "$here/bin/ditmoe" ablate --preset "$here/configs/full-smoke.toml" \
-    --device cuda --out /tmp/ditmoe-ablate-full-smoke
-
-for bench in "$here"/bin/bench-*; do
-    cd /tmp # criterion writes its reports under ./target
-    step 150 "$(basename "$bench")" "$bench" --bench --noplot
-    cd "$here"
-    if grep -q "benchmarks skipped" "$logs/$(basename "$bench").log"; then
-        say "FAILED: $(basename "$bench") found no GPU"
-        status=1
-    fi
-done
-# PyTorch baselines at the same shapes (SDPA attention, cuBLAS through torch.matmul).
-step 200 train-step "$here/train-step.sh" "$here/bin/ditmoe" "$here/configs/step" "$logs/train-step"
-if python3 -c "import torch; assert torch.cuda.is_available()" 2> /dev/null; then
-    step 60 pytorch-baselines python3 "$here/sdpa.py"
-else
-    say "PyTorch with CUDA not found: PyTorch baselines skipped"
-fi
-
-sanitizer="$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)"
-if [ -n "$sanitizer" ]; then
-    for tool in memcheck racecheck; do
-        step 45 "sanitizer-$tool" "$sanitizer" --tool "$tool" --error-exitcode 1 \
-            "$here/bin/test-gemm" tensor_core_gemm_matches_the_cpu_in_every_layout
+checks() {
+    for test in "$here"/bin/test-*; do
+        step 60 "$(basename "$test")" "$test" --nocapture
     done
-else
-    say "compute-sanitizer not found: sanitizer runs skipped"
-fi
+    step 90 gpu-test-ditmoe_tensor "$here/bin/gpu-test-ditmoe_tensor" --nocapture cuda
+    step 90 gpu-test-cuda_step "$here/bin/gpu-test-cuda_step" --nocapture
+    step 90 gpu-test-ditmoe_experiments "$here/bin/gpu-test-ditmoe_experiments" --nocapture on_the_gpu
+
+    local sanitizer
+    sanitizer="$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2> /dev/null || true)"
+    if [ -n "$sanitizer" ]; then
+        # Every kernel test binary (test-ditmoe_cuda holds the emulator's own unit tests).
+        for test in "$here"/bin/test-*; do
+            [ "$(basename "$test")" = test-ditmoe_cuda ] && continue
+            step 60 "sanitizer-memcheck-$(basename "$test")" "$sanitizer" --tool memcheck \
+                --error-exitcode 1 "$test"
+        done
+        for name in gemm attention routing rows_and_norm; do
+            step 60 "sanitizer-racecheck-test-$name" "$sanitizer" --tool racecheck \
+                --error-exitcode 1 "$here/bin/test-$name"
+        done
+    else
+        say "compute-sanitizer not found: sanitizer runs skipped"
+    fi
+
+    # End to end: tiny-moe trains on the GPU; the same steps on the CPU give the speed-up.
+    step 60 train-cuda "$here/bin/ditmoe" train --config "$here/configs/tiny-moe.toml" --steps 200 \
+        --device cuda --out /tmp/ditmoe-train-cuda
+    step 60 train-cpu "$here/bin/ditmoe" train --config "$here/configs/tiny-moe.toml" --steps 20 \
+        --device cpu --out /tmp/ditmoe-train-cpu
+    step 200 ablate-full-smoke "$here/bin/ditmoe" ablate --preset "$here/configs/full-smoke.toml" \
+        --device cuda --out /tmp/ditmoe-ablate-full-smoke
+    cp /tmp/ditmoe-ablate-full-smoke/report.md "$logs/ablate-full-smoke-report.md" 2> /dev/null ||
+        say "the full-smoke ablation wrote no report.md"
+}
+
+benchmarks() {
+    for bench in "$here"/bin/bench-*; do
+        cd /tmp # criterion writes its reports under ./target
+        step 150 "$(basename "$bench")" "$bench" --bench --noplot
+        cd "$here"
+        if grep -q "benchmarks skipped" "$logs/$(basename "$bench").log"; then
+            say "FAILED: $(basename "$bench") found no GPU"
+            status=1
+        fi
+    done
+    step 200 train-step "$here/train-step.sh" "$here/bin/ditmoe" "$here/configs/step" "$logs/train-step"
+    # PyTorch baselines at the same shapes (SDPA attention, cuBLAS through torch.matmul).
+    if python3 -c "import torch; assert torch.cuda.is_available()" 2> /dev/null; then
+        step 60 pytorch-baselines python3 "$here/sdpa.py"
+    else
+        say "PyTorch with CUDA not found: PyTorch baselines skipped"
+    fi
+}
+
+[ "$part" = benchmarks ] || checks
+[ "$part" = checks ] || benchmarks
 exit "$status"
 RUN
 chmod +x "$bundle/run.sh"

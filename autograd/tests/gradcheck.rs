@@ -72,6 +72,12 @@ proptest! {
     }
 
     #[test]
+    fn swiglu_gated_product(shape in shape(3), seed in any::<u64>()) {
+        let (gate, up) = (normal(&shape, seed), normal(&shape, seed ^ 1));
+        assert_grads(|v| v[0].swiglu(&v[1]), &[gate, up]);
+    }
+
+    #[test]
     fn binary_ops_with_broadcasting((sa, sb) in broadcast_pair(), seed in any::<u64>()) {
         let (a, b) = (normal(&sa, seed), positive(&sb, seed ^ 1));
         assert_grads(|v| v[0].add(&v[1]), &[a.clone(), b.clone()]);

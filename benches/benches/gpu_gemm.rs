@@ -18,8 +18,10 @@ use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm as _, GemmConfig};
 use ditmoe_cuda::ops::attention::{
     flash_attention_backward, flash_attention_forward, AttentionShape,
 };
+use ditmoe_cuda::ops::elementwise::{self as ew, Binary, Broadcast, Unary};
 use ditmoe_cuda::ops::gemm::{gemm_bf16, gemm_f32, grouped_gemm_bf16, Gemm};
-use ditmoe_cuda::ops::routing::dispatch_order;
+use ditmoe_cuda::ops::routing::{dispatch_order, expert_race_positions};
+use ditmoe_cuda::ops::swiglu::{swiglu, swiglu_backward};
 use ditmoe_cuda::Gpu;
 use half::bf16;
 
@@ -78,10 +80,6 @@ fn bench_gemm(c: &mut Criterion) {
     let stream = gpu.cuda_stream().expect("a driver GPU has a stream");
     let blas = cublas(&stream);
     let mut group = c.benchmark_group("gpu_gemm");
-    group
-        .sample_size(SAMPLES)
-        .warm_up_time(WARM_UP)
-        .measurement_time(MEASUREMENT);
     for (label, m, n, k) in SHAPES {
         group.throughput(Throughput::Elements((2 * m * n * k) as u64));
         let a = gpu.upload(&filled(m * k, 1)).unwrap();
@@ -161,10 +159,6 @@ fn bench_grouped(c: &mut Criterion) {
     let blas = cublas(&stream);
     let (tokens, k, n) = (16384, 384, 1536);
     let mut group = c.benchmark_group("gpu_grouped_gemm");
-    group
-        .sample_size(SAMPLES)
-        .warm_up_time(WARM_UP)
-        .measurement_time(MEASUREMENT);
     group.throughput(Throughput::Elements((2 * tokens * n * k) as u64));
     for experts in [8, 16] {
         let x = gpu.upload(&filled(tokens * k, 3)).unwrap();
@@ -275,10 +269,6 @@ fn bench_attention(c: &mut Criterion) {
     };
     let heads = 16;
     let mut group = c.benchmark_group("gpu_attention");
-    group
-        .sample_size(SAMPLES)
-        .warm_up_time(WARM_UP)
-        .measurement_time(MEASUREMENT);
     for head_dim in [64, 128] {
         for tokens in [1024, 2048, 4096, 8192] {
             let n = heads * tokens * head_dim;
@@ -345,10 +335,6 @@ fn bench_routing(c: &mut Criterion) {
     };
     let (tokens, k) = (16384usize, 2usize);
     let mut group = c.benchmark_group("gpu_routing");
-    group
-        .sample_size(SAMPLES)
-        .warm_up_time(WARM_UP)
-        .measurement_time(MEASUREMENT);
     group.throughput(Throughput::Elements((tokens * k) as u64));
     for experts in [8usize, 16] {
         // Pseudo-random picks (a hash of the slot modulo E); the order does not care whether
@@ -392,11 +378,101 @@ fn bench_routing(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(
-    benches,
-    bench_gemm,
-    bench_grouped,
-    bench_attention,
-    bench_routing
-);
+/// Expert race's selection of the best N·k of 16384 tokens × E scores (k = 2): our one-block
+/// device radix select against the host path it replaced (download the scores, select the
+/// N·k best with `select_nth_unstable`, sort them into grid order, upload the positions).
+fn bench_expert_race(c: &mut Criterion) {
+    let Ok(gpu) = Gpu::new(0) else {
+        return;
+    };
+    let (tokens, k) = (16384usize, 2usize);
+    let mut group = c.benchmark_group("gpu_expert_race");
+    group.throughput(Throughput::Elements((tokens * k) as u64));
+    for experts in [8usize, 16] {
+        let scores: Vec<f32> = filled(tokens * experts, experts as u32)
+            .into_iter()
+            .map(f32::from)
+            .collect();
+        let scores = gpu.upload(&scores).unwrap();
+        let picks = tokens * k;
+        group.bench_function(BenchmarkId::new("ours_device", experts), |bench| {
+            bench.iter(|| {
+                let positions = expert_race_positions(&gpu, &scores, picks).unwrap();
+                gpu.synchronize().unwrap();
+                positions
+            })
+        });
+        group.bench_function(BenchmarkId::new("host_select", experts), |bench| {
+            bench.iter(|| {
+                let values = gpu.download(&scores).unwrap();
+                let mut ranked: Vec<u32> = (0..values.len() as u32).collect();
+                ranked.select_nth_unstable_by(picks - 1, |&a, &b| {
+                    values[b as usize]
+                        .total_cmp(&values[a as usize])
+                        .then(a.cmp(&b))
+                });
+                let mut chosen = ranked[..picks].to_vec();
+                chosen.sort_unstable();
+                let uploaded = gpu.upload(&chosen).unwrap();
+                gpu.synchronize().unwrap();
+                uploaded
+            })
+        });
+    }
+    group.finish();
+}
+
+/// SwiGLU over an expert FFN's hidden activations (16384 routed rows × 1536), forward and
+/// backward: the fused kernels (one pass each way) against the composition they replaced
+/// (SiLU, a product; SiLU's backward and the two products of the product's backward).
+fn bench_swiglu(c: &mut Criterion) {
+    let Ok(gpu) = Gpu::new(0) else {
+        return;
+    };
+    let n = 16384 * 1536;
+    let values = |seed: u32| -> Vec<f32> { filled(n, seed).into_iter().map(f32::from).collect() };
+    let (gate, up, grad) = (
+        gpu.upload(&values(1)).unwrap(),
+        gpu.upload(&values(2)).unwrap(),
+        gpu.upload(&values(3)).unwrap(),
+    );
+    let same = Broadcast::of(&[n], &[n]).unwrap();
+    let mut group = c.benchmark_group("gpu_swiglu");
+    group.throughput(Throughput::Elements(n as u64));
+    group.bench_function("fused_forward_backward", |bench| {
+        bench.iter(|| {
+            let h = swiglu(&gpu, &gate, &up).unwrap();
+            let grads = swiglu_backward(&gpu, &gate, &up, &grad).unwrap();
+            gpu.synchronize().unwrap();
+            (h, grads)
+        })
+    });
+    group.bench_function("silu_then_mul_forward_backward", |bench| {
+        bench.iter(|| {
+            let silu = ew::unary(&gpu, Unary::Silu, &gate).unwrap();
+            let h = ew::binary(&gpu, Binary::Mul, &silu, &up, &same).unwrap();
+            let d_silu = ew::binary(&gpu, Binary::Mul, &grad, &up, &same).unwrap();
+            let d_up = ew::binary(&gpu, Binary::Mul, &grad, &silu, &same).unwrap();
+            let d_gate = ew::unary_backward(&gpu, Unary::Silu, &gate, &d_silu).unwrap();
+            gpu.synchronize().unwrap();
+            (h, d_up, d_gate)
+        })
+    });
+    group.finish();
+}
+
+/// Short windows for every group, to fit a GPU lease.
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(SAMPLES)
+        .warm_up_time(WARM_UP)
+        .measurement_time(MEASUREMENT)
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = bench_gemm, bench_grouped, bench_attention, bench_routing, bench_expert_race,
+        bench_swiglu
+}
 criterion_main!(benches);

@@ -231,3 +231,38 @@ fn shape_tables_are_uploaded_once_per_distinct_table() {
         assert_eq!((gpu.traffic() - before).uploads, 2, "b, and a new table");
     }
 }
+
+#[test]
+fn swiglu_and_its_gradients_match_the_cpu() {
+    use ditmoe_cuda::ops::swiglu::{swiglu, swiglu_backward};
+    for gpu in gpus() {
+        // 300 elements: more than one block, and a partial last block.
+        let n = 300;
+        let (g, u, dh) = (
+            random(n, -6.0, 6.0, 1),
+            random(n, -2.0, 2.0, 2),
+            random(n, -1.0, 1.0, 3),
+        );
+        let tensor = |v: &[f32]| Tensor::from_slice(v, &[n]).unwrap();
+        let (gt, ut, dht) = (tensor(&g), tensor(&u), tensor(&dh));
+        let (gd, ud, dhd) = (
+            gpu.upload(&g).unwrap(),
+            gpu.upload(&u).unwrap(),
+            gpu.upload(&dh).unwrap(),
+        );
+        let what = gpu.name();
+        let forward = gpu.download(&swiglu(&gpu, &gd, &ud).unwrap()).unwrap();
+        assert_close(&forward, &values(&gt.swiglu(&ut).unwrap()), 1e-4, what);
+        let (dgate, dup) = swiglu_backward(&gpu, &gd, &ud, &dhd).unwrap();
+        let (cpu_dgate, cpu_dup) = gt.swiglu_backward(&ut, &dht).unwrap();
+        assert_close(
+            &gpu.download(&dgate).unwrap(),
+            &values(&cpu_dgate),
+            1e-4,
+            what,
+        );
+        assert_close(&gpu.download(&dup).unwrap(), &values(&cpu_dup), 1e-4, what);
+        assert!(swiglu(&gpu, &gd, &gpu.upload(&u[..10]).unwrap()).is_err());
+        assert!(swiglu_backward(&gpu, &gd, &ud, &gpu.upload(&dh[..10]).unwrap()).is_err());
+    }
+}

@@ -1,11 +1,13 @@
 //! The MoE routing kernels against host references on random routings: positions from token-
-//! and expert-choice picks, and the stable dispatch order with its group sizes.
+//! and expert-choice picks, expert race's selection over the whole grid, and the stable
+//! dispatch order with its group sizes.
 
 mod common;
 
 use common::gpus;
 use ditmoe_cuda::ops::routing::{
-    dispatch_order, expert_choice_positions, token_choice_positions, ExpertChoiceShape,
+    dispatch_order, expert_choice_positions, expert_race_positions, token_choice_positions,
+    ExpertChoiceShape,
 };
 use rand::{Rng, SeedableRng};
 
@@ -105,5 +107,55 @@ fn dispatch_order_is_a_stable_sort_by_expert_with_its_group_sizes() {
             assert_eq!(gpu.download(&got.expert_of).unwrap(), owners, "{what}");
         }
         assert!(dispatch_order(&gpu, &gpu.upload(&[1u32]).unwrap(), 0).is_err());
+    }
+}
+
+/// The host reference of expert race: the `picks` highest scores (ties, -0 = +0 included, to
+/// the lower position), in grid order.
+fn race_reference(scores: &[f32], picks: usize) -> Vec<u32> {
+    let mut ranked: Vec<u32> = (0..scores.len() as u32).collect();
+    ranked.sort_by(|&a, &b| {
+        let (x, y) = (scores[a as usize], scores[b as usize]);
+        y.partial_cmp(&x).expect("no NaN").then(a.cmp(&b))
+    });
+    let mut chosen = ranked[..picks].to_vec();
+    chosen.sort();
+    chosen
+}
+
+#[test]
+fn expert_race_keeps_the_best_scores_of_the_grid_with_ties_to_the_lower_position() {
+    let mut r = rng(3);
+    // 2500 scores (three 1024-position chunks) of few distinct values, so the K-th score is
+    // tied many times and the tie rule decides; negatives and both zeros flip the key's bits.
+    let tied: Vec<f32> = (0..2500)
+        .map(|_| [-1.5f32, -0.0, 0.0, 0.25, 0.25, 3.0][r.random_range(0..6)])
+        .collect();
+    // Distinct scores that share their high bytes, so every radix pass decides.
+    let close: Vec<f32> = (0..1500)
+        .map(|i| 1.0 + (i as f32 * 7919.0 % 1500.0) * f32::EPSILON)
+        .collect();
+    let uniform = common::random(700, -4.0, 4.0, 4);
+    for gpu in gpus() {
+        for (scores, picks) in [
+            (&tied, 1),
+            (&tied, 777),
+            (&tied, 1600),
+            (&tied, 2500),
+            (&close, 600),
+            (&uniform, 350),
+            (&uniform, 0),
+        ] {
+            let got = expert_race_positions(&gpu, &gpu.upload(scores).unwrap(), picks).unwrap();
+            assert_eq!(
+                gpu.download(&got).unwrap(),
+                race_reference(scores, picks),
+                "{} scores, {picks} picks, {}",
+                scores.len(),
+                gpu.name()
+            );
+        }
+        let small = gpu.upload(&[1.0f32; 4]).unwrap();
+        assert!(expert_race_positions(&gpu, &small, 5).is_err());
     }
 }

@@ -122,8 +122,15 @@ fn moe_routing_on_the_gpu_reads_back_only_the_group_sizes() {
         },
         ..token_choice
     };
+    let expert_race = MoeConfig {
+        routing: RoutingConfig::ExpertRace {
+            top_k: 2,
+            gate: RaceGate::Softmax,
+        },
+        ..token_choice
+    };
     let mut rng = ditmoe_tensor::seeded_rng(3);
-    for config in [token_choice, expert_choice] {
+    for config in [token_choice, expert_choice, expert_race] {
         let layer = ditmoe_nn::moe::MoeLayer::new(16, config, &mut rng).unwrap();
         layer.to_device(GPU).unwrap();
         let x = ditmoe_tensor::Tensor::randn(

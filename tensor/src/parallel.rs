@@ -59,6 +59,31 @@ pub fn for_each_chunk_mut<T: Send>(
     }
 }
 
+/// [`for_each_chunk_mut`] over two outputs of one length, cut into the same chunks: for
+/// kernels that write two results per element (a fused backward pass's two gradients).
+pub fn for_each_chunk_pair_mut<A: Send, B: Send>(
+    a: &mut [A],
+    b: &mut [B],
+    chunk_len: usize,
+    work: usize,
+    f: impl Fn(usize, &mut [A], &mut [B]) + Sync + Send,
+) {
+    let chunk_len = chunk_len.max(1);
+    if work < PARALLEL_THRESHOLD {
+        a.chunks_mut(chunk_len)
+            .zip(b.chunks_mut(chunk_len))
+            .enumerate()
+            .for_each(|(i, (x, y))| f(i, x, y));
+    } else {
+        pool().install(|| {
+            a.par_chunks_mut(chunk_len)
+                .zip(b.par_chunks_mut(chunk_len))
+                .enumerate()
+                .for_each(|(i, (x, y))| f(i, x, y))
+        });
+    }
+}
+
 /// A chunk length that splits `len` elements made of `row_len`-sized rows into a few pieces
 /// per thread, never splitting a row.
 pub fn rows_per_chunk(len: usize, row_len: usize) -> usize {

@@ -12,5 +12,6 @@ pub mod norm;
 pub mod reduce;
 pub mod shape;
 pub mod softmax;
+pub mod swiglu;
 pub mod unary;
 pub mod view;

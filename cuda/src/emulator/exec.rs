@@ -686,7 +686,8 @@ impl<'a> Cta<'a> {
     }
 
     /// `atom.global.add.f32 old, [addr], v` and `red.global.add.f32 [addr], v` (also `max`,
-    /// `min`, `exch` and integer types). Threads run one at a time, so atomicity is free.
+    /// `min`, `exch`, integer types and `.shared`). Threads run one at a time, so atomicity is
+    /// free; shared memory checks that no plain access meets the atomics between barriers.
     fn atomic(&mut self, thread: usize, inst: &Inst) -> Result<(), String> {
         let ty = inst.ty()?;
         let returns_old = inst.opcode == "atom";
@@ -694,36 +695,44 @@ impl<'a> Cta<'a> {
         let address = self.address(thread, &inst.operands[addr_op])?;
         let space = Self::space(inst);
         let space = if space == "generic" { "global" } else { space };
-        let old = self.load(thread, space, address, ty.bytes())?;
         let v = self.read(thread, &inst.operands[value_op], ty)?;
         let kind = ["add", "max", "min", "exch"]
             .into_iter()
             .find(|k| inst.has(k))
             .ok_or("unsupported atomic operation")?;
-        let new = if kind == "exch" {
-            v
-        } else if ty.is_float() {
-            let r = float_binary(kind, to_f64(old, ty), to_f64(v, ty)).unwrap_or_default();
-            if ty == Ty::F64 {
-                r.to_bits()
-            } else {
-                bits_f32(r as f32)
-            }
-        } else if kind == "add" {
-            old.wrapping_add(v)
-        } else {
-            let less = if ty.is_signed() {
-                sign_extend(v, ty.bytes()) < sign_extend(old, ty.bytes())
-            } else {
-                v < old
-            };
-            if less == (kind == "min") {
+        let combine = |old: u64| -> u64 {
+            if kind == "exch" {
                 v
+            } else if ty.is_float() {
+                let r = float_binary(kind, to_f64(old, ty), to_f64(v, ty)).unwrap_or_default();
+                if ty == Ty::F64 {
+                    r.to_bits()
+                } else {
+                    bits_f32(r as f32)
+                }
+            } else if kind == "add" {
+                old.wrapping_add(v)
             } else {
-                old
+                let less = if ty.is_signed() {
+                    sign_extend(v, ty.bytes()) < sign_extend(old, ty.bytes())
+                } else {
+                    v < old
+                };
+                if less == (kind == "min") {
+                    v
+                } else {
+                    old
+                }
             }
         };
-        self.store(thread, space, address, ty.bytes(), new)?;
+        let old = if space == "shared" {
+            self.shared
+                .atomic(address, ty.bytes(), thread as u32, combine)?
+        } else {
+            let old = self.load(thread, space, address, ty.bytes())?;
+            self.store(thread, space, address, ty.bytes(), combine(old))?;
+            old
+        };
         if returns_old {
             self.write(thread, &inst.operands[0], ty, old)?;
         }

@@ -82,6 +82,19 @@ impl GlobalMemory {
 
 /// Marks a shared-memory byte read by more than one thread in the current barrier interval.
 const MANY_READERS: u32 = u32::MAX;
+/// Marks a shared-memory byte updated by atomics (`atom.shared`, `red.shared`) in the current
+/// interval: atomics of many threads on one byte do not race with each other, but a plain
+/// access by another thread in the same interval does.
+const ATOMICS: u32 = u32::MAX - 1;
+
+/// Who touched a byte, for race reports.
+fn who(thread: u32) -> String {
+    match thread {
+        MANY_READERS => "other threads".to_string(),
+        ATOMICS => "atomics".to_string(),
+        t => format!("thread {t}"),
+    }
+}
 
 /// One CTA's shared memory. Besides the bytes it remembers, per byte, which thread last wrote
 /// and read it in the current *barrier interval* (the instructions between two `bar.sync`).
@@ -133,8 +146,9 @@ impl SharedMemory {
             let (interval, writer) = self.writer[byte];
             if interval == self.interval && writer != thread {
                 return Err(format!(
-                    "shared-memory race: thread {thread} reads offset {byte} written by thread \
-                     {writer} with no bar.sync in between"
+                    "shared-memory race: thread {thread} reads offset {byte} written by {} with \
+                     no bar.sync in between",
+                    who(writer)
                 ));
             }
             let (interval, reader) = self.reader[byte];
@@ -153,26 +167,59 @@ impl SharedMemory {
             let (interval, writer) = self.writer[byte];
             if interval == self.interval && writer != thread {
                 return Err(format!(
-                    "shared-memory race: threads {writer} and {thread} both write offset {byte} \
-                     with no bar.sync in between"
+                    "shared-memory race: {} and thread {thread} both write offset {byte} with no \
+                     bar.sync in between",
+                    who(writer)
                 ));
             }
             let (interval, reader) = self.reader[byte];
             if interval == self.interval && reader != thread {
-                let who = if reader == MANY_READERS {
-                    "other threads".to_string()
-                } else {
-                    format!("thread {reader}")
-                };
                 return Err(format!(
-                    "shared-memory race: thread {thread} writes offset {byte} read by {who} with \
-                     no bar.sync in between"
+                    "shared-memory race: thread {thread} writes offset {byte} read by {} with no \
+                     bar.sync in between",
+                    who(reader)
                 ));
             }
             self.writer[byte] = (self.interval, thread);
         }
         self.bytes[start..start + data.len()].copy_from_slice(data);
         Ok(())
+    }
+
+    /// An atomic read-modify-write of the `len`-byte value at `address` by `thread`: returns
+    /// the old value and stores `update(old)`.
+    pub fn atomic(
+        &mut self,
+        address: u64,
+        len: usize,
+        thread: u32,
+        update: impl FnOnce(u64) -> u64,
+    ) -> Result<u64, String> {
+        let start = self.check_range(address, len)?;
+        for byte in start..start + len {
+            let (interval, writer) = self.writer[byte];
+            if interval == self.interval && writer != thread && writer != ATOMICS {
+                return Err(format!(
+                    "shared-memory race: an atomic of thread {thread} meets the write of {} to \
+                     offset {byte} with no bar.sync in between",
+                    who(writer)
+                ));
+            }
+            let (interval, reader) = self.reader[byte];
+            if interval == self.interval && reader != thread {
+                return Err(format!(
+                    "shared-memory race: an atomic of thread {thread} meets the read of {} of \
+                     offset {byte} with no bar.sync in between",
+                    who(reader)
+                ));
+            }
+            self.writer[byte] = (self.interval, ATOMICS);
+        }
+        let mut value = [0u8; 8];
+        value[..len].copy_from_slice(&self.bytes[start..start + len]);
+        let old = u64::from_le_bytes(value);
+        self.bytes[start..start + len].copy_from_slice(&update(old).to_le_bytes()[..len]);
+        Ok(old)
     }
 }
 
@@ -214,5 +261,28 @@ mod tests {
         shared.write(2, &[0], 3).unwrap();
         assert!(shared.write(2, &[0], 4).unwrap_err().contains("both write"));
         assert!(shared.read(62, 4, 0).unwrap_err().contains("64 bytes"));
+    }
+
+    #[test]
+    fn shared_atomics_race_only_with_plain_accesses() {
+        let mut shared = SharedMemory::new(16);
+        shared.write(0, &[0; 4], 0).unwrap();
+        shared.barrier();
+        for thread in 1..4 {
+            shared.atomic(0, 4, thread, |old| old + 1).unwrap();
+        }
+        assert!(shared.read(0, 4, 1).unwrap_err().contains("atomics"));
+        assert!(shared.write(0, &[0], 2).unwrap_err().contains("atomics"));
+        shared.barrier();
+        assert_eq!(shared.read(0, 4, 5).unwrap(), &[3, 0, 0, 0]);
+        assert!(shared
+            .atomic(0, 4, 6, |old| old)
+            .unwrap_err()
+            .contains("thread 5"));
+        shared.write(8, &[1], 7).unwrap();
+        assert!(shared
+            .atomic(8, 4, 6, |old| old)
+            .unwrap_err()
+            .contains("thread 7"));
     }
 }

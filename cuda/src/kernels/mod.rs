@@ -33,6 +33,7 @@ pub fn catalogue() -> &'static [ModuleSource] {
             plain("norm", include_str!("../../kernels/norm.ptx")),
             plain("index", include_str!("../../kernels/index.ptx")),
             plain("routing", include_str!("../../kernels/routing.ptx")),
+            plain("swiglu", include_str!("../../kernels/swiglu.ptx")),
             plain("optim", include_str!("../../kernels/optim.ptx")),
             plain("gemm_f32", include_str!("../../kernels/gemm_f32.ptx")),
             ModuleSource {

@@ -10,6 +10,7 @@ pub mod norm;
 pub mod optim;
 pub mod routing;
 pub mod rows;
+pub mod swiglu;
 
 use crate::error::{CudaError, Result};
 use crate::gpu::Buffer;

@@ -126,3 +126,35 @@ pub fn dispatch_order(gpu: &Gpu, positions: &Buffer<u32>, experts: usize) -> Res
     )?;
     Ok(dispatch)
 }
+
+/// Expert race's picks: the positions of the `picks` highest of the `scores` (an `[N, E]`
+/// grid, row-major), ties to the lower position, in grid order. One block: a radix select of
+/// the `picks`-th largest score, then a pass that keeps what ranks above it.
+pub fn expert_race_positions(gpu: &Gpu, scores: &Buffer<f32>, picks: usize) -> Result<Buffer<u32>> {
+    if picks > scores.len() {
+        return Err(CudaError::InvalidArgument(format!(
+            "expert race: expected at most {} picks (the size of the score grid), found {picks}",
+            scores.len()
+        )));
+    }
+    let out = gpu.zeros::<u32>(picks)?;
+    if picks == 0 {
+        return Ok(out);
+    }
+    gpu.launch(
+        "routing",
+        "expert_race_positions_f32",
+        LaunchConfig {
+            grid: (1, 1, 1),
+            block: (1024, 1, 1),
+            shared_bytes: 0,
+        },
+        &[
+            (&out).into(),
+            scores.into(),
+            check_u32("scores", scores.len())?.into(),
+            check_u32("picks", picks)?.into(),
+        ],
+    )?;
+    Ok(out)
+}

@@ -51,8 +51,7 @@ impl SwiGlu {
         let gated = self
             .gate_proj
             .forward(x)?
-            .silu()?
-            .mul(&self.up_proj.forward(x)?)?;
+            .swiglu(&self.up_proj.forward(x)?)?;
         self.down_proj.forward(&gated)
     }
 }

@@ -6,7 +6,8 @@ use crate::layers::{Mlp, SwiGlu};
 use crate::module::{Module, Visitor};
 use crate::moe::config::{ExpertKind, MoeConfig, RaceGate, RoutingConfig};
 use crate::moe::routing::{
-    expert_choice_positions, expert_race, token_choice_positions, RoutingDecision, RoutingRecord,
+    expert_choice_positions, expert_race_positions, token_choice_positions, RoutingDecision,
+    RoutingRecord,
 };
 use ditmoe_autograd::Var;
 use ditmoe_tensor::{profile, DType, Device, Result, SeededRng, Tensor, TensorError};
@@ -102,11 +103,8 @@ impl MoeLayer {
         }
     }
 
-    /// The routing rule of this layer applied to gate values of `images` images. On a GPU the
-    /// per-token (token choice) and per-expert (expert choice) top-k run there and only the
-    /// chosen indices come back to build the dispatch order; expert race ranks the whole
-    /// score grid at once, which the row top-k kernel is not made for, so its scores come to
-    /// the host.
+    /// The routing rule of this layer applied to gate values of `images` images (downloaded
+    /// when the scores are on a GPU; the forward pass uses [`MoeLayer::route_positions`]).
     pub fn route(&self, scores: &Tensor, images: usize) -> Result<RoutingDecision> {
         let &[n, e] = scores.shape() else {
             return Err(TensorError::shape(
@@ -118,8 +116,8 @@ impl MoeLayer {
         RoutingDecision::from_positions(&self.route_positions(scores, images)?, n, e)
     }
 
-    /// [`MoeLayer::route`]'s pairs as positions where the scores are: on a GPU, token and
-    /// expert choice never leave it (expert race ranks the whole grid on the host).
+    /// [`MoeLayer::route`]'s pairs as positions where the scores are: on a GPU the picks of
+    /// every rule are made there and never leave it.
     pub fn route_positions(&self, scores: &Tensor, images: usize) -> Result<Tensor> {
         match self.config.routing {
             RoutingConfig::TokenChoice { top_k, .. } => token_choice_positions(scores, top_k),
@@ -127,9 +125,7 @@ impl MoeLayer {
                 capacity_factor,
                 group,
             } => expert_choice_positions(scores, capacity_factor, group, images),
-            RoutingConfig::ExpertRace { top_k, .. } => {
-                expert_race(&scores.to_device(Device::Cpu)?, top_k)?.positions_on(scores.device())
-            }
+            RoutingConfig::ExpertRace { top_k, .. } => expert_race_positions(scores, top_k),
         }
     }
 
@@ -264,7 +260,7 @@ impl MoeLayer {
                 };
                 let gate = grouped(x, pick(|m| &m.gate_proj.weight))?;
                 let up = grouped(x, pick(|m| &m.up_proj.weight))?;
-                grouped(&gate.silu()?.mul(&up)?, pick(|m| &m.down_proj.weight))
+                grouped(&gate.swiglu(&up)?, pick(|m| &m.down_proj.weight))
             }
             FeedForward::Gelu(_) => {
                 let mlps: Vec<&Mlp> = self

@@ -148,20 +148,16 @@ pub fn expert_choice_positions(
     Tensor::expert_choice_positions(&picks, s)
 }
 
-/// Expert race: the `N·k` highest (token, expert) scores of the whole grid, best first.
+/// Expert race: the `N·k` highest (token, expert) scores of the whole grid, in grid order.
 pub fn expert_race(scores: &Tensor, k: usize) -> Result<RoutingDecision> {
     let (n, e) = grid(scores)?;
-    let (_, picks) = scores.flatten()?.topk(n * k, 0, true)?;
-    let positions = picks
-        .to_vec::<i64>()?
-        .into_iter()
-        .map(|p| p as usize)
-        .collect();
-    Ok(RoutingDecision {
-        num_tokens: n,
-        num_experts: e,
-        positions,
-    })
+    RoutingDecision::from_positions(&expert_race_positions(scores, k)?, n, e)
+}
+
+/// [`expert_race`]'s pairs as a `[N·k]` tensor of positions where the scores are.
+pub fn expert_race_positions(scores: &Tensor, k: usize) -> Result<Tensor> {
+    let (n, _) = grid(scores)?;
+    Tensor::expert_race_positions(scores, n * k)
 }
 
 /// What routing did in one forward pass, for analysis: the decision, the weight of each pair
@@ -238,7 +234,7 @@ mod tests {
     #[test]
     fn expert_race_takes_the_best_pairs_of_the_batch() {
         let d = expert_race(&scores(), 1).unwrap();
-        assert_eq!(d.positions, vec![0, 6, 11, 4]);
+        assert_eq!(d.positions, vec![0, 4, 6, 11]);
         let record = RoutingRecord {
             decision: d,
             weights: vec![],

@@ -16,6 +16,7 @@ use ditmoe_cuda::ops::norm as gpu_norm;
 use ditmoe_cuda::ops::optim::{self as gpu_optim, AdamWStep};
 use ditmoe_cuda::ops::routing as gpu_routing;
 use ditmoe_cuda::ops::rows::{self as gpu_rows, RowReduce};
+use ditmoe_cuda::ops::swiglu as gpu_swiglu;
 use ditmoe_cuda::{registry, Buffer, CudaError, Gpu};
 
 use crate::error::{Result, TensorError};
@@ -998,6 +999,14 @@ pub(crate) fn expert_choice_positions(picks: &Tensor, group_tokens: usize) -> Re
     Ok(u32_tensor(gpu, positions, &[picks.numel()], ordinal(picks)))
 }
 
+/// Expert race's picks of device scores (`Tensor::expert_race_positions`).
+pub(crate) fn expert_race_positions(scores: &Tensor, picks: usize) -> Result<Tensor> {
+    let op = "expert_race_positions";
+    let (gpu, buffer) = dense_f32(scores, op)?;
+    let positions = gpu_routing::expert_race_positions(&gpu, &buffer, picks).map_err(failed(op))?;
+    Ok(u32_tensor(&gpu, positions, &[picks], ordinal(scores)))
+}
+
 /// The expert-sorted order of device positions (`Tensor::dispatch_order`); only the group
 /// sizes are downloaded.
 pub(crate) fn dispatch_order(
@@ -1021,4 +1030,34 @@ pub(crate) fn dispatch_order(
         expert_of: u32_tensor(gpu, sorted.expert_of, &[n], ordinal),
         group_sizes,
     })
+}
+
+/// SwiGLU's gated product of two device tensors (`Tensor::swiglu`).
+pub(crate) fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    let op = "swiglu";
+    same_device(op, gate, up)?;
+    let (gpu, g) = dense_f32(gate, op)?;
+    let (_, u) = dense_f32(up, op)?;
+    let out = gpu_swiglu::swiglu(&gpu, &g, &u).map_err(failed(op))?;
+    Ok(f32_tensor(&gpu, out, gate.shape(), ordinal(gate)))
+}
+
+/// Its gradients (`Tensor::swiglu_backward`).
+pub(crate) fn swiglu_backward(
+    gate: &Tensor,
+    up: &Tensor,
+    grad_out: &Tensor,
+) -> Result<(Tensor, Tensor)> {
+    let op = "swiglu_backward";
+    same_device(op, gate, up)?;
+    same_device(op, gate, grad_out)?;
+    let (gpu, g) = dense_f32(gate, op)?;
+    let (_, u) = dense_f32(up, op)?;
+    let (_, dh) = dense_f32(grad_out, op)?;
+    let (dgate, dup) = gpu_swiglu::swiglu_backward(&gpu, &g, &u, &dh).map_err(failed(op))?;
+    let (shape, ordinal) = (gate.shape(), ordinal(gate));
+    Ok((
+        f32_tensor(&gpu, dgate, shape, ordinal),
+        f32_tensor(&gpu, dup, shape, ordinal),
+    ))
 }

@@ -567,6 +567,11 @@ fn moe_dispatch_on_the_device_matches_the_cpu() {
         .map(|_| rng.random_range(0..35))
         .collect();
     let ec_picks = Tensor::from_vec(ec_picks, &[2, 5, experts]).unwrap();
+    // Scores on a coarse grid, so expert race's cut falls among ties.
+    let scores: Vec<f32> = (0..tokens * experts)
+        .map(|_| rng.random_range(0..8) as f32 / 8.0)
+        .collect();
+    let scores = Tensor::from_vec(scores, &[tokens, experts]).unwrap();
     let as_ints = |t: &Tensor| t.to_device(Device::Cpu).unwrap().to_vec::<i64>().unwrap();
     for (cpu_positions, gpu_positions) in [
         (
@@ -576,6 +581,10 @@ fn moe_dispatch_on_the_device_matches_the_cpu() {
         (
             Tensor::expert_choice_positions(&ec_picks, 35).unwrap(),
             Tensor::expert_choice_positions(&ec_picks.to_device(GPU).unwrap(), 35).unwrap(),
+        ),
+        (
+            Tensor::expert_race_positions(&scores, tokens * k).unwrap(),
+            Tensor::expert_race_positions(&scores.to_device(GPU).unwrap(), tokens * k).unwrap(),
         ),
     ] {
         assert_eq!(gpu_positions.device(), GPU);

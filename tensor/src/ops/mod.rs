@@ -14,6 +14,7 @@ pub mod reduce;
 pub mod routing;
 pub mod shape;
 pub mod softmax;
+pub mod swiglu;
 pub mod unary;
 
 #[cfg(test)]

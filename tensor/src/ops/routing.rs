@@ -75,6 +75,37 @@ impl Tensor {
         index_tensor(positions)
     }
 
+    /// Expert race's picks (Race-DiT, Yuan et al., 2025): the positions of the `picks` highest
+    /// of the `[N, E]` scores over the whole grid, ties to the lower position, as `[picks]`
+    /// positions in grid order. On a GPU one block selects them (a radix select of the
+    /// `picks`-th largest score, then a pass that keeps what ranks above it).
+    pub fn expert_race_positions(scores: &Tensor, picks: usize) -> Result<Tensor> {
+        let op = "expert_race_positions";
+        if scores.rank() != 2 {
+            return Err(TensorError::shape(
+                op,
+                "scores [tokens, experts]",
+                scores.shape(),
+            ));
+        }
+        if picks > scores.numel() {
+            return Err(TensorError::invalid(
+                op,
+                format!(
+                    "expected at most {} picks (the size of the score grid), found {picks}",
+                    scores.numel()
+                ),
+            ));
+        }
+        if scores.is_cuda() {
+            return crate::ops::cuda::expert_race_positions(scores, picks);
+        }
+        let (_, best) = scores.flatten()?.topk(picks, 0, true)?;
+        let mut positions = best.to_vec::<i64>()?;
+        positions.sort_unstable();
+        Tensor::from_vec(positions, &[picks])
+    }
+
     /// The pairs at `positions` (`[P]` i64) sorted by expert, stably, with the group sizes.
     pub fn dispatch_order(positions: &Tensor, num_experts: usize) -> Result<Dispatch> {
         let op = "dispatch_order";
@@ -143,5 +174,15 @@ mod tests {
         assert_eq!(d.expert_of.to_vec::<i64>().unwrap(), vec![0, 0, 0, 1, 2, 2]);
         assert_eq!(d.group_sizes, vec![3, 1, 2]);
         assert!(Tensor::dispatch_order(&positions, 0).is_err());
+    }
+
+    #[test]
+    fn expert_race_takes_the_best_of_the_grid_in_grid_order() {
+        // 3 tokens, 2 experts; the 4th best score (0.5) is tied at positions 1 and 4.
+        let scores = Tensor::from_vec(vec![0.9f32, 0.5, 0.1, 0.7, 0.5, 0.8], &[3, 2]).unwrap();
+        let race = Tensor::expert_race_positions(&scores, 4).unwrap();
+        assert_eq!(race.to_vec::<i64>().unwrap(), vec![0, 1, 3, 5]);
+        assert!(Tensor::expert_race_positions(&scores, 7).is_err());
+        assert!(Tensor::expert_race_positions(&scores.flatten().unwrap(), 1).is_err());
     }
 }
