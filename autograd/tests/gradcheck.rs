@@ -2,7 +2,7 @@
 //! (size-1 and broadcast dimensions included) and random values.
 
 use ditmoe_autograd::{check_gradients, Var};
-use ditmoe_tensor::{seeded_rng, DType, Result, Tensor, UnaryOp};
+use ditmoe_tensor::{seeded_rng, DType, GroupSizes, Result, Tensor, UnaryOp};
 use proptest::prelude::*;
 use rand::Rng;
 
@@ -145,6 +145,7 @@ proptest! {
         let rows: usize = sizes.iter().sum();
         let mut inputs = vec![normal(&[rows, d_in], seed)];
         inputs.extend((0..sizes.len()).map(|g| normal(&[d_out, d_in], seed ^ (g as u64 + 1))));
+        let sizes = GroupSizes::host(&sizes);
         assert_grads(|v| Var::grouped_matmul(&v[0], &sizes, &v[1..].iter().collect::<Vec<_>>()), &inputs);
     }
 

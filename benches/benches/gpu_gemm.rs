@@ -19,7 +19,7 @@ use ditmoe_cuda::ops::attention::{
     flash_attention_backward, flash_attention_forward, AttentionShape,
 };
 use ditmoe_cuda::ops::elementwise::{self as ew, Binary, Broadcast, Unary};
-use ditmoe_cuda::ops::gemm::{gemm_bf16, gemm_f32, grouped_gemm_bf16, Gemm};
+use ditmoe_cuda::ops::gemm::{gemm_bf16, gemm_f32, grouped_gemm_bf16, Gemm, Groups};
 use ditmoe_cuda::ops::routing::{dispatch_order, expert_race_positions};
 use ditmoe_cuda::ops::swiglu::{swiglu, swiglu_backward};
 use ditmoe_cuda::Gpu;
@@ -169,10 +169,26 @@ fn bench_grouped(c: &mut Criterion) {
             let label = format!("{experts}E {}", if skewed { "skewed" } else { "balanced" });
             group.bench_function(BenchmarkId::new("ours_grouped", &label), |bench| {
                 bench.iter(|| {
-                    grouped_gemm_bf16(&gpu, &x, &sizes, &w, true, n, &out).unwrap();
+                    grouped_gemm_bf16(&gpu, &x, Groups::Host(&sizes), &w, true, n, &out).unwrap();
                     gpu.synchronize().unwrap();
                 })
             });
+            // As the MoE layer runs it: sizes left on the device, the schedule built there.
+            let counts: Vec<u32> = sizes.iter().map(|&s| s as u32).collect();
+            let counts = gpu.upload(&counts).unwrap();
+            let on_device = Groups::Device {
+                counts: &counts,
+                rows: tokens,
+            };
+            group.bench_function(
+                BenchmarkId::new("ours_grouped_device_sizes", &label),
+                |bench| {
+                    bench.iter(|| {
+                        grouped_gemm_bf16(&gpu, &x, on_device, &w, true, n, &out).unwrap();
+                        gpu.synchronize().unwrap();
+                    })
+                },
+            );
             // cuBLAS, one call per expert on its slice of rows (column-major: Cᵀ = W·Xᵀ).
             let x_view = unsafe {
                 x.cuda_slice()

@@ -37,6 +37,15 @@ impl LaunchConfig {
         }
     }
 
+    /// One block of `threads` threads (a job one block does alone: a selection, a schedule).
+    pub fn single_block(threads: u32) -> Self {
+        Self {
+            grid: (1, 1, 1),
+            block: (threads, 1, 1),
+            shared_bytes: 0,
+        }
+    }
+
     /// `rows` blocks of `block` threads: one block per row.
     pub fn per_row(rows: usize, block: u32) -> Self {
         Self {

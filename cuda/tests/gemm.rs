@@ -4,7 +4,8 @@
 mod common;
 
 use common::{assert_close, bf16_exact, gpus, random, to_bf16, values};
-use ditmoe_cuda::ops::gemm::{gemm_bf16, gemm_f32, Gemm};
+use ditmoe_cuda::ops::gemm::{gemm_bf16, gemm_f32, Gemm, Groups};
+use ditmoe_cuda::Buffer;
 use ditmoe_tensor::{DType, Tensor};
 use half::bf16;
 
@@ -152,6 +153,23 @@ fn tensor_core_gemm_refuses_unaligned_extents_and_wrong_buffers() {
     );
 }
 
+/// The group sizes as the dispatch order leaves them on the device.
+fn device_counts(sizes: &[usize]) -> Vec<u32> {
+    sizes.iter().map(|&s| s as u32).collect()
+}
+
+/// The groups, with their sizes on the host or as device counts.
+fn groups<'a>(sizes: &'a [usize], counts: &'a Buffer<u32>, on_device: bool) -> Groups<'a> {
+    if on_device {
+        Groups::Device {
+            counts,
+            rows: sizes.iter().sum(),
+        }
+    } else {
+        Groups::Host(sizes)
+    }
+}
+
 #[test]
 fn grouped_gemm_multiplies_each_group_by_its_own_weights() {
     // Skewed groups: one spans two row tiles, one is empty, one is a single row.
@@ -159,14 +177,17 @@ fn grouped_gemm_multiplies_each_group_by_its_own_weights() {
     let (k, n) = (24, 40);
     let rows: usize = group_sizes.iter().sum();
     for gpu in gpus() {
-        for weights_transposed in [true, false] {
+        let counts = gpu.upload(&device_counts(&group_sizes)).unwrap();
+        for (weights_transposed, sizes_on_device) in
+            [(true, false), (false, false), (true, true), (false, true)]
+        {
             let x = bf16_exact(random(rows * k, -1.0, 1.0, 60));
             let w = bf16_exact(random(group_sizes.len() * k * n, -1.0, 1.0, 61));
             let out = gpu.zeros::<f32>(rows * n).unwrap();
             ditmoe_cuda::ops::gemm::grouped_gemm_bf16(
                 &gpu,
                 &gpu.upload(&to_bf16(&x)).unwrap(),
-                &group_sizes,
+                groups(&group_sizes, &counts, sizes_on_device),
                 &gpu.upload(&to_bf16(&w)).unwrap(),
                 weights_transposed,
                 n,
@@ -196,7 +217,8 @@ fn grouped_gemm_multiplies_each_group_by_its_own_weights() {
                 start += size;
             }
             let what = format!(
-                "grouped, weights transposed: {weights_transposed}, on {}",
+                "grouped, weights transposed: {weights_transposed}, sizes on the device: \
+                 {sizes_on_device}, on {}",
                 gpu.name()
             );
             assert_close(&gpu.download(&out).unwrap(), &expected, 1e-5, &what);
@@ -206,18 +228,20 @@ fn grouped_gemm_multiplies_each_group_by_its_own_weights() {
 
 #[test]
 fn grouped_weight_gradients_sum_over_each_groups_rows_only() {
+    // M = 136: two row tiles of each dW_g.
     let group_sizes = [130usize, 0, 1, 37];
-    let (m, n) = (24, 40);
+    let (m, n) = (136, 40);
     let rows: usize = group_sizes.iter().sum();
-    for gpu in gpus() {
+    for (gpu, sizes_on_device) in gpus().iter().flat_map(|gpu| [(gpu, false), (gpu, true)]) {
+        let counts = gpu.upload(&device_counts(&group_sizes)).unwrap();
         let dy = bf16_exact(random(rows * m, -1.0, 1.0, 70));
         let x = bf16_exact(random(rows * n, -1.0, 1.0, 71));
         let out = gpu.zeros::<f32>(group_sizes.len() * m * n).unwrap();
         ditmoe_cuda::ops::gemm::grouped_weight_grad_bf16(
-            &gpu,
+            gpu,
             &gpu.upload(&to_bf16(&dy)).unwrap(),
             &gpu.upload(&to_bf16(&x)).unwrap(),
-            &group_sizes,
+            groups(&group_sizes, &counts, sizes_on_device),
             &out,
         )
         .unwrap();
@@ -246,7 +270,10 @@ fn grouped_weight_gradients_sum_over_each_groups_rows_only() {
             &gpu.download(&out).unwrap(),
             &expected,
             1e-5,
-            &format!("grouped dW on {}", gpu.name()),
+            &format!(
+                "grouped dW, sizes on the device: {sizes_on_device}, on {}",
+                gpu.name()
+            ),
         );
     }
 }

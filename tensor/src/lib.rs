@@ -25,6 +25,7 @@ pub use layout::Layout;
 pub use ops::attention::AttentionGrads;
 pub use ops::binary::BinaryOp;
 pub use ops::create::{seeded_rng, SeededRng};
+pub use ops::grouped::GroupSizes;
 pub use ops::norm::{LayerNormGrads, LayerNormStats};
 pub use ops::reduce::ReduceOp;
 pub use ops::routing::Dispatch;

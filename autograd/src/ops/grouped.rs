@@ -5,15 +5,16 @@
 //! Backward: dX_g = dY_g · W_g (grouped again), dW_g = dY_gᵀ · X_g (`grouped_weight_grads`).
 
 use crate::Var;
-use ditmoe_tensor::{Result, Tensor};
+use ditmoe_tensor::{GroupSizes, Result, Tensor};
 
 impl Var {
-    /// `y[rows_g] = x[rows_g] · weights[g]ᵀ` for consecutive row groups of sizes `group_sizes`.
-    pub fn grouped_matmul(x: &Var, group_sizes: &[usize], weights: &[&Var]) -> Result<Var> {
+    /// `y[rows_g] = x[rows_g] · weights[g]ᵀ` for consecutive row groups of sizes `group_sizes`
+    /// (on the host, or left on the GPU by the MoE dispatch).
+    pub fn grouped_matmul(x: &Var, group_sizes: &GroupSizes, weights: &[&Var]) -> Result<Var> {
         let xv = x.value();
         let ws: Vec<Tensor> = weights.iter().map(|w| w.value()).collect();
         let y = Tensor::grouped_matmul(&xv, group_sizes, &ws.iter().collect::<Vec<_>>(), true)?;
-        let sizes = group_sizes.to_vec();
+        let sizes = group_sizes.clone();
         let mut parents = vec![x];
         parents.extend(weights.iter().copied());
         Ok(Var::from_op("grouped_matmul", y, &parents, move |g| {

@@ -183,7 +183,8 @@ fn block_origin(layout: GemmLayout) -> String {
 }
 
 /// Reads this CTA's (group, row tile) from the schedule: the group into %r5, m0 into %r6,
-/// the group's first row into %r27 and its row count into `size`.
+/// the group's first row into %r27 and its row count into `size`. A CTA past the last tile of
+/// a device-built schedule (group 0xFFFFFFFF) exits.
 fn group_of_tile(out: &mut String, size: &str) {
     emit!(out, "ld.param.u64 %rd14, [schedule];");
     emit!(out, "mov.u32 %r5, %ctaid.y;");
@@ -192,6 +193,11 @@ fn group_of_tile(out: &mut String, size: &str) {
     emit!(
         out,
         "ld.global.v2.u32 {{%r5, %r6}}, [%rd14];  // group, row tile"
+    );
+    emit!(out, "setp.eq.u32 %p0, %r5, 0xFFFFFFFF;");
+    emit!(
+        out,
+        "@%p0 ret;                              // past the last tile of a device schedule"
     );
     emit!(out, "shl.b32 %r6, %r6, 7;                   // m0");
     emit!(out, "ld.param.u64 %rd14, [group_offsets];");

@@ -10,6 +10,7 @@ use super::check_u32;
 use crate::error::{CudaError, Result};
 use crate::gpu::{Buffer, Gpu, LaunchConfig};
 use crate::kernels::gemm::GemmLayout;
+use std::sync::Arc;
 
 /// The shape and scalars of a batched GEMM.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -181,26 +182,131 @@ pub fn gemm_f32(
     )
 }
 
+/// The row groups of a grouped GEMM: sizes known on the host, or only as a count per group on
+/// the device (the MoE dispatch order's histogram), with the total number of rows.
+#[derive(Debug, Clone, Copy)]
+pub enum Groups<'a> {
+    Host(&'a [usize]),
+    Device {
+        counts: &'a Buffer<u32>,
+        rows: usize,
+    },
+}
+
+impl Groups<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            Groups::Host(sizes) => sizes.len(),
+            Groups::Device { counts, .. } => counts.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// All rows, over every group.
+    pub fn rows(&self) -> usize {
+        match self {
+            Groups::Host(sizes) => sizes.iter().sum(),
+            Groups::Device { rows, .. } => *rows,
+        }
+    }
+}
+
+/// Most groups a device schedule handles (`grouped_gemm_schedule_u32` prefix-sums them in one
+/// shared array).
+const MAX_DEVICE_GROUPS: usize = 256;
+
+/// A grouped launch's tables: one (group, tile) pair per CTA of grid y, and the groups' row
+/// offsets (prefix sums).
+struct GroupTables {
+    schedule: Arc<Buffer<u32>>,
+    offsets: Arc<Buffer<u32>>,
+    tiles: usize,
+}
+
+/// The tables of `groups`, with `tiles_per_group` tiles for each non-empty group, or
+/// ceil(size / 128) row tiles when it is 0. Host sizes: built here and uploaded once per
+/// distinct table. Device counts: built there by `grouped_gemm_schedule_u32` for the most
+/// tiles any sizes could need; the CTAs past the last tile exit at once.
+fn group_tables(gpu: &Gpu, groups: Groups, tiles_per_group: usize) -> Result<GroupTables> {
+    match groups {
+        Groups::Host(sizes) => {
+            let mut offsets = vec![0u32; sizes.len() + 1];
+            let mut schedule = Vec::new();
+            for (g, &size) in sizes.iter().enumerate() {
+                offsets[g + 1] = offsets[g] + check_u32("rows", size)?;
+                let tiles = match (tiles_per_group, size) {
+                    (_, 0) => 0,
+                    (0, _) => size.div_ceil(BF16_TILE),
+                    (fixed, _) => fixed,
+                };
+                for tile in 0..tiles {
+                    schedule.extend([g as u32, tile as u32]);
+                }
+            }
+            // The same routing gives the same tables (every step of expert choice).
+            Ok(GroupTables {
+                tiles: schedule.len() / 2,
+                schedule: gpu.constant_table(&schedule)?,
+                offsets: gpu.constant_table(&offsets)?,
+            })
+        }
+        Groups::Device { counts, rows } => {
+            let groups = counts.len();
+            if groups > MAX_DEVICE_GROUPS {
+                return Err(CudaError::InvalidArgument(format!(
+                    "grouped GEMM: expected at most {MAX_DEVICE_GROUPS} groups with device \
+                     sizes, found {groups}"
+                )));
+            }
+            let capacity = if tiles_per_group == 0 {
+                rows.div_ceil(BF16_TILE) + groups
+            } else {
+                groups * tiles_per_group
+            };
+            let schedule = gpu.zeros::<u32>(2 * capacity.max(1))?;
+            let offsets = gpu.zeros::<u32>(groups + 1)?;
+            gpu.launch(
+                "routing",
+                "grouped_gemm_schedule_u32",
+                LaunchConfig::single_block(256),
+                &[
+                    (&schedule).into(),
+                    (&offsets).into(),
+                    counts.into(),
+                    check_u32("groups", groups)?.into(),
+                    check_u32("tiles", capacity)?.into(),
+                    check_u32("tiles per group", tiles_per_group)?.into(),
+                ],
+            )?;
+            Ok(GroupTables {
+                schedule: Arc::new(schedule),
+                offsets: Arc::new(offsets),
+                tiles: capacity,
+            })
+        }
+    }
+}
+
 /// A grouped GEMM for mixture-of-experts layers: the rows of `x: [rows, K]` (tokens sorted by
-/// expert) fall into consecutive groups of `group_sizes`, and group g is multiplied by
-/// `weights[g]`: `[groups, N, K]` when `weights_transposed` (a linear layer's `x · Wᵀ`), else
+/// expert) fall into consecutive `groups`, and group g is multiplied by `weights[g]`:
+/// `[groups, N, K]` when `weights_transposed` (a linear layer's `x · Wᵀ`), else
 /// `[groups, K, N]`. Writes `out: [rows, N]` (f32). One launch for every group, whatever the
-/// sizes: the grid walks a (group, 128-row tile) schedule built here from the sizes, so empty
-/// or small groups cost nothing extra (dropless token choice).
+/// sizes: the grid walks a (group, 128-row tile) schedule, so empty or small groups cost
+/// nothing extra (dropless token choice).
 pub fn grouped_gemm_bf16(
     gpu: &Gpu,
     x: &Buffer<half::bf16>,
-    group_sizes: &[usize],
+    groups: Groups,
     weights: &Buffer<half::bf16>,
     weights_transposed: bool,
     n: usize,
     out: &Buffer<f32>,
 ) -> Result<()> {
-    let rows: usize = group_sizes.iter().sum();
-    let groups = group_sizes.len();
+    let rows = groups.rows();
     let k = x.len() / rows.max(1);
     check_len("grouped gemm input", x, rows * k)?;
-    check_len("grouped gemm weights", weights, groups * k * n)?;
+    check_len("grouped gemm weights", weights, groups.len() * k * n)?;
     check_len("grouped gemm output", out, rows * n)?;
     let ldb = if weights_transposed { k } else { n };
     if k % 8 != 0 || ldb % 8 != 0 {
@@ -209,18 +315,15 @@ pub fn grouped_gemm_bf16(
              multiples of 8"
         )));
     }
-    let (schedule, offsets) = group_schedule(group_sizes, |size| size.div_ceil(BF16_TILE))?;
-    if schedule.is_empty() || n == 0 {
+    if rows == 0 || n == 0 {
         return Ok(());
     }
-    // The same routing gives the same tables (every step of expert choice): upload once.
-    let schedule_buffer = gpu.constant_table(&schedule)?;
-    let offsets_buffer = gpu.constant_table(&offsets)?;
+    let tables = group_tables(gpu, groups, 0)?;
     let layout = GemmLayout::grouped(weights_transposed);
     let config = LaunchConfig {
         grid: (
             n.div_ceil(BF16_TILE) as u32,
-            check_u32("row tiles", schedule.len() / 2)?,
+            check_u32("row tiles", tables.tiles)?,
             1,
         ),
         block: (BF16_THREADS, 1, 1),
@@ -245,64 +348,41 @@ pub fn grouped_gemm_bf16(
             0u64.into(),
             1.0f32.into(),
             0.0f32.into(),
-            schedule_buffer.as_ref().into(),
-            offsets_buffer.as_ref().into(),
+            tables.schedule.as_ref().into(),
+            tables.offsets.as_ref().into(),
         ],
     )
 }
 
-/// The (group, 128-row tile) schedule and the prefix-summed row offsets of `group_sizes`,
-/// for `tiles_of(size)` row tiles per group (groups with no tile are left out).
-fn group_schedule(
-    group_sizes: &[usize],
-    tiles_of: impl Fn(usize) -> usize,
-) -> Result<(Vec<u32>, Vec<u32>)> {
-    let mut offsets = vec![0u32; group_sizes.len() + 1];
-    let mut schedule = Vec::new();
-    for (g, &size) in group_sizes.iter().enumerate() {
-        offsets[g + 1] = offsets[g] + check_u32("rows", size)?;
-        for tile in 0..tiles_of(size) {
-            schedule.extend([g as u32, tile as u32]);
-        }
-    }
-    Ok((schedule, offsets))
-}
-
-/// The weight gradients of a grouped GEMM: `out[g] = dy_gᵀ · x_g` for the consecutive row groups
-/// of `dy: [rows, M]` and `x: [rows, N]`, into `out: [groups, M, N]` (f32, zeroed by the
-/// caller: empty groups get no CTA). One launch: the grid walks a (group, 128-row tile of
+/// The weight gradients of a grouped GEMM: `out[g] = dy_gᵀ · x_g` for the consecutive row
+/// `groups` of `dy: [rows, M]` and `x: [rows, N]`, into `out: [groups, M, N]` (f32, zeroed by
+/// the caller: empty groups get no CTA). One launch: the grid walks a (group, 128-row tile of
 /// out[g]) schedule and each CTA's K loop covers only its group's rows.
 pub fn grouped_weight_grad_bf16(
     gpu: &Gpu,
     dy: &Buffer<half::bf16>,
     x: &Buffer<half::bf16>,
-    group_sizes: &[usize],
+    groups: Groups,
     out: &Buffer<f32>,
 ) -> Result<()> {
-    let rows: usize = group_sizes.iter().sum();
-    let groups = group_sizes.len();
+    let rows = groups.rows();
     let (m, n) = (dy.len() / rows.max(1), x.len() / rows.max(1));
     check_len("grouped weight gradient dy", dy, rows * m)?;
     check_len("grouped weight gradient x", x, rows * n)?;
-    check_len("grouped weight gradient output", out, groups * m * n)?;
+    check_len("grouped weight gradient output", out, groups.len() * m * n)?;
     if m % 8 != 0 || n % 8 != 0 {
         return Err(CudaError::InvalidArgument(format!(
             "grouped_weight_grad_bf16 needs both row lengths ({m}, {n}) to be multiples of 8"
         )));
     }
-    let tiles = m.div_ceil(BF16_TILE);
-    let (schedule, offsets) =
-        group_schedule(group_sizes, |size| if size == 0 { 0 } else { tiles })?;
-    if schedule.is_empty() || n == 0 {
+    if rows == 0 || m == 0 || n == 0 {
         return Ok(());
     }
-    // The same routing gives the same tables (every step of expert choice): upload once.
-    let schedule_buffer = gpu.constant_table(&schedule)?;
-    let offsets_buffer = gpu.constant_table(&offsets)?;
+    let tables = group_tables(gpu, groups, m.div_ceil(BF16_TILE))?;
     let config = LaunchConfig {
         grid: (
             n.div_ceil(BF16_TILE) as u32,
-            check_u32("tiles", schedule.len() / 2)?,
+            check_u32("tiles", tables.tiles)?,
             1,
         ),
         block: (BF16_THREADS, 1, 1),
@@ -327,8 +407,8 @@ pub fn grouped_weight_grad_bf16(
             ((m * n) as u64).into(),
             1.0f32.into(),
             0.0f32.into(),
-            schedule_buffer.as_ref().into(),
-            offsets_buffer.as_ref().into(),
+            tables.schedule.as_ref().into(),
+            tables.offsets.as_ref().into(),
         ],
     )
 }

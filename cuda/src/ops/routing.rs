@@ -144,11 +144,7 @@ pub fn expert_race_positions(gpu: &Gpu, scores: &Buffer<f32>, picks: usize) -> R
     gpu.launch(
         "routing",
         "expert_race_positions_f32",
-        LaunchConfig {
-            grid: (1, 1, 1),
-            block: (1024, 1, 1),
-            shared_bytes: 0,
-        },
+        LaunchConfig::single_block(1024),
         &[
             (&out).into(),
             scores.into(),

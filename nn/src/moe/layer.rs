@@ -10,7 +10,7 @@ use crate::moe::routing::{
     RoutingRecord,
 };
 use ditmoe_autograd::Var;
-use ditmoe_tensor::{profile, DType, Device, Result, SeededRng, Tensor, TensorError};
+use ditmoe_tensor::{profile, DType, Device, GroupSizes, Result, SeededRng, Tensor, TensorError};
 
 /// One expert (or the shared expert): a SwiGLU or GELU MLP.
 pub enum FeedForward {
@@ -181,11 +181,10 @@ impl MoeLayer {
 
         // The pairs sorted by expert (stably), so each expert's tokens are one contiguous group.
         let dispatch = Tensor::dispatch_order(&positions, e)?;
-        let group_sizes = &dispatch.group_sizes;
         let sorted_tokens = tokens.index_select(0, &dispatch.token_of)?;
         let expert_out = {
             let _section = profile::section("experts");
-            self.experts_grouped(&sorted_tokens, group_sizes, &dispatch.expert_of)?
+            self.experts_grouped(&sorted_tokens, &dispatch.group_sizes, &dispatch.expert_of)?
         };
         let sorted_weights = weights.index_select(0, &dispatch.order)?;
         let weighted = expert_out.mul(&sorted_weights.unsqueeze(1)?)?;
@@ -203,14 +202,18 @@ impl MoeLayer {
                 ..
             } if balance_loss_alpha > 0.0 => {
                 // L = α Σ_i P̄_i f_i with f_i = E·count_i/(N·k) (a constant) and P̄_i the mean gate value.
-                let f: Vec<f64> = group_sizes
-                    .iter()
-                    .map(|&c| e as f64 * c as f64 / (n * top_k) as f64)
-                    .collect();
+                // The counts are summed where the pairs are (no read-back on a GPU).
+                let dtype = x.value().dtype();
+                let ones = Tensor::zeros_on(&[n * top_k, 1], dtype, device)?.add_scalar(1.0)?;
+                let counts = Tensor::zeros_on(&[e, 1], dtype, device)?.index_add(
+                    0,
+                    &dispatch.expert_of,
+                    &ones,
+                )?;
                 let f = Var::constant(
-                    Tensor::from_vec(f, &[e])?
-                        .to_dtype(x.value().dtype())?
-                        .to_device(device)?,
+                    counts
+                        .flatten()?
+                        .mul_scalar(e as f64 / (n * top_k) as f64)?,
                 );
                 Some(
                     scores
@@ -245,7 +248,12 @@ impl MoeLayer {
 
     /// All experts over tokens sorted by expert (`group_sizes` per expert), one grouped GEMM
     /// per projection; `expert_of` gives each row's expert (for per-expert biases).
-    fn experts_grouped(&self, x: &Var, group_sizes: &[usize], expert_of: &Tensor) -> Result<Var> {
+    fn experts_grouped(
+        &self,
+        x: &Var,
+        group_sizes: &GroupSizes,
+        expert_of: &Tensor,
+    ) -> Result<Var> {
         let grouped = |x: &Var, weights: Vec<&Var>| Var::grouped_matmul(x, group_sizes, &weights);
         match &self.experts[0] {
             FeedForward::SwiGlu(_) => {

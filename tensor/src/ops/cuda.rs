@@ -22,6 +22,7 @@ use ditmoe_cuda::{registry, Buffer, CudaError, Gpu};
 use crate::error::{Result, TensorError};
 use crate::layout::broadcast_shapes;
 use crate::ops::binary::BinaryOp;
+use crate::ops::grouped::GroupSizes;
 use crate::ops::norm::{LayerNormGrads, LayerNormStats};
 use crate::ops::optim::{AdamWHyper, AdamWUpdate};
 use crate::ops::reduce::{rows_over, ReduceOp};
@@ -785,12 +786,35 @@ pub(crate) fn adamw(
     })
 }
 
+/// The dense device buffer of group sizes left on the GPU, if they were.
+fn device_counts(sizes: &GroupSizes, op: &'static str) -> Result<Option<Arc<Buffer<u32>>>> {
+    sizes
+        .device_counts()
+        .map(|counts| dense_indices(counts, op))
+        .transpose()
+}
+
+/// The grouped GEMM's view of `sizes`: the device `counts` when they were left on the GPU
+/// (the kernels build their schedule there), else the host sizes.
+fn gemm_groups<'a>(
+    sizes: &'a GroupSizes,
+    counts: Option<&'a Buffer<u32>>,
+) -> Result<gemm::Groups<'a>> {
+    Ok(match counts {
+        Some(counts) => gemm::Groups::Device {
+            counts,
+            rows: sizes.rows(),
+        },
+        None => gemm::Groups::Host(sizes.to_host()?),
+    })
+}
+
 /// All groups of a grouped matmul in one tensor-core launch (`grouped_bf16_*`), when the GPU
 /// multiplies in mixed precision and the shapes fit; `None` sends the caller to the per-group
 /// loop.
 pub(crate) fn grouped_matmul(
     x: &Tensor,
-    group_sizes: &[usize],
+    group_sizes: &GroupSizes,
     weights: &[&Tensor],
     transpose_weights: bool,
 ) -> Result<Option<Tensor>> {
@@ -821,7 +845,9 @@ pub(crate) fn grouped_matmul(
     let w16 = ew::to_bf16(&gpu, &wb).map_err(failed(op))?;
     let rows = x.shape()[0];
     let y = gpu.zeros::<f32>(rows * out).map_err(failed(op))?;
-    gemm::grouped_gemm_bf16(&gpu, &x16, group_sizes, &w16, transpose_weights, out, &y)
+    let counts = device_counts(group_sizes, op)?;
+    let groups = gemm_groups(group_sizes, counts.as_deref())?;
+    gemm::grouped_gemm_bf16(&gpu, &x16, groups, &w16, transpose_weights, out, &y)
         .map_err(failed(op))?;
     Ok(Some(f32_tensor(&gpu, y, &[rows, out], ordinal(x))))
 }
@@ -947,7 +973,7 @@ pub(crate) fn flash_attention_backward(
 pub(crate) fn grouped_weight_grads(
     dy: &Tensor,
     x: &Tensor,
-    group_sizes: &[usize],
+    group_sizes: &GroupSizes,
 ) -> Result<Option<Vec<Tensor>>> {
     let op = "grouped_weight_grads";
     same_device(op, dy, x)?;
@@ -961,7 +987,9 @@ pub(crate) fn grouped_weight_grads(
     let x16 = ew::to_bf16(&gpu, &xb).map_err(failed(op))?;
     let groups = group_sizes.len();
     let grads = gpu.zeros::<f32>(groups * out * inner).map_err(failed(op))?;
-    gemm::grouped_weight_grad_bf16(&gpu, &dy16, &x16, group_sizes, &grads).map_err(failed(op))?;
+    let counts = device_counts(group_sizes, op)?;
+    let row_groups = gemm_groups(group_sizes, counts.as_deref())?;
+    gemm::grouped_weight_grad_bf16(&gpu, &dy16, &x16, row_groups, &grads).map_err(failed(op))?;
     let all = f32_tensor(&gpu, grads, &[groups, out, inner], ordinal(dy));
     (0..groups)
         .map(|g| all.narrow(0, g, 1)?.squeeze(0))
@@ -1007,8 +1035,8 @@ pub(crate) fn expert_race_positions(scores: &Tensor, picks: usize) -> Result<Ten
     Ok(u32_tensor(&gpu, positions, &[picks], ordinal(scores)))
 }
 
-/// The expert-sorted order of device positions (`Tensor::dispatch_order`); only the group
-/// sizes are downloaded.
+/// The expert-sorted order of device positions (`Tensor::dispatch_order`); nothing is
+/// downloaded (the group sizes stay on the device too).
 pub(crate) fn dispatch_order(
     positions: &Tensor,
     num_experts: usize,
@@ -1017,18 +1045,13 @@ pub(crate) fn dispatch_order(
     let gpu = &positions.cuda_storage().expect("a device tensor").gpu;
     let buffer = dense_indices(positions, op)?;
     let sorted = gpu_routing::dispatch_order(gpu, &buffer, num_experts).map_err(failed(op))?;
-    let group_sizes = gpu
-        .download(&sorted.counts)
-        .map_err(failed(op))?
-        .into_iter()
-        .map(|c| c as usize)
-        .collect();
     let (n, ordinal) = (positions.numel(), ordinal(positions));
+    let counts = u32_tensor(gpu, sorted.counts, &[num_experts], ordinal);
     Ok(crate::ops::routing::Dispatch {
         order: u32_tensor(gpu, sorted.order, &[n], ordinal),
         token_of: u32_tensor(gpu, sorted.token_of, &[n], ordinal),
         expert_of: u32_tensor(gpu, sorted.expert_of, &[n], ordinal),
-        group_sizes,
+        group_sizes: GroupSizes::on_device(counts, n),
     })
 }
 

@@ -5,7 +5,7 @@
 use crate::ops::reduce::ReduceOp;
 use crate::ops::testing::{assert_close, random_strided};
 use crate::ops::unary::UnaryOp;
-use crate::{DType, Device, Tensor, TensorError};
+use crate::{DType, Device, GroupSizes, Tensor, TensorError};
 
 const GPU: Device = Device::Cuda(0);
 
@@ -311,7 +311,11 @@ fn embedding_lookup_and_topk_match_the_cpu() {
 
 #[test]
 fn grouped_matmul_is_one_tensor_core_launch_or_the_exact_loop() {
-    let sizes = [9, 0, 20, 3];
+    let sizes = GroupSizes::host(&[9, 0, 20, 3]);
+    // The same sizes left on a device, as the MoE dispatch leaves them: the exact loop reads
+    // them back, the tensor-core launches build their schedule from them there.
+    let counts = Tensor::from_vec(vec![9i64, 0, 20, 3], &[4]).unwrap();
+    let on_device = |device: Device| GroupSizes::on_device(counts.to_device(device).unwrap(), 32);
     let x = f32_cpu(&[32, 16], 50);
     let w: Vec<Tensor> = (0..4).map(|s| f32_cpu(&[24, 16], 51 + s)).collect();
     let refs: Vec<&Tensor> = w.iter().collect();
@@ -329,14 +333,16 @@ fn grouped_matmul_is_one_tensor_core_launch_or_the_exact_loop() {
         let expected = Tensor::grouped_matmul(&x, &sizes, &ws_refs, transpose).unwrap();
         // cuda:0: exact f32, the per-group loop.
         let on0: Vec<Tensor> = ws_refs.iter().map(|t| on_gpu(t)).collect();
-        let got = Tensor::grouped_matmul(
-            &on_gpu(&x),
-            &sizes,
-            &on0.iter().collect::<Vec<_>>(),
-            transpose,
-        )
-        .unwrap();
-        check(&got, &expected, 1e-5, "grouped, exact");
+        for sizes in [sizes.clone(), on_device(GPU)] {
+            let got = Tensor::grouped_matmul(
+                &on_gpu(&x),
+                &sizes,
+                &on0.iter().collect::<Vec<_>>(),
+                transpose,
+            )
+            .unwrap();
+            check(&got, &expected, 1e-5, "grouped, exact");
+        }
         // cuda:1: mixed precision, one grouped launch; equal to the product of rounded operands.
         ditmoe_cuda::registry::device_or_emulator(1);
         let on1 = |t: &Tensor| t.to_device(Device::Cuda(1)).unwrap();
@@ -347,8 +353,10 @@ fn grouped_matmul_is_one_tensor_core_launch_or_the_exact_loop() {
                 .unwrap()
         };
         let w1: Vec<Tensor> = ws_refs.iter().map(|t| on1(t)).collect();
-        let got =
-            Tensor::grouped_matmul(&on1(&x), &sizes, &w1.iter().collect::<Vec<_>>(), transpose)
+        let w1_refs: Vec<&Tensor> = w1.iter().collect();
+        let got = Tensor::grouped_matmul(&on1(&x), &sizes, &w1_refs, transpose).unwrap();
+        let with_device_sizes =
+            Tensor::grouped_matmul(&on1(&x), &on_device(Device::Cuda(1)), &w1_refs, transpose)
                 .unwrap();
         let rounded: Vec<Tensor> = ws_refs.iter().map(|t| round(t)).collect();
         let expected = Tensor::grouped_matmul(
@@ -358,13 +366,15 @@ fn grouped_matmul_is_one_tensor_core_launch_or_the_exact_loop() {
             transpose,
         )
         .unwrap();
-        assert_eq!(got.device(), Device::Cuda(1));
-        assert_close(
-            &got.to_vec_f64(),
-            &expected.to_vec_f64(),
-            1e-5,
-            "grouped, bf16 tensor cores",
-        );
+        for got in [got, with_device_sizes] {
+            assert_eq!(got.device(), Device::Cuda(1));
+            assert_close(
+                &got.to_vec_f64(),
+                &expected.to_vec_f64(),
+                1e-5,
+                "grouped, bf16 tensor cores",
+            );
+        }
     }
     // The weight gradients: one depth-grouped launch on cuda:1, the exact loop on cuda:0.
     let dy = f32_cpu(&[32, 24], 56);
@@ -378,16 +388,20 @@ fn grouped_matmul_is_one_tensor_core_launch_or_the_exact_loop() {
             .unwrap()
     };
     let mixed = Tensor::grouped_weight_grads(&on1(&dy), &on1(&x), &sizes).unwrap();
+    let mixed_device_sizes =
+        Tensor::grouped_weight_grads(&on1(&dy), &on1(&x), &on_device(Device::Cuda(1))).unwrap();
     let rounded = Tensor::grouped_weight_grads(&round(&dy), &round(&x), &sizes).unwrap();
     for g in 0..sizes.len() {
         check(&exact[g], &expected[g], 1e-5, "grouped dW, exact");
-        assert_eq!(mixed[g].device(), Device::Cuda(1));
-        assert_close(
-            &mixed[g].to_vec_f64(),
-            &rounded[g].to_vec_f64(),
-            1e-5,
-            "grouped dW, bf16",
-        );
+        for mixed in [&mixed[g], &mixed_device_sizes[g]] {
+            assert_eq!(mixed.device(), Device::Cuda(1));
+            assert_close(
+                &mixed.to_vec_f64(),
+                &rounded[g].to_vec_f64(),
+                1e-5,
+                "grouped dW, bf16",
+            );
+        }
     }
 }
 
@@ -593,7 +607,11 @@ fn moe_dispatch_on_the_device_matches_the_cpu() {
             Tensor::dispatch_order(&cpu_positions, experts).unwrap(),
             Tensor::dispatch_order(&gpu_positions, experts).unwrap(),
         );
-        assert_eq!(on_gpu.group_sizes, on_cpu.group_sizes);
+        assert!(on_gpu.group_sizes.device_counts().is_some());
+        assert_eq!(
+            on_gpu.group_sizes.to_host().unwrap(),
+            on_cpu.group_sizes.to_host().unwrap()
+        );
         for (g, c) in [
             (&on_gpu.order, &on_cpu.order),
             (&on_gpu.token_of, &on_cpu.token_of),

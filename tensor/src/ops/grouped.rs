@@ -5,7 +5,87 @@
 //! and the shapes fit), else the same per-group loop.
 
 use crate::error::{Result, TensorError};
-use crate::Tensor;
+use crate::{Device, Tensor};
+use std::sync::{Arc, OnceLock};
+
+/// The row counts of a grouped matmul's consecutive groups, and their total. The MoE dispatch
+/// on a GPU leaves the counts there (`Tensor::dispatch_order`): the grouped tensor-core
+/// kernels build their tile schedule from them on the device, so the host never waits for the
+/// routing. A path that needs them on the host (the CPU, a GPU multiplying in f32) reads them
+/// back once, on first use.
+#[derive(Debug, Clone)]
+pub struct GroupSizes {
+    groups: usize,
+    rows: usize,
+    host: Arc<OnceLock<Vec<usize>>>,
+    device: Option<Tensor>,
+}
+
+impl GroupSizes {
+    /// Sizes known on the host.
+    pub fn host(sizes: &[usize]) -> GroupSizes {
+        GroupSizes {
+            groups: sizes.len(),
+            rows: sizes.iter().sum(),
+            host: Arc::new(OnceLock::from(sizes.to_vec())),
+            device: None,
+        }
+    }
+
+    /// Counts `[G]` (i64) on a GPU that sum to `rows`.
+    pub fn on_device(counts: Tensor, rows: usize) -> GroupSizes {
+        GroupSizes {
+            groups: counts.numel(),
+            rows,
+            host: Arc::new(OnceLock::new()),
+            device: Some(counts),
+        }
+    }
+
+    /// Number of groups.
+    pub fn len(&self) -> usize {
+        self.groups
+    }
+    pub fn is_empty(&self) -> bool {
+        self.groups == 0
+    }
+    /// Rows over all groups.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// The sizes on the host (read back from the device the first time).
+    pub fn to_host(&self) -> Result<&[usize]> {
+        if let Some(sizes) = self.host.get() {
+            return Ok(sizes);
+        }
+        let counts = self
+            .device
+            .as_ref()
+            .expect("sizes are on the host or a device");
+        let sizes: Vec<usize> = counts
+            .to_device(Device::Cpu)?
+            .to_vec::<i64>()?
+            .into_iter()
+            .map(|c| c as usize)
+            .collect();
+        if sizes.iter().sum::<usize>() != self.rows {
+            return Err(TensorError::invalid(
+                "group sizes",
+                format!(
+                    "expected device counts summing to {} rows, found {sizes:?}",
+                    self.rows
+                ),
+            ));
+        }
+        Ok(self.host.get_or_init(|| sizes))
+    }
+
+    /// The counts on a GPU, when the sizes were left there.
+    pub fn device_counts(&self) -> Option<&Tensor> {
+        self.device.as_ref()
+    }
+}
 
 impl Tensor {
     /// `y[rows_g] = x[rows_g] · op(W_g)` for consecutive row groups of `group_sizes`, with
@@ -13,7 +93,7 @@ impl Tensor {
     /// otherwise (weights `[in, out]`). `x` is `[Σ sizes, in]`; the result `[Σ sizes, out]`.
     pub fn grouped_matmul(
         x: &Tensor,
-        group_sizes: &[usize],
+        group_sizes: &GroupSizes,
         weights: &[&Tensor],
         transpose_weights: bool,
     ) -> Result<Tensor> {
@@ -28,7 +108,7 @@ impl Tensor {
                 ),
             ));
         }
-        let rows: usize = group_sizes.iter().sum();
+        let rows = group_sizes.rows();
         if x.rank() != 2 || x.shape()[0] != rows {
             return Err(TensorError::shape(
                 op,
@@ -63,7 +143,7 @@ impl Tensor {
                 return Ok(y);
             }
         }
-        let pieces = x.split(group_sizes, 0)?;
+        let pieces = x.split(group_sizes.to_host()?, 0)?;
         let outs = pieces
             .iter()
             .zip(weights)
@@ -90,9 +170,9 @@ impl Tensor {
     pub fn grouped_weight_grads(
         dy: &Tensor,
         x: &Tensor,
-        group_sizes: &[usize],
+        group_sizes: &GroupSizes,
     ) -> Result<Vec<Tensor>> {
-        let rows: usize = group_sizes.iter().sum();
+        let rows = group_sizes.rows();
         for (what, t) in [("dy", dy), ("x", x)] {
             if t.rank() != 2 || t.shape()[0] != rows {
                 return Err(TensorError::shape(
@@ -108,9 +188,10 @@ impl Tensor {
             }
         }
         let (out, inner) = (dy.shape()[1], x.shape()[1]);
-        dy.split(group_sizes, 0)?
+        let sizes = group_sizes.to_host()?;
+        dy.split(sizes, 0)?
             .iter()
-            .zip(x.split(group_sizes, 0)?)
+            .zip(x.split(sizes, 0)?)
             .map(|(dy_g, x_g)| {
                 if x_g.shape()[0] == 0 {
                     Tensor::zeros_on(&[out, inner], x.dtype(), x.device())
@@ -134,7 +215,7 @@ mod tests {
             .map(|s| random_strided(&[4, 3], -1.0, 1.0, 10 + s))
             .collect();
         let refs: Vec<&Tensor> = w.iter().collect();
-        let sizes = [2, 0, 5];
+        let sizes = GroupSizes::host(&[2, 0, 5]);
         let y = Tensor::grouped_matmul(&x, &sizes, &refs, true).unwrap();
         let yt = Tensor::grouped_matmul(
             &x,
@@ -145,7 +226,7 @@ mod tests {
         .unwrap();
         let (xv, yv) = (x.to_vec_f64(), y.to_vec_f64());
         let mut start = 0;
-        for (g, &size) in sizes.iter().enumerate() {
+        for (g, &size) in sizes.to_host().unwrap().iter().enumerate() {
             let wv = w[g].to_vec_f64();
             for r in start..start + size {
                 for o in 0..4 {
@@ -156,7 +237,8 @@ mod tests {
             start += size;
         }
         assert_close(&yt.to_vec_f64(), &yv, 1e-12, "untransposed weights");
-        assert!(Tensor::grouped_matmul(&x, &[3, 3], &refs[..2], true).is_err());
+        let two = GroupSizes::host(&[3, 3]);
+        assert!(Tensor::grouped_matmul(&x, &two, &refs[..2], true).is_err());
         // Weight gradients: each group's dyᵀ·x, zero for the empty group.
         let dy = random_strided(&[7, 4], -1.0, 1.0, 20);
         let grads = Tensor::grouped_weight_grads(&dy, &x, &sizes).unwrap();

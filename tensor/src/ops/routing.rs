@@ -1,11 +1,12 @@
 //! MoE dispatch on tensors: from the router's top-k picks to routed pairs, and from routed
 //! pairs to the expert-sorted order the grouped expert GEMM needs (MegaBlocks, Gale et al.,
 //! 2022). A routed pair (token t, expert e) is its position `t·E + e` in the `[N, E]` score
-//! grid. CPU loops here; on a GPU the routing kernels (`ditmoe_cuda::ops::routing`), so the
-//! order never leaves the device — only the E group sizes are read back, for the GEMM
-//! schedule.
+//! grid. CPU loops here; on a GPU the routing kernels (`ditmoe_cuda::ops::routing`), so
+//! nothing leaves the device: even the group sizes stay there, and the grouped GEMM builds its
+//! tile schedule from them on the device.
 
 use crate::error::{Result, TensorError};
+use crate::ops::grouped::GroupSizes;
 use crate::{DType, Tensor};
 
 /// The routed pairs sorted by expert (stably: pairs of one expert keep their order).
@@ -17,8 +18,8 @@ pub struct Dispatch {
     pub token_of: Tensor,
     /// `[P]` i64: its expert.
     pub expert_of: Tensor,
-    /// Pairs per expert: the row groups of the grouped GEMM.
-    pub group_sizes: Vec<usize>,
+    /// Pairs per expert: the row groups of the grouped GEMM (on the device on a GPU).
+    pub group_sizes: GroupSizes,
 }
 
 fn index_tensor(values: Vec<usize>) -> Result<Tensor> {
@@ -138,7 +139,7 @@ impl Tensor {
             token_of: index_tensor(order.iter().map(|&s| positions[s] / num_experts).collect())?,
             expert_of: index_tensor(order.iter().map(|&s| positions[s] % num_experts).collect())?,
             order: index_tensor(order)?,
-            group_sizes,
+            group_sizes: GroupSizes::host(&group_sizes),
         })
     }
 }
@@ -172,7 +173,7 @@ mod tests {
         assert_eq!(d.order.to_vec::<i64>().unwrap(), vec![1, 3, 5, 4, 0, 2]);
         assert_eq!(d.token_of.to_vec::<i64>().unwrap(), vec![1, 2, 0, 3, 0, 1]);
         assert_eq!(d.expert_of.to_vec::<i64>().unwrap(), vec![0, 0, 0, 1, 2, 2]);
-        assert_eq!(d.group_sizes, vec![3, 1, 2]);
+        assert_eq!(d.group_sizes.to_host().unwrap(), &[3, 1, 2]);
         assert!(Tensor::dispatch_order(&positions, 0).is_err());
     }
 
