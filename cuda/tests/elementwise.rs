@@ -65,6 +65,32 @@ fn unary_functions_and_derivatives_match_the_cpu() {
 }
 
 #[test]
+fn sin_and_cos_of_large_arguments_stay_accurate() {
+    // The sinusoidal timestep embedding takes t·f up to 1000 radians, far outside the
+    // [-pi, pi] where the hardware's sin/cos.approx are accurate.
+    for gpu in gpus() {
+        let x = random(300, -1000.0, 1000.0, 7);
+        let xt = Tensor::from_slice(&x, &[300]).unwrap();
+        let xd = gpu.upload(&x).unwrap();
+        for (gpu_op, cpu_op) in [(Unary::Sin, UnaryOp::Sin), (Unary::Cos, UnaryOp::Cos)] {
+            let got = gpu
+                .download(&ew::unary(&gpu, gpu_op, &xd).unwrap())
+                .unwrap();
+            let expected = values(&xt.unary(cpu_op).unwrap());
+            // Absolute error: x itself carries ~6e-5 of rounding at 1000.
+            for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+                assert!(
+                    (g - e).abs() < 2e-4,
+                    "{gpu_op:?}({}) on {}: got {g}, expected {e}",
+                    x[i],
+                    gpu.name()
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn pow_of_negative_bases_follows_powf() {
     for gpu in gpus() {
         let x = vec![-2.0f32, -0.5, 0.0, 1.5];

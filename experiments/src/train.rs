@@ -398,18 +398,36 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
             None => diffusion_loss.clone(),
         };
         drop(loss_section);
-        let logging_section = profile::section("logging");
-        let loss_value = diffusion_loss.item()?;
-        if !total.item()?.is_finite() {
+        total.backward()?;
+        let optimizer_section = profile::section("optimizer");
+        // The losses come back with the gradient norm: one wait for the device per step.
+        let losses: Vec<Tensor> = [
+            Some(&diffusion_loss),
+            Some(&total),
+            aux.as_ref(),
+            vb.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(Var::value)
+        .collect();
+        let clip = clip_factor(
+            &params,
+            config.grad_clip,
+            &losses.iter().collect::<Vec<_>>(),
+        )?;
+        // In order: the diffusion loss, the total, then the aux loss and VB term when present.
+        let mut values = clip.scalars.iter().copied();
+        let (loss_value, total_value) = (values.next(), values.next());
+        let aux_value = aux.as_ref().and_then(|_| values.next());
+        let vb_value = vb.as_ref().and_then(|_| values.next());
+        let (loss_value, grad_norm) = (loss_value.expect("read back"), clip.norm);
+        if !total_value.expect("read back").is_finite() {
             let last = checkpoint_dir(out).map_or("none was written yet".to_string(), |d| {
                 d.display().to_string()
             });
             bail!("non-finite loss at step {step}: stopping; the last good checkpoint is {last}");
         }
-        drop(logging_section);
-        total.backward()?;
-        let optimizer_section = profile::section("optimizer");
-        let (grad_norm, factor) = clip_factor(&params, config.grad_clip)?;
         let lr = learning_rate(
             config.lr,
             step,
@@ -417,7 +435,7 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
             config.steps,
             config.lr_decay,
         );
-        optimizer.step(&params, lr, factor)?;
+        optimizer.step(&params, lr, clip.factor)?;
         params.iter().for_each(|(_, p)| p.zero_grad());
         ema.update(&params)?;
         drop(optimizer_section);
@@ -428,8 +446,8 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
         last_loss = loss_value;
         window.steps += 1;
         window.loss += loss_value;
-        window.aux_loss += aux.as_ref().map_or(Ok(0.0), Var::item)?;
-        window.vb += vb.as_ref().map_or(Ok(0.0), Var::item)?;
+        window.aux_loss += aux_value.unwrap_or(0.0);
+        window.vb += vb_value.unwrap_or(0.0);
         if record {
             let n = window.steps as f64;
             let images_per_s = n * config.batch_size as f64 / window_began.elapsed().as_secs_f64();
@@ -657,6 +675,30 @@ mod tests {
                 std::fs::remove_dir_all(dir).unwrap();
             }
         }
+    }
+
+    #[test]
+    fn a_training_step_on_the_gpu_waits_for_it_once() {
+        // cuda:3, which no other test uses, so its traffic is this test's alone; mixed
+        // precision, so the MoE layers run their grouped kernels with device-side schedules.
+        let gpu = ditmoe_cuda::registry::device_or_emulator(3);
+        gpu.set_tensor_core_matmul(true);
+        let mut config = tiny_config();
+        config.log_every = 100; // no routing records to download
+        let downloads = |steps: u64| {
+            let options = TrainOptions {
+                device: Device::Cuda(3),
+                ..stop_after(steps)
+            };
+            let dir = temp(&format!("one-wait-{steps}"));
+            let before = gpu.traffic();
+            train(&config, &dir, &options).unwrap();
+            std::fs::remove_dir_all(dir).unwrap();
+            (gpu.traffic() - before).downloads
+        };
+        // Two more steps, the same checkpoint at the end: two more downloads, the losses and
+        // the gradient norm of each step together.
+        assert_eq!(downloads(3) - downloads(1), 2);
     }
 
     #[test]

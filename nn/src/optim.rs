@@ -122,29 +122,52 @@ impl AdamW {
     }
 }
 
-/// The global L2 norm of all gradients and the factor min(1, max_norm / norm) that clips it.
-pub fn clip_factor(params: &[(String, Var)], max_norm: f64) -> Result<(f64, f64)> {
-    // Each gradient's sum of squares stays on its device; one download brings them all (on a
-    // GPU, one wait instead of one per parameter), and the host adds them in f64.
-    let per_param: Vec<Tensor> = params
+/// What gradient clipping by global norm needs from a step, read back at once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClipReadback {
+    /// The global L2 norm of all gradients.
+    pub norm: f64,
+    /// min(1, max_norm / norm): what the gradients are multiplied by (1 when clipping is off).
+    pub factor: f64,
+    /// The values of the scalars asked to come along, in order.
+    pub scalars: Vec<f64>,
+}
+
+/// The global L2 norm of all gradients and the factor that clips it to `max_norm`, with the
+/// values of `scalars` (one-element tensors where the gradients are: the step's losses).
+/// Each gradient's sum of squares stays on its device and one download brings them all with
+/// the scalars — on a GPU, the step's one wait for the device — and the host adds them in f64.
+pub fn clip_factor(
+    params: &[(String, Var)],
+    max_norm: f64,
+    scalars: &[&Tensor],
+) -> Result<ClipReadback> {
+    let mut parts: Vec<Tensor> = scalars
         .iter()
-        .filter_map(|(_, p)| p.grad())
-        .map(|g| g.mul(&g)?.sum_all()?.reshape(&[1]))
+        .map(|s| s.reshape(&[1]))
         .collect::<Result<_>>()?;
-    if per_param.is_empty() {
-        return Ok((0.0, 1.0));
+    for (_, p) in params {
+        if let Some(g) = p.grad() {
+            parts.push(g.mul(&g)?.sum_all()?.reshape(&[1])?);
+        }
     }
-    let squares: f64 = Tensor::concat(&per_param.iter().collect::<Vec<_>>(), 0)?
-        .to_vec_f64()
-        .iter()
-        .sum();
-    let norm = squares.sqrt();
+    let values = if parts.is_empty() {
+        vec![]
+    } else {
+        Tensor::concat(&parts.iter().collect::<Vec<_>>(), 0)?.to_vec_f64()
+    };
+    let (scalars, squares) = values.split_at(scalars.len());
+    let norm = squares.iter().sum::<f64>().sqrt();
     let factor = if max_norm > 0.0 && norm > max_norm {
         max_norm / norm
     } else {
         1.0
     };
-    Ok((norm, factor))
+    Ok(ClipReadback {
+        norm,
+        factor,
+        scalars: scalars.to_vec(),
+    })
 }
 
 /// Learning-rate schedule after a linear warmup from 0.
@@ -261,8 +284,12 @@ mod tests {
         .unwrap()
         .backward()
         .unwrap();
-        let (norm, factor) = clip_factor(&[("p".into(), p)], 1.0).unwrap();
-        assert_eq!((norm, factor), (5.0, 0.2));
+        let loss = Tensor::from_vec(vec![7.5f64], &[]).unwrap();
+        let clip = clip_factor(&[("p".into(), p)], 1.0, &[&loss]).unwrap();
+        assert_eq!(
+            (clip.norm, clip.factor, clip.scalars),
+            (5.0, 0.2, vec![7.5])
+        );
         assert_eq!(learning_rate(1.0, 0, 4, 100, LrDecay::Constant), 0.25);
         assert_eq!(learning_rate(1.0, 50, 4, 100, LrDecay::Constant), 1.0);
         assert!(

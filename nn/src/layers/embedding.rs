@@ -56,34 +56,71 @@ impl LabelEmbedder {
         })
     }
 
-    /// Embeds `labels` (i64); with `dropout_rng` (training) some become the null class (drawn
-    /// on the host, so every device makes the same draws).
+    /// Embeds `labels` (i64); with `dropout_rng` (training) some become the null class. Which
+    /// ones is drawn on the host (so every device makes the same draws) without reading the
+    /// labels: a dropped label's row is swapped for the null row by a 0/1 mask,
+    /// `emb·(1 − m) + null·m`, exact for m ∈ {0, 1}, so the labels never leave their device.
     pub fn forward(&self, labels: &Tensor, dropout_rng: Option<&mut SeededRng>) -> Result<Var> {
-        let labels = match dropout_rng {
-            Some(rng) if self.dropout_prob > 0.0 => {
-                let dropped: Vec<i64> = labels
-                    .to_device(ditmoe_tensor::Device::Cpu)?
-                    .to_vec::<i64>()?
-                    .into_iter()
-                    .map(|y| {
-                        if rng.random_bool(self.dropout_prob) {
-                            self.num_classes as i64
-                        } else {
-                            y
-                        }
-                    })
-                    .collect();
-                Tensor::from_vec(dropped, labels.shape())?.to_device(labels.device())?
-            }
-            _ => labels.clone(),
-        };
         labels.check_dtype("label embedder", DType::I64)?;
-        self.embedding_table.forward(&labels)
+        let embedded = self.embedding_table.forward(labels)?;
+        let Some(rng) = dropout_rng.filter(|_| self.dropout_prob > 0.0) else {
+            return Ok(embedded);
+        };
+        let n = labels.numel();
+        let dropped: Vec<f32> = (0..n)
+            .map(|_| f32::from(u8::from(rng.random_bool(self.dropout_prob))))
+            .collect();
+        let device = labels.device();
+        let dtype = self.embedding_table.weight.value().dtype();
+        let mask = Tensor::from_vec(dropped, &[n, 1])?.to_dtype(dtype)?;
+        let kept = mask.mul_scalar(-1.0)?.add_scalar(1.0)?;
+        let null_id = Tensor::from_vec(vec![self.num_classes as i64], &[1])?.to_device(device)?;
+        let null = self.embedding_table.forward(&null_id)?;
+        let (mask, kept) = (
+            Var::constant(mask.to_device(device)?),
+            Var::constant(kept.to_device(device)?),
+        );
+        embedded
+            .reshape(&[n, self.embedding_table.weight.shape()[1]])?
+            .mul(&kept)?
+            .add(&null.mul(&mask)?)?
+            .reshape(embedded.shape())
     }
 }
 
 impl Module for LabelEmbedder {
     fn visit(&self, v: &mut Visitor) {
         v.child("embedding_table", &self.embedding_table);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ditmoe_tensor::seeded_rng;
+
+    #[test]
+    fn label_dropout_swaps_the_drawn_labels_for_the_null_row() {
+        let embedder = LabelEmbedder::new(5, 4, 0.5, &mut seeded_rng(1)).unwrap();
+        let labels = Tensor::from_vec(vec![0i64, 1, 2, 3, 4, 0, 1, 2], &[2, 4]).unwrap();
+        let out = embedder.forward(&labels, Some(&mut seeded_rng(7))).unwrap();
+        assert_eq!(out.shape(), &[2, 4, 4]);
+        // The reference: the same draws replace labels by the null class (5) before the lookup.
+        let mut rng = seeded_rng(7);
+        let replaced: Vec<i64> = labels
+            .to_vec::<i64>()
+            .unwrap()
+            .into_iter()
+            .map(|y| if rng.random_bool(0.5) { 5 } else { y })
+            .collect();
+        assert!(replaced.contains(&5) && replaced.iter().any(|&y| y != 5));
+        let expected = embedder
+            .forward(&Tensor::from_vec(replaced, &[2, 4]).unwrap(), None)
+            .unwrap();
+        assert_eq!(out.value().to_vec_f64(), expected.value().to_vec_f64());
+        // Without a generator (sampling) nothing is dropped.
+        let plain = embedder.forward(&labels, None).unwrap();
+        let direct = embedder.embedding_table.forward(&labels).unwrap();
+        assert_eq!(plain.value().to_vec_f64(), direct.value().to_vec_f64());
     }
 }

@@ -4,32 +4,32 @@ use crate::init;
 use crate::layers::Linear;
 use crate::module::{Module, Visitor};
 use ditmoe_autograd::Var;
-use ditmoe_tensor::{Result, SeededRng, Tensor};
+use ditmoe_tensor::{DType, Result, SeededRng, Tensor};
 
 /// Width of the frequency embedding.
 pub const FREQUENCY_DIM: usize = 256;
 
 /// `[N] → [N, dim]`: [cos(t·f_i), sin(t·f_i)] with f_i = exp(−ln(10000)·i/(dim/2)), cos first
 /// (the "Attention is all you need" table as DiT's code writes it). Computed in f32 as the
-/// reference does, so checkpoints reproduce bit for bit as far as f32 allows. The table is
-/// computed on the host (N·dim values) and lands on `t`'s device.
+/// reference does, so checkpoints reproduce bit for bit as far as f32 allows, on `t`'s device
+/// (the host never waits for `t`).
 pub fn timestep_frequencies(t: &Tensor, dim: usize) -> Result<Tensor> {
     let half = dim / 2;
     let freqs: Vec<f32> = (0..half)
         .map(|i| (-(10000f32.ln()) * i as f32 / half as f32).exp())
         .collect();
-    let ts = t
-        .to_device(ditmoe_tensor::Device::Cpu)?
-        .to_dtype(ditmoe_tensor::DType::F32)?
-        .to_vec::<f32>()?;
-    let mut out = Vec::with_capacity(ts.len() * dim);
-    for &t in &ts {
-        let args: Vec<f32> = freqs.iter().map(|f| t * f).collect();
-        out.extend(args.iter().map(|a| a.cos()));
-        out.extend(args.iter().map(|a| a.sin()));
-        out.extend(std::iter::repeat_n(0.0, dim - 2 * half));
+    let n = t.numel();
+    let freqs = Tensor::from_vec(freqs, &[1, half])?.to_device(t.device())?;
+    let args = t.to_dtype(DType::F32)?.reshape(&[n, 1])?.mul(&freqs)?;
+    let mut parts = vec![args.cos()?, args.sin()?];
+    if dim > 2 * half {
+        parts.push(Tensor::zeros_on(
+            &[n, dim - 2 * half],
+            DType::F32,
+            t.device(),
+        )?);
     }
-    Tensor::from_vec(out, &[ts.len(), dim])?.to_device(t.device())
+    Tensor::concat(&parts.iter().collect::<Vec<_>>(), 1)
 }
 
 /// `t_embedder.mlp.{0,2}`: Linear(256 → D) → SiLU → Linear(D → D).
