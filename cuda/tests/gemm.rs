@@ -227,6 +227,35 @@ fn grouped_gemm_multiplies_each_group_by_its_own_weights() {
 }
 
 #[test]
+fn device_schedules_handle_many_groups() {
+    // 300 groups of 0..=2 rows: more groups than threads in the schedule's block.
+    let sizes: Vec<usize> = (0..300).map(|g| g % 3).collect();
+    let rows: usize = sizes.iter().sum();
+    let (k, n) = (8, 8);
+    let x = bf16_exact(random(rows * k, -1.0, 1.0, 80));
+    let w = bf16_exact(random(sizes.len() * n * k, -1.0, 1.0, 81));
+    for gpu in gpus() {
+        let (xd, wd) = (
+            gpu.upload(&to_bf16(&x)).unwrap(),
+            gpu.upload(&to_bf16(&w)).unwrap(),
+        );
+        let counts = gpu.upload(&device_counts(&sizes)).unwrap();
+        let outputs: Vec<Vec<f32>> = [false, true]
+            .into_iter()
+            .map(|on_device| {
+                let out = gpu.zeros::<f32>(rows * n).unwrap();
+                let groups = groups(&sizes, &counts, on_device);
+                ditmoe_cuda::ops::gemm::grouped_gemm_bf16(&gpu, &xd, groups, &wd, true, n, &out)
+                    .unwrap();
+                gpu.download(&out).unwrap()
+            })
+            .collect();
+        assert_eq!(outputs[0], outputs[1], "{}", gpu.name());
+        assert!(outputs[0].iter().any(|&v| v != 0.0));
+    }
+}
+
+#[test]
 fn grouped_weight_gradients_sum_over_each_groups_rows_only() {
     // M = 136: two row tiles of each dW_g.
     let group_sizes = [130usize, 0, 1, 37];

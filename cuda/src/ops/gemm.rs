@@ -212,10 +212,6 @@ impl Groups<'_> {
     }
 }
 
-/// Most groups a device schedule handles (`grouped_gemm_schedule_u32` prefix-sums them in one
-/// shared array).
-const MAX_DEVICE_GROUPS: usize = 256;
-
 /// A grouped launch's tables: one (group, tile) pair per CTA of grid y, and the groups' row
 /// offsets (prefix sums).
 struct GroupTables {
@@ -253,12 +249,6 @@ fn group_tables(gpu: &Gpu, groups: Groups, tiles_per_group: usize) -> Result<Gro
         }
         Groups::Device { counts, rows } => {
             let groups = counts.len();
-            if groups > MAX_DEVICE_GROUPS {
-                return Err(CudaError::InvalidArgument(format!(
-                    "grouped GEMM: expected at most {MAX_DEVICE_GROUPS} groups with device \
-                     sizes, found {groups}"
-                )));
-            }
             let capacity = if tiles_per_group == 0 {
                 rows.div_ceil(BF16_TILE) + groups
             } else {
@@ -269,7 +259,10 @@ fn group_tables(gpu: &Gpu, groups: Groups, tiles_per_group: usize) -> Result<Gro
             gpu.launch(
                 "routing",
                 "grouped_gemm_schedule_u32",
-                LaunchConfig::single_block(256),
+                LaunchConfig {
+                    shared_bytes: check_u32("schedule shared bytes", 4 * (groups + 1))?,
+                    ..LaunchConfig::single_block(256)
+                },
                 &[
                     (&schedule).into(),
                     (&offsets).into(),
