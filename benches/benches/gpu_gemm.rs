@@ -19,7 +19,7 @@ use ditmoe_cuda::ops::attention::{
     flash_attention_backward, flash_attention_forward, AttentionShape,
 };
 use ditmoe_cuda::ops::elementwise::{self as ew, Binary, Broadcast, Unary};
-use ditmoe_cuda::ops::gemm::{gemm_bf16, gemm_f32, grouped_gemm_bf16, Gemm, Groups};
+use ditmoe_cuda::ops::gemm::{gemm_bf16, gemm_f32, grouped_gemm_bf16, Gemm, GemmTile, Groups};
 use ditmoe_cuda::ops::routing::{dispatch_order, expert_race_positions};
 use ditmoe_cuda::ops::swiglu::{swiglu, swiglu_backward};
 use ditmoe_cuda::Gpu;
@@ -86,12 +86,20 @@ fn bench_gemm(c: &mut Criterion) {
         let b = gpu.upload(&filled(k * n, 2)).unwrap();
         let out = gpu.zeros::<f32>(m * n).unwrap();
         let spec = Gemm::new(m, n, k);
-        group.bench_function(BenchmarkId::new("ours_bf16", label), |bench| {
-            bench.iter(|| {
-                gemm_bf16(&gpu, &spec, &a, &b, &out).unwrap();
-                gpu.synchronize().unwrap();
-            })
-        });
+        // Both CTA tiles: 128×128 (the default) and 128×256 (`_wide`).
+        for (name, tile) in [
+            ("ours_bf16", GemmTile::Square),
+            ("ours_bf16_wide", GemmTile::Wide),
+        ] {
+            group.bench_function(BenchmarkId::new(name, label), |bench| {
+                gpu.set_gemm_tile(tile);
+                bench.iter(|| {
+                    gemm_bf16(&gpu, &spec, &a, &b, &out).unwrap();
+                    gpu.synchronize().unwrap();
+                });
+                gpu.set_gemm_tile(GemmTile::Square);
+            });
+        }
         // cuBLAS is column-major: row-major C = A·B is column-major Cᵀ = Bᵀ·Aᵀ.
         let mut c_blas = stream.alloc_zeros::<bf16>(m * n).unwrap();
         // SAFETY: the byte buffers hold m·k and k·n bf16 values.
@@ -167,12 +175,20 @@ fn bench_grouped(c: &mut Criterion) {
         for skewed in [false, true] {
             let sizes = group_sizes(tokens, experts, skewed);
             let label = format!("{experts}E {}", if skewed { "skewed" } else { "balanced" });
-            group.bench_function(BenchmarkId::new("ours_grouped", &label), |bench| {
-                bench.iter(|| {
-                    grouped_gemm_bf16(&gpu, &x, Groups::Host(&sizes), &w, true, n, &out).unwrap();
-                    gpu.synchronize().unwrap();
-                })
-            });
+            for (name, tile) in [
+                ("ours_grouped", GemmTile::Square),
+                ("ours_grouped_wide", GemmTile::Wide),
+            ] {
+                group.bench_function(BenchmarkId::new(name, &label), |bench| {
+                    gpu.set_gemm_tile(tile);
+                    bench.iter(|| {
+                        grouped_gemm_bf16(&gpu, &x, Groups::Host(&sizes), &w, true, n, &out)
+                            .unwrap();
+                        gpu.synchronize().unwrap();
+                    });
+                    gpu.set_gemm_tile(GemmTile::Square);
+                });
+            }
             // As the MoE layer runs it: sizes left on the device, the schedule built there.
             let counts: Vec<u32> = sizes.iter().map(|&s| s as u32).collect();
             let counts = gpu.upload(&counts).unwrap();

@@ -17,6 +17,11 @@ for variant in tc ec dense; do
         echo "FAILED: step-$variant (exit $?)"
     echo "$variant: $(grep 'img/s' "$logs/step-$variant.log" | tail -1)"
 done
+# Token choice again with the 128x256 GEMM tile, to compare inside a whole step.
+DITMOE_GEMM_TILE=wide timeout -k 5 40 "$ditmoe" train --config "$configs/dit-s-tc.toml" \
+    --device cuda --steps 20 --out /tmp/ditmoe-step-tc-wide > "$logs/step-tc-wide.log" 2>&1 ||
+    echo "FAILED: step-tc-wide (exit $?)"
+echo "tc, wide GEMM tile: $(grep 'img/s' "$logs/step-tc-wide.log" | tail -1)"
 for variant in tc ec dense; do
     timeout -k 5 40 "$ditmoe" train --config "$configs/dit-s-$variant.toml" --device cuda \
         --steps 6 --profile --out "/tmp/ditmoe-profile-$variant" > "$logs/profile-$variant.md" 2>&1 ||

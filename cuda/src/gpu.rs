@@ -18,6 +18,7 @@ use crate::element::{from_bytes, to_bytes, Element};
 use crate::emulator::{self, GlobalMemory, LaunchDims};
 use crate::error::{CudaError, Result};
 use crate::kernels;
+use crate::kernels::gemm::GemmTile;
 
 /// Grid, block and dynamic shared memory of one launch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,6 +220,8 @@ pub struct Gpu {
     /// Whether f32 matrix products may run on the bf16 tensor cores (see
     /// [`Gpu::set_tensor_core_matmul`]).
     tensor_core_matmul: AtomicBool,
+    /// Whether the tensor-core GEMMs use the 128×256 tile (see [`Gpu::set_gemm_tile`]).
+    wide_gemm_tile: AtomicBool,
     traffic: TrafficCounters,
     /// `Some` while kernel timing is on.
     kernel_times: Mutex<Option<HashMap<String, KernelTime>>>,
@@ -281,6 +284,7 @@ impl Gpu {
             },
             name: format!("{name} (sm_{major}{minor})"),
             tensor_core_matmul: AtomicBool::new(true),
+            wide_gemm_tile: AtomicBool::new(false),
             traffic: TrafficCounters::default(),
             kernel_times: Mutex::new(None),
             tables: Mutex::new(HashMap::new()),
@@ -296,6 +300,7 @@ impl Gpu {
             },
             name: "PTX emulator (CPU)".to_string(),
             tensor_core_matmul: AtomicBool::new(true),
+            wide_gemm_tile: AtomicBool::new(false),
             traffic: TrafficCounters::default(),
             kernel_times: Mutex::new(None),
             tables: Mutex::new(HashMap::new()),
@@ -325,6 +330,22 @@ impl Gpu {
 
     pub fn tensor_core_matmul(&self) -> bool {
         self.tensor_core_matmul.load(Ordering::Relaxed)
+    }
+
+    /// The CTA tile of the tensor-core GEMMs (plain, grouped and weight-gradient): 128×128 by
+    /// default; 128×256 (`GemmTile::Wide`) is benchmarked alongside until a GPU measurement
+    /// says which to use where.
+    pub fn set_gemm_tile(&self, tile: GemmTile) {
+        self.wide_gemm_tile
+            .store(tile == GemmTile::Wide, Ordering::Relaxed);
+    }
+
+    pub fn gemm_tile(&self) -> GemmTile {
+        if self.wide_gemm_tile.load(Ordering::Relaxed) {
+            GemmTile::Wide
+        } else {
+            GemmTile::Square
+        }
     }
 
     /// Launches and copies so far (see [`Traffic`]).

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{assert_close, bf16_exact, gpus, random, to_bf16, values};
-use ditmoe_cuda::ops::gemm::{gemm_bf16, gemm_f32, Gemm, Groups};
+use ditmoe_cuda::ops::gemm::{gemm_bf16, gemm_f32, Gemm, GemmTile, Groups};
 use ditmoe_cuda::Buffer;
 use ditmoe_tensor::{DType, Tensor};
 use half::bf16;
@@ -58,6 +58,13 @@ fn specs() -> Vec<Gemm> {
             ..Gemm::new(136, 72, 40)
         });
     }
+    // More than one 256-column tile (the wide tile's), B in both layouts.
+    for b_transposed in [false, true] {
+        specs.push(Gemm {
+            b_transposed,
+            ..Gemm::new(24, 264, 16)
+        });
+    }
     // Batched, long K (7 slices: the 3-stage ring wraps twice), alpha and beta.
     specs.push(Gemm {
         batch: 2,
@@ -71,7 +78,11 @@ fn specs() -> Vec<Gemm> {
 
 #[test]
 fn tensor_core_gemm_matches_the_cpu_in_every_layout() {
-    for gpu in gpus() {
+    for (gpu, tile) in gpus()
+        .iter()
+        .flat_map(|gpu| GemmTile::ALL.map(|tile| (gpu, tile)))
+    {
+        gpu.set_gemm_tile(tile);
         for (s, spec) in specs().into_iter().enumerate() {
             let (sa, sb, sc) = (
                 spec.batch * spec.m * spec.k,
@@ -85,14 +96,14 @@ fn tensor_core_gemm_matches_the_cpu_in_every_layout() {
             let ad = gpu.upload(&to_bf16(&a)).unwrap();
             let bd = gpu.upload(&to_bf16(&b)).unwrap();
             let cd = gpu.upload(&c).unwrap();
-            gemm_bf16(&gpu, &spec, &ad, &bd, &cd).unwrap();
+            gemm_bf16(gpu, &spec, &ad, &bd, &cd).unwrap();
             let expected = reference(&spec, &a, &b, &c);
             // f32 accumulation of exact bf16 products: only summation order differs.
             assert_close(
                 &gpu.download(&cd).unwrap(),
                 &expected,
                 1e-5,
-                &format!("{spec:?} on {}", gpu.name()),
+                &format!("{spec:?}, {tile:?} tile, on {}", gpu.name()),
             );
         }
     }
@@ -176,7 +187,11 @@ fn grouped_gemm_multiplies_each_group_by_its_own_weights() {
     let group_sizes = [130usize, 0, 1, 37];
     let (k, n) = (24, 40);
     let rows: usize = group_sizes.iter().sum();
-    for gpu in gpus() {
+    for (gpu, tile) in gpus()
+        .iter()
+        .flat_map(|gpu| GemmTile::ALL.map(|tile| (gpu, tile)))
+    {
+        gpu.set_gemm_tile(tile);
         let counts = gpu.upload(&device_counts(&group_sizes)).unwrap();
         for (weights_transposed, sizes_on_device) in
             [(true, false), (false, false), (true, true), (false, true)]
@@ -185,7 +200,7 @@ fn grouped_gemm_multiplies_each_group_by_its_own_weights() {
             let w = bf16_exact(random(group_sizes.len() * k * n, -1.0, 1.0, 61));
             let out = gpu.zeros::<f32>(rows * n).unwrap();
             ditmoe_cuda::ops::gemm::grouped_gemm_bf16(
-                &gpu,
+                gpu,
                 &gpu.upload(&to_bf16(&x)).unwrap(),
                 groups(&group_sizes, &counts, sizes_on_device),
                 &gpu.upload(&to_bf16(&w)).unwrap(),
@@ -218,7 +233,7 @@ fn grouped_gemm_multiplies_each_group_by_its_own_weights() {
             }
             let what = format!(
                 "grouped, weights transposed: {weights_transposed}, sizes on the device: \
-                 {sizes_on_device}, on {}",
+                 {sizes_on_device}, {tile:?} tile, on {}",
                 gpu.name()
             );
             assert_close(&gpu.download(&out).unwrap(), &expected, 1e-5, &what);
@@ -261,7 +276,14 @@ fn grouped_weight_gradients_sum_over_each_groups_rows_only() {
     let group_sizes = [130usize, 0, 1, 37];
     let (m, n) = (136, 40);
     let rows: usize = group_sizes.iter().sum();
-    for (gpu, sizes_on_device) in gpus().iter().flat_map(|gpu| [(gpu, false), (gpu, true)]) {
+    let cases = [false, true]
+        .into_iter()
+        .flat_map(|d| GemmTile::ALL.map(|t| (d, t)));
+    for (gpu, (sizes_on_device, tile)) in gpus()
+        .iter()
+        .flat_map(|gpu| cases.clone().map(move |case| (gpu, case)))
+    {
+        gpu.set_gemm_tile(tile);
         let counts = gpu.upload(&device_counts(&group_sizes)).unwrap();
         let dy = bf16_exact(random(rows * m, -1.0, 1.0, 70));
         let x = bf16_exact(random(rows * n, -1.0, 1.0, 71));
@@ -300,7 +322,7 @@ fn grouped_weight_gradients_sum_over_each_groups_rows_only() {
             &expected,
             1e-5,
             &format!(
-                "grouped dW, sizes on the device: {sizes_on_device}, on {}",
+                "grouped dW, sizes on the device: {sizes_on_device}, {tile:?} tile, on {}",
                 gpu.name()
             ),
         );

@@ -1,15 +1,58 @@
-//! Expands the `kernels/gemm_bf16.ptx` template into one entry per operand layout.
+//! Expands the `kernels/gemm_bf16.ptx` template into one entry per operand layout and tile
+//! shape.
 //!
 //! The template holds the kernel's structure (block coordinates, the cp.async pipeline, the
-//! loop); what depends on the layouts — the tile loads, the ldmatrix addresses and the fully
-//! unrolled fragment/mma and store sequences, whose register names must be spelled out — is
-//! written here, one small function per section.
+//! loop); what depends on the layouts and the tile — the tile loads, the ldmatrix addresses and
+//! the fully unrolled fragment/mma and store sequences, whose register names must be spelled
+//! out — is written here, one small function per section.
 
 use super::codegen::{emit, mma, regs};
 
-/// Bytes of one shared-memory stage: a 128×32 bf16 tile of A, then one of B.
-const STAGE_BYTES: u32 = 16384;
-const B_TILE_OFFSET: u32 = 8192;
+/// Bytes of the 128×32 bf16 tile of A at the start of each shared-memory stage (B follows).
+const A_TILE_BYTES: u32 = 8192;
+/// Rows of C per CTA (the M tile), for every tile shape.
+pub const TILE_M: u32 = 128;
+
+/// The CTA tile of C: 8 warps in a 2×4 grid, each a 64-row warp tile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GemmTile {
+    /// 128×128, warp tiles 64×32 (64 accumulators per thread; two CTAs fit an SM).
+    #[default]
+    Square,
+    /// 128×256, warp tiles 64×64 (128 accumulators per thread; one CTA per SM): each
+    /// ldmatrix of B and each barrier feed twice the mma, the CUTLASS choice for large GEMMs.
+    Wide,
+}
+
+impl GemmTile {
+    pub const ALL: [GemmTile; 2] = [GemmTile::Square, GemmTile::Wide];
+
+    /// Columns of C per CTA.
+    pub const fn n(self) -> u32 {
+        match self {
+            GemmTile::Square => 128,
+            GemmTile::Wide => 256,
+        }
+    }
+    /// Columns of each warp tile (4 warps across the CTA tile).
+    const fn warp_n(self) -> u32 {
+        self.n() / 4
+    }
+    /// n8 blocks of each warp tile: mma per m16 row block and k step.
+    const fn n8_blocks(self) -> u32 {
+        self.warp_n() / 8
+    }
+    /// Bytes of one pipeline stage: A's 128×32 tile, then B's 32×n tile.
+    pub const fn stage_bytes(self) -> u32 {
+        A_TILE_BYTES + 32 * self.n() * 2
+    }
+    fn suffix(self) -> &'static str {
+        match self {
+            GemmTile::Square => "",
+            GemmTile::Wide => "_wide",
+        }
+    }
+}
 
 /// How one operand lies in memory, and the registers the template keeps its facts in.
 struct Operand {
@@ -27,7 +70,23 @@ struct Operand {
     lane_offset: &'static str,
     /// Byte offset of this operand's tile inside a stage.
     stage_offset: u32,
+    /// Rows along M (A) or N (B) of the CTA tile.
+    tile_rows: u32,
+    /// Rows along M or N of each warp tile.
+    warp_rows: u32,
     is_a: bool,
+}
+
+impl Operand {
+    /// Bytes of one row of the shared tile: 32 k (64 bytes) when contiguous along K, else the
+    /// whole tile width along M/N.
+    fn row_bytes(&self) -> u32 {
+        if self.k_contiguous {
+            64
+        } else {
+            2 * self.tile_rows
+        }
+    }
 }
 
 /// How the CTAs of an entry split the work beyond one matrix product.
@@ -91,8 +150,8 @@ impl GemmLayout {
     }
 
     /// `gemm_bf16_nn`, …, `grouped_bf16_nt`, `grouped_depth_bf16_tn` (BLAS naming: the letter
-    /// of A, then of B).
-    pub fn entry(self) -> String {
+    /// of A, then of B), with `_wide` for the 128×256 tile.
+    pub fn entry(self, tile: GemmTile) -> String {
         let letter = |t: bool| if t { 't' } else { 'n' };
         let kind = match self.grouping {
             Grouping::Batched => "gemm",
@@ -100,13 +159,14 @@ impl GemmLayout {
             Grouping::Depth => "grouped_depth",
         };
         format!(
-            "{kind}_bf16_{}{}",
+            "{kind}_bf16_{}{}{}",
             letter(self.a_transposed),
-            letter(self.b_transposed)
+            letter(self.b_transposed),
+            tile.suffix()
         )
     }
 
-    fn operands(self) -> [Operand; 2] {
+    fn operands(self, tile: GemmTile) -> [Operand; 2] {
         [
             Operand {
                 k_contiguous: !self.a_transposed,
@@ -116,6 +176,8 @@ impl GemmLayout {
                 leading: "%r11",
                 lane_offset: "%r20",
                 stage_offset: 0,
+                tile_rows: TILE_M,
+                warp_rows: 64,
                 is_a: true,
             },
             Operand {
@@ -125,7 +187,9 @@ impl GemmLayout {
                 extent: "%r9",
                 leading: "%r12",
                 lane_offset: "%r21",
-                stage_offset: B_TILE_OFFSET,
+                stage_offset: A_TILE_BYTES,
+                tile_rows: tile.n(),
+                warp_rows: tile.warp_n(),
                 is_a: false,
             },
         ]
@@ -230,12 +294,17 @@ fn offset_by_index(out: &mut String, base: &str, param: &str, stride: &str, shif
     emit!(out, "add.u64 {base}, {base}, %rd14;");
 }
 
-fn zero_accumulators() -> String {
+fn zero_accumulators(tile: GemmTile) -> String {
     let mut out = String::new();
-    for i in 0..64 {
+    for i in 0..accumulators(tile) {
         emit!(out, "mov.f32 %acc{i}, 0f00000000;");
     }
     out
+}
+
+/// Accumulators per thread: 4 m16 blocks × the n8 blocks of the warp tile × 4.
+fn accumulators(tile: GemmTile) -> u32 {
+    4 * tile.n8_blocks() * 4
 }
 
 /// Each lane's ldmatrix row address inside a stage, swizzled. Lanes 8q..8q+7 address the rows
@@ -255,13 +324,14 @@ fn lane_offsets(operands: &[Operand; 2]) -> String {
         } else {
             ("%r29", "%r28")
         };
-        if op.is_a {
-            emit!(out, "shl.b32 %r30, %r3, 6;"); // warp_m * 64
-        } else {
-            emit!(out, "shl.b32 %r30, %r4, 5;"); // warp_n * 32
-        }
+        let warp = if op.is_a { "%r3" } else { "%r4" };
+        emit!(
+            out,
+            "shl.b32 %r30, {warp}, {};",
+            op.warp_rows.trailing_zeros()
+        ); // first row of the warp tile along M/N
         if op.k_contiguous {
-            // Tile [128 mn][32 k], 64-byte rows; chunk ^= (row >> 1) & 3.
+            // Tile [rows][32 k], 64-byte rows; chunk ^= (row >> 1) & 3.
             emit!(out, "shl.b32 %r31, {select_mn}, 3;");
             emit!(out, "add.u32 %r31, %r31, %r27;");
             emit!(out, "add.u32 %r31, %r31, %r30;");
@@ -271,7 +341,7 @@ fn lane_offsets(operands: &[Operand; 2]) -> String {
             emit!(out, "shl.b32 %r32, %r32, 4;");
             emit!(out, "shl.b32 %r31, %r31, 6;");
         } else {
-            // Tile [32 k][128 mn], 256-byte rows; chunk ^= row & 7.
+            // Tile [32 k][rows], rows of 2·rows bytes; chunk ^= row & 7.
             emit!(out, "shl.b32 %r31, {select_k}, 3;");
             emit!(out, "add.u32 %r31, %r31, %r27;");
             emit!(out, "shr.u32 %r32, %r30, 3;");
@@ -279,7 +349,11 @@ fn lane_offsets(operands: &[Operand; 2]) -> String {
             emit!(out, "and.b32 %r33, %r31, 7;");
             emit!(out, "xor.b32 %r32, %r32, %r33;");
             emit!(out, "shl.b32 %r32, %r32, 4;");
-            emit!(out, "shl.b32 %r31, %r31, 8;");
+            emit!(
+                out,
+                "shl.b32 %r31, %r31, {};",
+                op.row_bytes().trailing_zeros()
+            );
         }
         emit!(out, "add.u32 {}, %r31, %r32;", op.lane_offset);
         if op.stage_offset > 0 {
@@ -294,14 +368,14 @@ fn lane_offsets(operands: &[Operand; 2]) -> String {
     out
 }
 
-/// cp.async of K slice `%r16` into stage `%r17`: each operand tile is 512 chunks of 16 bytes,
-/// two per thread; chunks past the matrix edge are zero-filled (src-size 0).
-fn load_slice(operands: &[Operand; 2]) -> String {
+/// cp.async of K slice `%r16` into stage `%r17`: each operand tile is `4 · rows` chunks of 16
+/// bytes, `rows / 64` per thread; chunks past the matrix edge are zero-filled (src-size 0).
+fn load_slice(operands: &[Operand; 2], tile: GemmTile) -> String {
     let mut out = String::new();
-    emit!(out, "mul.lo.u32 %r36, %r17, {STAGE_BYTES};");
+    emit!(out, "mul.lo.u32 %r36, %r17, {};", tile.stage_bytes());
     emit!(out, "add.u32 %r36, %r36, %r14;");
     for op in operands {
-        for j in 0..2 {
+        for j in 0..op.tile_rows / 64 {
             emit!(out, "add.u32 %r27, %r0, {};", 256 * j);
             if op.k_contiguous {
                 emit!(out, "shr.u32 %r28, %r27, 2;"); // row along M/N
@@ -318,8 +392,13 @@ fn load_slice(operands: &[Operand; 2]) -> String {
                 emit!(out, "shl.b32 %r33, %r33, 4;");
                 emit!(out, "shl.b32 %r34, %r28, 6;");
             } else {
-                emit!(out, "shr.u32 %r28, %r27, 4;"); // row along K
-                emit!(out, "and.b32 %r29, %r27, 15;"); // chunk along M/N
+                let chunks_per_row = op.tile_rows / 8;
+                emit!(
+                    out,
+                    "shr.u32 %r28, %r27, {};",
+                    chunks_per_row.trailing_zeros()
+                ); // row along K
+                emit!(out, "and.b32 %r29, %r27, {};", chunks_per_row - 1); // chunk along M/N
                 emit!(out, "shl.b32 %r31, %r16, 5;");
                 emit!(out, "add.u32 %r31, %r31, %r28;");
                 emit!(out, "shl.b32 %r32, %r29, 3;");
@@ -329,7 +408,11 @@ fn load_slice(operands: &[Operand; 2]) -> String {
                 emit!(out, "and.b32 %r33, %r28, 7;");
                 emit!(out, "xor.b32 %r33, %r29, %r33;");
                 emit!(out, "shl.b32 %r33, %r33, 4;");
-                emit!(out, "shl.b32 %r34, %r28, 8;");
+                emit!(
+                    out,
+                    "shl.b32 %r34, %r28, {};",
+                    op.row_bytes().trailing_zeros()
+                );
             }
             // %r30: index along M/N, %r31: index along K; in range?
             emit!(out, "setp.lt.u32 %p1, %r30, {};", op.extent);
@@ -355,11 +438,11 @@ fn load_slice(operands: &[Operand; 2]) -> String {
 /// swizzle makes some offsets XOR into the lane offset rather than add to it.
 fn load_fragment(out: &mut String, op: &Operand, index: u32, step: u32, first_reg: u32) {
     let (xor, add) = if op.k_contiguous {
-        // Next 16 k: chunk + 2 (XOR 32 bytes); next 16 rows: + 16 rows of 64 bytes.
-        (step * 32, index * 16 * 64)
+        // Next 16 k: chunk + 2 (XOR 32 bytes); next 16 rows: + 16 rows.
+        (step * 32, index * 16 * op.row_bytes())
     } else {
-        // Next 16 k: + 16 rows of 256 bytes; next 16 along M/N: chunk + 2 (XOR 32 bytes).
-        (index * 32, step * 16 * 256)
+        // Next 16 k: + 16 rows; next 16 along M/N: chunk + 2 (XOR 32 bytes).
+        (index * 32, step * 16 * op.row_bytes())
     };
     emit!(out, "xor.b32 %r27, {}, {xor};", op.lane_offset);
     emit!(out, "add.u32 %r27, %r27, %r22;");
@@ -378,19 +461,20 @@ fn load_fragment(out: &mut String, op: &Operand, index: u32, step: u32, first_re
     );
 }
 
-/// The two 16-wide k steps of a 32-wide slice: 4 A and 2 B ldmatrix, then 16 mma each.
-fn multiply_slice(operands: &[Operand; 2]) -> String {
+/// The two 16-wide k steps of a 32-wide slice: 4 A and n8/2 B ldmatrix, then 4·n8 mma each.
+fn multiply_slice(operands: &[Operand; 2], tile: GemmTile) -> String {
     let mut out = String::new();
+    let n8 = tile.n8_blocks();
     for step in 0..2 {
         for i in 0..4 {
             load_fragment(&mut out, &operands[0], i, step, 4 * i);
         }
-        for p in 0..2 {
+        for p in 0..n8 / 2 {
             load_fragment(&mut out, &operands[1], p, step, 4 * p);
         }
         for i in 0..4 {
-            for j in 0..4 {
-                let acc = 4 * (4 * i + j);
+            for j in 0..n8 {
+                let acc = 4 * (n8 * i + j);
                 let a = 4 * i;
                 let b = 2 * j;
                 mma(
@@ -405,18 +489,20 @@ fn multiply_slice(operands: &[Operand; 2]) -> String {
     out
 }
 
-/// C = alpha · acc + beta · C for each of the lane's 64 accumulators, inside the matrix only.
-/// Accumulator 4(4i + j) + 2h + e sits at row 16i + 8h + g, column 8j + 2t + e of the warp tile.
-fn store_accumulators() -> String {
+/// C = alpha · acc + beta · C for each of the lane's accumulators, inside the matrix only.
+/// Accumulator 4(n8·i + j) + 2h + e sits at row 16i + 8h + g, column 8j + 2t + e of the warp
+/// tile.
+fn store_accumulators(tile: GemmTile) -> String {
     let mut out = String::new();
+    let n8 = tile.n8_blocks();
     for i in 0..4 {
         for h in 0..2 {
             emit!(out, "add.u32 %r27, %r25, {};", 16 * i + 8 * h);
             emit!(out, "setp.lt.u32 %p1, %r27, %r8;");
             emit!(out, "mul.wide.u32 %rd3, %r27, %r13;");
-            for j in 0..4 {
+            for j in 0..n8 {
                 for e in 0..2 {
-                    let acc = 4 * (4 * i + j) + 2 * h + e;
+                    let acc = 4 * (n8 * i + j) + 2 * h + e;
                     emit!(out, "add.u32 %r28, %r26, {};", 8 * j + e);
                     emit!(out, "setp.lt.u32 %p2, %r28, %r9;");
                     emit!(out, "and.pred %p3, %p1, %p2;");
@@ -436,25 +522,38 @@ fn store_accumulators() -> String {
     out
 }
 
-/// The module text: the template expanded once per layout, all four entries in one module.
+/// The module text: the template expanded once per layout and tile, all entries in one module.
 pub fn module(template: &str) -> String {
     let (header, body) = template
         .split_once(".visible .entry")
         .expect("the GEMM template has an entry");
     let mut module = header.to_string();
-    for layout in GemmLayout::ALL {
-        let operands = layout.operands();
-        let entry = format!(".visible .entry{body}")
-            .replace("{{NAME}}", &layout.entry())
-            .replace("{{EXTRA_PARAMS}}", extra_params(layout))
-            .replace("{{BLOCK_ORIGIN}}\n", &block_origin(layout))
-            .replace("{{ZERO_ACCUMULATORS}}\n", &zero_accumulators())
-            .replace("{{LANE_OFFSETS}}\n", &lane_offsets(&operands))
-            .replace("{{LOAD_SLICE}}\n", &load_slice(&operands))
-            .replace("{{MULTIPLY_SLICE}}\n", &multiply_slice(&operands))
-            .replace("{{STORE_ACCUMULATORS}}\n", &store_accumulators());
-        module.push_str(&entry);
-        module.push('\n');
+    for tile in GemmTile::ALL {
+        for layout in GemmLayout::ALL {
+            let operands = layout.operands(tile);
+            let entry = format!(".visible .entry{body}")
+                .replace("{{NAME}}", &layout.entry(tile))
+                .replace("{{EXTRA_PARAMS}}", extra_params(layout))
+                .replace("{{ACCUMULATORS}}", &accumulators(tile).to_string())
+                .replace(
+                    "{{B_FRAGMENT_REGISTERS}}",
+                    &(2 * tile.n8_blocks()).to_string(),
+                )
+                .replace("{{TILE_N_SHIFT}}", &tile.n().trailing_zeros().to_string())
+                .replace("{{STAGE_BYTES}}", &tile.stage_bytes().to_string())
+                .replace(
+                    "{{WARP_N_SHIFT}}",
+                    &tile.warp_n().trailing_zeros().to_string(),
+                )
+                .replace("{{BLOCK_ORIGIN}}\n", &block_origin(layout))
+                .replace("{{ZERO_ACCUMULATORS}}\n", &zero_accumulators(tile))
+                .replace("{{LANE_OFFSETS}}\n", &lane_offsets(&operands))
+                .replace("{{LOAD_SLICE}}\n", &load_slice(&operands, tile))
+                .replace("{{MULTIPLY_SLICE}}\n", &multiply_slice(&operands, tile))
+                .replace("{{STORE_ACCUMULATORS}}\n", &store_accumulators(tile));
+            module.push_str(&entry);
+            module.push('\n');
+        }
     }
     module
 }
@@ -464,17 +563,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_placeholder_is_expanded_into_four_entries() {
+    fn every_placeholder_is_expanded_into_an_entry_per_layout_and_tile() {
         let text = module(include_str!("../../kernels/gemm_bf16.ptx"));
         assert!(!text.contains("{{"), "an unexpanded placeholder remains");
-        for layout in GemmLayout::ALL {
-            assert!(text.contains(&format!(".visible .entry {}(", layout.entry())));
+        for tile in GemmTile::ALL {
+            for layout in GemmLayout::ALL {
+                assert!(text.contains(&format!(".visible .entry {}(", layout.entry(tile))));
+            }
         }
-        assert_eq!(text.matches("mma.sync.aligned").count(), 7 * 2 * 16);
-        // .trans loads: A in the three tX entries (4 per k step), B in the four xN ones (2).
+        // Per k step: 4·4 mma (square), 4·8 (wide); two k steps per slice.
+        assert_eq!(text.matches("mma.sync.aligned").count(), 7 * 2 * (16 + 32));
+        // .trans loads: A in the three tX entries (4 per k step), B in the four xN ones (2 square,
+        // 4 wide).
         assert_eq!(
             text.matches("ldmatrix.sync.aligned.m8n8.x4.trans").count(),
-            3 * 2 * 4 + 4 * 2 * 2
+            2 * (3 * 2 * 4) + 4 * 2 * (2 + 4)
         );
+        assert!(text.contains(".reg .f32 %acc<128>;"));
     }
 }

@@ -9,7 +9,8 @@ use super::check_len;
 use super::check_u32;
 use crate::error::{CudaError, Result};
 use crate::gpu::{Buffer, Gpu, LaunchConfig};
-use crate::kernels::gemm::GemmLayout;
+pub use crate::kernels::gemm::GemmTile;
+use crate::kernels::gemm::{GemmLayout, TILE_M};
 use std::sync::Arc;
 
 /// The shape and scalars of a batched GEMM.
@@ -61,11 +62,26 @@ impl Gemm {
     }
 }
 
-/// Threads per block and tile of the tensor-core kernel.
-const BF16_TILE: usize = 128;
+/// Threads per block of the tensor-core kernels, and their M tile.
 const BF16_THREADS: u32 = 256;
-/// Three pipeline stages of a 128×32 A tile and a 32×128 B tile, in bf16.
-const BF16_SHARED_BYTES: u32 = 3 * 2 * 128 * 32 * 2;
+const BF16_TILE: usize = TILE_M as usize;
+/// Pipeline stages of the tensor-core kernels.
+const BF16_STAGES: u32 = 3;
+
+/// The launch shape of a tensor-core kernel with `gpu`'s tile: `n` columns over grid x,
+/// `row_tiles` × `batch` over y × z, and the pipeline's shared memory.
+fn tensor_core_launch(gpu: &Gpu, n: usize, row_tiles: usize, batch: usize) -> Result<LaunchConfig> {
+    let tile = gpu.gemm_tile();
+    Ok(LaunchConfig {
+        grid: (
+            check_u32("column tiles", n.div_ceil(tile.n() as usize))?,
+            check_u32("row tiles", row_tiles)?,
+            check_u32("batch", batch)?,
+        ),
+        block: (BF16_THREADS, 1, 1),
+        shared_bytes: BF16_STAGES * tile.stage_bytes(),
+    })
+}
 const F32_TILE: usize = 64;
 
 /// `C = alpha · op(A) · op(B) + beta · C` on tensor cores (bf16 in, f32 accumulate and out).
@@ -93,18 +109,10 @@ pub fn gemm_bf16(
     }
     let (lda, ldb) = spec.leading();
     let layout = GemmLayout::new(spec.a_transposed, spec.b_transposed);
-    let config = LaunchConfig {
-        grid: (
-            spec.n.div_ceil(BF16_TILE) as u32,
-            spec.m.div_ceil(BF16_TILE) as u32,
-            check_u32("batch", spec.batch)?,
-        ),
-        block: (BF16_THREADS, 1, 1),
-        shared_bytes: BF16_SHARED_BYTES,
-    };
+    let config = tensor_core_launch(gpu, spec.n, spec.m.div_ceil(BF16_TILE), spec.batch)?;
     gpu.launch(
         "gemm_bf16",
-        &layout.entry(),
+        &layout.entry(gpu.gemm_tile()),
         config,
         &[
             c.into(),
@@ -313,18 +321,10 @@ pub fn grouped_gemm_bf16(
     }
     let tables = group_tables(gpu, groups, 0)?;
     let layout = GemmLayout::grouped(weights_transposed);
-    let config = LaunchConfig {
-        grid: (
-            n.div_ceil(BF16_TILE) as u32,
-            check_u32("row tiles", tables.tiles)?,
-            1,
-        ),
-        block: (BF16_THREADS, 1, 1),
-        shared_bytes: BF16_SHARED_BYTES,
-    };
+    let config = tensor_core_launch(gpu, n, tables.tiles, 1)?;
     gpu.launch(
         "gemm_bf16",
-        &layout.entry(),
+        &layout.entry(gpu.gemm_tile()),
         config,
         &[
             out.into(),
@@ -372,18 +372,10 @@ pub fn grouped_weight_grad_bf16(
         return Ok(());
     }
     let tables = group_tables(gpu, groups, m.div_ceil(BF16_TILE))?;
-    let config = LaunchConfig {
-        grid: (
-            n.div_ceil(BF16_TILE) as u32,
-            check_u32("tiles", tables.tiles)?,
-            1,
-        ),
-        block: (BF16_THREADS, 1, 1),
-        shared_bytes: BF16_SHARED_BYTES,
-    };
+    let config = tensor_core_launch(gpu, n, tables.tiles, 1)?;
     gpu.launch(
         "gemm_bf16",
-        &GemmLayout::DEPTH_GROUPED.entry(),
+        &GemmLayout::DEPTH_GROUPED.entry(gpu.gemm_tile()),
         config,
         &[
             out.into(),
