@@ -62,7 +62,7 @@ sed -e 's/^steps = 20000/steps = 60/' -e 's/^warmup_steps = 500/warmup_steps = 1
     -e 's/^specialization_images = 256/specialization_images = 16/' \
     -e 's/steps = 3000, batch_size = 128/steps = 50, batch_size = 128/' \
     experiments/ablations/full.toml > "$bundle/configs/full-smoke.toml"
-cp benches/gpu/sdpa.py benches/gpu/train-step.sh "$bundle/"
+cp benches/gpu/sdpa.py benches/gpu/train-step.sh benches/gpu/summarize.py "$bundle/"
 mkdir -p "$bundle/configs/step"
 cp benches/gpu/step/*.toml "$bundle/configs/step/"
 
@@ -175,6 +175,9 @@ benchmarks() {
     else
         say "PyTorch with CUDA not found: PyTorch baselines skipped"
     fi
+    # The RESULTS.md tables (ours vs the baselines of this run, with the target ratios).
+    python3 "$here/summarize.py" "$logs" > "$logs/tables.md" 2>> "$logs/summary.txt" &&
+        say "tables: tables.md"
 }
 
 [ "$part" = benchmarks ] || checks
