@@ -1,12 +1,16 @@
 //! Executes one kernel launch, CTA by CTA, thread by thread.
 //!
 //! Scheduling: every thread of a CTA runs until it reaches a barrier (`bar.sync`), a warp-wide
-//! instruction (`shfl.sync`, `ldmatrix`, `mma.sync`) or its end. A warp-wide instruction runs
+//! instruction (`shfl.sync`, `ldmatrix`, `mma.sync`) or its end. `cp.async` copies land in
+//! shared memory only when a `cp.async.wait_group` lets their group complete, so reading a tile
+//! before waiting for it is caught. A warp-wide instruction runs
 //! once all 32 lanes of the warp wait at it; a barrier releases once every thread of the CTA
 //! waits at it. Anything else — a lane that exited before a barrier, lanes of one warp at
 //! different warp-wide instructions — is reported as the divergence bug it is on hardware.
 //! Within a barrier interval the order of threads is arbitrary, which is why shared memory
 //! checks for races instead of trusting the order the emulator picked.
+
+use std::collections::VecDeque;
 
 use super::memory::{GlobalMemory, SharedMemory};
 use super::parse::{Base, Imm, Inst, Kernel, Operand, Special, Ty};
@@ -37,6 +41,18 @@ struct Thread {
     state: State,
     tid: [u32; 3],
     steps: u64,
+    /// cp.async copies issued but not yet committed to a group.
+    uncommitted: Vec<AsyncCopy>,
+    /// Committed cp.async groups, oldest first: they land in shared memory only when a
+    /// `cp.async.wait_group` (or the thread's end) lets them.
+    in_flight: VecDeque<Vec<AsyncCopy>>,
+}
+
+/// A cp.async copy in flight: the bytes read from global memory at issue, and where in shared
+/// memory they land.
+struct AsyncCopy {
+    shared_address: u64,
+    bytes: Vec<u8>,
 }
 
 /// One CTA in flight.
@@ -399,6 +415,7 @@ impl<'a> Cta<'a> {
         let kernel = self.kernel;
         let pc = self.threads[thread].pc;
         let Some(inst) = kernel.body.get(pc) else {
+            self.land_all_copies(thread)?;
             return Ok(Flow::Exit);
         };
         if let Some((pred, negated)) = inst.guard {
@@ -416,7 +433,10 @@ impl<'a> Cta<'a> {
                 };
                 return Ok(Flow::Jump(kernel.labels[label]));
             }
-            "ret" | "exit" => return Ok(Flow::Exit),
+            "ret" | "exit" => {
+                self.land_all_copies(thread)?;
+                return Ok(Flow::Exit);
+            }
             "bar" | "barrier" => return Ok(Flow::Barrier),
             "shfl" | "ldmatrix" | "mma" => {
                 if inst.guard.is_some() {
@@ -742,9 +762,22 @@ impl<'a> Cta<'a> {
     /// `cp.async.{ca,cg}.shared.global [dst], [src], cp_size{, src_size}`: copies at once (the
     /// emulator has no latency to hide); bytes past `src_size` are zero-filled. The group
     /// commit/wait instructions have nothing left to wait for.
+    /// `cp.async` copies, and their `commit_group` / `wait_group N` / `wait_all`. A copy reads
+    /// global memory when issued but writes shared memory only when a wait lets its group land
+    /// (all but the N most recent committed groups), as on hardware: a kernel that reads the
+    /// tile before waiting for it sees the old bytes, and its test fails.
     fn cp_async(&mut self, thread: usize, inst: &Inst) -> Result<(), String> {
-        if inst.has("commit_group") || inst.has("wait_group") || inst.has("wait_all") {
+        if inst.has("commit_group") {
+            let group = std::mem::take(&mut self.threads[thread].uncommitted);
+            self.threads[thread].in_flight.push_back(group);
             return Ok(());
+        }
+        if inst.has("wait_all") {
+            return self.land_all_copies(thread);
+        }
+        if inst.has("wait_group") {
+            let keep = self.read(thread, &inst.operands[0], Ty::U32)? as usize;
+            return self.land_copies(thread, keep);
         }
         let dst = self.address(thread, &inst.operands[0])?;
         let src = self.address(thread, &inst.operands[1])?;
@@ -762,7 +795,34 @@ impl<'a> Cta<'a> {
         if valid > 0 {
             bytes[..valid].copy_from_slice(self.global.read(src, valid)?);
         }
-        self.shared.write(dst, &bytes, thread as u32)
+        self.threads[thread].uncommitted.push(AsyncCopy {
+            shared_address: dst,
+            bytes,
+        });
+        Ok(())
+    }
+
+    /// Commits and lands every copy of `thread` (`cp.async.wait_all`, and a thread's end).
+    fn land_all_copies(&mut self, thread: usize) -> Result<(), String> {
+        let group = std::mem::take(&mut self.threads[thread].uncommitted);
+        self.threads[thread].in_flight.push_back(group);
+        self.land_copies(thread, 0)
+    }
+
+    /// Writes the oldest committed cp.async groups of `thread` to shared memory until at most
+    /// `keep` remain in flight (race-checked as this thread's writes, now).
+    fn land_copies(&mut self, thread: usize, keep: usize) -> Result<(), String> {
+        while self.threads[thread].in_flight.len() > keep {
+            let group = self.threads[thread]
+                .in_flight
+                .pop_front()
+                .expect("more groups than kept");
+            for copy in group {
+                self.shared
+                    .write(copy.shared_address, &copy.bytes, thread as u32)?;
+            }
+        }
+        Ok(())
     }
 
     /// Runs a warp-wide instruction for lanes `first..first + 32` that all wait at it.
@@ -1068,6 +1128,8 @@ pub fn launch(
                         state: State::Ready,
                         tid: [linear % bx, (linear / bx) % by, linear / (bx * by)],
                         steps: 0,
+                        uncommitted: Vec::new(),
+                        in_flight: VecDeque::new(),
                     })
                     .collect();
                 let mut cta = Cta {
@@ -1094,11 +1156,6 @@ mod tests {
     /// Thread t writes t to shared[t], then (after `BARRIER`) reads shared[t ^ 1] and stores it
     /// to out[t]; or with `GUARD` the odd threads exit first.
     const EXCHANGE: &str = r#"
-        .version 8.0
-        .target sm_80
-        .address_size 64
-        .visible .entry exchange(.param .u64 out)
-        {
             .reg .pred %p<2>;
             .reg .b32 %r<6>;
             .reg .b64 %rd<4>;
@@ -1116,11 +1173,19 @@ mod tests {
             add.u64 %rd0, %rd0, %rd1;
             st.global.u32 [%rd0], %r4;
             ret;
-        }
     "#;
 
-    fn run(source: &str, threads: u32, out_len: usize) -> Result<Vec<u32>, String> {
-        let module = parse_module(source)?;
+    /// A module of one kernel `exchange(out)` with this body.
+    fn kernel(body: &str) -> String {
+        format!(
+            ".version 8.0\n.target sm_80\n.address_size 64\n\
+             .visible .entry exchange(.param .u64 out)\n{{\n{body}\n}}\n"
+        )
+    }
+
+    /// Runs `body` on one CTA of `threads` threads with an `out` of `out_len` u32s.
+    fn run(body: &str, threads: u32, out_len: usize) -> Result<Vec<u32>, String> {
+        let module = parse_module(&kernel(body))?;
         let mut global = GlobalMemory::default();
         let out = global.alloc(out_len * 4);
         let dims = LaunchDims {
@@ -1179,11 +1244,6 @@ mod tests {
     #[test]
     fn shuffles_need_every_lane_of_the_warp() {
         let source = r#"
-            .version 8.0
-            .target sm_80
-            .address_size 64
-            .visible .entry exchange(.param .u64 out)
-            {
                 .reg .pred %p<1>;
                 .reg .b32 %r<4>;
                 .reg .b64 %rd<2>;
@@ -1192,10 +1252,41 @@ mod tests {
                 @%p0 ret;
                 shfl.sync.bfly.b32 %r1, %r0, 1, 31, -1;
                 ret;
-            }
         "#;
         let err = run(source, 32, 1).unwrap_err();
         assert!(err.contains("not every lane"), "{err}");
+    }
+
+    /// Thread t copies out[t] into shared[t] with cp.async, then WAIT, then reads it back into
+    /// out[t] (plus 1): what it reads depends on whether the copy has landed.
+    const COPY_BACK: &str = r#"
+            .reg .b32 %r<4>;
+            .reg .b64 %rd<3>;
+            .shared .align 4 .b8 slots[128];
+            mov.u32 %r0, %tid.x;
+            shl.b32 %r1, %r0, 2;
+            st.shared.u32 [%r1], 7;
+            ld.param.u64 %rd0, [out];
+            mul.wide.u32 %rd1, %r0, 4;
+            add.u64 %rd0, %rd0, %rd1;
+            cp.async.ca.shared.global [%r1], [%rd0], 4;
+            cp.async.commit_group;
+            WAIT
+            ld.shared.u32 %r2, [%r1];
+            add.u32 %r2, %r2, 1;
+            st.global.u32 [%rd0], %r2;
+            ret;
+    "#;
+
+    #[test]
+    fn cp_async_lands_only_when_its_group_is_waited_for() {
+        // out starts at 0: a landed copy reads back 0 (+1), one still in flight the 7 before.
+        let waited = run(&COPY_BACK.replace("WAIT", "cp.async.wait_group 0;"), 32, 32).unwrap();
+        assert_eq!(waited, vec![1; 32]);
+        let in_flight = run(&COPY_BACK.replace("WAIT", "cp.async.wait_group 1;"), 32, 32).unwrap();
+        assert_eq!(in_flight, vec![8; 32]);
+        let all = run(&COPY_BACK.replace("WAIT", "cp.async.wait_all;"), 32, 32).unwrap();
+        assert_eq!(all, vec![1; 32]);
     }
 
     #[test]

@@ -664,7 +664,6 @@ pub fn module(template: &str) -> String {
         .expect("the attention template has an entry");
     let mut module = header.to_string();
     for d in HEAD_DIMS {
-        let load_kv = load_tile(d, "%rd1", 0) + &load_tile(d, "%rd2", TILE * stride(d));
         let entry = format!(".visible .entry{body}")
             .replace("{{NAME}}", &entry(d))
             .replace("{{D}}", &d.to_string())
@@ -674,7 +673,8 @@ pub fn module(template: &str) -> String {
             .replace("{{LOAD_Q}}\n", &load_tile(d, "%rd0", 0))
             .replace("{{Q_FRAGMENTS}}\n", &a_fragments(d, "qa", 0))
             .replace("{{ZERO_ACC}}\n", &zero("acc", padded(d) / 2))
-            .replace("{{LOAD_KV}}\n", &load_kv)
+            .replace("{{LOAD_K}}\n", &load_tile(d, "%rd1", 0))
+            .replace("{{LOAD_V}}\n", &load_tile(d, "%rd2", TILE * stride(d)))
             .replace(
                 "{{SCORES}}\n",
                 &(zero("s", 32) + &product_transposed_tile(d, "s", "qa", 0)),
