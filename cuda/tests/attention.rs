@@ -52,9 +52,7 @@ impl Case {
 }
 
 fn max_difference(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
+    ditmoe_tensor::compare::max_abs_difference(a, b) as f32
 }
 
 #[test]

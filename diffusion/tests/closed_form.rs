@@ -61,11 +61,7 @@ fn oracle<'a>(
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    a.to_vec_f64()
-        .iter()
-        .zip(b.to_vec_f64())
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
+    ditmoe_tensor::compare::max_abs_difference(&a.to_vec_f64(), &b.to_vec_f64())
 }
 
 #[test]

@@ -531,6 +531,7 @@ pub fn load_for_sampling(dir: &Path) -> Result<(Dit, TrainConfig)> {
 mod tests {
     use super::*;
     use ditmoe_nn::checkpoint::read_tensors;
+    use ditmoe_tensor::compare::max_abs_difference;
 
     /// A model small enough to train a few steps in a test.
     fn tiny_config() -> TrainConfig {
@@ -665,10 +666,7 @@ mod tests {
             let (wa, wb) = (file(&cpu).tensors, file(&gpu).tensors);
             for (name, t) in &wa {
                 let (x, y) = (t.to_vec_f64(), wb[name].to_vec_f64());
-                let diff = x
-                    .iter()
-                    .zip(&y)
-                    .fold(0.0f64, |m, (p, q)| m.max((p - q).abs()));
+                let diff = max_abs_difference(&x, &y);
                 assert!(diff < 1e-4, "{name}: weights differ by {diff}");
             }
             for dir in [cpu, gpu] {
@@ -725,10 +723,7 @@ mod tests {
         assert_eq!(on_gpu.device(), Device::Cpu, "images come back to the host");
         let on_cpu = images(Device::Cpu);
         let (a, b) = (on_cpu.to_vec_f64(), on_gpu.to_vec_f64());
-        let diff = a
-            .iter()
-            .zip(&b)
-            .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
+        let diff = max_abs_difference(&a, &b);
         assert!(diff < 1e-4, "images differ by {diff}");
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -94,10 +94,7 @@ fn a_training_step_on_the_gpu_matches_the_cpu() {
         );
         for ((name, c), (_, g)) in cpu_grads.iter().zip(&gpu_grads) {
             let scale = c.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-6);
-            let diff = c
-                .iter()
-                .zip(g)
-                .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+            let diff = ditmoe_tensor::compare::max_abs_difference(c, g);
             assert!(
                 diff <= 1e-4 * scale,
                 "{name}: max difference {diff} (scale {scale})"

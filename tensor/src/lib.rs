@@ -6,6 +6,7 @@
 //! strides and writes a fresh contiguous result. CPU kernels run on one persistent thread pool
 //! ([`parallel`]). Start reading at [`layout`], then [`tensor`], then any module of [`ops`].
 
+pub mod compare;
 pub mod device;
 pub mod dtype;
 pub mod error;

@@ -764,8 +764,9 @@ impl<'a> Cta<'a> {
     /// commit/wait instructions have nothing left to wait for.
     /// `cp.async` copies, and their `commit_group` / `wait_group N` / `wait_all`. A copy reads
     /// global memory when issued but writes shared memory only when a wait lets its group land
-    /// (all but the N most recent committed groups), as on hardware: a kernel that reads the
-    /// tile before waiting for it sees the old bytes, and its test fails.
+    /// (all but the N most recent committed groups): a kernel that reads the tile before
+    /// waiting for it sees the old bytes, and its test fails. For the race check the copy
+    /// writes both at issue and at landing (it may land any time in between).
     fn cp_async(&mut self, thread: usize, inst: &Inst) -> Result<(), String> {
         if inst.has("commit_group") {
             let group = std::mem::take(&mut self.threads[thread].uncommitted);
@@ -795,6 +796,8 @@ impl<'a> Cta<'a> {
         if valid > 0 {
             bytes[..valid].copy_from_slice(self.global.read(src, valid)?);
         }
+        // The bytes may land any time until the wait: claimed now, written then.
+        self.shared.claim_write(dst, size, thread as u32)?;
         self.threads[thread].uncommitted.push(AsyncCopy {
             shared_address: dst,
             bytes,

@@ -162,8 +162,17 @@ impl SharedMemory {
     }
 
     pub fn write(&mut self, address: u64, data: &[u8], thread: u32) -> Result<(), String> {
-        let start = self.check_range(address, data.len())?;
-        for byte in start..start + data.len() {
+        let start = self.claim_write(address, data.len(), thread)?;
+        self.bytes[start..start + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+
+    /// Records that `thread` writes `len` bytes at `address` in this interval, without changing
+    /// them (yet): an asynchronous copy may land any time between its issue and its wait, so
+    /// it claims its bytes at issue too. Returns the start offset.
+    pub fn claim_write(&mut self, address: u64, len: usize, thread: u32) -> Result<usize, String> {
+        let start = self.check_range(address, len)?;
+        for byte in start..start + len {
             let (interval, writer) = self.writer[byte];
             if interval == self.interval && writer != thread {
                 return Err(format!(
@@ -182,8 +191,7 @@ impl SharedMemory {
             }
             self.writer[byte] = (self.interval, thread);
         }
-        self.bytes[start..start + data.len()].copy_from_slice(data);
-        Ok(())
+        Ok(start)
     }
 
     /// An atomic read-modify-write of the `len`-byte value at `address` by `thread`: returns

@@ -389,7 +389,7 @@ pub fn backward_entries(d: u32) -> (Vec<String>, String) {
 }
 
 /// Registers, shared tiles and the index/base-address setup both backward kernels share.
-fn backward_declarations(d: u32) -> String {
+fn backward_declarations() -> String {
     let mut out = String::new();
     for decl in [
         ".reg .pred %p<8>;".to_string(),
@@ -400,10 +400,6 @@ fn backward_declarations(d: u32) -> String {
         ".reg .f32 %dp<32>;".to_string(),
         ".reg .b32 %pa<16>;".to_string(),
         ".reg .b32 %kb<4>;".to_string(),
-        format!(
-            ".shared .align 16 .b8 tiles[{}];",
-            query_stats_offset(d) + 2 * TILE * 4
-        ),
     ] {
         emit!(out, "{decl}");
     }
@@ -510,10 +506,10 @@ fn query_stats_offset(d: u32) -> u32 {
     2 * TILE * stride(d)
 }
 
-/// Copies the log-sum-exp (threads 0..63) and Δ (threads 64..127) of the tile's 64 queries
-/// (`%r9..`; 0 past T) into shared memory, and points `%r33` at this lane's first column
-/// (query 2·(lane % 4)). Read from there, the 16 per-lane values of each table cost a shared
-/// load each instead of a global load and its 64-bit address (which made D = 128 spill).
+/// cp.async of the log-sum-exp (threads 0..63) and Δ (threads 64..127) of the tile's 64
+/// queries (`%r9..`; zero-filled past T) into the stage's shared memory. Read from there, the
+/// 16 per-lane values of each table cost a shared load each instead of a global load and its
+/// 64-bit address (which made D = 128 spill).
 fn load_query_stats(d: u32) -> String {
     let mut out = String::new();
     let offset = query_stats_offset(d);
@@ -525,18 +521,71 @@ fn load_query_stats(d: u32) -> String {
         "mul.wide.u32 %rd10, %r34, 4;".to_string(),
         "add.u64 %rd11, %rd14, %rd10;".to_string(),
         "@%p6 add.u64 %rd11, %rd4, %rd10;".to_string(),
-        "mov.f32 %f7, 0f00000000;".to_string(),
-        "@%p5 ld.global.f32 %f7, [%rd11];".to_string(),
+        "@!%p5 mov.u64 %rd11, %rd4;".to_string(),
+        "selp.u32 %r37, 4, 0, %p5;".to_string(),
         "shl.b32 %r35, %r0, 2;".to_string(),
         "add.u32 %r35, %r35, %r8;".to_string(),
-        format!("st.shared.f32 [%r35+{offset}], %f7;"),
-        "shl.b32 %r33, %r4, 2;".to_string(),
-        "add.u32 %r33, %r33, %r8;".to_string(),
-        format!("add.u32 %r33, %r33, {offset};"),
+        format!("add.u32 %r35, %r35, {offset};"),
+        "cp.async.ca.shared.global [%r35], [%rd11], 4, %r37;".to_string(),
     ] {
         emit!(out, "{line}");
     }
     out
+}
+
+/// Points `%r33` at this lane's first column (query 2·(lane % 4)) of the stage's row
+/// statistics.
+fn query_stats_pointer(d: u32) -> String {
+    let mut out = String::new();
+    emit!(out, "shl.b32 %r33, %r4, 2;");
+    emit!(out, "add.u32 %r33, %r33, %r8;");
+    emit!(out, "add.u32 %r33, %r33, {};", query_stats_offset(d));
+    out
+}
+
+/// Bytes of one stage of streamed tiles: Q, dO and the row statistics (key-tile kernels), or
+/// K and V (dQ kernel), whichever is larger.
+fn backward_stage_bytes(d: u32) -> u32 {
+    query_stats_offset(d) + 2 * TILE * 4
+}
+
+/// Dynamic shared memory of the backward kernels of head dimension `d`: two stages.
+pub fn backward_shared_bytes(d: u32) -> u32 {
+    2 * backward_stage_bytes(d)
+}
+
+/// The loop over the streamed tiles (rows `%r9` = 0, 64, … < T) of a backward kernel, two
+/// stages deep: while `tile` multiplies the tile in the stage at `%r8`, `load` fetches the next
+/// one into the other stage (`%r38`); each tile then swaps the two. `label` names the loop,
+/// `done` is where it exits.
+fn streamed_loop(d: u32, label: &str, done: &str, load: &str, tile: &str) -> String {
+    let stage = backward_stage_bytes(d);
+    format!(
+        "    mov.u32 %r9, 0;
+    add.u32 %r38, %r8, {stage};           // the other stage
+    bar.sync 0;                            // the first tiles are in registers
+{load}    cp.async.commit_group;                 // the first streamed tile
+{label}:
+    setp.ge.u32 %p0, %r9, %r7;
+    @%p0 bra {done};
+    add.u32 %r9, %r9, 64;                  // the next tile, into the other stage (free: every
+    mov.u32 %r39, %r8;                     // warp left it at the last barrier)
+    mov.u32 %r8, %r38;
+    setp.ge.u32 %p0, %r9, %r7;
+    @%p0 bra {label}_FETCHED;
+{load}{label}_FETCHED:
+    cp.async.commit_group;                 // (empty after the last tile)
+    mov.u32 %r8, %r39;
+    sub.u32 %r9, %r9, 64;
+    cp.async.wait_group 1;                 // this tile landed
+    bar.sync 0;
+{tile}    bar.sync 0;                            // every warp is done with this stage
+    mov.u32 %r8, %r38;                     // swap the stages
+    mov.u32 %r38, %r39;
+    add.u32 %r9, %r9, 64;
+    bra {label};
+"
+    )
 }
 
 /// One Q, dO tile of a key-tile kernel (rows are this CTA's keys, columns the tile's queries):
@@ -608,7 +657,7 @@ pub fn backward_module(template: &str) -> String {
         let load_kv = load_tile(d, "%rd1", 0) + &load_tile(d, "%rd2", t1);
         let load_qdo = load_tile(d, "%rd0", 0) + &load_tile(d, "%rd13", t1);
         let shared = |text: &str| {
-            text.replace("{{DECLARATIONS}}\n", &backward_declarations(d))
+            text.replace("{{DECLARATIONS}}\n", &backward_declarations())
                 .replace("{{A_REGS}}", &(padded(d) / 4).to_string())
                 .replace("{{ACC_REGS}}", &(padded(d) / 2).to_string())
                 .replace("{{LOAD_KV}}\n", &load_kv)
@@ -631,8 +680,16 @@ pub fn backward_module(template: &str) -> String {
                 .replace("{{SETUP}}\n", &backward_setup(d, &["dk", "dv"]))
                 .replace("{{KV_FRAGMENTS}}\n", &fragments)
                 .replace("{{ZERO_DKDV}}\n", &zeros)
-                .replace("{{LOAD_QUERY_STATS}}\n", &load_query_stats(d))
-                .replace("{{DKDV_TILE}}\n", &dkdv_tile(d, grads))
+                .replace(
+                    "{{Q_LOOP}}\n",
+                    &streamed_loop(
+                        d,
+                        "Q_LOOP",
+                        "DKDV_FINISH",
+                        &(load_qdo.clone() + &load_query_stats(d)),
+                        &(query_stats_pointer(d) + &dkdv_tile(d, grads)),
+                    ),
+                )
                 .replace("{{DKDV_FINISH}}\n", &finish);
             module.push_str(&text);
         }
@@ -646,7 +703,10 @@ pub fn backward_module(template: &str) -> String {
             )
             .replace("{{ZERO_DQ}}\n", &zero("acc", padded(d) / 2))
             .replace("{{ROW_STATS}}\n", &row_stats())
-            .replace("{{DQ_TILE}}\n", &dq_tile(d))
+            .replace(
+                "{{KV_LOOP}}\n",
+                &streamed_loop(d, "KV_LOOP", "DQ_FINISH", &load_kv, &dq_tile(d)),
+            )
             .replace(
                 "{{DQ_FINISH}}\n",
                 &store_rows(d, "acc", "%rd3", Some(["%f15", "%f15"])),

@@ -5,7 +5,9 @@ use super::check_len;
 use super::check_u32;
 use crate::error::{CudaError, Result};
 use crate::gpu::{Arg, Buffer, Gpu, LaunchConfig};
-use crate::kernels::attention::{backward_entries, entry, BACKWARD_HEAD_DIMS, HEAD_DIMS};
+use crate::kernels::attention::{
+    backward_entries, backward_shared_bytes, entry, BACKWARD_HEAD_DIMS, HEAD_DIMS,
+};
 use crate::ops::elementwise::{binary, to_bf16, Binary, Broadcast};
 use crate::ops::rows::{reduce_rows, RowReduce};
 
@@ -141,7 +143,7 @@ pub fn flash_attention_backward(
             1,
         ),
         block: (128, 1, 1),
-        shared_bytes: 0,
+        shared_bytes: backward_shared_bytes(head_dim as u32),
     };
     let (key_kernels, dq) = backward_entries(head_dim as u32);
     // Every backward kernel reads the same inputs after its outputs.

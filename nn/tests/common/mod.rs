@@ -38,11 +38,7 @@ pub fn check_module(module: &dyn Module, inputs: &[Var], f: impl Fn() -> Result<
 /// ‖a − b‖∞.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.shape(), b.shape());
-    a.to_vec_f64()
-        .iter()
-        .zip(b.to_vec_f64())
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
+    ditmoe_tensor::compare::max_abs_difference(&a.to_vec_f64(), &b.to_vec_f64())
 }
 
 /// A DiT batch of `n`: images N(0, 1) `[n, C, H, W]`, timesteps spread over [0, 1000) and labels

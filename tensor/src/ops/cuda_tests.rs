@@ -2,6 +2,7 @@
 //! driver has one, else the PTX emulator (the test says which), so the device path is checked
 //! on every machine.
 
+use crate::compare::max_abs_difference;
 use crate::ops::reduce::ReduceOp;
 use crate::ops::testing::{assert_close, random_strided};
 use crate::ops::unary::UnaryOp;
@@ -169,11 +170,7 @@ fn mixed_precision_matmul_uses_the_tensor_cores_where_the_shape_fits() {
     // ... and within bf16 precision (2^-8 per operand) of the f32 product, on the output's scale.
     let exact = x.matmul(&w.t().unwrap()).unwrap().to_vec_f64();
     let scale = exact.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    let worst = got
-        .to_vec_f64()
-        .iter()
-        .zip(&exact)
-        .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+    let worst = max_abs_difference(&got.to_vec_f64(), &exact);
     assert!(
         worst > 0.0 && worst < 2e-2 * scale,
         "{worst} vs scale {scale}"
@@ -460,10 +457,7 @@ fn flash_attention_runs_the_fused_kernel_in_mixed_precision() {
     ] {
         let (g, c) = (g.to_vec_f64(), c.to_vec_f64());
         let scale_of = c.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-        let worst = g
-            .iter()
-            .zip(&c)
-            .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+        let worst = max_abs_difference(&g, &c);
         assert!(
             worst < 3e-2 * scale_of,
             "{what}: {worst} vs scale {scale_of}"
