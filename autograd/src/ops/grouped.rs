@@ -13,12 +13,14 @@ impl Var {
     pub fn grouped_matmul(x: &Var, group_sizes: &GroupSizes, weights: &[&Var]) -> Result<Var> {
         let xv = x.value();
         let ws: Vec<Tensor> = weights.iter().map(|w| w.value()).collect();
-        let y = Tensor::grouped_matmul(&xv, group_sizes, &ws.iter().collect::<Vec<_>>(), true)?;
+        // Stacked once: the same [groups, out, in] serves the backward product.
+        let stacked = Tensor::stack(&ws.iter().collect::<Vec<_>>(), 0)?;
+        let y = Tensor::grouped_matmul(&xv, group_sizes, &stacked, true)?;
         let sizes = group_sizes.clone();
         let mut parents = vec![x];
         parents.extend(weights.iter().copied());
         Ok(Var::from_op("grouped_matmul", y, &parents, move |g| {
-            let dx = Tensor::grouped_matmul(g, &sizes, &ws.iter().collect::<Vec<_>>(), false)?;
+            let dx = Tensor::grouped_matmul(g, &sizes, &stacked, false)?;
             let mut grads = vec![Some(dx)];
             grads.extend(
                 Tensor::grouped_weight_grads(g, &xv, &sizes)?

@@ -815,32 +815,20 @@ fn gemm_groups<'a>(
 pub(crate) fn grouped_matmul(
     x: &Tensor,
     group_sizes: &GroupSizes,
-    weights: &[&Tensor],
+    weights: &Tensor,
     transpose_weights: bool,
 ) -> Result<Option<Tensor>> {
     let op = "grouped_matmul";
+    same_device(op, x, weights)?;
     let (gpu, xb) = dense_f32(x, op)?;
-    let (inner, first) = (x.shape()[1], weights.first().map(|w| w.shape()));
-    let out = match first {
-        Some(&[a, b]) => {
-            if transpose_weights {
-                a
-            } else {
-                b
-            }
-        }
-        _ => return Ok(None),
-    };
+    let inner = x.shape()[1];
+    let out = weights.shape()[if transpose_weights { 1 } else { 2 }];
     // The weights' rows must be 16-byte chunks, as must x's.
     let weight_row = if transpose_weights { inner } else { out };
     if !gpu.tensor_core_matmul() || inner % 8 != 0 || weight_row % 8 != 0 {
         return Ok(None);
     }
-    for w in weights {
-        same_device(op, x, w)?;
-    }
-    let stacked = Tensor::stack(weights, 0)?;
-    let (_, wb) = dense_f32(&stacked, op)?;
+    let (_, wb) = dense_f32(weights, op)?;
     let x16 = ew::to_bf16(&gpu, &xb).map_err(failed(op))?;
     let w16 = ew::to_bf16(&gpu, &wb).map_err(failed(op))?;
     let rows = x.shape()[0];

@@ -311,33 +311,24 @@ fn grouped_matmul_is_one_tensor_core_launch_or_the_exact_loop() {
     let sizes = GroupSizes::host(&[9, 0, 20, 3]);
     // The same sizes left on a device, as the MoE dispatch leaves them: the exact loop reads
     // them back, the tensor-core launches build their schedule from them there.
+    ditmoe_cuda::registry::device_or_emulator(0);
     let counts = Tensor::from_vec(vec![9i64, 0, 20, 3], &[4]).unwrap();
     let on_device = |device: Device| GroupSizes::on_device(counts.to_device(device).unwrap(), 32);
     let x = f32_cpu(&[32, 16], 50);
     let w: Vec<Tensor> = (0..4).map(|s| f32_cpu(&[24, 16], 51 + s)).collect();
-    let refs: Vec<&Tensor> = w.iter().collect();
+    let stacked = Tensor::stack(&w.iter().collect::<Vec<_>>(), 0).unwrap(); // [4, 24, 16]
     for transpose in [true, false] {
-        let ws: Vec<Tensor> = if transpose {
-            w.clone()
+        // [groups, out, in] for x·Wᵀ, else [groups, in, out].
+        let weights = if transpose {
+            stacked.clone()
         } else {
-            w.iter().map(|t| t.t().unwrap().contiguous()).collect()
+            stacked.transpose(1, 2).unwrap().contiguous()
         };
-        let ws_refs: Vec<&Tensor> = if transpose {
-            refs.clone()
-        } else {
-            ws.iter().collect()
-        };
-        let expected = Tensor::grouped_matmul(&x, &sizes, &ws_refs, transpose).unwrap();
+        let expected = Tensor::grouped_matmul(&x, &sizes, &weights, transpose).unwrap();
         // cuda:0: exact f32, the per-group loop.
-        let on0: Vec<Tensor> = ws_refs.iter().map(|t| on_gpu(t)).collect();
         for sizes in [sizes.clone(), on_device(GPU)] {
-            let got = Tensor::grouped_matmul(
-                &on_gpu(&x),
-                &sizes,
-                &on0.iter().collect::<Vec<_>>(),
-                transpose,
-            )
-            .unwrap();
+            let got =
+                Tensor::grouped_matmul(&on_gpu(&x), &sizes, &on_gpu(&weights), transpose).unwrap();
             check(&got, &expected, 1e-5, "grouped, exact");
         }
         // cuda:1: mixed precision, one grouped launch; equal to the product of rounded operands.
@@ -349,20 +340,16 @@ fn grouped_matmul_is_one_tensor_core_launch_or_the_exact_loop() {
                 .to_dtype(DType::F32)
                 .unwrap()
         };
-        let w1: Vec<Tensor> = ws_refs.iter().map(|t| on1(t)).collect();
-        let w1_refs: Vec<&Tensor> = w1.iter().collect();
-        let got = Tensor::grouped_matmul(&on1(&x), &sizes, &w1_refs, transpose).unwrap();
-        let with_device_sizes =
-            Tensor::grouped_matmul(&on1(&x), &on_device(Device::Cuda(1)), &w1_refs, transpose)
-                .unwrap();
-        let rounded: Vec<Tensor> = ws_refs.iter().map(|t| round(t)).collect();
-        let expected = Tensor::grouped_matmul(
-            &round(&x),
-            &sizes,
-            &rounded.iter().collect::<Vec<_>>(),
+        let got = Tensor::grouped_matmul(&on1(&x), &sizes, &on1(&weights), transpose).unwrap();
+        let with_device_sizes = Tensor::grouped_matmul(
+            &on1(&x),
+            &on_device(Device::Cuda(1)),
+            &on1(&weights),
             transpose,
         )
         .unwrap();
+        let expected =
+            Tensor::grouped_matmul(&round(&x), &sizes, &round(&weights), transpose).unwrap();
         for got in [got, with_device_sizes] {
             assert_eq!(got.device(), Device::Cuda(1));
             assert_close(

@@ -88,53 +88,44 @@ impl GroupSizes {
 }
 
 impl Tensor {
-    /// `y[rows_g] = x[rows_g] · op(W_g)` for consecutive row groups of `group_sizes`, with
-    /// op(W) = Wᵀ when `transpose_weights` (weights `[out, in]`, a linear layer's layout) and W
-    /// otherwise (weights `[in, out]`). `x` is `[Σ sizes, in]`; the result `[Σ sizes, out]`.
+    /// `y[rows_g] = x[rows_g] · op(W_g)` for consecutive row groups of `group_sizes`, with the
+    /// group weights stacked in `weights`: `[groups, out, in]` with op(W) = Wᵀ when
+    /// `transpose_weights` (a linear layer's layout), else `[groups, in, out]` and op(W) = W.
+    /// `x` is `[Σ sizes, in]`; the result `[Σ sizes, out]`. (Stacked once, the weights serve
+    /// the forward product and the backward one without a second copy.)
     pub fn grouped_matmul(
         x: &Tensor,
         group_sizes: &GroupSizes,
-        weights: &[&Tensor],
+        weights: &Tensor,
         transpose_weights: bool,
     ) -> Result<Tensor> {
         let op = "grouped_matmul";
-        if group_sizes.len() != weights.len() {
+        let &[groups, a, b] = weights.shape() else {
+            return Err(TensorError::shape(
+                op,
+                "weights stacked as [groups, out, in] or [groups, in, out]",
+                weights.shape(),
+            ));
+        };
+        if group_sizes.len() != groups {
             return Err(TensorError::invalid(
                 op,
                 format!(
-                    "expected one weight per group ({}), found {}",
-                    group_sizes.len(),
-                    weights.len()
+                    "expected one weight per group ({}), found {groups}",
+                    group_sizes.len()
                 ),
             ));
         }
         let rows = group_sizes.rows();
-        if x.rank() != 2 || x.shape()[0] != rows {
+        let (inner, out) = if transpose_weights { (b, a) } else { (a, b) };
+        if x.rank() != 2 || x.shape()[0] != rows || x.shape()[1] != inner {
             return Err(TensorError::shape(
                 op,
-                format!("x of shape [{rows}, in] (the sum of the group sizes)"),
+                format!(
+                    "x of shape [{rows}, {inner}] (the sum of the group sizes, the weights' input)"
+                ),
                 x.shape(),
             ));
-        }
-        let inner = x.shape()[1];
-        let first = weights.first().map(|w| w.shape().to_vec());
-        let out = match first.as_deref() {
-            Some(&[a, b]) => {
-                if transpose_weights {
-                    a
-                } else {
-                    b
-                }
-            }
-            _ => 0,
-        };
-        let expected = if transpose_weights {
-            [out, inner]
-        } else {
-            [inner, out]
-        };
-        for w in weights {
-            w.check_shape("grouped_matmul (weight)", &expected)?;
         }
         if x.is_cuda() {
             if let Some(y) =
@@ -146,12 +137,13 @@ impl Tensor {
         let pieces = x.split(group_sizes.to_host()?, 0)?;
         let outs = pieces
             .iter()
-            .zip(weights)
-            .map(|(rows, w)| {
+            .enumerate()
+            .map(|(g, rows)| {
+                let w = weights.narrow(0, g, 1)?.squeeze(0)?;
                 if transpose_weights {
                     rows.matmul(&w.t()?)
                 } else {
-                    rows.matmul(w)
+                    rows.matmul(&w)
                 }
             })
             .collect::<Result<Vec<_>>>()?;
@@ -215,15 +207,11 @@ mod tests {
             .map(|s| random_strided(&[4, 3], -1.0, 1.0, 10 + s))
             .collect();
         let refs: Vec<&Tensor> = w.iter().collect();
+        let stacked = Tensor::stack(&refs, 0).unwrap(); // [3, 4, 3]
         let sizes = GroupSizes::host(&[2, 0, 5]);
-        let y = Tensor::grouped_matmul(&x, &sizes, &refs, true).unwrap();
-        let yt = Tensor::grouped_matmul(
-            &x,
-            &sizes,
-            &[&w[0].t().unwrap(), &w[1].t().unwrap(), &w[2].t().unwrap()],
-            false,
-        )
-        .unwrap();
+        let y = Tensor::grouped_matmul(&x, &sizes, &stacked, true).unwrap();
+        let yt =
+            Tensor::grouped_matmul(&x, &sizes, &stacked.transpose(1, 2).unwrap(), false).unwrap();
         let (xv, yv) = (x.to_vec_f64(), y.to_vec_f64());
         let mut start = 0;
         for (g, &size) in sizes.to_host().unwrap().iter().enumerate() {
@@ -238,7 +226,9 @@ mod tests {
         }
         assert_close(&yt.to_vec_f64(), &yv, 1e-12, "untransposed weights");
         let two = GroupSizes::host(&[3, 3]);
-        assert!(Tensor::grouped_matmul(&x, &two, &refs[..2], true).is_err());
+        assert!(Tensor::grouped_matmul(&x, &two, &stacked, true).is_err());
+        assert!(Tensor::grouped_matmul(&x, &sizes, &w[0], true).is_err());
+        assert!(Tensor::grouped_matmul(&x, &sizes, &stacked, false).is_err());
         // Weight gradients: each group's dyᵀ·x, zero for the empty group.
         let dy = random_strided(&[7, 4], -1.0, 1.0, 20);
         let grads = Tensor::grouped_weight_grads(&dy, &x, &sizes).unwrap();
@@ -252,6 +242,5 @@ mod tests {
             .matmul(&x.narrow(0, 2, 5).unwrap())
             .unwrap();
         assert_close(&grads[2].to_vec_f64(), &last.to_vec_f64(), 1e-12, "group 2");
-        assert!(Tensor::grouped_matmul(&x, &sizes, &refs[..2], true).is_err());
     }
 }
