@@ -58,6 +58,12 @@ fn specs() -> Vec<Gemm> {
             ..Gemm::new(136, 72, 40)
         });
     }
+    // An odd N (C's rows not 8-byte aligned: the scalar stores), with beta reading C.
+    specs.push(Gemm {
+        b_transposed: true,
+        beta: 0.5,
+        ..Gemm::new(40, 37, 24)
+    });
     // More than one 256-column tile (the wide tile's), B in both layouts.
     for b_transposed in [false, true] {
         specs.push(Gemm {

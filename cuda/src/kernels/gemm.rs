@@ -491,7 +491,8 @@ fn multiply_slice(operands: &[Operand; 2], tile: GemmTile) -> String {
 
 /// C = alpha · acc + beta · C for each of the lane's accumulators, inside the matrix only.
 /// Accumulator 4(n8·i + j) + 2h + e sits at row 16i + 8h + g, column 8j + 2t + e of the warp
-/// tile.
+/// tile: the two of each (i, h, j) are neighbours, stored with one 8-byte `st.v2` when both
+/// are inside and C's rows are 8-byte aligned (even ldc, `%p7`), else one by one.
 fn store_accumulators(tile: GemmTile) -> String {
     let mut out = String::new();
     let n8 = tile.n8_blocks();
@@ -501,21 +502,36 @@ fn store_accumulators(tile: GemmTile) -> String {
             emit!(out, "setp.lt.u32 %p1, %r27, %r8;");
             emit!(out, "mul.wide.u32 %rd3, %r27, %r13;");
             for j in 0..n8 {
-                for e in 0..2 {
-                    let acc = 4 * (n8 * i + j) + 2 * h + e;
-                    emit!(out, "add.u32 %r28, %r26, {};", 8 * j + e);
-                    emit!(out, "setp.lt.u32 %p2, %r28, %r9;");
-                    emit!(out, "and.pred %p3, %p1, %p2;");
-                    emit!(out, "and.pred %p4, %p3, %p6;");
-                    emit!(out, "cvt.u64.u32 %rd4, %r28;");
-                    emit!(out, "add.u64 %rd5, %rd3, %rd4;");
-                    emit!(out, "shl.b64 %rd5, %rd5, 2;");
-                    emit!(out, "add.u64 %rd5, %rd5, %rd2;");
-                    emit!(out, "mul.f32 %f0, %acc{acc}, %f2;");
-                    emit!(out, "@%p4 ld.global.f32 %f1, [%rd5];");
-                    emit!(out, "@%p4 fma.rn.f32 %f0, %f1, %f3, %f0;");
-                    emit!(out, "@%p3 st.global.f32 [%rd5], %f0;");
-                }
+                let acc = 4 * (n8 * i + j) + 2 * h;
+                emit!(out, "add.u32 %r28, %r26, {};", 8 * j);
+                emit!(out, "add.u32 %r29, %r28, 1;");
+                emit!(out, "setp.lt.u32 %p2, %r28, %r9;");
+                emit!(out, "setp.lt.u32 %p5, %r29, %r9;");
+                emit!(out, "and.pred %p2, %p2, %p1;          // first inside");
+                emit!(out, "and.pred %p5, %p5, %p1;          // second inside");
+                emit!(out, "and.pred %p4, %p5, %p7;          // both, as one v2");
+                emit!(out, "not.pred %p0, %p4;");
+                emit!(out, "and.pred %p3, %p2, %p0;          // first alone");
+                emit!(out, "and.pred %p5, %p5, %p0;          // second alone");
+                emit!(out, "cvt.u64.u32 %rd4, %r28;");
+                emit!(out, "add.u64 %rd5, %rd3, %rd4;");
+                emit!(out, "shl.b64 %rd5, %rd5, 2;");
+                emit!(out, "add.u64 %rd5, %rd5, %rd2;");
+                emit!(out, "mul.f32 %f0, %acc{acc}, %f2;");
+                emit!(out, "mul.f32 %f1, %acc{}, %f2;", acc + 1);
+                emit!(out, "and.pred %p2, %p4, %p6;");
+                emit!(out, "@%p2 ld.global.v2.f32 {{%f4, %f5}}, [%rd5];");
+                emit!(out, "@%p2 fma.rn.f32 %f0, %f4, %f3, %f0;");
+                emit!(out, "@%p2 fma.rn.f32 %f1, %f5, %f3, %f1;");
+                emit!(out, "@%p4 st.global.v2.f32 [%rd5], {{%f0, %f1}};");
+                emit!(out, "and.pred %p0, %p3, %p6;");
+                emit!(out, "@%p0 ld.global.f32 %f4, [%rd5];");
+                emit!(out, "@%p0 fma.rn.f32 %f0, %f4, %f3, %f0;");
+                emit!(out, "@%p3 st.global.f32 [%rd5], %f0;");
+                emit!(out, "and.pred %p2, %p5, %p6;");
+                emit!(out, "@%p2 ld.global.f32 %f5, [%rd5+4];");
+                emit!(out, "@%p2 fma.rn.f32 %f1, %f5, %f3, %f1;");
+                emit!(out, "@%p5 st.global.f32 [%rd5+4], %f1;");
             }
         }
     }
