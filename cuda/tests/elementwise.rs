@@ -65,6 +65,24 @@ fn unary_functions_and_derivatives_match_the_cpu() {
 }
 
 #[test]
+fn lerp_matches_the_cpu() {
+    for gpu in gpus() {
+        let n = 300;
+        let (a, b) = (random(n, -2.0, 2.0, 11), random(n, -2.0, 2.0, 12));
+        let (at, bt) = (
+            Tensor::from_slice(&a, &[n]).unwrap(),
+            Tensor::from_slice(&b, &[n]).unwrap(),
+        );
+        let (ad, bd) = (gpu.upload(&a).unwrap(), gpu.upload(&b).unwrap());
+        let got = gpu
+            .download(&ew::lerp(&gpu, &ad, &bd, 0.1).unwrap())
+            .unwrap();
+        assert_close(&got, &values(&at.lerp(&bt, 0.1).unwrap()), 1e-6, gpu.name());
+        assert!(ew::lerp(&gpu, &ad, &gpu.upload(&b[..10]).unwrap(), 0.1).is_err());
+    }
+}
+
+#[test]
 fn sin_and_cos_of_large_arguments_stay_accurate() {
     // The sinusoidal timestep embedding takes t·f up to 1000 radians, far outside the
     // [-pi, pi] where the hardware's sin/cos.approx are accurate.

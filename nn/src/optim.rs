@@ -221,10 +221,9 @@ impl Ema {
     pub fn update(&mut self, params: &[(String, Var)]) -> Result<()> {
         for (name, p) in params {
             let current = p.value();
+            // decay·avg + (1 − decay)·current, in one pass.
             let next = match self.shadow.get(name) {
-                Some(avg) => avg
-                    .mul_scalar(self.decay)?
-                    .add(&current.mul_scalar(1.0 - self.decay)?)?,
+                Some(avg) => avg.lerp(&current, 1.0 - self.decay)?,
                 None => current,
             };
             self.shadow.insert(name.clone(), next);

@@ -395,6 +395,25 @@ pub fn to_f32(gpu: &Gpu, x: &Buffer<half::bf16>) -> Result<Buffer<f32>> {
     Ok(out)
 }
 
+/// `start + weight · (end − start)` elementwise (an exponential moving average's update).
+pub fn lerp(gpu: &Gpu, start: &Buffer<f32>, end: &Buffer<f32>, weight: f32) -> Result<Buffer<f32>> {
+    check_len("lerp end", end, start.len())?;
+    let out = gpu.zeros::<f32>(start.len())?;
+    gpu.launch(
+        "elementwise",
+        "lerp_f32",
+        LaunchConfig::linear(start.len(), ELEMENTWISE_BLOCK),
+        &[
+            (&out).into(),
+            start.into(),
+            end.into(),
+            check_u32("elements", start.len())?.into(),
+            weight.into(),
+        ],
+    )?;
+    Ok(out)
+}
+
 fn cast<A, B>(gpu: &Gpu, entry: &str, out: &Buffer<A>, x: &Buffer<B>) -> Result<()> {
     gpu.launch(
         "elementwise",

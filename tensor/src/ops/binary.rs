@@ -203,6 +203,20 @@ impl Tensor {
     pub fn minimum_scalar(&self, value: f64) -> Result<Tensor> {
         self.minimum(&Tensor::full(&[], value, self.dtype())?)
     }
+
+    /// `self + weight · (end − self)` for `end` of the same shape, in one pass: an exponential
+    /// moving average's update (`average.lerp(current, 1 − decay)`).
+    pub fn lerp(&self, end: &Tensor, weight: f64) -> Result<Tensor> {
+        end.check_shape("lerp", self.shape())?;
+        if self.is_cuda() || end.is_cuda() {
+            return crate::ops::cuda::lerp(self, end, weight);
+        }
+        end.check_dtype("lerp", self.dtype())?;
+        with_float_type!(self.dtype(), "lerp", T => {
+            let w = T::from_f64(weight);
+            zip_map::<T>(self, end, self.shape(), |a, b| a + w * (b - a))
+        })
+    }
 }
 
 #[cfg(test)]
@@ -231,6 +245,23 @@ mod tests {
                 op.apply(av[source(a, &index)], bv[source(b, &index)])
             })
             .collect()
+    }
+
+    #[test]
+    fn lerp_moves_a_fraction_of_the_way() {
+        let (a, b) = (
+            random_strided(&[3, 4], -2.0, 2.0, 1),
+            random_strided(&[3, 4], -2.0, 2.0, 2),
+        );
+        let got = a.lerp(&b, 0.25).unwrap().to_vec_f64();
+        let expected: Vec<f64> = a
+            .to_vec_f64()
+            .iter()
+            .zip(b.to_vec_f64())
+            .map(|(x, y)| 0.75 * x + 0.25 * y)
+            .collect();
+        assert_close(&got, &expected, 1e-12, "lerp");
+        assert!(a.lerp(&b.narrow(0, 0, 2).unwrap(), 0.5).is_err());
     }
 
     #[test]

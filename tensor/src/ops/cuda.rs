@@ -1072,3 +1072,13 @@ pub(crate) fn swiglu_backward(
         f32_tensor(&gpu, dup, shape, ordinal),
     ))
 }
+
+/// `start + weight · (end − start)` of two device tensors (`Tensor::lerp`).
+pub(crate) fn lerp(start: &Tensor, end: &Tensor, weight: f64) -> Result<Tensor> {
+    let op = "lerp";
+    same_device(op, start, end)?;
+    let (gpu, a) = dense_f32(start, op)?;
+    let (_, b) = dense_f32(end, op)?;
+    let out = ew::lerp(&gpu, &a, &b, weight as f32).map_err(failed(op))?;
+    Ok(f32_tensor(&gpu, out, start.shape(), ordinal(start)))
+}
