@@ -132,6 +132,10 @@ proptest! {
         let at = normal(&[k, m], seed ^ 2);
         let bt = normal(&[n, k], seed ^ 3);
         assert_grads(|v| v[0].t()?.matmul(&v[1].t()?), &[at, bt]);
+        // A linear layer's shape: batched rows times a transposed, broadcast weight.
+        let x = normal(&[batch, m, k], seed ^ 4);
+        let w = normal(&[n, k], seed ^ 5);
+        assert_grads(|v| v[0].matmul(&v[1].t()?), &[x, w]);
     }
 
     #[test]

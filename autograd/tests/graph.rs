@@ -111,3 +111,25 @@ fn set_value_replaces_a_leaf_value_of_the_same_shape() {
         .unwrap();
     assert_eq!(w.value().dtype(), DType::F32, "a cast is allowed");
 }
+
+#[test]
+fn a_transposed_weight_gets_a_contiguous_gradient() {
+    // A linear layer multiplies by W.t(); W's gradient must come out in W's own layout, so the
+    // optimizer reads it without gathering a strided copy.
+    let x =
+        Var::constant(Tensor::from_vec((0..12).map(|v| v as f64).collect(), &[2, 2, 3]).unwrap());
+    let w = Var::parameter(
+        Tensor::from_vec((0..12).map(|v| v as f64 * 0.1).collect(), &[4, 3]).unwrap(),
+    );
+    x.matmul(&w.t().unwrap())
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let grad = w.grad().unwrap();
+    assert!(grad.is_contiguous());
+    // dW[o, i] = Σ over rows of x[.., i] (the upstream gradient is all ones).
+    let column_sums = [18.0, 22.0, 26.0];
+    assert_eq!(grad.to_vec_f64(), column_sums.repeat(4));
+}

@@ -21,6 +21,10 @@ fn row_reductions_match_the_cpu() {
                 (RowReduce::Sum, xt.sum(&[1], false).unwrap()),
                 (RowReduce::Max, xt.max(&[1], false).unwrap()),
                 (RowReduce::Mean, xt.mean(&[1], false).unwrap()),
+                (
+                    RowReduce::SumOfSquares,
+                    xt.mul(&xt).unwrap().sum(&[1], false).unwrap(),
+                ),
             ] {
                 let got = gpu
                     .download(&rows::reduce_rows(&gpu, op, &xd, rows, cols).unwrap())

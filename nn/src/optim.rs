@@ -148,7 +148,7 @@ pub fn clip_factor(
         .collect::<Result<_>>()?;
     for (_, p) in params {
         if let Some(g) = p.grad() {
-            parts.push(g.mul(&g)?.sum_all()?.reshape(&[1])?);
+            parts.push(g.sum_of_squares()?.reshape(&[1])?);
         }
     }
     let values = if parts.is_empty() {

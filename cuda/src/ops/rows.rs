@@ -19,6 +19,8 @@ pub enum RowReduce {
     Sum = 0,
     Max = 1,
     Mean = 2,
+    /// Σ x², a gradient's squared norm in one pass.
+    SumOfSquares = 3,
 }
 
 /// `out[r] = op(x[r, :])`, a buffer of `rows` values.

@@ -497,6 +497,24 @@ pub(crate) fn reduce(x: &Tensor, op: ReduceOp, dims: &[usize], keepdim: bool) ->
     Ok(f32_tensor(&gpu, reduced, shape, ordinal(x)))
 }
 
+/// Σ x² of a device tensor (`Tensor::sum_of_squares`): chunks of squares, then their sum.
+pub(crate) fn sum_of_squares(x: &Tensor) -> Result<Tensor> {
+    let op = "sum_of_squares";
+    let (gpu, xb) = dense_f32(x, op)?;
+    let n = x.numel();
+    let total = match long_row_chunk(1, n) {
+        Some(chunk) => {
+            let partial =
+                gpu_rows::reduce_rows(&gpu, RowReduce::SumOfSquares, &xb, n / chunk, chunk)
+                    .map_err(failed(op))?;
+            gpu_rows::reduce_rows(&gpu, RowReduce::Sum, &partial, 1, n / chunk)
+        }
+        None => gpu_rows::reduce_rows(&gpu, RowReduce::SumOfSquares, &xb, 1, n),
+    }
+    .map_err(failed(op))?;
+    Ok(f32_tensor(&gpu, total, &[], ordinal(x)))
+}
+
 /// The chunk length to split rows of `inner` elements into when there are too few rows to fill
 /// a GPU: the largest divisor of `inner` in 256..=4096, if any.
 fn long_row_chunk(outer: usize, inner: usize) -> Option<usize> {

@@ -545,6 +545,16 @@ fn long_rows_are_reduced_in_chunks_with_the_same_result() {
                 &format!("{op:?} over {dims:?} of {shape:?}"),
             );
         }
+        // A gradient's squared norm: chunks of squares, then their sum.
+        let squares = x.mul(&x).unwrap().sum_all().unwrap();
+        let got = on_gpu(&x).sum_of_squares().unwrap();
+        assert_eq!(got.shape(), &[] as &[usize]);
+        check(
+            &got,
+            &squares,
+            1e-4,
+            &format!("sum of squares of {shape:?}"),
+        );
     }
 }
 

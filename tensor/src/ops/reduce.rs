@@ -182,6 +182,18 @@ impl Tensor {
         self.sum(&[], false)
     }
 
+    /// Σ x² over every element, as a scalar: a gradient's squared norm in one pass (one
+    /// launch, or two for a long tensor, on a GPU) instead of a product and a sum.
+    pub fn sum_of_squares(&self) -> Result<Tensor> {
+        if self.is_cuda() {
+            return crate::ops::cuda::sum_of_squares(self);
+        }
+        with_float_type!(self.dtype(), "sum_of_squares", T => {
+            let total = self.values::<T>()?.iter().fold(T::zero(), |s, &x| s + x * x);
+            Tensor::from_vec(vec![total], &[])
+        })
+    }
+
     /// Index of the largest element along `dim` (the first one on ties), as i64.
     pub fn argmax(&self, dim: usize, keepdim: bool) -> Result<Tensor> {
         self.ensure_cpu("argmax")?;
@@ -279,6 +291,15 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    #[test]
+    fn sum_of_squares_is_the_squared_norm() {
+        let x = random_strided(&[3, 5], -2.0, 2.0, 9);
+        let expected: f64 = x.to_vec_f64().iter().map(|v| v * v).sum();
+        let got = x.sum_of_squares().unwrap();
+        assert_eq!(got.shape(), &[] as &[usize]);
+        assert!((got.item().unwrap() - expected).abs() < 1e-12);
     }
 
     #[test]
