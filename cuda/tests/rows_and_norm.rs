@@ -11,6 +11,36 @@ use ditmoe_tensor::Tensor;
 const SHAPES: [(usize, usize); 3] = [(3, 5), (13, 40), (9, 130)];
 
 #[test]
+fn column_reductions_match_the_cpu() {
+    // One chunk of rows, several (a second pass), and a partial block of columns.
+    for gpu in gpus() {
+        for (s, (rows, cols)) in [(5, 3), (200, 40), (70, 300)].into_iter().enumerate() {
+            let x = random(rows * cols, -3.0, 3.0, 50 + s as u64);
+            let xt = Tensor::from_slice(&x, &[rows, cols]).unwrap();
+            let xd = gpu.upload(&x).unwrap();
+            for (op, expected) in [
+                (RowReduce::Sum, xt.sum(&[0], false).unwrap()),
+                (RowReduce::Max, xt.max(&[0], false).unwrap()),
+                (RowReduce::Mean, xt.mean(&[0], false).unwrap()),
+            ] {
+                let got = gpu
+                    .download(&rows::reduce_columns(&gpu, op, &xd, rows, cols).unwrap())
+                    .unwrap();
+                assert_close(
+                    &got,
+                    &values(&expected),
+                    1e-5,
+                    &format!("{op:?} over the rows of {rows}x{cols} on {}", gpu.name()),
+                );
+            }
+        }
+        let x = gpu.upload(&[1.0f32; 6]).unwrap();
+        assert!(rows::reduce_columns(&gpu, RowReduce::SumOfSquares, &x, 2, 3).is_err());
+        assert!(rows::reduce_columns(&gpu, RowReduce::Sum, &x, 4, 3).is_err());
+    }
+}
+
+#[test]
 fn row_reductions_match_the_cpu() {
     for gpu in gpus() {
         for (s, (rows, cols)) in SHAPES.into_iter().enumerate() {

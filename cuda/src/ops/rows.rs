@@ -1,5 +1,6 @@
 //! Wrappers for `kernels/rows.ptx`: reductions and softmax over the last dimension of a
-//! row-major `[rows, cols]` matrix, one warp per row.
+//! row-major `[rows, cols]` matrix, one warp per row; and reductions over its first dimension,
+//! one thread per column.
 
 use super::{check_len, check_u32};
 use crate::error::Result;
@@ -90,4 +91,62 @@ pub fn softmax_backward_rows(
         ],
     )?;
     Ok(dx)
+}
+
+/// Rows each thread of the first column-reduction pass adds up.
+const COLUMN_CHUNK_ROWS: usize = 64;
+
+/// `out[c] = op(x[:, c])` for a row-major `[rows, cols]` matrix (sum, max or mean over the first
+/// dimension), read in place: chunks of rows first, then the chunks' results.
+pub fn reduce_columns(
+    gpu: &Gpu,
+    op: RowReduce,
+    x: &Buffer<f32>,
+    rows: usize,
+    cols: usize,
+) -> Result<Buffer<f32>> {
+    check_len("reduce_columns input", x, rows * cols)?;
+    if op == RowReduce::SumOfSquares {
+        return Err(crate::error::CudaError::InvalidArgument(
+            "reduce_columns: expected sum, max or mean".into(),
+        ));
+    }
+    let max = u32::from(op == RowReduce::Max);
+    let mean_scale = if op == RowReduce::Mean && rows > 0 {
+        1.0 / rows as f32
+    } else {
+        1.0
+    };
+    let pass = |input: &Buffer<f32>, rows: usize, chunk_rows: usize, scale: f32| {
+        let chunks = rows.div_ceil(chunk_rows).max(1);
+        let out = gpu.zeros::<f32>(chunks * cols)?;
+        gpu.launch(
+            "rows",
+            "reduce_columns_f32",
+            LaunchConfig {
+                grid: (
+                    check_u32("column blocks", cols.div_ceil(256).max(1))?,
+                    check_u32("row chunks", chunks)?,
+                    1,
+                ),
+                block: (256, 1, 1),
+                shared_bytes: 0,
+            },
+            &[
+                (&out).into(),
+                input.into(),
+                check_u32("rows", rows)?.into(),
+                check_u32("cols", cols)?.into(),
+                check_u32("chunk rows", chunk_rows)?.into(),
+                max.into(),
+                scale.into(),
+            ],
+        )?;
+        Ok::<_, crate::error::CudaError>((out, chunks))
+    };
+    if rows <= COLUMN_CHUNK_ROWS {
+        return Ok(pass(x, rows, COLUMN_CHUNK_ROWS, mean_scale)?.0);
+    }
+    let (partial, chunks) = pass(x, rows, COLUMN_CHUNK_ROWS, 1.0)?;
+    Ok(pass(&partial, chunks, chunks, mean_scale)?.0)
 }

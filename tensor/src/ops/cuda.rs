@@ -480,6 +480,16 @@ pub(crate) fn reduce(x: &Tensor, op: ReduceOp, dims: &[usize], keepdim: bool) ->
     } else {
         &rows.dropped_shape
     };
+    if let Some(leading) = leading_dims(x, dims) {
+        // The reduced dims lead (a bias gradient: a sum over the rows of [N, D]): reduce the
+        // columns of [Π leading, Π rest] in place instead of transposing it first.
+        let (gpu, xb) = dense_f32(x, "reduce")?;
+        let reduced_rows: usize = x.shape()[..leading].iter().product();
+        let cols = x.numel() / reduced_rows.max(1);
+        let reduced = gpu_rows::reduce_columns(&gpu, code, &xb, reduced_rows, cols)
+            .map_err(failed("reduce"))?;
+        return Ok(f32_tensor(&gpu, reduced, shape, ordinal(x)));
+    }
     let (gpu, xb) = dense_f32(&rows.permuted, "reduce")?;
     let (outer, inner) = (rows.outer(), rows.inner);
     // The row kernel gives each row one block: a few long rows (a whole-tensor sum, say) would
@@ -513,6 +523,16 @@ pub(crate) fn sum_of_squares(x: &Tensor) -> Result<Tensor> {
     }
     .map_err(failed(op))?;
     Ok(f32_tensor(&gpu, total, &[], ordinal(x)))
+}
+
+/// `Some(j)` when `dims` are exactly the first j < rank dims of a contiguous `x` (so the kept
+/// dims are its columns).
+fn leading_dims(x: &Tensor, dims: &[usize]) -> Option<usize> {
+    let j = dims.len();
+    let mut sorted = dims.to_vec();
+    sorted.sort_unstable();
+    let leading = j > 0 && j < x.rank() && sorted.iter().enumerate().all(|(i, &d)| i == d);
+    (leading && x.is_contiguous()).then_some(j)
 }
 
 /// The chunk length to split rows of `inner` elements into when there are too few rows to fill

@@ -545,6 +545,28 @@ fn long_rows_are_reduced_in_chunks_with_the_same_result() {
                 &format!("{op:?} over {dims:?} of {shape:?}"),
             );
         }
+        // Over the leading dims (a bias gradient), read in place by the column kernel.
+        if shape.len() > 1 {
+            for op in [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max] {
+                let got = on_gpu(&x).reduce(op, &[0], true).unwrap();
+                let expected = x.reduce(op, &[0], true).unwrap();
+                check(
+                    &got,
+                    &expected,
+                    1e-4,
+                    &format!("{op:?} over dim 0 of {shape:?}"),
+                );
+            }
+        }
+        // Two leading dims, given out of order (a bias gradient of [B, T, D]).
+        let y = f32_cpu(&[4, 70, 24], 81);
+        let got = on_gpu(&y).reduce(ReduceOp::Sum, &[1, 0], false).unwrap();
+        check(
+            &got,
+            &y.sum(&[0, 1], false).unwrap(),
+            1e-4,
+            "sum over [1, 0]",
+        );
         // A gradient's squared norm: chunks of squares, then their sum.
         let squares = x.mul(&x).unwrap().sum_all().unwrap();
         let got = on_gpu(&x).sum_of_squares().unwrap();
