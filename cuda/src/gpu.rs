@@ -99,6 +99,42 @@ pub enum RawBuffer {
         bytes: usize,
         memory: Arc<Mutex<GlobalMemory>>,
     },
+    /// `bytes` bytes from `byte_offset` of another buffer, which the view keeps alive: a
+    /// contiguous slice of a tensor passed to a kernel without copying it.
+    View {
+        parent: Arc<dyn ViewedBuffer>,
+        byte_offset: usize,
+        bytes: usize,
+    },
+}
+
+/// What a [`RawBuffer::View`] looks into: any typed buffer.
+pub trait ViewedBuffer: std::fmt::Debug + Send + Sync {
+    fn raw(&self) -> &RawBuffer;
+}
+
+impl<T: std::fmt::Debug + Send + Sync> ViewedBuffer for Buffer<T> {
+    fn raw(&self) -> &RawBuffer {
+        &self.raw
+    }
+}
+
+impl RawBuffer {
+    /// The allocation this memory lives in (never a view), and the byte range within it.
+    fn resolve(&self) -> (&RawBuffer, usize, usize) {
+        match self {
+            RawBuffer::Driver(slice) => (self, 0, slice.len()),
+            RawBuffer::Emulated { bytes, .. } => (self, 0, *bytes),
+            RawBuffer::View {
+                parent,
+                byte_offset,
+                bytes,
+            } => {
+                let (root, offset, _) = parent.raw().resolve();
+                (root, offset + byte_offset, *bytes)
+            }
+        }
+    }
 }
 
 impl Drop for RawBuffer {
@@ -126,7 +162,7 @@ impl<T> Buffer<T> {
     pub fn cuda_slice(&self) -> Option<&cu::CudaSlice<u8>> {
         match &self.raw {
             RawBuffer::Driver(slice) => Some(slice),
-            RawBuffer::Emulated { .. } => None,
+            RawBuffer::Emulated { .. } | RawBuffer::View { .. } => None,
         }
     }
 
@@ -136,6 +172,29 @@ impl<T> Buffer<T> {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+}
+
+impl<T: Element + std::fmt::Debug> Buffer<T> {
+    /// Elements `offset..offset + len` of `parent` as a buffer of their own, without a copy
+    /// (kernels read and write them in place; the view keeps `parent` alive).
+    pub fn view(parent: &Arc<Buffer<T>>, offset: usize, len: usize) -> Result<Buffer<T>> {
+        if offset + len > parent.len {
+            return Err(CudaError::InvalidArgument(format!(
+                "a view of elements {offset}..{} of a {}-element buffer",
+                offset + len,
+                parent.len
+            )));
+        }
+        Ok(Buffer {
+            raw: RawBuffer::View {
+                parent: Arc::clone(parent) as Arc<dyn ViewedBuffer>,
+                byte_offset: offset * T::BYTES,
+                bytes: len * T::BYTES,
+            },
+            len,
+            element: PhantomData,
+        })
     }
 }
 
@@ -452,18 +511,19 @@ impl Gpu {
     /// Copies a device buffer back to the host (waits for the kernels that write it).
     pub fn download<T: Element>(&self, buffer: &Buffer<T>) -> Result<Vec<T>> {
         count(&self.traffic.downloads);
-        let bytes = match (&self.backend, &buffer.raw) {
-            (Backend::Driver { stream, .. }, RawBuffer::Driver(slice)) => {
-                let mut bytes = stream
-                    .memcpy_dtov(slice)
-                    .map_err(driver_error("cuMemcpyDtoH"))?;
-                bytes.truncate(buffer.len * T::BYTES);
-                bytes
-            }
-            (Backend::Emulator { memory, .. }, RawBuffer::Emulated { address, bytes, .. }) => {
+        let (root, offset, len) = buffer.raw.resolve();
+        let len = len.min(buffer.len * T::BYTES);
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let bytes = match (&self.backend, root) {
+            (Backend::Driver { stream, .. }, RawBuffer::Driver(slice)) => stream
+                .memcpy_dtov(&slice.slice(offset..offset + len))
+                .map_err(driver_error("cuMemcpyDtoH"))?,
+            (Backend::Emulator { memory, .. }, RawBuffer::Emulated { address, .. }) => {
                 let global = memory.lock().expect("emulator memory");
                 global
-                    .read(*address, *bytes)
+                    .read(address + offset as u64, len)
                     .map_err(CudaError::Emulator)?
                     .to_vec()
             }
@@ -562,11 +622,29 @@ impl Gpu {
                         )
                         .map_err(driver_error("cuFuncSetAttribute"))?;
                 }
+                // Views are passed as windows of their allocation, made before the builder
+                // borrows them.
+                let mut windows = Vec::new();
+                for arg in args {
+                    if let Arg::Buffer(raw @ RawBuffer::View { .. }) = arg {
+                        let (root, offset, bytes) = raw.resolve();
+                        let RawBuffer::Driver(slice) = root else {
+                            return Err(CudaError::InvalidArgument(
+                                "an emulator buffer was passed to a GPU kernel".into(),
+                            ));
+                        };
+                        windows.push(slice.slice(offset..offset + bytes));
+                    }
+                }
+                let mut windows = windows.iter();
                 let mut builder = stream.launch_builder(&function);
                 for arg in args {
                     match arg {
                         Arg::Buffer(RawBuffer::Driver(slice)) => builder.arg(slice),
-                        Arg::Buffer(_) => {
+                        Arg::Buffer(RawBuffer::View { .. }) => {
+                            builder.arg(windows.next().expect("one window per view"))
+                        }
+                        Arg::Buffer(RawBuffer::Emulated { .. }) => {
                             return Err(CudaError::InvalidArgument(
                                 "an emulator buffer was passed to a GPU kernel".into(),
                             ))
@@ -628,12 +706,16 @@ fn emulator_params(kernel: &emulator::Kernel, args: &[Arg]) -> Result<Vec<u64>> 
         .zip(&kernel.params)
         .map(|(arg, (name, ty))| {
             let (bits, bytes) = match arg {
-                Arg::Buffer(RawBuffer::Emulated { address, .. }) => (*address, 8),
-                Arg::Buffer(RawBuffer::Driver(_)) => {
-                    return Err(CudaError::InvalidArgument(
-                        "a GPU buffer was passed to the emulator".into(),
-                    ))
-                }
+                Arg::Buffer(raw) => match raw.resolve() {
+                    (RawBuffer::Emulated { address, .. }, offset, _) => {
+                        (address + offset as u64, 8)
+                    }
+                    _ => {
+                        return Err(CudaError::InvalidArgument(
+                            "a GPU buffer was passed to the emulator".into(),
+                        ))
+                    }
+                },
                 Arg::U32(v) => (*v as u64, 4),
                 Arg::U64(v) => (*v, 8),
                 Arg::F32(v) => (v.to_bits() as u64, 4),

@@ -310,3 +310,30 @@ fn swiglu_and_its_gradients_match_the_cpu() {
         assert!(swiglu_backward(&gpu, &gd, &ud, &gpu.upload(&dh[..10]).unwrap()).is_err());
     }
 }
+
+#[test]
+fn views_are_read_in_place_by_kernels_and_copies() {
+    use ditmoe_cuda::Buffer;
+    use std::sync::Arc;
+    for gpu in gpus() {
+        let values: Vec<f32> = (0..10).map(|v| v as f32).collect();
+        let parent = Arc::new(gpu.upload(&values).unwrap());
+        let view = Arc::new(Buffer::view(&parent, 3, 4).unwrap());
+        assert_eq!(gpu.download(&view).unwrap(), vec![3.0, 4.0, 5.0, 6.0]);
+        // A kernel reads the window, not the start of the allocation.
+        let negated = ew::unary(&gpu, Unary::Neg, &view).unwrap();
+        assert_eq!(
+            gpu.download(&negated).unwrap(),
+            vec![-3.0, -4.0, -5.0, -6.0]
+        );
+        // A view of a view adds the offsets.
+        let inner = Buffer::view(&view, 1, 2).unwrap();
+        assert_eq!(gpu.download(&inner).unwrap(), vec![4.0, 5.0]);
+        let empty = Buffer::view(&parent, 10, 0).unwrap();
+        assert!(gpu.download(&empty).unwrap().is_empty());
+        assert!(Buffer::view(&parent, 8, 3).is_err());
+        // The view keeps its parent's memory alive.
+        drop(parent);
+        assert_eq!(gpu.download(&view).unwrap(), vec![3.0, 4.0, 5.0, 6.0]);
+    }
+}

@@ -160,7 +160,8 @@ pub(crate) fn contiguous(t: &Tensor) -> Result<Tensor> {
 }
 
 /// The GPU and the dense (contiguous, from element 0, nothing else in the buffer) `f32`
-/// buffer of `t`, copying when its layout is anything else.
+/// buffer of `t`: the storage itself, a view of it when `t` is a contiguous slice (a narrow
+/// along the first dim, an expert's gradient in the grouped one), else a copy.
 fn dense_f32(t: &Tensor, op: &'static str) -> Result<(Arc<Gpu>, Arc<Buffer<f32>>)> {
     let storage = t.cuda_storage().ok_or(TensorError::DeviceMismatch {
         op,
@@ -175,8 +176,12 @@ fn dense_f32(t: &Tensor, op: &'static str) -> Result<(Arc<Gpu>, Arc<Buffer<f32>>
         });
     };
     let layout = t.layout();
-    if layout.is_contiguous() && layout.offset() == 0 && buffer.len() == t.numel() {
-        return Ok((Arc::clone(&storage.gpu), Arc::clone(buffer)));
+    if layout.is_contiguous() {
+        if layout.offset() == 0 && buffer.len() == t.numel() {
+            return Ok((Arc::clone(&storage.gpu), Arc::clone(buffer)));
+        }
+        let view = Buffer::view(buffer, layout.offset(), t.numel()).map_err(failed(op))?;
+        return Ok((Arc::clone(&storage.gpu), Arc::new(view)));
     }
     dense_f32(&contiguous(t)?, op)
 }

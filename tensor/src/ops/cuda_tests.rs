@@ -499,7 +499,7 @@ fn ops_without_a_cuda_kernel_and_mixed_devices_are_clear_errors() {
 }
 
 #[test]
-fn zeros_are_made_on_the_device() {
+fn zeros_are_memsets_and_contiguous_slices_are_views() {
     // cuda:2, which no other test here uses, so that its traffic counts are this test's alone
     // (the emulator on a machine with fewer GPUs).
     const GPU: Device = Device::Cuda(2);
@@ -523,6 +523,15 @@ fn zeros_are_made_on_the_device() {
         Tensor::zeros_on(&[2], DType::BF16, GPU),
         Err(TensorError::UnsupportedDType { .. })
     ));
+    // A contiguous slice (rows 1..3 of a [3, 4]) goes to a kernel as a view: one launch, no copy.
+    let x = f32_cpu(&[3, 4], 7);
+    let rows = x.to_device(GPU).unwrap().narrow(0, 1, 2).unwrap();
+    let before = gpu.traffic();
+    let y = rows.exp().unwrap();
+    assert_eq!((gpu.traffic() - before).launches, 1, "no copy of the slice");
+    assert_eq!(y.device(), GPU);
+    let expected = x.narrow(0, 1, 2).unwrap().exp().unwrap().to_vec_f64();
+    assert_close(&y.to_vec_f64(), &expected, 1e-5, "exp of a view");
 }
 
 #[test]
