@@ -62,24 +62,26 @@ def best(*times):
     return min(present) if present else None
 
 
-GEMM_SHAPES = [
-    ("1024^3", 1024, 1024, 1024),
-    ("2048^3", 2048, 2048, 2048),
-    ("4096^3", 4096, 4096, 4096),
-    ("8192^3", 8192, 8192, 8192),
-    ("S-ffn-up 16384x1536x384", 16384, 1536, 384),
-    ("S-ffn-down 16384x384x1536", 16384, 384, 1536),
-    ("B-ffn-up 16384x3072x768", 16384, 3072, 768),
-    ("B-ffn-down 16384x768x3072", 16384, 768, 3072),
-]
+def gemm_shape(label):
+    """(M, N, K) from a gpu_gemm label: "4096^3" or "S-ffn-up 16384x1536x384"."""
+    cube = re.fullmatch(r"(\d+)\^3", label)
+    if cube:
+        return (int(cube.group(1)),) * 3
+    rows, cols, depth = re.search(r"(\d+)x(\d+)x(\d+)", label).groups()
+    return int(rows), int(cols), int(depth)
 
 
 def gemm_table(m):
     get = lambda name, label: m.get(f"gpu_gemm/{name}/{label}")
+    # The shapes, in the order the benchmark ran them.
+    labels = list(dict.fromkeys(
+        key.split("/", 2)[2] for key in m if key.startswith("gpu_gemm/cublas_bf16/")
+        or key.startswith("gpu_gemm/ours_bf16/")))
     print("### GEMM: `gemm_bf16` (128×128 and 128×256 tiles) vs cuBLAS bf16 (target ≥ 50%)\n")
     print("| shape | ours 128×128 | ours 128×256 | cuBLAS | best ours TFLOP/s | best / cuBLAS |")
     print("|---|---|---|---|---|---|")
-    for label, rows, cols, depth in GEMM_SHAPES:
+    for label in labels:
+        rows, cols, depth = gemm_shape(label)
         square, wide = get("ours_bf16", label), get("ours_bf16_wide", label)
         blas, ours = get("cublas_bf16", label), best(square, wide)
         flops = 2 * rows * cols * depth

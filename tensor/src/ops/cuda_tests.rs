@@ -22,6 +22,14 @@ fn check(gpu: &Tensor, cpu: &Tensor, tol: f64, what: &str) {
     assert_close(&gpu.to_vec_f64(), &cpu.to_vec_f64(), tol, what);
 }
 
+/// The values rounded to bf16 and back: what the tensor cores multiply in mixed precision.
+fn round(t: &Tensor) -> Tensor {
+    t.to_dtype(DType::BF16)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+}
+
 fn f32_cpu(shape: &[usize], seed: u64) -> Tensor {
     random_strided(shape, -2.0, 2.0, seed)
         .to_dtype(DType::F32)
@@ -150,12 +158,6 @@ fn mixed_precision_matmul_uses_the_tensor_cores_where_the_shape_fits() {
     let gpu = ditmoe_cuda::registry::device_or_emulator(1);
     assert!(gpu.tensor_core_matmul());
     let on = |t: &Tensor| t.to_device(Device::Cuda(1)).unwrap();
-    let round = |t: &Tensor| {
-        t.to_dtype(DType::BF16)
-            .unwrap()
-            .to_dtype(DType::F32)
-            .unwrap()
-    };
     let x = f32_cpu(&[3, 16, 24], 20);
     let w = f32_cpu(&[40, 24], 21);
     let got = on(&x).matmul(&on(&w).t().unwrap()).unwrap();
@@ -334,12 +336,6 @@ fn grouped_matmul_is_one_tensor_core_launch_or_the_exact_loop() {
         // cuda:1: mixed precision, one grouped launch; equal to the product of rounded operands.
         ditmoe_cuda::registry::device_or_emulator(1);
         let on1 = |t: &Tensor| t.to_device(Device::Cuda(1)).unwrap();
-        let round = |t: &Tensor| {
-            t.to_dtype(DType::BF16)
-                .unwrap()
-                .to_dtype(DType::F32)
-                .unwrap()
-        };
         let got = Tensor::grouped_matmul(&on1(&x), &sizes, &on1(&weights), transpose).unwrap();
         let with_device_sizes = Tensor::grouped_matmul(
             &on1(&x),
@@ -365,12 +361,6 @@ fn grouped_matmul_is_one_tensor_core_launch_or_the_exact_loop() {
     let expected = Tensor::grouped_weight_grads(&dy, &x, &sizes).unwrap();
     let exact = Tensor::grouped_weight_grads(&on_gpu(&dy), &on_gpu(&x), &sizes).unwrap();
     let on1 = |t: &Tensor| t.to_device(Device::Cuda(1)).unwrap();
-    let round = |t: &Tensor| {
-        t.to_dtype(DType::BF16)
-            .unwrap()
-            .to_dtype(DType::F32)
-            .unwrap()
-    };
     let mixed = Tensor::grouped_weight_grads(&on1(&dy), &on1(&x), &sizes).unwrap();
     let mixed_device_sizes =
         Tensor::grouped_weight_grads(&on1(&dy), &on1(&x), &on_device(Device::Cuda(1))).unwrap();
@@ -397,12 +387,6 @@ fn flash_attention_runs_the_fused_kernel_in_mixed_precision() {
         f32_cpu(&[2, 3, 40, 32], 62),
     );
     let scale = 32f64.powf(-0.5);
-    let round = |t: &Tensor| {
-        t.to_dtype(DType::BF16)
-            .unwrap()
-            .to_dtype(DType::F32)
-            .unwrap()
-    };
     let (expected, expected_lse) = round(&q)
         .flash_attention(&round(&k), &round(&v), scale)
         .unwrap();
