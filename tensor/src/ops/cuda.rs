@@ -496,19 +496,8 @@ pub(crate) fn reduce(x: &Tensor, op: ReduceOp, dims: &[usize], keepdim: bool) ->
         return Ok(f32_tensor(&gpu, reduced, shape, ordinal(x)));
     }
     let (gpu, xb) = dense_f32(&rows.permuted, "reduce")?;
-    let (outer, inner) = (rows.outer(), rows.inner);
-    // The row kernel gives each row one block: a few long rows (a whole-tensor sum, say) would
-    // leave the GPU idle. Split each row into equal chunks, reduce the chunks, then the chunk
-    // results — exact for sum, mean (equal chunks) and max.
-    let reduced = match long_row_chunk(outer, inner) {
-        Some(chunk) => {
-            let partial = gpu_rows::reduce_rows(&gpu, code, &xb, outer * inner / chunk, chunk)
-                .map_err(failed("reduce"))?;
-            gpu_rows::reduce_rows(&gpu, code, &partial, outer, inner / chunk)
-        }
-        None => gpu_rows::reduce_rows(&gpu, code, &xb, outer, inner),
-    }
-    .map_err(failed("reduce"))?;
+    let reduced = reduce_rows_chunked(&gpu, code, code, &xb, rows.outer(), rows.inner)
+        .map_err(failed("reduce"))?;
     Ok(f32_tensor(&gpu, reduced, shape, ordinal(x)))
 }
 
@@ -516,18 +505,37 @@ pub(crate) fn reduce(x: &Tensor, op: ReduceOp, dims: &[usize], keepdim: bool) ->
 pub(crate) fn sum_of_squares(x: &Tensor) -> Result<Tensor> {
     let op = "sum_of_squares";
     let (gpu, xb) = dense_f32(x, op)?;
-    let n = x.numel();
-    let total = match long_row_chunk(1, n) {
-        Some(chunk) => {
-            let partial =
-                gpu_rows::reduce_rows(&gpu, RowReduce::SumOfSquares, &xb, n / chunk, chunk)
-                    .map_err(failed(op))?;
-            gpu_rows::reduce_rows(&gpu, RowReduce::Sum, &partial, 1, n / chunk)
-        }
-        None => gpu_rows::reduce_rows(&gpu, RowReduce::SumOfSquares, &xb, 1, n),
-    }
+    let total = reduce_rows_chunked(
+        &gpu,
+        RowReduce::SumOfSquares,
+        RowReduce::Sum,
+        &xb,
+        1,
+        x.numel(),
+    )
     .map_err(failed(op))?;
     Ok(f32_tensor(&gpu, total, &[], ordinal(x)))
+}
+
+/// Each of `outer` rows of `inner` elements reduced by `first`. The row kernel gives each row
+/// one warp, so a few long rows (a whole-tensor sum, say) would leave the GPU idle: long rows
+/// are split into equal chunks reduced by `first`, whose results `then` combines — exact for
+/// sum, mean (equal chunks) and max (`then` = `first`), and for squares then a sum.
+fn reduce_rows_chunked(
+    gpu: &Gpu,
+    first: RowReduce,
+    then: RowReduce,
+    x: &Buffer<f32>,
+    outer: usize,
+    inner: usize,
+) -> std::result::Result<Buffer<f32>, CudaError> {
+    match long_row_chunk(outer, inner) {
+        Some(chunk) => {
+            let partial = gpu_rows::reduce_rows(gpu, first, x, outer * inner / chunk, chunk)?;
+            gpu_rows::reduce_rows(gpu, then, &partial, outer, inner / chunk)
+        }
+        None => gpu_rows::reduce_rows(gpu, first, x, outer, inner),
+    }
 }
 
 /// `Some(j)` when `dims` are exactly the first j < rank dims of a contiguous `x` (so the kept

@@ -4,12 +4,9 @@
 
 use crate::dtype::FloatElement;
 use crate::error::Result;
+use crate::ops::unary::sigmoid;
 use crate::parallel::{for_each_chunk_mut, for_each_chunk_pair_mut, rows_per_chunk};
 use crate::{with_float_type, Tensor};
-
-fn sigmoid<T: FloatElement>(x: T) -> T {
-    T::one() / (T::one() + (-x).exp())
-}
 
 fn swiglu_typed<T: FloatElement>(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     let (g, u) = (gate.values::<T>()?, up.values::<T>()?);

@@ -37,7 +37,8 @@ pub enum UnaryOp {
     MulScalar(f64),
 }
 
-fn sigmoid<T: FloatElement>(x: T) -> T {
+/// σ(x) = 1 / (1 + e^−x).
+pub(crate) fn sigmoid<T: FloatElement>(x: T) -> T {
     T::one() / (T::one() + (-x).exp())
 }
 
