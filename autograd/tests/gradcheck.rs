@@ -2,7 +2,7 @@
 //! (size-1 and broadcast dimensions included) and random values.
 
 use ditmoe_autograd::{check_gradients, Var};
-use ditmoe_tensor::{seeded_rng, DType, GroupSizes, Result, Tensor, UnaryOp};
+use ditmoe_tensor::{seeded_rng, DType, GroupSizes, ReduceOp, Result, Tensor, UnaryOp};
 use proptest::prelude::*;
 use rand::Rng;
 
@@ -97,6 +97,7 @@ proptest! {
         assert_grads(|v| v[0].mean(&dims, keepdim), std::slice::from_ref(&x));
         assert_grads(|v| v[0].max(&dims, keepdim), std::slice::from_ref(&x));
         assert_grads(|v| v[0].min(&dims, keepdim), std::slice::from_ref(&x));
+        assert_grads(|v| v[0].reduce(ReduceOp::SumOfSquares, &dims, keepdim), std::slice::from_ref(&x));
         let count: usize = dims.iter().map(|&d| shape[d]).product();
         if count > 1 {
             assert_grads(|v| v[0].var(&dims, keepdim, true), std::slice::from_ref(&x));

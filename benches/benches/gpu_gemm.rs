@@ -18,11 +18,11 @@ use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm as _, GemmConfig};
 use ditmoe_cuda::ops::attention::{
     flash_attention_backward, flash_attention_forward, AttentionShape,
 };
-use ditmoe_cuda::ops::elementwise::{self as ew, Binary, Broadcast, Unary};
+use ditmoe_cuda::ops::elementwise::{self as ew, Broadcast};
 use ditmoe_cuda::ops::gemm::{gemm_bf16, gemm_f32, grouped_gemm_bf16, Gemm, GemmTile, Groups};
 use ditmoe_cuda::ops::routing::{dispatch_order, expert_race_positions};
 use ditmoe_cuda::ops::swiglu::{swiglu, swiglu_backward};
-use ditmoe_cuda::Gpu;
+use ditmoe_cuda::{BinaryOp, Gpu, UnaryOp};
 use half::bf16;
 
 /// (label, M, N, K)
@@ -481,11 +481,11 @@ fn bench_swiglu(c: &mut Criterion) {
     });
     group.bench_function("silu_then_mul_forward_backward", |bench| {
         bench.iter(|| {
-            let silu = ew::unary(&gpu, Unary::Silu, &gate).unwrap();
-            let h = ew::binary(&gpu, Binary::Mul, &silu, &up, &same).unwrap();
-            let d_silu = ew::binary(&gpu, Binary::Mul, &grad, &up, &same).unwrap();
-            let d_up = ew::binary(&gpu, Binary::Mul, &grad, &silu, &same).unwrap();
-            let d_gate = ew::unary_backward(&gpu, Unary::Silu, &gate, &d_silu).unwrap();
+            let silu = ew::unary(&gpu, UnaryOp::Silu, &gate).unwrap();
+            let h = ew::binary(&gpu, BinaryOp::Mul, &silu, &up, &same).unwrap();
+            let d_silu = ew::binary(&gpu, BinaryOp::Mul, &grad, &up, &same).unwrap();
+            let d_up = ew::binary(&gpu, BinaryOp::Mul, &grad, &silu, &same).unwrap();
+            let d_gate = ew::unary_backward(&gpu, UnaryOp::Silu, &gate, &d_silu).unwrap();
             gpu.synchronize().unwrap();
             (h, d_up, d_gate)
         })

@@ -18,12 +18,14 @@ pub mod emulator;
 pub mod error;
 pub mod gpu;
 pub mod kernels;
+pub mod op;
 pub mod ops;
 pub mod registry;
 
 pub use element::Element;
 pub use error::{CudaError, Result};
 pub use gpu::{Arg, Buffer, Gpu, KernelTime, LaunchConfig, Traffic};
+pub use op::{BinaryOp, ReduceOp, UnaryOp};
 
 use cudarc::driver::sys;
 

@@ -4,7 +4,8 @@ mod common;
 
 use common::{assert_close, gpus, random, values};
 use ditmoe_cuda::ops::norm;
-use ditmoe_cuda::ops::rows::{self, RowReduce};
+use ditmoe_cuda::ops::rows;
+use ditmoe_cuda::ReduceOp;
 use ditmoe_tensor::Tensor;
 
 /// Shapes with fewer columns than a warp, a partial last block of rows, and long rows.
@@ -19,9 +20,9 @@ fn column_reductions_match_the_cpu() {
             let xt = Tensor::from_slice(&x, &[rows, cols]).unwrap();
             let xd = gpu.upload(&x).unwrap();
             for (op, expected) in [
-                (RowReduce::Sum, xt.sum(&[0], false).unwrap()),
-                (RowReduce::Max, xt.max(&[0], false).unwrap()),
-                (RowReduce::Mean, xt.mean(&[0], false).unwrap()),
+                (ReduceOp::Sum, xt.sum(&[0], false).unwrap()),
+                (ReduceOp::Max, xt.max(&[0], false).unwrap()),
+                (ReduceOp::Mean, xt.mean(&[0], false).unwrap()),
             ] {
                 let got = gpu
                     .download(&rows::reduce_columns(&gpu, op, &xd, rows, cols).unwrap())
@@ -35,8 +36,8 @@ fn column_reductions_match_the_cpu() {
             }
         }
         let x = gpu.upload(&[1.0f32; 6]).unwrap();
-        assert!(rows::reduce_columns(&gpu, RowReduce::SumOfSquares, &x, 2, 3).is_err());
-        assert!(rows::reduce_columns(&gpu, RowReduce::Sum, &x, 4, 3).is_err());
+        assert!(rows::reduce_columns(&gpu, ReduceOp::SumOfSquares, &x, 2, 3).is_err());
+        assert!(rows::reduce_columns(&gpu, ReduceOp::Sum, &x, 4, 3).is_err());
     }
 }
 
@@ -48,11 +49,11 @@ fn row_reductions_match_the_cpu() {
             let xt = Tensor::from_slice(&x, &[rows, cols]).unwrap();
             let xd = gpu.upload(&x).unwrap();
             for (op, expected) in [
-                (RowReduce::Sum, xt.sum(&[1], false).unwrap()),
-                (RowReduce::Max, xt.max(&[1], false).unwrap()),
-                (RowReduce::Mean, xt.mean(&[1], false).unwrap()),
+                (ReduceOp::Sum, xt.sum(&[1], false).unwrap()),
+                (ReduceOp::Max, xt.max(&[1], false).unwrap()),
+                (ReduceOp::Mean, xt.mean(&[1], false).unwrap()),
                 (
-                    RowReduce::SumOfSquares,
+                    ReduceOp::SumOfSquares,
                     xt.mul(&xt).unwrap().sum(&[1], false).unwrap(),
                 ),
             ] {

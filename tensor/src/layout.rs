@@ -267,6 +267,30 @@ impl Layout {
         }
     }
 
+    /// The elements of `data` this layout views, in row-major logical order, copied one
+    /// innermost row at a time.
+    pub fn gather<T: Copy>(&self, data: &[T]) -> Vec<T> {
+        let Some((&inner, outer_shape)) = self.shape().split_last() else {
+            return vec![data[self.offset()]];
+        };
+        let rank = self.rank();
+        let inner_stride = self.strides()[rank - 1];
+        let outer = Layout::new(
+            outer_shape.to_vec(),
+            self.strides()[..rank - 1].to_vec(),
+            self.offset(),
+        );
+        let mut out = Vec::with_capacity(self.numel());
+        for start in outer.offsets().filter(|_| inner > 0) {
+            if inner_stride == 1 {
+                out.extend_from_slice(&data[start..start + inner]);
+            } else {
+                out.extend((0..inner).map(|i| data[start + i * inner_stride]));
+            }
+        }
+        out
+    }
+
     /// Storage offsets of all elements in row-major logical order.
     pub fn offsets(&self) -> StridedOffsets<'_> {
         StridedOffsets::new(self)

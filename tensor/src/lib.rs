@@ -6,7 +6,9 @@
 //! strides and writes a fresh contiguous result. CPU kernels run on one persistent thread pool
 //! ([`parallel`]). Start reading at [`layout`], then [`tensor`], then any module of [`ops`].
 
+mod backend;
 pub mod compare;
+pub mod descriptors;
 pub mod device;
 pub mod dtype;
 pub mod error;
@@ -18,18 +20,16 @@ pub mod profile;
 pub mod storage;
 pub mod tensor;
 
+pub use backend::cpu::{BinaryMath, ReduceMath, UnaryMath};
+pub use descriptors::{
+    AdamWHyper, AdamWUpdate, AttentionGrads, BinaryOp, Dispatch, GroupSizes, LayerNormGrads,
+    LayerNormStats, ReduceOp, UnaryOp,
+};
 pub use device::Device;
 pub use dtype::{DType, Element, FloatElement};
 pub use error::{Result, TensorError};
 pub use half;
 pub use layout::Layout;
-pub use ops::attention::AttentionGrads;
-pub use ops::binary::BinaryOp;
 pub use ops::create::{seeded_rng, SeededRng};
-pub use ops::grouped::GroupSizes;
-pub use ops::norm::{LayerNormGrads, LayerNormStats};
-pub use ops::reduce::ReduceOp;
-pub use ops::routing::Dispatch;
-pub use ops::unary::UnaryOp;
 pub use storage::Storage;
 pub use tensor::Tensor;

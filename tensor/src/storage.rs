@@ -44,6 +44,20 @@ impl PartialEq for CudaStorage {
 }
 
 impl Storage {
+    /// `n` host elements of `dtype`, element `i` = `value(i)` converted from f64.
+    pub fn from_fn(dtype: DType, n: usize, mut value: impl FnMut(usize) -> f64) -> Storage {
+        fn build<T: Element>(n: usize, value: &mut impl FnMut(usize) -> f64) -> Storage {
+            T::into_storage((0..n).map(|i| T::from_f64(value(i))).collect())
+        }
+        match dtype {
+            DType::F32 => build::<f32>(n, &mut value),
+            DType::F64 => build::<f64>(n, &mut value),
+            DType::BF16 => build::<bf16>(n, &mut value),
+            DType::F16 => build::<f16>(n, &mut value),
+            DType::I64 => build::<i64>(n, &mut value),
+        }
+    }
+
     pub fn dtype(&self) -> DType {
         match self {
             Storage::F32(_) => DType::F32,

@@ -1,12 +1,12 @@
 //! `Tensor`: an `Arc`-shared [`Storage`] seen through a [`Layout`]. Cloning a tensor and
 //! taking views never copies elements; kernels always produce a new contiguous tensor.
 
+use crate::backend::on_device;
 use crate::dtype::{DType, Element};
 use crate::error::{Result, TensorError};
 use crate::layout::Layout;
-use crate::storage::{CudaStorage, Storage};
+use crate::storage::Storage;
 use crate::Device;
-use half::{bf16, f16};
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -54,20 +54,12 @@ impl Tensor {
         }
     }
 
-    /// A contiguous tensor on `cuda:ordinal` holding `storage`.
-    pub(crate) fn from_cuda(storage: CudaStorage, shape: &[usize], ordinal: usize) -> Tensor {
+    /// A tensor on `device` holding storage its backend computed.
+    pub(crate) fn from_backend(storage: Storage, layout: Layout, device: Device) -> Tensor {
         Tensor {
-            storage: Arc::new(Storage::Cuda(storage)),
-            layout: Layout::contiguous(shape),
-            device: Device::Cuda(ordinal),
-        }
-    }
-
-    /// The device buffer when this tensor lives on a GPU.
-    pub(crate) fn cuda_storage(&self) -> Option<&CudaStorage> {
-        match &*self.storage {
-            Storage::Cuda(c) => Some(c),
-            _ => None,
+            storage: Arc::new(storage),
+            layout,
+            device,
         }
     }
 
@@ -119,15 +111,21 @@ impl Tensor {
         Arc::ptr_eq(&self.storage, &other.storage)
     }
 
-    /// Copies the tensor to `device` (itself when it is already there). A GPU holds `f32`
-    /// and `i64` tensors; without a GPU the error says "no NVIDIA driver found …".
+    /// Copies the tensor to `device` (itself when it is already there): the destination's
+    /// backend uploads from the host, the source's downloads to it, and a copy between two
+    /// devices goes through the host. A GPU holds `f32` and `i64` tensors; without a GPU the
+    /// error says "no NVIDIA driver found …".
     pub fn to_device(&self, device: Device) -> Result<Tensor> {
-        match (self.device, device) {
-            (from, to) if from == to => Ok(self.clone()),
-            (Device::Cpu, Device::Cuda(ordinal)) => crate::ops::cuda::upload(self, ordinal),
-            (Device::Cuda(_), Device::Cpu) => crate::ops::cuda::download(self),
-            (Device::Cuda(_), Device::Cuda(_)) => self.to_device(Device::Cpu)?.to_device(device),
-            (Device::Cpu, Device::Cpu) => unreachable!("handled by the first arm"),
+        let moved =
+            |storage| Tensor::from_backend(storage, Layout::contiguous(self.shape()), device);
+        if self.device == device {
+            Ok(self.clone())
+        } else if self.device == Device::Cpu {
+            on_device(device, |backend| backend.upload(&self.operand())).map(moved)
+        } else if device == Device::Cpu {
+            on_device(self.device, |backend| backend.download(&self.operand())).map(moved)
+        } else {
+            self.to_device(Device::Cpu)?.to_device(device)
         }
     }
 
@@ -157,25 +155,11 @@ impl Tensor {
         }
     }
 
-    /// The underlying storage slice when this dtype is `T`.
-    fn typed_storage<T: Element>(&self, op: &'static str) -> Result<&[T]> {
-        self.ensure_cpu(op)?;
-        T::slice(&self.storage).ok_or(TensorError::DType {
-            op,
-            expected: T::DTYPE,
-            found: self.dtype(),
-        })
-    }
-
-    /// The elements in row-major logical order, borrowed when the layout is contiguous.
+    /// The elements in row-major logical order, borrowed when the layout is contiguous (host
+    /// tensors only: move a device tensor with `to_device(Device::Cpu)` first).
     pub fn values<T: Element>(&self) -> Result<Cow<'_, [T]>> {
-        let data = self.typed_storage::<T>("values")?;
-        if self.is_contiguous() {
-            let start = self.layout.offset();
-            Ok(Cow::Borrowed(&data[start..start + self.numel()]))
-        } else {
-            Ok(Cow::Owned(self.gather_offsets(data)))
-        }
+        self.ensure_cpu("values")?;
+        self.operand().values()
     }
 
     /// The elements in row-major logical order as a new vector.
@@ -222,42 +206,9 @@ impl Tensor {
         if self.is_contiguous() {
             return self.clone();
         }
-        let storage = match &*self.storage {
-            Storage::Cuda(_) => {
-                return crate::ops::cuda::contiguous(self)
-                    .unwrap_or_else(|e| panic!("contiguous copy on {} failed: {e}", self.device))
-            }
-            Storage::F32(v) => Storage::F32(self.gather_offsets(v)),
-            Storage::F64(v) => Storage::F64(self.gather_offsets(v)),
-            Storage::BF16(v) => Storage::BF16(self.gather_offsets(v)),
-            Storage::F16(v) => Storage::F16(self.gather_offsets(v)),
-            Storage::I64(v) => Storage::I64(self.gather_offsets(v)),
-        };
-        Tensor::from_storage(storage, Layout::contiguous(self.shape()))
-    }
-
-    /// The elements in row-major logical order, copied one innermost row at a time.
-    fn gather_offsets<T: Copy>(&self, data: &[T]) -> Vec<T> {
-        let layout = &self.layout;
-        let Some((&inner, outer_shape)) = layout.shape().split_last() else {
-            return vec![data[layout.offset()]];
-        };
-        let rank = layout.rank();
-        let inner_stride = layout.strides()[rank - 1];
-        let outer = Layout::new(
-            outer_shape.to_vec(),
-            layout.strides()[..rank - 1].to_vec(),
-            layout.offset(),
-        );
-        let mut out = Vec::with_capacity(self.numel());
-        for start in outer.offsets().filter(|_| inner > 0) {
-            if inner_stride == 1 {
-                out.extend_from_slice(&data[start..start + inner]);
-            } else {
-                out.extend((0..inner).map(|i| data[start + i * inner_stride]));
-            }
-        }
-        out
+        let storage = on_device(self.device, |backend| backend.contiguous(&self.operand()))
+            .unwrap_or_else(|e| panic!("contiguous copy on {} failed: {e}", self.device));
+        Tensor::from_backend(storage, Layout::contiguous(self.shape()), self.device)
     }
 
     /// Converts every element to `dtype` (rounding to nearest for bf16/f16, truncating
@@ -266,47 +217,9 @@ impl Tensor {
         if dtype == self.dtype() {
             return Ok(self.clone());
         }
-        self.ensure_cpu("to_dtype")?;
-        fn convert<T: Element>(t: &Tensor) -> Storage {
-            T::into_storage(
-                t.layout
-                    .offsets()
-                    .map(|i| T::from_f64(t.storage.get_f64(i)))
-                    .collect(),
-            )
-        }
-        let storage = match dtype {
-            DType::F32 => match &*self.storage {
-                Storage::BF16(v) => {
-                    Storage::F32(self.layout.offsets().map(|i| v[i].to_f32()).collect())
-                }
-                Storage::F16(v) => {
-                    Storage::F32(self.layout.offsets().map(|i| v[i].to_f32()).collect())
-                }
-                _ => convert::<f32>(self),
-            },
-            DType::F64 => convert::<f64>(self),
-            DType::BF16 => match &*self.storage {
-                Storage::F32(v) => Storage::BF16(
-                    self.layout
-                        .offsets()
-                        .map(|i| bf16::from_f32(v[i]))
-                        .collect(),
-                ),
-                _ => convert::<bf16>(self),
-            },
-            DType::F16 => match &*self.storage {
-                Storage::F32(v) => {
-                    Storage::F16(self.layout.offsets().map(|i| f16::from_f32(v[i])).collect())
-                }
-                _ => convert::<f16>(self),
-            },
-            DType::I64 => convert::<i64>(self),
-        };
-        Ok(Tensor::from_storage(
-            storage,
-            Layout::contiguous(self.shape()),
-        ))
+        Tensor::compute("to_dtype", &[self], self.shape(), |backend, x| {
+            backend.to_dtype(&x[0], dtype)
+        })
     }
 
     // ---- views: new layouts over the same storage ----

@@ -1,5 +1,6 @@
 //! Reductions. The output gradient is re-expanded over the reduced dimensions: evenly for sum
-//! and mean, to the arg-max/min elements for max/min, by 2(x − mean)/(n − c) for var.
+//! and mean, to the arg-max/min elements for max/min, by 2(x − mean)/(n − c) for var, by 2x for a sum
+//! of squares.
 
 use crate::Var;
 use ditmoe_tensor::{ReduceOp, Result};
@@ -46,6 +47,7 @@ impl Var {
                         .mul(&g)?
                         .mul_scalar(2.0 / (count - correction as f64))?
                 }
+                ReduceOp::SumOfSquares => x.mul(&g)?.mul_scalar(2.0)?,
             };
             Ok(vec![Some(grad)])
         }))

@@ -8,8 +8,9 @@ use crate::gpu::{Arg, Buffer, Gpu, LaunchConfig};
 use crate::kernels::attention::{
     backward_entries, backward_shared_bytes, entry, BACKWARD_HEAD_DIMS, HEAD_DIMS,
 };
-use crate::ops::elementwise::{binary, to_bf16, Binary, Broadcast};
-use crate::ops::rows::{reduce_rows, RowReduce};
+use crate::op::{BinaryOp, ReduceOp};
+use crate::ops::elementwise::{binary, to_bf16, Broadcast};
+use crate::ops::rows::reduce_rows;
 
 /// O and the per-row log-sum-exp of a fused attention forward pass.
 pub struct AttentionOutput {
@@ -133,8 +134,8 @@ pub fn flash_attention_backward(
         return Ok(grads);
     }
     let same = Broadcast::of(&[n], &[n])?;
-    let product = binary(gpu, Binary::Mul, d_out, out, &same)?;
-    let delta = reduce_rows(gpu, RowReduce::Sum, &product, heads * tokens, head_dim)?;
+    let product = binary(gpu, BinaryOp::Mul, d_out, out, &same)?;
+    let delta = reduce_rows(gpu, ReduceOp::Sum, &product, heads * tokens, head_dim)?;
     let d_out16 = to_bf16(gpu, d_out)?;
     let config = LaunchConfig {
         grid: (

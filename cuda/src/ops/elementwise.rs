@@ -7,69 +7,11 @@ use super::{check_len, check_u32, ELEMENTWISE_BLOCK};
 use crate::element::Element;
 use crate::error::{CudaError, Result};
 use crate::gpu::{Buffer, Gpu, LaunchConfig};
-
-/// A unary function; the discriminants are the kernel's op codes (the order of
-/// `ditmoe_tensor::ops::UnaryOp`).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Unary {
-    Neg,
-    Exp,
-    Log,
-    Sqrt,
-    Rsqrt,
-    Tanh,
-    Sigmoid,
-    Relu,
-    Silu,
-    GeluTanh,
-    Sin,
-    Cos,
-    Abs,
-    Powf(f32),
-    AddScalar(f32),
-    MulScalar(f32),
-}
-
-impl Unary {
-    fn code_and_param(self) -> (u32, f32) {
-        match self {
-            Unary::Neg => (0, 0.0),
-            Unary::Exp => (1, 0.0),
-            Unary::Log => (2, 0.0),
-            Unary::Sqrt => (3, 0.0),
-            Unary::Rsqrt => (4, 0.0),
-            Unary::Tanh => (5, 0.0),
-            Unary::Sigmoid => (6, 0.0),
-            Unary::Relu => (7, 0.0),
-            Unary::Silu => (8, 0.0),
-            Unary::GeluTanh => (9, 0.0),
-            Unary::Sin => (10, 0.0),
-            Unary::Cos => (11, 0.0),
-            Unary::Abs => (12, 0.0),
-            Unary::Powf(p) => (13, p),
-            Unary::AddScalar(s) => (14, s),
-            Unary::MulScalar(s) => (15, s),
-        }
-    }
-}
-
-/// A binary operation; the discriminants are the kernel's op codes (`BinaryOp` order).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Binary {
-    Add = 0,
-    Sub = 1,
-    Mul = 2,
-    Div = 3,
-    Maximum = 4,
-    Minimum = 5,
-    Gt = 6,
-    Lt = 7,
-    Eq = 8,
-}
+use crate::op::{BinaryOp, UnaryOp};
 
 fn launch_unary(
     gpu: &Gpu,
-    op: Unary,
+    op: UnaryOp,
     x: &Buffer<f32>,
     grad: Option<&Buffer<f32>>,
 ) -> Result<Buffer<f32>> {
@@ -78,7 +20,7 @@ fn launch_unary(
         check_len("unary backward gradient", grad, n)?;
     }
     let out = gpu.zeros::<f32>(n)?;
-    let (code, param) = op.code_and_param();
+    let (code, param) = op.ptx_code();
     gpu.launch(
         "elementwise",
         "unary_f32",
@@ -97,14 +39,14 @@ fn launch_unary(
 }
 
 /// `f(x)` elementwise.
-pub fn unary(gpu: &Gpu, op: Unary, x: &Buffer<f32>) -> Result<Buffer<f32>> {
+pub fn unary(gpu: &Gpu, op: UnaryOp, x: &Buffer<f32>) -> Result<Buffer<f32>> {
     launch_unary(gpu, op, x, None)
 }
 
 /// `grad · f'(x)` elementwise: the backward pass of [`unary`].
 pub fn unary_backward(
     gpu: &Gpu,
-    op: Unary,
+    op: UnaryOp,
     x: &Buffer<f32>,
     grad: &Buffer<f32>,
 ) -> Result<Buffer<f32>> {
@@ -169,7 +111,7 @@ impl Broadcast {
 /// `a op b` with broadcasting; the result is contiguous with shape `layout.shape`.
 pub fn binary(
     gpu: &Gpu,
-    op: Binary,
+    op: BinaryOp,
     a: &Buffer<f32>,
     b: &Buffer<f32>,
     layout: &Broadcast,
@@ -202,7 +144,7 @@ pub fn binary(
             meta.as_ref().into(),
             check_u32("elements", n)?.into(),
             (layout.shape.len() as u32).into(),
-            (op as u32).into(),
+            op.ptx_code().into(),
             check_u32("offset", layout.a_offset)?.into(),
             check_u32("offset", layout.b_offset)?.into(),
         ],

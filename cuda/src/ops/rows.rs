@@ -5,6 +5,7 @@
 use super::{check_len, check_u32};
 use crate::error::Result;
 use crate::gpu::{Buffer, Gpu, LaunchConfig};
+use crate::op::ReduceOp;
 
 /// Rows per 256-thread block (one warp each).
 pub(crate) const ROWS_PER_BLOCK: usize = 8;
@@ -14,25 +15,21 @@ pub(crate) fn warp_per_row(rows: usize) -> LaunchConfig {
     LaunchConfig::per_row(rows.div_ceil(ROWS_PER_BLOCK), 32 * ROWS_PER_BLOCK as u32)
 }
 
-/// What a row reduction computes; the discriminants are the kernel's op codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RowReduce {
-    Sum = 0,
-    Max = 1,
-    Mean = 2,
-    /// Σ x², a gradient's squared norm in one pass.
-    SumOfSquares = 3,
-}
-
 /// `out[r] = op(x[r, :])`, a buffer of `rows` values.
 pub fn reduce_rows(
     gpu: &Gpu,
-    op: RowReduce,
+    op: ReduceOp,
     x: &Buffer<f32>,
     rows: usize,
     cols: usize,
 ) -> Result<Buffer<f32>> {
     check_len("reduce_rows input", x, rows * cols)?;
+    let code = op.ptx_code().ok_or_else(|| {
+        crate::error::CudaError::InvalidArgument(format!(
+            "reduce_rows: no kernel for {}",
+            op.name()
+        ))
+    })?;
     let out = gpu.zeros::<f32>(rows)?;
     gpu.launch(
         "rows",
@@ -43,7 +40,7 @@ pub fn reduce_rows(
             x.into(),
             check_u32("rows", rows)?.into(),
             check_u32("cols", cols)?.into(),
-            (op as u32).into(),
+            code.into(),
         ],
     )?;
     Ok(out)
@@ -100,19 +97,20 @@ const COLUMN_CHUNK_ROWS: usize = 64;
 /// dimension), read in place: chunks of rows first, then the chunks' results.
 pub fn reduce_columns(
     gpu: &Gpu,
-    op: RowReduce,
+    op: ReduceOp,
     x: &Buffer<f32>,
     rows: usize,
     cols: usize,
 ) -> Result<Buffer<f32>> {
     check_len("reduce_columns input", x, rows * cols)?;
-    if op == RowReduce::SumOfSquares {
-        return Err(crate::error::CudaError::InvalidArgument(
-            "reduce_columns: expected sum, max or mean".into(),
-        ));
+    if !matches!(op, ReduceOp::Sum | ReduceOp::Max | ReduceOp::Mean) {
+        return Err(crate::error::CudaError::InvalidArgument(format!(
+            "reduce_columns: expected sum, max or mean, found {}",
+            op.name()
+        )));
     }
-    let max = u32::from(op == RowReduce::Max);
-    let mean_scale = if op == RowReduce::Mean && rows > 0 {
+    let max = u32::from(op == ReduceOp::Max);
+    let mean_scale = if op == ReduceOp::Mean && rows > 0 {
         1.0 / rows as f32
     } else {
         1.0

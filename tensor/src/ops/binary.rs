@@ -1,163 +1,26 @@
 //! Elementwise functions of two tensors, with NumPy broadcasting.
 
-use crate::dtype::FloatElement;
+pub use crate::descriptors::BinaryOp;
+
 use crate::error::Result;
-use crate::layout::{broadcast_shapes, coalesce, Layout};
-use crate::parallel::{for_each_chunk_mut, rows_per_chunk};
-use crate::{with_float_type, Tensor};
-
-/// An elementwise function `y = f(a, b)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BinaryOp {
-    Add,
-    Sub,
-    Mul,
-    Div,
-    Maximum,
-    Minimum,
-    /// 1 where a > b, else 0 (not differentiable).
-    Gt,
-    /// 1 where a < b, else 0 (not differentiable).
-    Lt,
-    /// 1 where a == b, else 0 (not differentiable).
-    Eq,
-}
-
-fn indicator<T: FloatElement>(condition: bool) -> T {
-    if condition {
-        T::one()
-    } else {
-        T::zero()
-    }
-}
-
-impl BinaryOp {
-    pub fn apply<T: FloatElement>(self, a: T, b: T) -> T {
-        match self {
-            BinaryOp::Add => a + b,
-            BinaryOp::Sub => a - b,
-            BinaryOp::Mul => a * b,
-            BinaryOp::Div => a / b,
-            BinaryOp::Maximum => a.max(b),
-            BinaryOp::Minimum => a.min(b),
-            BinaryOp::Gt => indicator(a > b),
-            BinaryOp::Lt => indicator(a < b),
-            BinaryOp::Eq => indicator(a == b),
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            BinaryOp::Add => "add",
-            BinaryOp::Sub => "sub",
-            BinaryOp::Mul => "mul",
-            BinaryOp::Div => "div",
-            BinaryOp::Maximum => "maximum",
-            BinaryOp::Minimum => "minimum",
-            BinaryOp::Gt => "gt",
-            BinaryOp::Lt => "lt",
-            BinaryOp::Eq => "eq",
-        }
-    }
-}
-
-/// Storage offsets where each innermost row of `t` (viewed with `shape` and `strides`) starts.
-fn row_starts(shape: &[usize], strides: &[usize], offset: usize) -> Vec<usize> {
-    let outer = shape.len().saturating_sub(1);
-    Layout::new(shape[..outer].to_vec(), strides[..outer].to_vec(), offset)
-        .offsets()
-        .collect()
-}
-
-/// `f(a, b)` over the broadcast shape, reading both inputs in place through their strides.
-/// After merging back-to-back dimensions the work is a list of rows; along a row each input
-/// either advances (stride 1), stays (a broadcast, stride 0) or jumps (any other stride).
-pub(crate) fn zip_map<T: FloatElement>(
-    a: &Tensor,
-    b: &Tensor,
-    shape: &[usize],
-    f: impl Fn(T, T) -> T + Sync + Send,
-) -> Result<Tensor> {
-    let numel: usize = shape.iter().product();
-    if numel == 0 {
-        return Tensor::zeros(shape, T::DTYPE);
-    }
-    let (a, b) = (a.broadcast_to(shape)?, b.broadcast_to(shape)?);
-    let (a_data, b_data) = (
-        T::slice(a.storage()).expect("dtype checked"),
-        T::slice(b.storage()).expect("dtype checked"),
-    );
-    let (merged, strides) = coalesce(shape, &[a.layout().strides(), b.layout().strides()]);
-    let (merged, strides) = if merged.is_empty() {
-        (vec![1], vec![vec![1], vec![1]])
-    } else {
-        (merged, strides)
-    };
-    let inner = *merged.last().unwrap();
-    let (sa, sb) = (*strides[0].last().unwrap(), *strides[1].last().unwrap());
-    let a_rows = row_starts(&merged, &strides[0], a.layout().offset());
-    let b_rows = row_starts(&merged, &strides[1], b.layout().offset());
-    let mut out = vec![T::zero(); numel];
-    let chunk = rows_per_chunk(numel, inner);
-    for_each_chunk_mut(&mut out, chunk, numel, |c, out| {
-        for (r, out_row) in out.chunks_mut(inner).enumerate() {
-            let row = c * (chunk / inner) + r;
-            let (ra, rb) = (a_rows[row], b_rows[row]);
-            match (sa, sb) {
-                (1, 1) => {
-                    for ((o, &x), &y) in out_row
-                        .iter_mut()
-                        .zip(&a_data[ra..ra + inner])
-                        .zip(&b_data[rb..rb + inner])
-                    {
-                        *o = f(x, y);
-                    }
-                }
-                (1, 0) => {
-                    let y = b_data[rb];
-                    for (o, &x) in out_row.iter_mut().zip(&a_data[ra..ra + inner]) {
-                        *o = f(x, y);
-                    }
-                }
-                (0, 1) => {
-                    let x = a_data[ra];
-                    for (o, &y) in out_row.iter_mut().zip(&b_data[rb..rb + inner]) {
-                        *o = f(x, y);
-                    }
-                }
-                _ => {
-                    for (i, o) in out_row.iter_mut().enumerate() {
-                        *o = f(a_data[ra + i * sa], b_data[rb + i * sb]);
-                    }
-                }
-            }
-        }
-    });
-    Ok(Tensor::from_storage(
-        T::into_storage(out),
-        Layout::contiguous(shape),
-    ))
-}
+use crate::layout::broadcast_shapes;
+use crate::Tensor;
 
 impl Tensor {
-    /// y = op(self, other) with broadcasting; both must have the same float dtype.
+    /// y = op(self, other) with broadcasting; both must have the same float dtype. A CPU
+    /// scalar may meet a device tensor (it is copied there).
     pub fn binary(&self, op: BinaryOp, other: &Tensor) -> Result<Tensor> {
         let name = op.name();
-        if self.is_cuda() || other.is_cuda() {
-            return crate::ops::cuda::binary(self, other, op);
-        }
         other.check_dtype(name, self.dtype())?;
         let shape = broadcast_shapes(name, self.shape(), other.shape())?;
-        // One monomorphised loop per op: with the op a constant, the loop body inlines and
-        // vectorises instead of matching on the op for every element.
-        macro_rules! per_op {
-            ($T:ty: $($variant:ident),*) => {
-                match op {
-                    $(BinaryOp::$variant => zip_map::<$T>(self, other, &shape, |a, b| BinaryOp::$variant.apply(a, b)),)*
-                }
-            };
-        }
-        with_float_type!(self.dtype(), name, T => per_op!(T: Add, Sub, Mul, Div, Maximum, Minimum, Gt, Lt, Eq))
+        let operands = Tensor::scalars_to_common_device(&[self, other])?;
+        let (a, b) = (
+            operands[0].broadcast_to(&shape)?,
+            operands[1].broadcast_to(&shape)?,
+        );
+        Tensor::compute(name, &[&a, &b], &shape, |backend, x| {
+            backend.binary(&x[0], &x[1], op)
+        })
     }
 
     pub fn add(&self, other: &Tensor) -> Result<Tensor> {
@@ -208,13 +71,9 @@ impl Tensor {
     /// moving average's update (`average.lerp(current, 1 − decay)`).
     pub fn lerp(&self, end: &Tensor, weight: f64) -> Result<Tensor> {
         end.check_shape("lerp", self.shape())?;
-        if self.is_cuda() || end.is_cuda() {
-            return crate::ops::cuda::lerp(self, end, weight);
-        }
         end.check_dtype("lerp", self.dtype())?;
-        with_float_type!(self.dtype(), "lerp", T => {
-            let w = T::from_f64(weight);
-            zip_map::<T>(self, end, self.shape(), |a, b| a + w * (b - a))
+        Tensor::compute("lerp", &[self, end], self.shape(), |backend, x| {
+            backend.lerp(&x[0], &x[1], weight)
         })
     }
 }
@@ -223,6 +82,7 @@ impl Tensor {
 mod tests {
     use super::*;
     use crate::ops::testing::{assert_close, random_strided, ravel, unravel};
+    use crate::BinaryMath;
     use crate::{DType, TensorError};
 
     /// Naive broadcast reference: index each input by clamping broadcast dimensions to 0.

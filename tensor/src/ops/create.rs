@@ -1,11 +1,11 @@
 //! Constructors: constants, ranges, and random tensors from an explicitly seeded RNG.
 
-use crate::dtype::{DType, Element};
+use crate::backend::on_device;
+use crate::dtype::DType;
 use crate::error::{Result, TensorError};
 use crate::layout::Layout;
 use crate::storage::Storage;
 use crate::{Device, Tensor};
-use half::{bf16, f16};
 use rand::Rng;
 use rand_distr::{Distribution, Normal, Uniform};
 
@@ -18,23 +18,9 @@ pub fn seeded_rng(seed: u64) -> SeededRng {
     rand::SeedableRng::seed_from_u64(seed)
 }
 
-/// A storage of `n` elements of `dtype`, element `i` = `value(i)` converted from f64.
-fn storage_from_fn(dtype: DType, n: usize, mut value: impl FnMut(usize) -> f64) -> Storage {
-    fn build<T: Element>(n: usize, value: &mut impl FnMut(usize) -> f64) -> Storage {
-        T::into_storage((0..n).map(|i| T::from_f64(value(i))).collect())
-    }
-    match dtype {
-        DType::F32 => build::<f32>(n, &mut value),
-        DType::F64 => build::<f64>(n, &mut value),
-        DType::BF16 => build::<bf16>(n, &mut value),
-        DType::F16 => build::<f16>(n, &mut value),
-        DType::I64 => build::<i64>(n, &mut value),
-    }
-}
-
 fn from_fn(shape: &[usize], dtype: DType, value: impl FnMut(usize) -> f64) -> Tensor {
     let n = shape.iter().product();
-    Tensor::from_storage(storage_from_fn(dtype, n, value), Layout::contiguous(shape))
+    Tensor::from_storage(Storage::from_fn(dtype, n, value), Layout::contiguous(shape))
 }
 
 impl Tensor {
@@ -50,10 +36,12 @@ impl Tensor {
     }
     /// Zeros of `shape` on `device` (on a GPU, a device memset: nothing crosses the bus).
     pub fn zeros_on(shape: &[usize], dtype: DType, device: Device) -> Result<Tensor> {
-        match device {
-            Device::Cpu => Tensor::zeros(shape, dtype),
-            Device::Cuda(ordinal) => crate::ops::cuda::zeros(shape, dtype, ordinal),
-        }
+        let storage = on_device(device, |backend| backend.zeros(shape, dtype))?;
+        Ok(Tensor::from_backend(
+            storage,
+            Layout::contiguous(shape),
+            device,
+        ))
     }
     /// Zeros with this tensor's shape, dtype and device.
     pub fn zeros_like(&self) -> Result<Tensor> {

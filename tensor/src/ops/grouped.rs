@@ -4,88 +4,11 @@
 //! group; on a GPU one grouped tensor-core launch for all groups (when mixed precision is on
 //! and the shapes fit), else the same per-group loop.
 
+pub use crate::descriptors::GroupSizes;
+
 use crate::error::{Result, TensorError};
-use crate::{Device, Tensor};
-use std::sync::{Arc, OnceLock};
-
-/// The row counts of a grouped matmul's consecutive groups, and their total. The MoE dispatch
-/// on a GPU leaves the counts there (`Tensor::dispatch_order`): the grouped tensor-core
-/// kernels build their tile schedule from them on the device, so the host never waits for the
-/// routing. A path that needs them on the host (the CPU, a GPU multiplying in f32) reads them
-/// back once, on first use.
-#[derive(Debug, Clone)]
-pub struct GroupSizes {
-    groups: usize,
-    rows: usize,
-    host: Arc<OnceLock<Vec<usize>>>,
-    device: Option<Tensor>,
-}
-
-impl GroupSizes {
-    /// Sizes known on the host.
-    pub fn host(sizes: &[usize]) -> GroupSizes {
-        GroupSizes {
-            groups: sizes.len(),
-            rows: sizes.iter().sum(),
-            host: Arc::new(OnceLock::from(sizes.to_vec())),
-            device: None,
-        }
-    }
-
-    /// Counts `[G]` (i64) on a GPU that sum to `rows`.
-    pub fn on_device(counts: Tensor, rows: usize) -> GroupSizes {
-        GroupSizes {
-            groups: counts.numel(),
-            rows,
-            host: Arc::new(OnceLock::new()),
-            device: Some(counts),
-        }
-    }
-
-    /// Number of groups.
-    pub fn len(&self) -> usize {
-        self.groups
-    }
-    pub fn is_empty(&self) -> bool {
-        self.groups == 0
-    }
-    /// Rows over all groups.
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
-    /// The sizes on the host (read back from the device the first time).
-    pub fn to_host(&self) -> Result<&[usize]> {
-        if let Some(sizes) = self.host.get() {
-            return Ok(sizes);
-        }
-        let counts = self
-            .device
-            .as_ref()
-            .expect("sizes are on the host or a device");
-        let sizes: Vec<usize> = counts
-            .to_device(Device::Cpu)?
-            .to_vec::<i64>()?
-            .into_iter()
-            .map(|c| c as usize)
-            .collect();
-        if sizes.iter().sum::<usize>() != self.rows {
-            return Err(TensorError::invalid(
-                "group sizes",
-                format!(
-                    "expected device counts summing to {} rows, found {sizes:?}",
-                    self.rows
-                ),
-            ));
-        }
-        Ok(self.host.get_or_init(|| sizes))
-    }
-
-    /// The counts on a GPU, when the sizes were left there.
-    pub fn device_counts(&self) -> Option<&Tensor> {
-        self.device.as_ref()
-    }
-}
+use crate::layout::Layout;
+use crate::Tensor;
 
 impl Tensor {
     /// `y[rows_g] = x[rows_g] · op(W_g)` for consecutive row groups of `group_sizes`, with the
@@ -127,12 +50,15 @@ impl Tensor {
                 x.shape(),
             ));
         }
-        if x.is_cuda() {
-            if let Some(y) =
-                crate::ops::cuda::grouped_matmul(x, group_sizes, weights, transpose_weights)?
-            {
-                return Ok(y);
-            }
+        let (fused, device) = Tensor::run_on_backend(op, &[x, weights], |backend, operands| {
+            backend.grouped_matmul(&operands[0], group_sizes, &operands[1], transpose_weights)
+        })?;
+        if let Some(y) = fused {
+            return Ok(Tensor::from_backend(
+                y,
+                Layout::contiguous(&[rows, out]),
+                device,
+            ));
         }
         let pieces = x.split(group_sizes.to_host()?, 0)?;
         let outs = pieces
@@ -164,22 +90,27 @@ impl Tensor {
         x: &Tensor,
         group_sizes: &GroupSizes,
     ) -> Result<Vec<Tensor>> {
-        let rows = group_sizes.rows();
+        let (op, rows) = ("grouped_weight_grads", group_sizes.rows());
         for (what, t) in [("dy", dy), ("x", x)] {
             if t.rank() != 2 || t.shape()[0] != rows {
                 return Err(TensorError::shape(
-                    "grouped_weight_grads",
+                    op,
                     format!("{what} of shape [{rows}, _] (the sum of the group sizes)"),
                     t.shape(),
                 ));
             }
         }
-        if dy.is_cuda() {
-            if let Some(grads) = crate::ops::cuda::grouped_weight_grads(dy, x, group_sizes)? {
-                return Ok(grads);
-            }
-        }
         let (out, inner) = (dy.shape()[1], x.shape()[1]);
+        let (fused, device) = Tensor::run_on_backend(op, &[dy, x], |backend, operands| {
+            backend.grouped_weight_grads(&operands[0], &operands[1], group_sizes)
+        })?;
+        if let Some(stacked) = fused {
+            let shape = [group_sizes.len(), out, inner];
+            let all = Tensor::from_backend(stacked, Layout::contiguous(&shape), device);
+            return (0..group_sizes.len())
+                .map(|g| all.narrow(0, g, 1)?.squeeze(0))
+                .collect();
+        }
         let sizes = group_sizes.to_host()?;
         dy.split(sizes, 0)?
             .iter()

@@ -4,53 +4,10 @@
 //! Index tensors are `i64`. A gather reads `self[…, index[i], …]`; its gradient is the matching
 //! scatter-add, and `index_select` pairs with `index_add` the same way.
 
-use crate::dtype::{DType, Element, FloatElement};
+use crate::dtype::DType;
 use crate::error::{Result, TensorError};
-use crate::layout::{broadcast_shapes, contiguous_strides, Layout};
-use crate::ops::reduce::rows_over;
-use crate::{with_element_type, with_float_type, Tensor};
-use std::cmp::Ordering;
-
-/// Reads an index tensor, checking dtype and that each entry is in `0..size`.
-fn read_indices(op: &'static str, index: &Tensor, size: usize) -> Result<Vec<usize>> {
-    index.check_dtype(op, DType::I64)?;
-    index
-        .values::<i64>()?
-        .iter()
-        .map(|&i| {
-            if i >= 0 && (i as usize) < size {
-                Ok(i as usize)
-            } else {
-                Err(TensorError::IndexOutOfRange { op, index: i, size })
-            }
-        })
-        .collect()
-}
-
-/// Calls `f(position, multi_index)` for every element of `shape` in row-major order.
-fn for_each_index(shape: &[usize], mut f: impl FnMut(usize, &[usize])) {
-    let numel: usize = shape.iter().product();
-    let mut index = vec![0; shape.len()];
-    for position in 0..numel {
-        f(position, &index);
-        for d in (0..shape.len()).rev() {
-            index[d] += 1;
-            if index[d] < shape[d] {
-                break;
-            }
-            index[d] = 0;
-        }
-    }
-}
-
-/// (outer, size, inner) of a contiguous tensor split around `dim`.
-fn split_at_dim(shape: &[usize], dim: usize) -> (usize, usize, usize) {
-    (
-        shape[..dim].iter().product(),
-        shape[dim],
-        shape[dim + 1..].iter().product(),
-    )
-}
+use crate::layout::broadcast_shapes;
+use crate::Tensor;
 
 /// Checks that `index` has `self`'s rank and, for gather/scatter, no dimension larger than
 /// `self`'s except `dim`.
@@ -73,32 +30,15 @@ fn check_gather_shape(op: &'static str, t: &Tensor, dim: usize, index: &Tensor) 
     }
 }
 
-/// Offset of `index` with `index[dim]` replaced by `at`, in a contiguous tensor with `strides`.
-fn offset_with(index: &[usize], strides: &[usize], dim: usize, at: usize) -> usize {
-    index
-        .iter()
-        .zip(strides)
-        .enumerate()
-        .map(|(d, (&i, &s))| if d == dim { at * s } else { i * s })
-        .sum()
-}
-
-fn sort_row<T: FloatElement>(row: &[T], descending: bool) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..row.len()).collect();
-    // Stable sort: equal values keep index order. NaN compares equal to everything.
-    order.sort_by(|&i, &j| {
-        let ord = row[i].partial_cmp(&row[j]).unwrap_or(Ordering::Equal);
-        if descending {
-            ord.reverse()
-        } else {
-            ord
-        }
-    });
-    order
+/// Fails unless `index` holds i64 indices.
+fn check_index(op: &'static str, index: &Tensor) -> Result<()> {
+    index.check_dtype(op, DType::I64)
 }
 
 impl Tensor {
-    /// Slices `index[i]` of dimension `dim` for every entry of the 1-D `index`.
+    /// Slices `index[i]` of dimension `dim` for every entry of the 1-D `index` (out-of-range
+    /// indices are an error on the CPU and give NaN rows on a GPU, which does not wait to
+    /// check them).
     pub fn index_select(&self, dim: usize, index: &Tensor) -> Result<Tensor> {
         self.layout().check_dim("index_select", dim)?;
         if index.rank() != 1 {
@@ -108,37 +48,19 @@ impl Tensor {
                 index.shape(),
             ));
         }
-        if self.is_cuda() && dim == 0 {
-            // Out-of-range indices give NaN rows on the GPU (no host round trip to check).
-            return crate::ops::cuda::index_select_rows(self, index);
-        }
-        let idx = read_indices("index_select", index, self.shape()[dim])?;
-        let (outer, size, inner) = split_at_dim(self.shape(), dim);
+        check_index("index_select", index)?;
         let mut shape = self.shape().to_vec();
-        shape[dim] = idx.len();
-        with_element_type!(self.dtype(), T => {
-            let x = self.values::<T>()?;
-            let mut out = Vec::with_capacity(outer * idx.len() * inner);
-            for o in 0..outer {
-                for &i in &idx {
-                    let start = (o * size + i) * inner;
-                    out.extend_from_slice(&x[start..start + inner]);
-                }
-            }
-            Ok(Tensor::from_storage(T::into_storage(out), Layout::contiguous(&shape)))
+        shape[dim] = index.numel();
+        Tensor::compute("index_select", &[self, index], &shape, |backend, x| {
+            backend.index_select(&x[0], dim, &x[1])
         })
     }
 
     /// Adds slice `i` of `source` (along `dim`) into slice `index[i]` of a copy of `self`.
     pub fn index_add(&self, dim: usize, index: &Tensor, source: &Tensor) -> Result<Tensor> {
-        if self.is_cuda() && dim == 0 {
-            return crate::ops::cuda::index_add_rows(self, index, source);
-        }
         self.layout().check_dim("index_add", dim)?;
         source.check_dtype("index_add", self.dtype())?;
-        let idx = read_indices("index_add", index, self.shape()[dim])?;
-        let mut expected = self.shape().to_vec();
-        expected[dim] = idx.len();
+        check_index("index_add", index)?;
         if index.rank() != 1 {
             return Err(TensorError::shape(
                 "index_add",
@@ -146,37 +68,23 @@ impl Tensor {
                 index.shape(),
             ));
         }
+        let mut expected = self.shape().to_vec();
+        expected[dim] = index.numel();
         source.check_shape("index_add", &expected)?;
-        let (outer, size, inner) = split_at_dim(self.shape(), dim);
-        with_float_type!(self.dtype(), "index_add", T => {
-            let mut out = self.to_vec::<T>()?;
-            let src = source.values::<T>()?;
-            for o in 0..outer {
-                for (l, &i) in idx.iter().enumerate() {
-                    let to = (o * size + i) * inner;
-                    let from = (o * idx.len() + l) * inner;
-                    for (dst, &s) in out[to..to + inner].iter_mut().zip(&src[from..from + inner]) {
-                        *dst += s;
-                    }
-                }
-            }
-            Tensor::from_vec(out, self.shape())
-        })
+        Tensor::compute(
+            "index_add",
+            &[self, index, source],
+            self.shape(),
+            |backend, x| backend.index_add(&x[0], dim, &x[1], &x[2]),
+        )
     }
 
     /// out[i] = self[i with i_dim replaced by index[i]]; the output has `index`'s shape.
     pub fn gather(&self, dim: usize, index: &Tensor) -> Result<Tensor> {
         check_gather_shape("gather", self, dim, index)?;
-        if self.is_cuda() && crate::ops::cuda::gathers_last_dim(self, dim, index) {
-            return crate::ops::cuda::gather_last(self, index);
-        }
-        let idx = read_indices("gather", index, self.shape()[dim])?;
-        let strides = contiguous_strides(self.shape());
-        with_element_type!(self.dtype(), T => {
-            let x = self.values::<T>()?;
-            let mut out = Vec::with_capacity(idx.len());
-            for_each_index(index.shape(), |p, i| out.push(x[offset_with(i, &strides, dim, idx[p])]));
-            Ok(Tensor::from_storage(T::into_storage(out), Layout::contiguous(index.shape())))
+        check_index("gather", index)?;
+        Tensor::compute("gather", &[self, index], index.shape(), |backend, x| {
+            backend.gather(&x[0], dim, &x[1])
         })
     }
 
@@ -186,17 +94,13 @@ impl Tensor {
         check_gather_shape("scatter_add", self, dim, index)?;
         source.check_shape("scatter_add", index.shape())?;
         source.check_dtype("scatter_add", self.dtype())?;
-        if self.is_cuda() && crate::ops::cuda::gathers_last_dim(self, dim, index) {
-            return crate::ops::cuda::scatter_add_last(self, index, source);
-        }
-        let idx = read_indices("scatter_add", index, self.shape()[dim])?;
-        let strides = contiguous_strides(self.shape());
-        with_float_type!(self.dtype(), "scatter_add", T => {
-            let mut out = self.to_vec::<T>()?;
-            let src = source.values::<T>()?;
-            for_each_index(index.shape(), |p, i| out[offset_with(i, &strides, dim, idx[p])] += src[p]);
-            Tensor::from_vec(out, self.shape())
-        })
+        check_index("scatter_add", index)?;
+        Tensor::compute(
+            "scatter_add",
+            &[self, index, source],
+            self.shape(),
+            |backend, x| backend.scatter_add(&x[0], dim, &x[1], &x[2]),
+        )
     }
 
     /// The `k` largest (or smallest) entries along `dim`, sorted, with their i64 indices.
@@ -212,28 +116,14 @@ impl Tensor {
                 ),
             ));
         }
-        if self.is_cuda() && largest {
-            return crate::ops::cuda::topk(self, k, dim);
-        }
-        let rows = rows_over(self, "topk", &[dim])?;
-        let mut shape = rows.permuted.shape().to_vec();
-        *shape.last_mut().unwrap() = k;
-        let mut inverse: Vec<usize> = (0..self.rank() - 1).collect();
-        inverse.insert(dim, self.rank() - 1);
-        with_float_type!(self.dtype(), "topk", T => {
-            let x = rows.permuted.values::<T>()?;
-            let (mut values, mut indices) = (Vec::new(), Vec::new());
-            for r in 0..rows.outer() {
-                let row = &x[r * rows.inner..(r + 1) * rows.inner];
-                for &i in sort_row(row, largest).iter().take(k) {
-                    values.push(row[i]);
-                    indices.push(i as i64);
-                }
-            }
-            let values = Tensor::from_vec(values, &shape)?.permute(&inverse)?.contiguous();
-            let indices = Tensor::from_vec(indices, &shape)?.permute(&inverse)?.contiguous();
-            Ok((values, indices))
-        })
+        let (((values, values_layout), (indices, indices_layout)), device) =
+            Tensor::run_on_backend("topk", &[self], |backend, x| {
+                backend.topk(&x[0], k, dim, largest)
+            })?;
+        Ok((
+            Tensor::from_backend(values, values_layout, device),
+            Tensor::from_backend(indices, indices_layout, device),
+        ))
     }
 
     /// The i64 indices that sort `dim` (stable).
@@ -244,36 +134,31 @@ impl Tensor {
 
     /// One-hot encoding of an i64 tensor: shape `[.., num_classes]`, 1 at each class.
     pub fn one_hot(&self, num_classes: usize, dtype: DType) -> Result<Tensor> {
-        let classes = read_indices("one_hot", self, num_classes)?;
-        let mut out = vec![0.0; classes.len() * num_classes];
-        for (i, &c) in classes.iter().enumerate() {
-            out[i * num_classes + c] = 1.0;
-        }
         let mut shape = self.shape().to_vec();
         shape.push(num_classes);
-        Tensor::from_vec(out, &shape)?.to_dtype(dtype)
+        Tensor::compute("one_hot", &[self], &shape, |backend, x| {
+            backend.one_hot(&x[0], num_classes)
+        })?
+        .to_dtype(dtype)
     }
 
-    /// Elementwise `condition != 0 ? on_true : on_false`, all three broadcast together.
+    /// Elementwise `condition != 0 ? on_true : on_false`, all three broadcast together. A CPU
+    /// scalar may meet device tensors (it is copied there).
     pub fn where_cond(condition: &Tensor, on_true: &Tensor, on_false: &Tensor) -> Result<Tensor> {
         on_false.check_dtype("where_cond", on_true.dtype())?;
-        if condition.is_cuda() || on_true.is_cuda() || on_false.is_cuda() {
-            return crate::ops::cuda::where_cond(condition, on_true, on_false);
-        }
         let shape = broadcast_shapes("where_cond", condition.shape(), on_true.shape())?;
         let shape = broadcast_shapes("where_cond", &shape, on_false.shape())?;
-        let mask: Vec<bool> = condition
-            .broadcast_to(&shape)?
-            .to_vec_f64()
+        let operands = Tensor::scalars_to_common_device(&[condition, on_true, on_false])?;
+        let wide = operands
             .iter()
-            .map(|&c| c != 0.0)
-            .collect();
-        with_element_type!(on_true.dtype(), T => {
-            let (a, b) = (on_true.broadcast_to(&shape)?, on_false.broadcast_to(&shape)?);
-            let (a, b) = (a.values::<T>()?, b.values::<T>()?);
-            let out: Vec<T> = mask.iter().zip(a.iter().zip(b.iter())).map(|(&m, (&x, &y))| if m { x } else { y }).collect();
-            Ok(Tensor::from_storage(T::into_storage(out), Layout::contiguous(&shape)))
-        })
+            .map(|t| t.broadcast_to(&shape))
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::compute(
+            "where_cond",
+            &[&wide[0], &wide[1], &wide[2]],
+            &shape,
+            |backend, x| backend.where_cond(&x[0], &x[1], &x[2]),
+        )
     }
 
     /// `self` with `value` wherever `mask` (broadcast to `self`'s shape) is non-zero.

@@ -1,26 +1,11 @@
 //! Layer normalisation over the last dimension (Ba et al., 2016), with an optional affine
 //! transform, and its fused backward pass.
 
-use crate::dtype::FloatElement;
+pub use crate::descriptors::{LayerNormGrads, LayerNormStats};
+
 use crate::error::{Result, TensorError};
-use crate::ops::reduce::{map_rows, map_rows_to_rows};
-use crate::{with_float_type, Tensor};
-
-/// What the backward pass needs from the forward: per-row mean and 1/σ, shaped like the
-/// input without its last dimension.
-#[derive(Debug, Clone)]
-pub struct LayerNormStats {
-    pub mean: Tensor,
-    pub rstd: Tensor,
-}
-
-/// The gradients of a layer norm with respect to its input and affine parameters.
-#[derive(Debug, Clone)]
-pub struct LayerNormGrads {
-    pub input: Tensor,
-    pub weight: Option<Tensor>,
-    pub bias: Option<Tensor>,
-}
+use crate::layout::Layout;
+use crate::Tensor;
 
 fn normalized_size(x: &Tensor) -> Result<usize> {
     x.shape()
@@ -35,86 +20,6 @@ fn check_affine(x: &Tensor, param: Option<&Tensor>) -> Result<()> {
         p.check_dtype("layer_norm", x.dtype())?;
     }
     Ok(())
-}
-
-fn row_stats<T: FloatElement>(row: &[T], eps: f64) -> (T, T) {
-    let n = T::from_f64(row.len() as f64);
-    let mean = row.iter().copied().sum::<T>() / n;
-    let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<T>() / n;
-    (mean, (var + T::from_f64(eps)).sqrt().recip())
-}
-
-fn layer_norm_typed<T: FloatElement>(
-    x: &Tensor,
-    weight: Option<&Tensor>,
-    bias: Option<&Tensor>,
-    eps: f64,
-) -> Result<(Tensor, LayerNormStats)> {
-    let d = normalized_size(x)?;
-    let stats_shape = &x.shape()[..x.rank() - 1];
-    let rows: usize = stats_shape.iter().product();
-    let values = x.values::<T>()?;
-    let w = weight.map(|w| w.to_vec::<T>()).transpose()?;
-    let b = bias.map(|b| b.to_vec::<T>()).transpose()?;
-    let stats: Vec<(T, T)> = map_rows(&values, rows, d, |row| row_stats(row, eps));
-    let y = map_rows_to_rows(&values, d, |r, row, out| {
-        let (mean, rstd) = stats[r];
-        for (j, (o, &v)) in out.iter_mut().zip(row).enumerate() {
-            let scaled = (v - mean) * rstd * w.as_ref().map_or(T::one(), |w| w[j]);
-            *o = scaled + b.as_ref().map_or(T::zero(), |b| b[j]);
-        }
-    });
-    let (mean, rstd): (Vec<T>, Vec<T>) = stats.into_iter().unzip();
-    let stats = LayerNormStats {
-        mean: Tensor::from_vec(mean, stats_shape)?,
-        rstd: Tensor::from_vec(rstd, stats_shape)?,
-    };
-    Ok((Tensor::from_vec(y, x.shape())?, stats))
-}
-
-fn layer_norm_backward_typed<T: FloatElement>(
-    x: &Tensor,
-    stats: &LayerNormStats,
-    weight: Option<&Tensor>,
-    has_bias: bool,
-    grad_out: &Tensor,
-) -> Result<LayerNormGrads> {
-    let d = normalized_size(x)?;
-    let values = x.values::<T>()?;
-    let dy = grad_out.values::<T>()?;
-    let mean = stats.mean.values::<T>()?;
-    let rstd = stats.rstd.values::<T>()?;
-    let w = weight.map(|w| w.to_vec::<T>()).transpose()?;
-    let n = T::from_f64(d as f64);
-    let dx = map_rows_to_rows(&values, d, |r, row, out| {
-        let dy_row = &dy[r * d..(r + 1) * d];
-        let g = |j: usize| dy_row[j] * w.as_ref().map_or(T::one(), |w| w[j]);
-        let xhat = |j: usize| (row[j] - mean[r]) * rstd[r];
-        let mean_g = (0..d).map(g).sum::<T>() / n;
-        let mean_gx = (0..d).map(|j| g(j) * xhat(j)).sum::<T>() / n;
-        for (j, o) in out.iter_mut().enumerate() {
-            *o = rstd[r] * (g(j) - mean_g - xhat(j) * mean_gx);
-        }
-    });
-    let mut dweight = vec![T::zero(); d];
-    let mut dbias = vec![T::zero(); d];
-    for (r, (x_row, dy_row)) in values.chunks(d.max(1)).zip(dy.chunks(d.max(1))).enumerate() {
-        for j in 0..d {
-            dweight[j] += dy_row[j] * (x_row[j] - mean[r]) * rstd[r];
-            dbias[j] += dy_row[j];
-        }
-    }
-    Ok(LayerNormGrads {
-        input: Tensor::from_vec(dx, x.shape())?,
-        weight: weight
-            .map(|_| Tensor::from_vec(dweight, &[d]))
-            .transpose()?,
-        bias: if has_bias {
-            Some(Tensor::from_vec(dbias, &[d])?)
-        } else {
-            None
-        },
-    })
 }
 
 impl Tensor {
@@ -135,12 +40,28 @@ impl Tensor {
         bias: Option<&Tensor>,
         eps: f64,
     ) -> Result<(Tensor, LayerNormStats)> {
+        normalized_size(self)?;
         check_affine(self, weight)?;
         check_affine(self, bias)?;
-        if self.is_cuda() {
-            return crate::ops::cuda::layer_norm(self, weight, bias, eps);
-        }
-        with_float_type!(self.dtype(), "layer_norm", T => layer_norm_typed::<T>(self, weight, bias, eps))
+        let mut inputs = vec![self];
+        inputs.extend(weight.iter().chain(bias.iter()).copied());
+        let ([y, mean, rstd], device) =
+            Tensor::run_on_backend("layer_norm", &inputs, |backend, x| {
+                let (w, b) = (
+                    weight.map(|_| &x[1]),
+                    bias.map(|_| &x[1 + usize::from(weight.is_some())]),
+                );
+                backend.layer_norm(&x[0], w, b, eps)
+            })?;
+        let stats_layout = Layout::contiguous(&self.shape()[..self.rank() - 1]);
+        let stats = LayerNormStats {
+            mean: Tensor::from_backend(mean, stats_layout.clone(), device),
+            rstd: Tensor::from_backend(rstd, stats_layout, device),
+        };
+        Ok((
+            Tensor::from_backend(y, Layout::contiguous(self.shape()), device),
+            stats,
+        ))
     }
 
     /// Fused layer-norm backward. With x̂ = (x − mean)·rstd and g = dy·weight:
@@ -153,12 +74,26 @@ impl Tensor {
         grad_out: &Tensor,
     ) -> Result<LayerNormGrads> {
         grad_out.check_shape("layer_norm_backward", self.shape())?;
+        normalized_size(self)?;
         check_affine(self, weight)?;
-        if self.is_cuda() {
-            return crate::ops::cuda::layer_norm_backward(self, stats, weight, has_bias, grad_out);
-        }
-        with_float_type!(self.dtype(), "layer_norm_backward", T => {
-            layer_norm_backward_typed::<T>(self, stats, weight, has_bias, grad_out)
+        let mut inputs = vec![self, grad_out, &stats.mean, &stats.rstd];
+        inputs.extend(weight);
+        let ((dx, dweight, dbias), device) =
+            Tensor::run_on_backend("layer_norm_backward", &inputs, |backend, x| {
+                backend.layer_norm_backward(
+                    &x[0],
+                    &x[2],
+                    &x[3],
+                    weight.map(|_| &x[4]),
+                    has_bias,
+                    &x[1],
+                )
+            })?;
+        let d = Layout::contiguous(&[*self.shape().last().expect("rank checked")]);
+        Ok(LayerNormGrads {
+            input: Tensor::from_backend(dx, Layout::contiguous(self.shape()), device),
+            weight: dweight.map(|w| Tensor::from_backend(w, d.clone(), device)),
+            bias: dbias.map(|b| Tensor::from_backend(b, d, device)),
         })
     }
 }

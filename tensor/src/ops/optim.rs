@@ -2,37 +2,11 @@
 //! parameter, its gradient and its two moments instead of a dozen elementwise ops. On a GPU it
 //! is one kernel (`ditmoe-cuda`'s `adamw_f32`).
 
+pub use crate::descriptors::{AdamWHyper, AdamWUpdate};
+
 use crate::error::Result;
 use crate::layout::Layout;
-use crate::{with_float_type, Tensor, TensorError};
-
-/// The hyper-parameters of one step; `step` is 1-based (for the bias corrections 1 − βᵗ).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct AdamWHyper {
-    pub lr: f64,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    pub weight_decay: f64,
-    /// Multiplies the gradient first (the clipping factor).
-    pub grad_scale: f64,
-    pub step: u64,
-}
-
-/// A parameter and its moments after one step.
-pub struct AdamWUpdate {
-    pub param: Tensor,
-    pub m: Tensor,
-    pub v: Tensor,
-}
-
-impl AdamWHyper {
-    /// 1 − β₁ᵗ and 1 − β₂ᵗ.
-    pub fn corrections(&self) -> (f64, f64) {
-        let t = self.step.max(1) as i32;
-        (1.0 - self.beta1.powi(t), 1.0 - self.beta2.powi(t))
-    }
-}
+use crate::{Tensor, TensorError};
 
 impl Tensor {
     /// One AdamW step of the parameter `self`:
@@ -65,34 +39,15 @@ impl Tensor {
                 ));
             }
         }
-        if self.is_cuda() {
-            return crate::ops::cuda::adamw(self, grad, m, v, hyper);
-        }
-        let (c1, c2) = hyper.corrections();
-        with_float_type!(self.dtype(), "adamw_update", T => {
-            let c = |x: f64| <T as num_traits::NumCast>::from(x).expect("f64 converts");
-            let (b1, one_minus_b1) = (c(hyper.beta1), c(1.0 - hyper.beta1));
-            let (b2, one_minus_b2) = (c(hyper.beta2), c(1.0 - hyper.beta2));
-            let (inv_c1, inv_c2, eps) = (c(1.0 / c1), c(1.0 / c2), c(hyper.eps));
-            let (decay, lr, scale) = (c(1.0 - hyper.lr * hyper.weight_decay), c(hyper.lr), c(hyper.grad_scale));
-            let (p, g, m, v) = (self.values::<T>()?, grad.values::<T>()?, m.values::<T>()?, v.values::<T>()?);
-            let n = p.len();
-            let (mut p_out, mut m_out, mut v_out) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-            for i in 0..n {
-                let g = g[i] * scale;
-                let m = m[i] * b1 + g * one_minus_b1;
-                let v = v[i] * b2 + g * g * one_minus_b2;
-                let update = (m * inv_c1) / ((v * inv_c2).sqrt() + eps);
-                p_out.push(p[i] * decay - update * lr);
-                m_out.push(m);
-                v_out.push(v);
-            }
-            let shape = Layout::contiguous(self.shape());
-            Ok(AdamWUpdate {
-                param: Tensor::from_storage(T::into_storage(p_out), shape.clone()),
-                m: Tensor::from_storage(T::into_storage(m_out), shape.clone()),
-                v: Tensor::from_storage(T::into_storage(v_out), shape),
-            })
+        let ([param, m, v], device) =
+            Tensor::run_on_backend("adamw_update", &[self, grad, m, v], |backend, x| {
+                backend.adamw(&x[0], &x[1], &x[2], &x[3], hyper)
+            })?;
+        let layout = Layout::contiguous(self.shape());
+        Ok(AdamWUpdate {
+            param: Tensor::from_backend(param, layout.clone(), device),
+            m: Tensor::from_backend(m, layout.clone(), device),
+            v: Tensor::from_backend(v, layout, device),
         })
     }
 }

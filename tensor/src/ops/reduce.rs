@@ -3,160 +3,67 @@
 //! Every reduction first moves the reduced dimensions to the end, so each output element is the
 //! reduction of one contiguous row.
 
-use crate::dtype::FloatElement;
+pub use crate::descriptors::ReduceOp;
+
 use crate::error::{Result, TensorError};
-use crate::layout::Layout;
-use crate::parallel::{for_each_chunk_mut, rows_per_chunk};
-use crate::{with_float_type, Tensor};
-use std::borrow::Cow;
+use crate::Tensor;
 
-/// How the rows of a reduction are combined.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum ReduceOp {
-    Sum,
-    Mean,
-    Max,
-    Min,
-    /// Variance with `correction` subtracted from the count (1 = unbiased, 0 = population).
-    Var {
-        correction: usize,
-    },
+/// The result shapes of reducing `dims` of a tensor.
+struct Reduced {
+    /// With the reduced dimensions kept as size 1.
+    kept_shape: Vec<usize>,
+    /// With the reduced dimensions removed.
+    dropped_shape: Vec<usize>,
+    /// Elements reduced into each result.
+    inner: usize,
 }
 
-impl ReduceOp {
-    fn name(self) -> &'static str {
-        match self {
-            ReduceOp::Sum => "sum",
-            ReduceOp::Mean => "mean",
-            ReduceOp::Max => "max",
-            ReduceOp::Min => "min",
-            ReduceOp::Var { .. } => "var",
-        }
-    }
-
-    fn reduce_row<T: FloatElement>(self, row: &[T]) -> T {
-        let n = T::from_f64(row.len() as f64);
-        match self {
-            ReduceOp::Sum => row.iter().copied().sum(),
-            ReduceOp::Mean => row.iter().copied().sum::<T>() / n,
-            ReduceOp::Max => row.iter().copied().fold(T::neg_infinity(), T::max),
-            ReduceOp::Min => row.iter().copied().fold(T::infinity(), T::min),
-            ReduceOp::Var { correction } => {
-                let mean = row.iter().copied().sum::<T>() / n;
-                let squares: T = row.iter().map(|&v| (v - mean) * (v - mean)).sum();
-                squares / T::from_f64(row.len().saturating_sub(correction) as f64)
-            }
-        }
-    }
-}
-
-/// A tensor viewed as `outer` rows of `inner` elements, the reduced dimensions innermost.
-pub(crate) struct Rows {
-    /// Shape of the result with the reduced dimensions kept as size 1.
-    pub kept_shape: Vec<usize>,
-    /// Shape of the result with the reduced dimensions removed.
-    pub dropped_shape: Vec<usize>,
-    pub inner: usize,
-    /// The permuted tensor whose rows are reduced.
-    pub permuted: Tensor,
-}
-
-impl Rows {
-    /// Number of rows (= elements of the result).
-    pub fn outer(&self) -> usize {
-        self.dropped_shape.iter().product()
-    }
-}
-
-/// Validates `dims` (empty = all dimensions) and moves them to the end.
-pub(crate) fn rows_over(t: &Tensor, op: &'static str, dims: &[usize]) -> Result<Rows> {
+/// Checks `dims` (empty = all dimensions): in range and distinct.
+fn reduced(t: &Tensor, op: &'static str, dims: &[usize]) -> Result<Reduced> {
     let all: Vec<usize> = (0..t.rank()).collect();
     let dims = if dims.is_empty() { &all[..] } else { dims };
-    let mut reduced = vec![false; t.rank()];
+    let mut is_reduced = vec![false; t.rank()];
     for &d in dims {
         t.layout().check_dim(op, d)?;
-        if std::mem::replace(&mut reduced[d], true) {
+        if std::mem::replace(&mut is_reduced[d], true) {
             return Err(TensorError::invalid(
                 op,
                 format!("expected distinct dims, found {dims:?}"),
             ));
         }
     }
-    let kept: Vec<usize> = (0..t.rank()).filter(|&d| !reduced[d]).collect();
-    let perm: Vec<usize> = kept.iter().chain(dims).copied().collect();
     let shape = t.shape();
-    Ok(Rows {
+    Ok(Reduced {
         kept_shape: (0..t.rank())
-            .map(|d| if reduced[d] { 1 } else { shape[d] })
+            .map(|d| if is_reduced[d] { 1 } else { shape[d] })
             .collect(),
-        dropped_shape: kept.iter().map(|&d| shape[d]).collect(),
+        dropped_shape: (0..t.rank())
+            .filter(|&d| !is_reduced[d])
+            .map(|d| shape[d])
+            .collect(),
         inner: dims.iter().map(|&d| shape[d]).product(),
-        permuted: t.permute(&perm)?,
     })
-}
-
-/// Applies `f` to each of the `outer` rows of `inner` elements, one output value per row.
-pub(crate) fn map_rows<T: FloatElement, U: Default + Clone + Send>(
-    values: &[T],
-    outer: usize,
-    inner: usize,
-    f: impl Fn(&[T]) -> U + Sync + Send,
-) -> Vec<U> {
-    let mut out = vec![U::default(); outer];
-    let chunk = rows_per_chunk(outer, 1);
-    for_each_chunk_mut(&mut out, chunk, values.len(), |c, o| {
-        for (j, o) in o.iter_mut().enumerate() {
-            let row = (c * chunk + j) * inner;
-            *o = f(&values[row..row + inner]);
-        }
-    });
-    out
-}
-
-/// Writes `f(row_index, row, out_row)` for every `inner`-long row of `values` into a new buffer.
-pub(crate) fn map_rows_to_rows<T: FloatElement>(
-    values: &[T],
-    inner: usize,
-    f: impl Fn(usize, &[T], &mut [T]) + Sync + Send,
-) -> Vec<T> {
-    let mut out = vec![T::zero(); values.len()];
-    if inner == 0 {
-        return out;
-    }
-    let chunk = rows_per_chunk(values.len(), inner);
-    for_each_chunk_mut(&mut out, chunk, values.len(), |c, o| {
-        let start = c * chunk;
-        for (r, out_row) in o.chunks_mut(inner).enumerate() {
-            let row = start + r * inner;
-            f(row / inner, &values[row..row + inner], out_row);
-        }
-    });
-    out
 }
 
 impl Tensor {
     /// Reduces `dims` (empty = every dimension) with `op`; `keepdim` keeps them as size 1.
+    /// The reduced dimensions are moved last, so each result is the reduction of one row.
     pub fn reduce(&self, op: ReduceOp, dims: &[usize], keepdim: bool) -> Result<Tensor> {
-        if self.is_cuda() {
-            return crate::ops::cuda::reduce(self, op, dims, keepdim);
-        }
-        let rows = rows_over(self, op.name(), dims)?;
+        let rows = reduced(self, op.name(), dims)?;
         let shape = if keepdim {
             &rows.kept_shape
         } else {
             &rows.dropped_shape
         };
-        if rows.inner == 0 && !matches!(op, ReduceOp::Sum) {
+        if rows.inner == 0 && !matches!(op, ReduceOp::Sum | ReduceOp::SumOfSquares) {
             return Err(TensorError::shape(
                 op.name(),
                 "a non-empty reduced extent",
                 self.shape(),
             ));
         }
-        with_float_type!(self.dtype(), op.name(), T => {
-            let values: Cow<[T]> = rows.permuted.values::<T>()?;
-            let out = map_rows(&values, rows.outer(), rows.inner, |row| op.reduce_row(row));
-            Ok(Tensor::from_storage(T::into_storage(out), Layout::contiguous(shape)))
+        Tensor::compute(op.name(), &[self], shape, |backend, x| {
+            backend.reduce(&x[0], op, dims)
         })
     }
 
@@ -185,19 +92,12 @@ impl Tensor {
     /// Σ x² over every element, as a scalar: a gradient's squared norm in one pass (one
     /// launch, or two for a long tensor, on a GPU) instead of a product and a sum.
     pub fn sum_of_squares(&self) -> Result<Tensor> {
-        if self.is_cuda() {
-            return crate::ops::cuda::sum_of_squares(self);
-        }
-        with_float_type!(self.dtype(), "sum_of_squares", T => {
-            let total = self.values::<T>()?.iter().fold(T::zero(), |s, &x| s + x * x);
-            Tensor::from_vec(vec![total], &[])
-        })
+        self.reduce(ReduceOp::SumOfSquares, &[], false)
     }
 
     /// Index of the largest element along `dim` (the first one on ties), as i64.
     pub fn argmax(&self, dim: usize, keepdim: bool) -> Result<Tensor> {
-        self.ensure_cpu("argmax")?;
-        let rows = rows_over(self, "argmax", &[dim])?;
+        let rows = reduced(self, "argmax", &[dim])?;
         if rows.inner == 0 {
             return Err(TensorError::shape(
                 "argmax",
@@ -210,18 +110,8 @@ impl Tensor {
         } else {
             &rows.dropped_shape
         };
-        with_float_type!(self.dtype(), "argmax", T => {
-            let values = rows.permuted.values::<T>()?;
-            let out: Vec<i64> = map_rows(&values, rows.outer(), rows.inner, |row| {
-                let mut best = 0;
-                for (i, &v) in row.iter().enumerate() {
-                    if v > row[best] {
-                        best = i;
-                    }
-                }
-                best as i64
-            });
-            Ok(Tensor::from_storage(i64::into_storage(out), Layout::contiguous(shape)))
+        Tensor::compute("argmax", &[self], shape, |backend, x| {
+            backend.argmax(&x[0], dim)
         })
     }
 
@@ -288,6 +178,7 @@ mod tests {
                     ReduceOp::Var { correction } => {
                         g.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - correction as f64)
                     }
+                    ReduceOp::SumOfSquares => g.iter().map(|v| v * v).sum(),
                 }
             })
             .collect()

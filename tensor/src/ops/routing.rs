@@ -1,31 +1,17 @@
 //! MoE dispatch on tensors: from the router's top-k picks to routed pairs, and from routed
 //! pairs to the expert-sorted order the grouped expert GEMM needs (MegaBlocks, Gale et al.,
 //! 2022). A routed pair (token t, expert e) is its position `t·E + e` in the `[N, E]` score
-//! grid. CPU loops here; on a GPU the routing kernels (`ditmoe_cuda::ops::routing`), so
+//! grid. CPU loops (`backend/cpu/routing.rs`); on a GPU the routing kernels (`ditmoe_cuda::ops::routing`), so
 //! nothing leaves the device: even the group sizes stay there, and the grouped GEMM builds its
 //! tile schedule from them on the device.
 
+pub use crate::descriptors::Dispatch;
+
+use crate::backend::GroupCounts;
+use crate::descriptors::GroupSizes;
 use crate::error::{Result, TensorError};
-use crate::ops::grouped::GroupSizes;
+use crate::layout::Layout;
 use crate::{DType, Tensor};
-
-/// The routed pairs sorted by expert (stably: pairs of one expert keep their order).
-#[derive(Debug, Clone)]
-pub struct Dispatch {
-    /// `[P]` i64: the index, among the unsorted pairs, of each sorted pair.
-    pub order: Tensor,
-    /// `[P]` i64: its token.
-    pub token_of: Tensor,
-    /// `[P]` i64: its expert.
-    pub expert_of: Tensor,
-    /// Pairs per expert: the row groups of the grouped GEMM (on the device on a GPU).
-    pub group_sizes: GroupSizes,
-}
-
-fn index_tensor(values: Vec<usize>) -> Result<Tensor> {
-    let n = values.len();
-    Tensor::from_vec(values.into_iter().map(|v| v as i64).collect(), &[n])
-}
 
 impl Tensor {
     /// Token choice's picks `[N, k]` (expert indices, i64) as `[N·k]` positions, in slot
@@ -33,19 +19,12 @@ impl Tensor {
     pub fn token_choice_positions(picks: &Tensor, num_experts: usize) -> Result<Tensor> {
         let op = "token_choice_positions";
         picks.check_dtype(op, DType::I64)?;
-        let &[_, k] = picks.shape() else {
+        if picks.rank() != 2 {
             return Err(TensorError::shape(op, "picks [tokens, k]", picks.shape()));
-        };
-        if picks.is_cuda() {
-            return crate::ops::cuda::token_choice_positions(picks, num_experts);
         }
-        let positions = picks
-            .to_vec::<i64>()?
-            .into_iter()
-            .enumerate()
-            .map(|(slot, e)| slot / k * num_experts + e as usize)
-            .collect();
-        index_tensor(positions)
+        Tensor::compute(op, &[picks], &[picks.numel()], |backend, x| {
+            backend.token_choice_positions(&x[0], num_experts)
+        })
     }
 
     /// Expert choice's picks `[G, C, E]` (each expert's C best token ranks within each group
@@ -53,27 +32,16 @@ impl Tensor {
     pub fn expert_choice_positions(picks: &Tensor, group_tokens: usize) -> Result<Tensor> {
         let op = "expert_choice_positions";
         picks.check_dtype(op, DType::I64)?;
-        let &[groups, capacity, experts] = picks.shape() else {
+        if picks.rank() != 3 {
             return Err(TensorError::shape(
                 op,
                 "picks [groups, capacity, experts]",
                 picks.shape(),
             ));
-        };
-        if picks.is_cuda() {
-            return crate::ops::cuda::expert_choice_positions(picks, group_tokens);
         }
-        let ranks = picks.to_vec::<i64>()?;
-        let mut positions = Vec::with_capacity(ranks.len());
-        for g in 0..groups {
-            for e in 0..experts {
-                for r in 0..capacity {
-                    let token = g * group_tokens + ranks[(g * capacity + r) * experts + e] as usize;
-                    positions.push(token * experts + e);
-                }
-            }
-        }
-        index_tensor(positions)
+        Tensor::compute(op, &[picks], &[picks.numel()], |backend, x| {
+            backend.expert_choice_positions(&x[0], group_tokens)
+        })
     }
 
     /// Expert race's picks (Race-DiT, Yuan et al., 2025): the positions of the `picks` highest
@@ -98,13 +66,9 @@ impl Tensor {
                 ),
             ));
         }
-        if scores.is_cuda() {
-            return crate::ops::cuda::expert_race_positions(scores, picks);
-        }
-        let (_, best) = scores.flatten()?.topk(picks, 0, true)?;
-        let mut positions = best.to_vec::<i64>()?;
-        positions.sort_unstable();
-        Tensor::from_vec(positions, &[picks])
+        Tensor::compute(op, &[scores], &[picks], |backend, x| {
+            backend.expert_race_positions(&x[0], picks)
+        })
     }
 
     /// The pairs at `positions` (`[P]` i64) sorted by expert, stably, with the group sizes.
@@ -121,25 +85,23 @@ impl Tensor {
                 positions.shape(),
             ));
         }
-        if positions.is_cuda() {
-            return crate::ops::cuda::dispatch_order(positions, num_experts);
-        }
-        let positions: Vec<usize> = positions
-            .to_vec::<i64>()?
-            .into_iter()
-            .map(|p| p as usize)
-            .collect();
-        let mut order: Vec<usize> = (0..positions.len()).collect();
-        order.sort_by_key(|&slot| positions[slot] % num_experts);
-        let mut group_sizes = vec![0; num_experts];
-        positions
-            .iter()
-            .for_each(|p| group_sizes[p % num_experts] += 1);
+        let (sorted, device) = Tensor::run_on_backend(op, &[positions], |backend, x| {
+            backend.dispatch_order(&x[0], num_experts)
+        })?;
+        let pairs = Layout::contiguous(&[positions.numel()]);
+        let index = |storage| Tensor::from_backend(storage, pairs.clone(), device);
+        let group_sizes = match sorted.group_sizes {
+            GroupCounts::Host(sizes) => GroupSizes::host(&sizes),
+            GroupCounts::Device(counts) => GroupSizes::on_device(
+                Tensor::from_backend(counts, Layout::contiguous(&[num_experts]), device),
+                positions.numel(),
+            ),
+        };
         Ok(Dispatch {
-            token_of: index_tensor(order.iter().map(|&s| positions[s] / num_experts).collect())?,
-            expert_of: index_tensor(order.iter().map(|&s| positions[s] % num_experts).collect())?,
-            order: index_tensor(order)?,
-            group_sizes: GroupSizes::host(&group_sizes),
+            order: index(sorted.order),
+            token_of: index(sorted.token_of),
+            expert_of: index(sorted.expert_of),
+            group_sizes,
         })
     }
 }

@@ -1,9 +1,7 @@
 //! Joining and splitting: concat, stack (copies), split and chunk (views).
 
-use crate::dtype::Element;
 use crate::error::{Result, TensorError};
-use crate::layout::Layout;
-use crate::{with_element_type, Tensor};
+use crate::Tensor;
 
 impl Tensor {
     /// Joins tensors along an existing dimension `dim`; all other sizes must agree.
@@ -26,21 +24,8 @@ impl Tensor {
         }
         let mut shape = first.shape().to_vec();
         shape[dim] = tensors.iter().map(|t| t.shape()[dim]).sum();
-        if tensors.iter().any(|t| t.is_cuda()) {
-            return crate::ops::cuda::concat(tensors, dim, &shape);
-        }
-        let outer: usize = shape[..dim].iter().product();
-        let inner: usize = shape[dim + 1..].iter().product();
-        with_element_type!(first.dtype(), T => {
-            let parts = tensors.iter().map(|t| t.values::<T>()).collect::<Result<Vec<_>>>()?;
-            let mut out = Vec::with_capacity(shape.iter().product());
-            for o in 0..outer {
-                for (t, part) in tensors.iter().zip(&parts) {
-                    let block = t.shape()[dim] * inner;
-                    out.extend_from_slice(&part[o * block..(o + 1) * block]);
-                }
-            }
-            Ok(Tensor::from_storage(T::into_storage(out), Layout::contiguous(&shape)))
+        Tensor::compute("concat", tensors, &shape, |backend, x| {
+            backend.concat(x, dim, &shape)
         })
     }
 

@@ -1,62 +1,23 @@
 //! Softmax and log-softmax along one dimension, computed stably by subtracting the row maximum.
 
-use crate::dtype::FloatElement;
 use crate::error::Result;
-use crate::layout::Layout;
-use crate::ops::reduce::{map_rows_to_rows, rows_over};
-use crate::{with_float_type, Tensor};
-
-/// Applies a row function along `dim` and restores the original dimension order.
-fn along_dim<T: FloatElement>(
-    t: &Tensor,
-    op: &'static str,
-    dim: usize,
-    f: impl Fn(&[T], &mut [T]) + Sync + Send,
-) -> Result<Tensor> {
-    t.ensure_cpu(op)?;
-    let rows = rows_over(t, op, &[dim])?;
-    let values = rows.permuted.values::<T>()?;
-    let out = map_rows_to_rows(&values, rows.inner, |_, row, out| f(row, out));
-    let permuted = Tensor::from_storage(
-        T::into_storage(out),
-        Layout::contiguous(rows.permuted.shape()),
-    );
-    // rows_over moved `dim` last; move it back.
-    let mut inverse: Vec<usize> = (0..t.rank() - 1).collect();
-    inverse.insert(dim, t.rank() - 1);
-    Ok(permuted.permute(&inverse)?.contiguous())
-}
-
-fn softmax_row<T: FloatElement>(row: &[T], out: &mut [T]) {
-    let max = row.iter().copied().fold(T::neg_infinity(), T::max);
-    let mut total = T::zero();
-    for (o, &v) in out.iter_mut().zip(row) {
-        *o = (v - max).exp();
-        total += *o;
-    }
-    out.iter_mut().for_each(|o| *o /= total);
-}
-
-fn log_softmax_row<T: FloatElement>(row: &[T], out: &mut [T]) {
-    let max = row.iter().copied().fold(T::neg_infinity(), T::max);
-    let log_total = row.iter().map(|&v| (v - max).exp()).sum::<T>().ln() + max;
-    for (o, &v) in out.iter_mut().zip(row) {
-        *o = v - log_total;
-    }
-}
+use crate::Tensor;
 
 impl Tensor {
     /// exp(x_i) / Σ_j exp(x_j) along `dim`.
     pub fn softmax(&self, dim: usize) -> Result<Tensor> {
-        if self.is_cuda() {
-            return crate::ops::cuda::softmax(self, dim);
-        }
-        with_float_type!(self.dtype(), "softmax", T => along_dim::<T>(self, "softmax", dim, softmax_row))
+        self.layout().check_dim("softmax", dim)?;
+        let ((storage, layout), device) =
+            Tensor::run_on_backend("softmax", &[self], |backend, x| backend.softmax(&x[0], dim))?;
+        Ok(Tensor::from_backend(storage, layout, device))
     }
 
     /// x_i − log Σ_j exp(x_j) along `dim`.
     pub fn log_softmax(&self, dim: usize) -> Result<Tensor> {
-        with_float_type!(self.dtype(), "log_softmax", T => along_dim::<T>(self, "log_softmax", dim, log_softmax_row))
+        self.layout().check_dim("log_softmax", dim)?;
+        Tensor::compute("log_softmax", &[self], self.shape(), |backend, x| {
+            backend.log_softmax(&x[0], dim)
+        })
     }
 }
 

@@ -2,62 +2,18 @@
 //! Transformer"), the middle of DiT-MoE's expert FFN, fused: one pass forward and one pass for
 //! both gradients, where SiLU, a product and their backward passes take five.
 
-use crate::dtype::FloatElement;
 use crate::error::Result;
-use crate::ops::unary::sigmoid;
-use crate::parallel::{for_each_chunk_mut, for_each_chunk_pair_mut, rows_per_chunk};
-use crate::{with_float_type, Tensor};
-
-fn swiglu_typed<T: FloatElement>(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    let (g, u) = (gate.values::<T>()?, up.values::<T>()?);
-    let n = g.len();
-    let mut out = vec![T::zero(); n];
-    let chunk = rows_per_chunk(n, 1);
-    for_each_chunk_mut(&mut out, chunk, n, |c, out| {
-        for (i, o) in out.iter_mut().enumerate() {
-            let j = c * chunk + i;
-            *o = g[j] * sigmoid(g[j]) * u[j];
-        }
-    });
-    Tensor::from_vec(out, gate.shape())
-}
-
-fn swiglu_backward_typed<T: FloatElement>(
-    gate: &Tensor,
-    up: &Tensor,
-    grad_out: &Tensor,
-) -> Result<(Tensor, Tensor)> {
-    let (g, u, dh) = (
-        gate.values::<T>()?,
-        up.values::<T>()?,
-        grad_out.values::<T>()?,
-    );
-    let n = g.len();
-    let (mut dgate, mut dup) = (vec![T::zero(); n], vec![T::zero(); n]);
-    let chunk = rows_per_chunk(n, 1);
-    for_each_chunk_pair_mut(&mut dgate, &mut dup, chunk, n, |c, dgate, dup| {
-        for (i, (dg, du)) in dgate.iter_mut().zip(dup.iter_mut()).enumerate() {
-            let j = c * chunk + i;
-            let s = sigmoid(g[j]);
-            *dg = dh[j] * u[j] * s * (T::one() + g[j] * (T::one() - s));
-            *du = dh[j] * g[j] * s;
-        }
-    });
-    Ok((
-        Tensor::from_vec(dgate, gate.shape())?,
-        Tensor::from_vec(dup, gate.shape())?,
-    ))
-}
+use crate::layout::Layout;
+use crate::Tensor;
 
 impl Tensor {
     /// `SiLU(self) ⊙ up` for a gate `self` and an up projection of the same shape and dtype.
     pub fn swiglu(&self, up: &Tensor) -> Result<Tensor> {
         up.check_shape("swiglu", self.shape())?;
         up.check_dtype("swiglu", self.dtype())?;
-        if self.is_cuda() {
-            return crate::ops::cuda::swiglu(self, up);
-        }
-        with_float_type!(self.dtype(), "swiglu", T => swiglu_typed::<T>(self, up))
+        Tensor::compute("swiglu", &[self, up], self.shape(), |backend, x| {
+            backend.swiglu(&x[0], &x[1])
+        })
     }
 
     /// The gradients `(d gate, d up)` of [`Tensor::swiglu`] for the gradient of its output.
@@ -67,10 +23,15 @@ impl Tensor {
             t.check_shape(op, self.shape())?;
             t.check_dtype(op, self.dtype())?;
         }
-        if self.is_cuda() {
-            return crate::ops::cuda::swiglu_backward(self, up, grad_out);
-        }
-        with_float_type!(self.dtype(), op, T => swiglu_backward_typed::<T>(self, up, grad_out))
+        let ((dgate, dup), device) =
+            Tensor::run_on_backend(op, &[self, up, grad_out], |backend, x| {
+                backend.swiglu_backward(&x[0], &x[1], &x[2])
+            })?;
+        let layout = Layout::contiguous(self.shape());
+        Ok((
+            Tensor::from_backend(dgate, layout.clone(), device),
+            Tensor::from_backend(dup, layout, device),
+        ))
     }
 }
 

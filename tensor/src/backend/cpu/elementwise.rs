@@ -1,0 +1,318 @@
+//! Elementwise kernels on the CPU: unary functions and their derivatives, broadcasting binary
+//! ops, `lerp`, `where_cond` and SwiGLU's fused gated product, with the scalar meaning of each
+//! op family.
+
+use crate::backend::Operand;
+use crate::descriptors::{BinaryOp, UnaryOp};
+use crate::dtype::{Element, FloatElement};
+use crate::error::Result;
+use crate::layout::{coalesce, Layout};
+use crate::parallel::{for_each_chunk_mut, for_each_chunk_pair_mut, rows_per_chunk};
+use crate::storage::Storage;
+use crate::with_float_type;
+
+/// √(2/π), the constant of the tanh approximation of GELU.
+const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+const GELU_CUBIC: f64 = 0.044_715;
+
+/// σ(x) = 1 / (1 + e^−x).
+pub(crate) fn sigmoid<T: FloatElement>(x: T) -> T {
+    T::one() / (T::one() + (-x).exp())
+}
+
+fn c<T: FloatElement>(v: f64) -> T {
+    T::from_f64(v)
+}
+
+/// What a unary op computes on one element, and its derivative.
+pub trait UnaryMath {
+    /// f(x).
+    fn apply<T: FloatElement>(self, x: T) -> T;
+    /// f'(x).
+    fn derivative<T: FloatElement>(self, x: T) -> T;
+}
+
+impl UnaryMath for UnaryOp {
+    fn apply<T: FloatElement>(self, x: T) -> T {
+        match self {
+            UnaryOp::Neg => -x,
+            UnaryOp::Exp => x.exp(),
+            UnaryOp::Log => x.ln(),
+            UnaryOp::Sqrt => x.sqrt(),
+            UnaryOp::Rsqrt => x.sqrt().recip(),
+            UnaryOp::Tanh => x.tanh(),
+            UnaryOp::Sigmoid => sigmoid(x),
+            UnaryOp::Relu => x.max(T::zero()),
+            UnaryOp::Silu => x * sigmoid(x),
+            UnaryOp::GeluTanh => {
+                let u = c::<T>(SQRT_2_OVER_PI) * (x + c::<T>(GELU_CUBIC) * x * x * x);
+                c::<T>(0.5) * x * (T::one() + u.tanh())
+            }
+            UnaryOp::Sin => x.sin(),
+            UnaryOp::Cos => x.cos(),
+            UnaryOp::Abs => x.abs(),
+            UnaryOp::Powf(p) => x.powf(c(p)),
+            UnaryOp::AddScalar(s) => x + c(s),
+            UnaryOp::MulScalar(s) => x * c(s),
+        }
+    }
+
+    fn derivative<T: FloatElement>(self, x: T) -> T {
+        let one = T::one();
+        match self {
+            UnaryOp::Neg => -one,
+            UnaryOp::Exp => x.exp(),
+            UnaryOp::Log => x.recip(),
+            UnaryOp::Sqrt => c::<T>(0.5) / x.sqrt(),
+            UnaryOp::Rsqrt => c::<T>(-0.5) * x.powf(c(-1.5)),
+            UnaryOp::Tanh => one - x.tanh() * x.tanh(),
+            UnaryOp::Sigmoid => sigmoid(x) * (one - sigmoid(x)),
+            UnaryOp::Relu => {
+                if x > T::zero() {
+                    one
+                } else {
+                    T::zero()
+                }
+            }
+            UnaryOp::Silu => {
+                let s = sigmoid(x);
+                s * (one + x * (one - s))
+            }
+            UnaryOp::GeluTanh => {
+                let k = c::<T>(SQRT_2_OVER_PI);
+                let a = c::<T>(GELU_CUBIC);
+                let th = (k * (x + a * x * x * x)).tanh();
+                let du = k * (one + c::<T>(3.0) * a * x * x);
+                c::<T>(0.5) * (one + th) + c::<T>(0.5) * x * (one - th * th) * du
+            }
+            UnaryOp::Sin => x.cos(),
+            UnaryOp::Cos => -x.sin(),
+            UnaryOp::Abs => {
+                if x > T::zero() {
+                    one
+                } else if x < T::zero() {
+                    -one
+                } else {
+                    T::zero()
+                }
+            }
+            UnaryOp::Powf(p) => c::<T>(p) * x.powf(c(p - 1.0)),
+            UnaryOp::AddScalar(_) => one,
+            UnaryOp::MulScalar(s) => c(s),
+        }
+    }
+}
+
+fn indicator<T: FloatElement>(condition: bool) -> T {
+    if condition {
+        T::one()
+    } else {
+        T::zero()
+    }
+}
+
+/// What a binary op computes on one pair of elements.
+pub trait BinaryMath {
+    fn apply<T: FloatElement>(self, a: T, b: T) -> T;
+}
+
+impl BinaryMath for BinaryOp {
+    fn apply<T: FloatElement>(self, a: T, b: T) -> T {
+        match self {
+            BinaryOp::Add => a + b,
+            BinaryOp::Sub => a - b,
+            BinaryOp::Mul => a * b,
+            BinaryOp::Div => a / b,
+            BinaryOp::Maximum => a.max(b),
+            BinaryOp::Minimum => a.min(b),
+            BinaryOp::Gt => indicator(a > b),
+            BinaryOp::Lt => indicator(a < b),
+            BinaryOp::Eq => indicator(a == b),
+        }
+    }
+}
+
+/// Applies `f` to every element of `x` (any layout) into new contiguous storage.
+fn map_elements<T: FloatElement>(x: &Operand, f: impl Fn(T) -> T + Sync + Send) -> Result<Storage> {
+    let input = x.values::<T>()?;
+    let mut out = vec![T::zero(); input.len()];
+    let chunk = crate::parallel::rows_per_chunk(out.len(), 1);
+    for_each_chunk_mut(&mut out, chunk, input.len(), |i, out| {
+        let start = i * chunk;
+        for (o, &v) in out.iter_mut().zip(&input[start..]) {
+            *o = f(v);
+        }
+    });
+    Ok(T::into_storage(out))
+}
+
+/// Storage offsets where each innermost row of a view (`shape`, `strides`) starts.
+fn row_starts(shape: &[usize], strides: &[usize], offset: usize) -> Vec<usize> {
+    let outer = shape.len().saturating_sub(1);
+    Layout::new(shape[..outer].to_vec(), strides[..outer].to_vec(), offset)
+        .offsets()
+        .collect()
+}
+
+/// `f(a, b)` over two operands of one (broadcast) shape, reading both in place through their
+/// strides. After merging back-to-back dimensions the work is a list of rows; along a row each
+/// input either advances (stride 1), stays (a broadcast, stride 0) or jumps (any other
+/// stride).
+fn zip_map<T: FloatElement>(
+    a: &Operand,
+    b: &Operand,
+    f: impl Fn(T, T) -> T + Sync + Send,
+) -> Result<Storage> {
+    let shape = a.shape();
+    let numel: usize = shape.iter().product();
+    if numel == 0 {
+        return Ok(T::into_storage(Vec::new()));
+    }
+    let (a_data, b_data) = (
+        T::slice(a.storage()).expect("dtype checked"),
+        T::slice(b.storage()).expect("dtype checked"),
+    );
+    let (merged, strides) = coalesce(shape, &[a.layout().strides(), b.layout().strides()]);
+    let (merged, strides) = if merged.is_empty() {
+        (vec![1], vec![vec![1], vec![1]])
+    } else {
+        (merged, strides)
+    };
+    let inner = *merged.last().unwrap();
+    let (sa, sb) = (*strides[0].last().unwrap(), *strides[1].last().unwrap());
+    let a_rows = row_starts(&merged, &strides[0], a.layout().offset());
+    let b_rows = row_starts(&merged, &strides[1], b.layout().offset());
+    let mut out = vec![T::zero(); numel];
+    let chunk = rows_per_chunk(numel, inner);
+    for_each_chunk_mut(&mut out, chunk, numel, |c, out| {
+        for (r, out_row) in out.chunks_mut(inner).enumerate() {
+            let row = c * (chunk / inner) + r;
+            let (ra, rb) = (a_rows[row], b_rows[row]);
+            match (sa, sb) {
+                (1, 1) => {
+                    for ((o, &x), &y) in out_row
+                        .iter_mut()
+                        .zip(&a_data[ra..ra + inner])
+                        .zip(&b_data[rb..rb + inner])
+                    {
+                        *o = f(x, y);
+                    }
+                }
+                (1, 0) => {
+                    let y = b_data[rb];
+                    for (o, &x) in out_row.iter_mut().zip(&a_data[ra..ra + inner]) {
+                        *o = f(x, y);
+                    }
+                }
+                (0, 1) => {
+                    let x = a_data[ra];
+                    for (o, &y) in out_row.iter_mut().zip(&b_data[rb..rb + inner]) {
+                        *o = f(x, y);
+                    }
+                }
+                _ => {
+                    for (i, o) in out_row.iter_mut().enumerate() {
+                        *o = f(a_data[ra + i * sa], b_data[rb + i * sb]);
+                    }
+                }
+            }
+        }
+    });
+    Ok(T::into_storage(out))
+}
+
+pub(super) fn unary(x: &Operand, op: UnaryOp) -> Result<Storage> {
+    // One monomorphised loop per op (the op a constant, so the body inlines and vectorises).
+    macro_rules! per_op {
+        ($T:ty: $($variant:ident),* ; $($param:ident),*) => {
+            match op {
+                $(UnaryOp::$variant => map_elements::<$T>(x, |v| UnaryOp::$variant.apply(v)),)*
+                $(UnaryOp::$param(p) => map_elements::<$T>(x, move |v| UnaryOp::$param(p).apply(v)),)*
+            }
+        };
+    }
+    with_float_type!(x.dtype(), "unary", T => per_op!(T: Neg, Exp, Log, Sqrt, Rsqrt, Tanh, Sigmoid, Relu, Silu, GeluTanh, Sin, Cos, Abs; Powf, AddScalar, MulScalar))
+}
+
+pub(super) fn unary_backward(x: &Operand, op: UnaryOp, grad: &Operand) -> Result<Storage> {
+    with_float_type!(x.dtype(), "unary_backward", T => zip_map::<T>(x, grad, |x, g| g * op.derivative(x)))
+}
+
+pub(super) fn binary(a: &Operand, b: &Operand, op: BinaryOp) -> Result<Storage> {
+    // One monomorphised loop per op: with the op a constant, the loop body inlines and
+    // vectorises instead of matching on the op for every element.
+    macro_rules! per_op {
+        ($T:ty: $($variant:ident),*) => {
+            match op {
+                $(BinaryOp::$variant => zip_map::<$T>(a, b, |a, b| BinaryOp::$variant.apply(a, b)),)*
+            }
+        };
+    }
+    with_float_type!(a.dtype(), op.name(), T => per_op!(T: Add, Sub, Mul, Div, Maximum, Minimum, Gt, Lt, Eq))
+}
+
+pub(super) fn lerp(start: &Operand, end: &Operand, weight: f64) -> Result<Storage> {
+    with_float_type!(start.dtype(), "lerp", T => {
+        let w = T::from_f64(weight);
+        zip_map::<T>(start, end, |a, b| a + w * (b - a))
+    })
+}
+
+pub(super) fn where_cond(
+    condition: &Operand,
+    on_true: &Operand,
+    on_false: &Operand,
+) -> Result<Storage> {
+    let mask: Vec<bool> = condition.gathered_f64().iter().map(|&c| c != 0.0).collect();
+    crate::with_element_type!(on_true.dtype(), T => {
+        let (a, b) = (on_true.values::<T>()?, on_false.values::<T>()?);
+        let out: Vec<T> = mask.iter().zip(a.iter().zip(b.iter())).map(|(&m, (&x, &y))| if m { x } else { y }).collect();
+        Ok(T::into_storage(out))
+    })
+}
+
+fn swiglu_typed<T: FloatElement>(gate: &Operand, up: &Operand) -> Result<Storage> {
+    let (g, u) = (gate.values::<T>()?, up.values::<T>()?);
+    let n = g.len();
+    let mut out = vec![T::zero(); n];
+    let chunk = rows_per_chunk(n, 1);
+    for_each_chunk_mut(&mut out, chunk, n, |c, out| {
+        for (i, o) in out.iter_mut().enumerate() {
+            let j = c * chunk + i;
+            *o = g[j] * sigmoid(g[j]) * u[j];
+        }
+    });
+    Ok(T::into_storage(out))
+}
+
+fn swiglu_backward_typed<T: FloatElement>(
+    gate: &Operand,
+    up: &Operand,
+    grad: &Operand,
+) -> Result<(Storage, Storage)> {
+    let (g, u, dh) = (gate.values::<T>()?, up.values::<T>()?, grad.values::<T>()?);
+    let n = g.len();
+    let (mut dgate, mut dup) = (vec![T::zero(); n], vec![T::zero(); n]);
+    let chunk = rows_per_chunk(n, 1);
+    for_each_chunk_pair_mut(&mut dgate, &mut dup, chunk, n, |c, dgate, dup| {
+        for (i, (dg, du)) in dgate.iter_mut().zip(dup.iter_mut()).enumerate() {
+            let j = c * chunk + i;
+            let s = sigmoid(g[j]);
+            *dg = dh[j] * u[j] * s * (T::one() + g[j] * (T::one() - s));
+            *du = dh[j] * g[j] * s;
+        }
+    });
+    Ok((T::into_storage(dgate), T::into_storage(dup)))
+}
+
+pub(super) fn swiglu(gate: &Operand, up: &Operand) -> Result<Storage> {
+    with_float_type!(gate.dtype(), "swiglu", T => swiglu_typed::<T>(gate, up))
+}
+
+pub(super) fn swiglu_backward(
+    gate: &Operand,
+    up: &Operand,
+    grad: &Operand,
+) -> Result<(Storage, Storage)> {
+    with_float_type!(gate.dtype(), "swiglu_backward", T => swiglu_backward_typed::<T>(gate, up, grad))
+}
