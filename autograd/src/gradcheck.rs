@@ -137,7 +137,8 @@ impl GradCheck {
                 report.elements += 1;
                 report.max_abs_error = report.max_abs_error.max(abs_error);
                 report.max_rel_error = report.max_rel_error.max(rel_error);
-                if abs_error > self.atol + self.rtol * scale {
+                // A NaN on either side fails (`>` alone would let it pass).
+                if abs_error.is_nan() || abs_error > self.atol + self.rtol * scale {
                     return Err(GradCheckFailure::Mismatch {
                         input,
                         element: unravel(j, original.shape()),
@@ -184,6 +185,22 @@ mod tests {
         let right = check_gradients(|v| v[0].mul(&v[0]), &[x]).unwrap();
         assert_eq!(right.elements, 3);
         assert!(right.max_rel_error < 1e-6);
+    }
+
+    #[test]
+    fn a_nan_gradient_is_caught() {
+        let nan_gradient = |v: &[Var]| -> Result<Var> {
+            let y = v[0].value().mul_scalar(2.0)?;
+            Ok(Var::from_op("nan_gradient", y, &[&v[0]], |g| {
+                Ok(vec![Some(g.mul_scalar(f64::NAN)?)])
+            }))
+        };
+        let x = Tensor::from_vec(vec![0.5, 2.0], &[2]).unwrap();
+        let err = check_gradients(nan_gradient, &[x]).unwrap_err();
+        assert!(
+            matches!(err, GradCheckFailure::Mismatch { input: 0, .. }),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! What every kernel test shares: the GPUs to run on and random inputs.
+//! What every kernel test shares: the GPUs to run on, random inputs and the tolerance check.
 //!
 //! Each test runs on the PTX emulator always, and on a real GPU when the NVIDIA driver finds
 //! one; when it does not, the test says that the GPU run was skipped and why.
@@ -6,6 +6,9 @@
 #![allow(dead_code)]
 
 use ditmoe_cuda::Gpu;
+/// The workspace's tolerance check: a NaN never passes.
+#[allow(unused_imports)] // not every test binary compares with a tolerance
+pub use ditmoe_tensor::compare::assert_close;
 use rand::{Rng, SeedableRng};
 
 /// The emulator, plus `cuda:0` when there is one. When there is none, says so once per test
@@ -49,17 +52,6 @@ pub fn bf16_exact(values: Vec<f32>) -> Vec<f32> {
 /// The values as bf16, for upload.
 pub fn to_bf16(values: &[f32]) -> Vec<half::bf16> {
     values.iter().map(|&x| half::bf16::from_f32(x)).collect()
-}
-
-/// Fails naming the first element where `|a - e| > tol · (1 + |e|)`.
-pub fn assert_close(actual: &[f32], expected: &[f32], tol: f32, what: &str) {
-    assert_eq!(actual.len(), expected.len(), "{what}: length");
-    for (i, (a, e)) in actual.iter().zip(expected).enumerate() {
-        assert!(
-            (a - e).abs() <= tol * (1.0 + e.abs()) || (a.is_nan() && e.is_nan()),
-            "{what}: element {i}: got {a}, expected {e}"
-        );
-    }
 }
 
 /// The f32 values of a CPU tensor (the reference side of every test).

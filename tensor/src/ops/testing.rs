@@ -1,6 +1,7 @@
-//! Helpers shared by the kernel tests: seeded random tensors with awkward layouts, and a
-//! tolerance check that names the first element that differs.
+//! Helpers shared by the kernel tests: seeded random tensors with awkward layouts, and the
+//! workspace's tolerance check ([`crate::compare::assert_close`]).
 
+pub use crate::compare::assert_close;
 use crate::{seeded_rng, Tensor};
 use rand::Rng;
 
@@ -17,17 +18,6 @@ pub fn random_strided(shape: &[usize], lo: f64, hi: f64, seed: u64) -> Tensor {
         .unwrap()
         .squeeze(shape.len())
         .unwrap()
-}
-
-/// Fails naming the first element where `|a - e| > tol · (1 + |e|)`.
-pub fn assert_close(actual: &[f64], expected: &[f64], tol: f64, what: &str) {
-    assert_eq!(actual.len(), expected.len(), "{what}: length");
-    for (i, (a, e)) in actual.iter().zip(expected).enumerate() {
-        assert!(
-            (a - e).abs() <= tol * (1.0 + e.abs()) || (a.is_nan() && e.is_nan()),
-            "{what}: element {i}: got {a}, expected {e}"
-        );
-    }
 }
 
 /// Row-major multi-index of linear position `i` in `shape`.
