@@ -4,12 +4,12 @@
 use super::check_len;
 use super::check_u32;
 use crate::error::{CudaError, Result};
-use crate::gpu::{Arg, Buffer, Gpu, LaunchConfig};
 use crate::kernels::attention::{
     backward_entries, backward_shared_bytes, entry, BACKWARD_HEAD_DIMS, HEAD_DIMS,
 };
 use crate::ops::elementwise::{binary, to_bf16, Binary, Broadcast};
 use crate::ops::rows::{reduce_rows, RowReduce};
+use crate::{Arg, Buffer, Gpu, LaunchConfig};
 
 /// O and the per-row log-sum-exp of a fused attention forward pass.
 pub struct AttentionOutput {

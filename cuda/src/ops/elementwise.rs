@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::{check_len, check_u32, ELEMENTWISE_BLOCK};
 use crate::element::Element;
 use crate::error::{CudaError, Result};
-use crate::gpu::{Buffer, Gpu, LaunchConfig};
+use crate::{Buffer, Gpu, LaunchConfig};
 
 /// A unary function; the discriminants are the kernel's op codes (the order of
 /// `ditmoe_tensor::ops::UnaryOp`).

@@ -17,7 +17,7 @@ use ditmoe_cuda::ops::optim::{self as gpu_optim, AdamWStep};
 use ditmoe_cuda::ops::routing as gpu_routing;
 use ditmoe_cuda::ops::rows::{self as gpu_rows, RowReduce};
 use ditmoe_cuda::ops::swiglu as gpu_swiglu;
-use ditmoe_cuda::{registry, Buffer, CudaError, Gpu};
+use ditmoe_cuda::{precision, registry, Buffer, CudaError, Gpu};
 
 use crate::error::{Result, TensorError};
 use crate::layout::broadcast_shapes;
@@ -390,7 +390,7 @@ fn gemm_operand(t: &Tensor) -> Result<(Arc<Buffer<f32>>, bool)> {
 
 /// `[.., m, k] · [.., k, n]` with broadcast batch dimensions (shapes checked by the caller).
 /// A rank-2 right operand multiplies every row of the left one in a single GEMM. On the bf16
-/// tensor cores when the GPU allows it and the shape fits (`Gpu::set_tensor_core_matmul`),
+/// tensor cores when this thread's `precision` allows it and the shape fits,
 /// else on the f32 SIMT GEMM.
 pub(crate) fn matmul(a: &Tensor, b: &Tensor, batch: &[usize]) -> Result<Tensor> {
     let name = "matmul";
@@ -431,7 +431,7 @@ pub(crate) fn matmul(a: &Tensor, b: &Tensor, batch: &[usize]) -> Result<Tensor> 
     let out = gpu
         .zeros::<f32>(batch_count * m * n)
         .map_err(failed(name))?;
-    if gpu.tensor_core_matmul() && spec.fits_tensor_cores() {
+    if precision::current().tensor_core_matmul && spec.fits_tensor_cores() {
         // Mixed precision: bf16 operands on the tensor cores, f32 accumulation and result.
         let a16 = ew::to_bf16(&gpu, &ab).map_err(failed(name))?;
         let b16 = ew::to_bf16(&gpu, &bb).map_err(failed(name))?;
@@ -876,7 +876,7 @@ pub(crate) fn grouped_matmul(
     let out = weights.shape()[if transpose_weights { 1 } else { 2 }];
     // The weights' rows must be 16-byte chunks, as must x's.
     let weight_row = if transpose_weights { inner } else { out };
-    if !gpu.tensor_core_matmul() || inner % 8 != 0 || weight_row % 8 != 0 {
+    if !precision::current().tensor_core_matmul || inner % 8 != 0 || weight_row % 8 != 0 {
         return Ok(None);
     }
     let (_, wb) = dense_f32(weights, op)?;
@@ -906,11 +906,11 @@ pub(crate) fn flash_attention(
     same_device(op, q, k)?;
     same_device(op, q, v)?;
     let (gpu, qb) = dense_f32(q, op)?;
-    if !gpu.tensor_core_matmul() {
+    if !precision::current().tensor_core_matmul {
         return Err(TensorError::invalid(
             op,
             "the fused GPU kernel computes in bf16; turn mixed precision on \
-             (Gpu::set_tensor_core_matmul) or compose attention from matmul and softmax",
+             (ditmoe_cuda::precision) or compose attention from matmul and softmax",
         ));
     }
     let (_, kb) = dense_f32(k, op)?;
@@ -940,7 +940,8 @@ pub(crate) fn flash_attention(
 /// Whether the fused attention kernels (forward and backward) take `q` on its GPU.
 pub(crate) fn fused_attention_available(q: &Tensor) -> bool {
     let d = q.shape().last().copied().unwrap_or(0) as u32;
-    q.cuda_storage().is_some_and(|s| s.gpu.tensor_core_matmul())
+    q.cuda_storage().is_some()
+        && precision::current().tensor_core_matmul
         && ditmoe_cuda::kernels::attention::BACKWARD_HEAD_DIMS.contains(&d)
 }
 
@@ -1018,7 +1019,7 @@ pub(crate) fn grouped_weight_grads(
     same_device(op, dy, x)?;
     let (gpu, dyb) = dense_f32(dy, op)?;
     let (out, inner) = (dy.shape()[1], x.shape()[1]);
-    if !gpu.tensor_core_matmul() || out % 8 != 0 || inner % 8 != 0 {
+    if !precision::current().tensor_core_matmul || out % 8 != 0 || inner % 8 != 0 {
         return Ok(None);
     }
     let (_, xb) = dense_f32(x, op)?;
