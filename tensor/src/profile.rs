@@ -260,6 +260,26 @@ mod tests {
     }
 
     #[test]
+    fn gpu_launches_and_kernel_times_go_to_their_section() {
+        use crate::{Device, Tensor};
+        ditmoe_cuda::registry::device_or_emulator(0);
+        let x = Tensor::from_slice(&[1.0f32, 4.0, 9.0], &[3])
+            .unwrap()
+            .to_device(Device::Cuda(0))
+            .unwrap();
+        enable();
+        {
+            let _s = section("exp");
+            x.exp().unwrap();
+        }
+        let profile = finish();
+        let exp = profile.sections[&("exp", Pass::Forward)];
+        assert_eq!((exp.traffic.launches, exp.traffic.allocations), (1, 1));
+        let timed: Vec<u64> = profile.kernels.values().map(|k| k.launches).collect();
+        assert_eq!(timed, vec![1], "{:?}", profile.kernels);
+    }
+
+    #[test]
     fn sections_cost_nothing_and_record_nothing_when_off() {
         let _s = section("attention");
         assert_eq!(current_section(), None);
