@@ -23,7 +23,7 @@ use crate::kernel_timing;
 use crate::kernels;
 use crate::launch::{Arg, LaunchConfig};
 use crate::runtime::{KernelEntry, Runtime};
-use crate::traffic::{self, Traffic};
+use crate::traffic::{self, Request};
 
 /// A GPU (or its emulation) that owns buffers and runs our kernels.
 pub struct Gpu {
@@ -70,7 +70,7 @@ impl Gpu {
 
     /// Copies `values` into a new device buffer.
     pub fn upload<T: Element>(&self, values: &[T]) -> Result<Buffer<T>> {
-        traffic::count(Traffic::UPLOAD);
+        traffic::count(Request::Upload);
         let allocation = self.runtime.upload(&to_bytes(values))?;
         Ok(Buffer::new(allocation, values.len()))
     }
@@ -84,13 +84,13 @@ impl Gpu {
     /// A new device buffer of `len` zeros. On a GPU this is a device
     /// memset, not a copy from the host: every op allocates its output this way.
     pub fn zeros<T: Element>(&self, len: usize) -> Result<Buffer<T>> {
-        traffic::count(Traffic::ALLOCATION);
+        traffic::count(Request::Allocation);
         Ok(Buffer::new(self.runtime.zeros(len * T::BYTES)?, len))
     }
 
     /// Copies a device buffer back to the host (waits for the kernels that write it).
     pub fn download<T: Element>(&self, buffer: &Buffer<T>) -> Result<Vec<T>> {
-        traffic::count(Traffic::DOWNLOAD);
+        traffic::count(Request::Download);
         let region = buffer.raw.region();
         let region = Region {
             bytes: region.bytes.min(buffer.len() * T::BYTES),
@@ -125,7 +125,7 @@ impl Gpu {
             name: entry,
             ptx,
         };
-        traffic::count(Traffic::LAUNCH);
+        traffic::count(Request::Launch);
         if !kernel_timing::is_on() {
             return self.runtime.launch(kernel, config, args);
         }

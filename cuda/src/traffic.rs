@@ -18,29 +18,13 @@ pub struct Traffic {
     pub allocations: u64,
 }
 
-impl Traffic {
-    const NONE: Traffic = Traffic {
-        launches: 0,
-        uploads: 0,
-        downloads: 0,
-        allocations: 0,
-    };
-    pub(crate) const LAUNCH: Traffic = Traffic {
-        launches: 1,
-        ..Traffic::NONE
-    };
-    pub(crate) const UPLOAD: Traffic = Traffic {
-        uploads: 1,
-        ..Traffic::NONE
-    };
-    pub(crate) const DOWNLOAD: Traffic = Traffic {
-        downloads: 1,
-        ..Traffic::NONE
-    };
-    pub(crate) const ALLOCATION: Traffic = Traffic {
-        allocations: 1,
-        ..Traffic::NONE
-    };
+/// One thing asked of a GPU, as [`count`] records it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Request {
+    Launch,
+    Upload,
+    Download,
+    Allocation,
 }
 
 impl std::ops::Sub for Traffic {
@@ -68,7 +52,14 @@ impl std::ops::Add for Traffic {
 }
 
 thread_local! {
-    static COUNTED: Cell<Traffic> = const { Cell::new(Traffic::NONE) };
+    static COUNTED: Cell<Traffic> = const {
+        Cell::new(Traffic {
+            launches: 0,
+            uploads: 0,
+            downloads: 0,
+            allocations: 0,
+        })
+    };
 }
 
 /// Everything this thread has asked of every GPU so far; subtract two reads for what lies
@@ -77,9 +68,18 @@ pub fn this_thread() -> Traffic {
     COUNTED.with(Cell::get)
 }
 
-/// Counts `what` (one of the `Traffic` constants) for this thread.
-pub(crate) fn count(what: Traffic) {
-    COUNTED.with(|c| c.set(c.get() + what));
+/// Counts `request` for this thread.
+pub(crate) fn count(request: Request) {
+    COUNTED.with(|c| {
+        let mut counted = c.get();
+        match request {
+            Request::Launch => counted.launches += 1,
+            Request::Upload => counted.uploads += 1,
+            Request::Download => counted.downloads += 1,
+            Request::Allocation => counted.allocations += 1,
+        }
+        c.set(counted);
+    });
 }
 
 #[cfg(test)]
@@ -89,9 +89,9 @@ mod tests {
     #[test]
     fn counts_are_per_thread() {
         let before = this_thread();
-        count(Traffic::LAUNCH);
-        count(Traffic::DOWNLOAD);
-        std::thread::spawn(|| count(Traffic::UPLOAD))
+        count(Request::Launch);
+        count(Request::Download);
+        std::thread::spawn(|| count(Request::Upload))
             .join()
             .unwrap();
         assert_eq!(
