@@ -22,6 +22,7 @@ use ditmoe_cuda::ops::elementwise::{self as ew, Broadcast};
 use ditmoe_cuda::ops::gemm::{gemm_bf16, gemm_f32, grouped_gemm_bf16, Gemm, GemmTile, Groups};
 use ditmoe_cuda::ops::routing::{dispatch_order, expert_race_positions};
 use ditmoe_cuda::ops::swiglu::{swiglu, swiglu_backward};
+use ditmoe_cuda::precision;
 use ditmoe_cuda::{BinaryOp, Gpu, UnaryOp};
 use half::bf16;
 
@@ -92,12 +93,11 @@ fn bench_gemm(c: &mut Criterion) {
             ("ours_bf16_wide", GemmTile::Wide),
         ] {
             group.bench_function(BenchmarkId::new(name, label), |bench| {
-                gpu.set_gemm_tile(tile);
+                let _tile = precision::set(precision::current().with_gemm_tile(tile));
                 bench.iter(|| {
                     gemm_bf16(&gpu, &spec, &a, &b, &out).unwrap();
                     gpu.synchronize().unwrap();
                 });
-                gpu.set_gemm_tile(GemmTile::Square);
             });
         }
         // cuBLAS is column-major: row-major C = A·B is column-major Cᵀ = Bᵀ·Aᵀ.
@@ -180,13 +180,12 @@ fn bench_grouped(c: &mut Criterion) {
                 ("ours_grouped_wide", GemmTile::Wide),
             ] {
                 group.bench_function(BenchmarkId::new(name, &label), |bench| {
-                    gpu.set_gemm_tile(tile);
+                    let _tile = precision::set(precision::current().with_gemm_tile(tile));
                     bench.iter(|| {
                         grouped_gemm_bf16(&gpu, &x, Groups::Host(&sizes), &w, true, n, &out)
                             .unwrap();
                         gpu.synchronize().unwrap();
                     });
-                    gpu.set_gemm_tile(GemmTile::Square);
                 });
             }
             // As the MoE layer runs it: sizes left on the device, the schedule built there.

@@ -4,28 +4,45 @@
 //! loads and launches them, and typed wrappers that say what each kernel computes. It knows
 //! nothing of tensors: `ditmoe-tensor` decides which kernel runs.
 //!
-//! Two backends run the same PTX (`gpu.rs`): an NVIDIA GPU through the driver API (`cudarc` with
-//! dynamic loading, so this crate builds and runs with no GPU and no CUDA toolkit), and a PTX
-//! interpreter on the CPU (`emulator/`), which lets every kernel be tested against its CPU
-//! reference anywhere — with out-of-bounds and shared-memory race checks on top.
+//! Two runtimes run the same PTX behind one trait (`runtime.rs`): an NVIDIA GPU through the
+//! driver API (`driver.rs`: `cudarc` with dynamic loading, so this crate builds and runs with
+//! no GPU and no CUDA toolkit), and a PTX interpreter on the CPU (`emulator/`, its runtime in
+//! `emulator/runtime.rs`), which lets every kernel be tested against its CPU reference
+//! anywhere — with out-of-bounds and shared-memory race checks on top.
 //!
-//! Reading order: `gpu.rs` (buffers, launches), `kernels/mod.rs` (the module catalogue), then a
+//! Reading order: `gpu.rs` (the handle: buffers, launches), `runtime.rs` (what a runtime does),
+//! `buffer.rs` (allocations, buffers, views), `kernels/mod.rs` (the module catalogue), then a
 //! kernel file next to its wrapper: `kernels/elementwise.ptx` with `ops/elementwise.rs`, …;
-//! `registry.rs` (one `Gpu` per `cuda:N` per process); `emulator/` (parse, memory, exec).
+//! `precision.rs` (the scoped mixed-precision setting); `registry.rs` (one `Gpu` per `cuda:N`
+//! per process); `traffic.rs` and `kernel_timing.rs` (what a profiler reads);
+//! `emulator/` (parse, memory, exec).
 
+pub mod buffer;
+mod constant_tables;
+pub mod driver;
 pub mod element;
 pub mod emulator;
 pub mod error;
 pub mod gpu;
+pub mod kernel_timing;
 pub mod kernels;
+pub mod launch;
 pub mod op;
 pub mod ops;
+pub mod precision;
 pub mod registry;
+pub mod runtime;
+pub mod traffic;
 
+pub use buffer::Buffer;
 pub use element::Element;
 pub use error::{CudaError, Result};
-pub use gpu::{Arg, Buffer, Gpu, KernelTime, LaunchConfig, Traffic};
+pub use gpu::Gpu;
+pub use kernel_timing::KernelTime;
+pub use launch::{Arg, LaunchConfig};
 pub use op::{BinaryOp, ReduceOp, UnaryOp};
+pub use precision::Precision;
+pub use traffic::Traffic;
 
 use cudarc::driver::sys;
 
@@ -73,7 +90,25 @@ mod tests {
     fn probing_never_panics_and_reports_a_reason() {
         match driver_status() {
             DriverStatus::Present { devices } => {
-                eprintln!("NVIDIA driver present, {devices} device(s)")
+                eprintln!("NVIDIA driver present, {devices} device(s)");
+                assert!(
+                    devices >= 1,
+                    "a driver that sees no GPU is reported as present"
+                );
+                // cuda:0 opens and holds what it is given, unless it is too old for our
+                // kernels, which must then be the reason.
+                match Gpu::new(0) {
+                    Ok(gpu) => {
+                        assert!(gpu.name().contains("(sm_"), "{}", gpu.name());
+                        let values = [1.5f32, -2.0, 3.25];
+                        let buffer = gpu.upload(&values).unwrap();
+                        assert_eq!(gpu.download(&buffer).unwrap(), values);
+                    }
+                    Err(CudaError::Unavailable(why)) => {
+                        assert!(why.contains("compute capability"), "{why}")
+                    }
+                    Err(other) => panic!("cuda:0 failed to open: {other}"),
+                }
             }
             DriverStatus::Missing(why) => {
                 eprintln!("skipped GPU checks: {why}");

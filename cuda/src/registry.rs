@@ -3,31 +3,20 @@
 //! `cuda:N` is the NVIDIA GPU N through the driver — or, when the environment variable
 //! `DITMOE_CUDA_EMULATOR=1` is set, the PTX emulator, so the whole CUDA path (tensors,
 //! training) can be run and debugged on a machine without a GPU, slowly.
-//! `DITMOE_GEMM_TILE=wide` makes its tensor-core GEMMs use the 128×256 tile (`square`, the
-//! default, 128×128): for comparing the two inside a training step.
+//! `DITMOE_GEMM_TILE=wide` makes the tensor-core GEMMs use the 128×256 tile by default
+//! (`square`, the default, 128×128; see `crate::precision`): for comparing the two inside a
+//! training step. Opening a device checks it, so a bad value is an error, not a silent default.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::error::{CudaError, Result};
 use crate::gpu::Gpu;
-use crate::kernels::gemm::GemmTile;
+use crate::precision::Precision;
 
 /// Set to `1` to make every `cuda:N` the PTX emulator.
 pub const EMULATOR_ENV: &str = "DITMOE_CUDA_EMULATOR";
-/// `square` or `wide`: the CTA tile of the tensor-core GEMMs of every opened GPU.
-pub const GEMM_TILE_ENV: &str = "DITMOE_GEMM_TILE";
-
-/// The GEMM tile `DITMOE_GEMM_TILE` asks for (the default when unset).
-fn requested_gemm_tile() -> Result<GemmTile> {
-    match std::env::var(GEMM_TILE_ENV).as_deref() {
-        Err(_) | Ok("") | Ok("square") => Ok(GemmTile::Square),
-        Ok("wide") => Ok(GemmTile::Wide),
-        Ok(other) => Err(CudaError::InvalidArgument(format!(
-            "{GEMM_TILE_ENV}: expected `square` or `wide`, found `{other}`"
-        ))),
-    }
-}
+pub use crate::precision::GEMM_TILE_ENV;
 
 fn devices() -> &'static Mutex<BTreeMap<usize, Arc<Gpu>>> {
     static DEVICES: OnceLock<Mutex<BTreeMap<usize, Arc<Gpu>>>> = OnceLock::new();
@@ -65,7 +54,9 @@ pub fn device(ordinal: usize) -> Result<Arc<Gpu>> {
             other => other,
         })?
     };
-    gpu.set_gemm_tile(requested_gemm_tile()?);
+    // A bad DITMOE_GEMM_TILE is an error here; the per-thread default would fall back to
+    // the square tile without a word.
+    Precision::from_env()?;
     let gpu = Arc::new(gpu);
     devices.insert(ordinal, Arc::clone(&gpu));
     Ok(gpu)

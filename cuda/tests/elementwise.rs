@@ -4,7 +4,7 @@ mod common;
 
 use common::{assert_close, gpus, random, values};
 use ditmoe_cuda::ops::elementwise::{self as ew, Broadcast};
-use ditmoe_cuda::{BinaryOp, UnaryOp};
+use ditmoe_cuda::{kernel_timing, traffic, BinaryOp, UnaryOp};
 use ditmoe_tensor::Tensor;
 
 const UNARY: [(UnaryOp, f32, f32); 16] = [
@@ -238,20 +238,20 @@ fn casts_round_to_nearest_even_and_back() {
 #[test]
 fn traffic_and_kernel_times_count_what_was_asked() {
     for gpu in gpus() {
-        let before = gpu.traffic();
+        let before = traffic::this_thread();
         let x = gpu.upload(&[1.0f32, 4.0, 9.0]).unwrap();
-        gpu.time_kernels(true);
+        kernel_timing::start();
         let y = ew::unary(&gpu, UnaryOp::Sqrt, &x).unwrap();
         let _ = ew::unary(&gpu, UnaryOp::Sqrt, &y).unwrap();
         assert_eq!(gpu.download(&y).unwrap(), vec![1.0, 2.0, 3.0]);
-        let used = gpu.traffic() - before;
+        let used = traffic::this_thread() - before;
         assert_eq!((used.uploads, used.launches, used.downloads), (1, 2, 1));
-        let times = gpu.kernel_times();
+        let times = kernel_timing::times();
         assert_eq!(times.len(), 1, "{times:?}");
         assert_eq!(times.values().next().unwrap().launches, 2);
-        gpu.time_kernels(false);
+        kernel_timing::stop();
         let _ = ew::unary(&gpu, UnaryOp::Sqrt, &y).unwrap();
-        assert!(gpu.kernel_times().is_empty(), "timing stopped");
+        assert!(kernel_timing::times().is_empty(), "timing stopped");
     }
 }
 
@@ -262,18 +262,26 @@ fn shape_tables_are_uploaded_once_per_distinct_table() {
         let b = gpu.upload(&random(4, -1.0, 1.0, 41)).unwrap();
         let layout = Broadcast::of(&[3, 4], &[4]).unwrap();
         let first = ew::binary(&gpu, BinaryOp::Add, &a, &b, &layout).unwrap();
-        let before = gpu.traffic();
+        let before = traffic::this_thread();
         let second = ew::binary(&gpu, BinaryOp::Add, &a, &b, &layout).unwrap();
-        assert_eq!((gpu.traffic() - before).uploads, 0, "the table was reused");
+        assert_eq!(
+            (traffic::this_thread() - before).uploads,
+            0,
+            "the table was reused"
+        );
         assert_eq!(
             gpu.download(&first).unwrap(),
             gpu.download(&second).unwrap()
         );
         let other = Broadcast::of(&[4, 3], &[4, 1]).unwrap();
-        let before = gpu.traffic();
+        let before = traffic::this_thread();
         let b12 = gpu.upload(&random(4, -1.0, 1.0, 42)).unwrap();
         ew::binary(&gpu, BinaryOp::Add, &a, &b12, &other).unwrap();
-        assert_eq!((gpu.traffic() - before).uploads, 2, "b, and a new table");
+        assert_eq!(
+            (traffic::this_thread() - before).uploads,
+            2,
+            "b, and a new table"
+        );
     }
 }
 

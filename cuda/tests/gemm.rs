@@ -5,7 +5,7 @@ mod common;
 
 use common::{assert_close, bf16_exact, gpus, random, to_bf16, values};
 use ditmoe_cuda::ops::gemm::{gemm_bf16, gemm_f32, Gemm, GemmTile, Groups};
-use ditmoe_cuda::Buffer;
+use ditmoe_cuda::{precision, Buffer};
 use ditmoe_tensor::{DType, Tensor};
 use half::bf16;
 
@@ -88,7 +88,7 @@ fn tensor_core_gemm_matches_the_cpu_in_every_layout() {
         .iter()
         .flat_map(|gpu| GemmTile::ALL.map(|tile| (gpu, tile)))
     {
-        gpu.set_gemm_tile(tile);
+        let _tile = precision::set(precision::current().with_gemm_tile(tile));
         for (s, spec) in specs().into_iter().enumerate() {
             let (sa, sb, sc) = (
                 spec.batch * spec.m * spec.k,
@@ -197,7 +197,7 @@ fn grouped_gemm_multiplies_each_group_by_its_own_weights() {
         .iter()
         .flat_map(|gpu| GemmTile::ALL.map(|tile| (gpu, tile)))
     {
-        gpu.set_gemm_tile(tile);
+        let _tile = precision::set(precision::current().with_gemm_tile(tile));
         let counts = gpu.upload(&device_counts(&group_sizes)).unwrap();
         for (weights_transposed, sizes_on_device) in
             [(true, false), (false, false), (true, true), (false, true)]
@@ -289,7 +289,7 @@ fn grouped_weight_gradients_sum_over_each_groups_rows_only() {
         .iter()
         .flat_map(|gpu| cases.clone().map(move |case| (gpu, case)))
     {
-        gpu.set_gemm_tile(tile);
+        let _tile = precision::set(precision::current().with_gemm_tile(tile));
         let counts = gpu.upload(&device_counts(&group_sizes)).unwrap();
         let dy = bf16_exact(random(rows * m, -1.0, 1.0, 70));
         let x = bf16_exact(random(rows * n, -1.0, 1.0, 71));

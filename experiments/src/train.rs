@@ -634,7 +634,9 @@ mod tests {
     fn training_on_the_gpu_follows_the_cpu_run() {
         // cuda:0 is the real GPU when the driver has one, else the PTX emulator; exact f32
         // products (tensor cores off) so the two runs agree to f32 rounding.
-        ditmoe_cuda::registry::device_or_emulator(0).set_tensor_core_matmul(false);
+        ditmoe_cuda::registry::device_or_emulator(0);
+        let _exact =
+            ditmoe_cuda::precision::set(ditmoe_cuda::precision::current().with_tensor_cores(false));
         let on_gpu = TrainOptions {
             device: Device::Cuda(0),
             ..quiet()
@@ -677,22 +679,23 @@ mod tests {
 
     #[test]
     fn a_training_step_on_the_gpu_waits_for_it_once() {
-        // cuda:3, which no other test uses, so its traffic is this test's alone; mixed
+        // Traffic is counted per thread, so these counts are this test's alone; mixed
         // precision, so the MoE layers run their grouped kernels with device-side schedules.
-        let gpu = ditmoe_cuda::registry::device_or_emulator(3);
-        gpu.set_tensor_core_matmul(true);
+        ditmoe_cuda::registry::device_or_emulator(0);
+        let _mixed =
+            ditmoe_cuda::precision::set(ditmoe_cuda::precision::current().with_tensor_cores(true));
         let mut config = tiny_config();
         config.log_every = 100; // no routing records to download
         let downloads = |steps: u64| {
             let options = TrainOptions {
-                device: Device::Cuda(3),
+                device: Device::Cuda(0),
                 ..stop_after(steps)
             };
             let dir = temp(&format!("one-wait-{steps}"));
-            let before = gpu.traffic();
+            let before = ditmoe_cuda::traffic::this_thread();
             train(&config, &dir, &options).unwrap();
             std::fs::remove_dir_all(dir).unwrap();
-            (gpu.traffic() - before).downloads
+            (ditmoe_cuda::traffic::this_thread() - before).downloads
         };
         // Two more steps, the same checkpoint at the end: two more downloads, the losses and
         // the gradient norm of each step together.
@@ -703,7 +706,9 @@ mod tests {
     fn sampling_on_the_gpu_gives_the_cpu_images() {
         use crate::generate::{generate, Generation};
         use ditmoe_diffusion::SamplerKind;
-        ditmoe_cuda::registry::device_or_emulator(0).set_tensor_core_matmul(false);
+        ditmoe_cuda::registry::device_or_emulator(0);
+        let _exact =
+            ditmoe_cuda::precision::set(ditmoe_cuda::precision::current().with_tensor_cores(false));
         let mut config = tiny_config();
         config.steps = 1;
         let dir = temp("sample-gpu");

@@ -6,6 +6,8 @@
 mod common;
 
 use ditmoe_autograd::Var;
+use ditmoe_cuda::precision;
+use ditmoe_cuda::traffic;
 use ditmoe_nn::moe::{ExpertKind, MoeConfig, RaceGate, RoutingConfig, RoutingGroup};
 use ditmoe_nn::{Dit, DitConfig, ForwardOptions, Module, MoePlacement};
 use ditmoe_tensor::Device;
@@ -52,9 +54,9 @@ fn step(config: &DitConfig, device: Device) -> (f64, Vec<(String, Vec<f64>)>) {
 
 #[test]
 fn a_training_step_on_the_gpu_matches_the_cpu() {
-    // Exact f32 products on cuda:0; cuda:1 keeps the default mixed precision (bf16 tensor cores).
-    ditmoe_cuda::registry::device_or_emulator(0).set_tensor_core_matmul(false);
-    ditmoe_cuda::registry::device_or_emulator(1);
+    // Exact f32 products (tensor cores off), so the GPU step follows the CPU's.
+    ditmoe_cuda::registry::device_or_emulator(0);
+    let _exact = precision::set(precision::current().with_tensor_cores(false));
     let base = DitConfig::dense(8, 2, 3, 16, 2, 2, 5);
     let expert_choice = MoeConfig {
         num_experts: 4,
@@ -83,7 +85,8 @@ fn a_training_step_on_the_gpu_matches_the_cpu() {
         base.clone()
             .with_moe(expert_choice, MoePlacement::EveryOther),
         base.clone().with_moe(race, MoePlacement::DeepHalf),
-        // Head dim 16: on cuda:1 attention runs the fused FlashAttention-2 kernels.
+        // Head dim 16, which the fused FlashAttention-2 kernels take in mixed precision
+        // (composed attention here, in exact f32).
         DitConfig::dense(8, 2, 3, 32, 2, 2, 5),
     ] {
         let (cpu_loss, cpu_grads) = step(&config, Device::Cpu);
@@ -105,10 +108,8 @@ fn a_training_step_on_the_gpu_matches_the_cpu() {
 
 #[test]
 fn moe_routing_on_the_gpu_reads_nothing_back() {
-    // cuda:2, which no other test uses, so that its traffic counts are this test's alone
-    // (the emulator on a machine with fewer GPUs).
-    const GPU: Device = Device::Cuda(2);
-    let gpu = ditmoe_cuda::registry::device_or_emulator(2);
+    // Traffic is counted per thread, so these counts are this test's alone.
+    ditmoe_cuda::registry::device_or_emulator(0);
     let token_choice = DitConfig::dense(8, 2, 3, 16, 2, 2, 5).ditmoe_ffn(4, 2);
     let expert_choice = MoeConfig {
         routing: RoutingConfig::ExpertChoice {
@@ -139,17 +140,22 @@ fn moe_routing_on_the_gpu_reads_nothing_back() {
         let x = Var::constant(x.to_device(GPU).unwrap());
         // Mixed precision: the grouped GEMMs build their schedule from the group sizes on the
         // device, so routing, dispatch, experts and combine never wait for the host.
-        gpu.set_tensor_core_matmul(true);
-        let before = gpu.traffic();
+        let _mixed = precision::set(precision::current().with_tensor_cores(true));
+        let before = traffic::this_thread();
         let out = layer.forward(&x, false).unwrap();
         out.y.sum_all().unwrap().backward().unwrap();
-        let used = gpu.traffic() - before;
+        let used = traffic::this_thread() - before;
         assert_eq!(used.downloads, 0, "forward and backward read nothing back");
         assert_eq!(out.y.value().device(), GPU);
         // The same routing as the CPU's (exact f32 products): the decision recorded on the GPU
         // equals the CPU's.
-        gpu.set_tensor_core_matmul(false);
-        let on_gpu = layer.forward(&x, true).unwrap().record.unwrap().decision;
+        let on_gpu = precision::with(precision::current().with_tensor_cores(false), || {
+            layer.forward(&x, true)
+        })
+        .unwrap()
+        .record
+        .unwrap()
+        .decision;
         layer.to_device(Device::Cpu).unwrap();
         let cpu_x = Var::constant(x.value().to_device(Device::Cpu).unwrap());
         let on_cpu = layer

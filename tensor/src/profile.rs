@@ -10,8 +10,8 @@
 //! When profiling is on ([`enable`]), every section boundary first waits for the GPUs this
 //! process opened — kernels run asynchronously, and without the wait their time would land in
 //! whichever later section first reads a result — then charges the wall time since the
-//! previous boundary, and each GPU's launches and host copies ([`ditmoe_cuda::Traffic`]), to
-//! the innermost open section. The waits remove the overlap of host and device work, so a
+//! previous boundary, and this thread's launches and host copies ([`ditmoe_cuda::Traffic`]),
+//! to the innermost open section. The waits remove the overlap of host and device work, so a
 //! profiled step is slower than a plain one: read the shares here, and step times from an
 //! unprofiled run. Profiling is per thread (the one that trains); when it is off (the default) a
 //! section costs one thread-local lookup.
@@ -64,16 +64,15 @@ thread_local! {
     static RECORDER: RefCell<Option<Recorder>> = const { RefCell::new(None) };
 }
 
-/// The summed traffic of every opened GPU, after waiting for each to finish its work.
+/// What this thread has asked of the GPUs, after waiting for every opened GPU to finish its
+/// work.
 fn wait_for_devices() -> Traffic {
-    ditmoe_cuda::registry::opened()
-        .iter()
-        .fold(Traffic::default(), |total, gpu| {
-            // A failed wait (a broken device) shows up at the next real use of it; a profiler
-            // must not turn it into a different error here.
-            let _ = gpu.synchronize();
-            total + gpu.traffic()
-        })
+    for gpu in ditmoe_cuda::registry::opened() {
+        // A failed wait (a broken device) shows up at the next real use of it; a profiler
+        // must not turn it into a different error here.
+        let _ = gpu.synchronize();
+    }
+    ditmoe_cuda::traffic::this_thread()
 }
 
 impl Recorder {
@@ -103,12 +102,10 @@ impl Recorder {
     }
 }
 
-/// Starts profiling on this thread, discarding what an earlier run recorded; the GPUs opened
-/// so far also time each kernel ([`ditmoe_cuda::Gpu::time_kernels`]).
+/// Starts profiling on this thread, discarding what an earlier run recorded; the kernels it
+/// launches are also timed, each alone ([`ditmoe_cuda::kernel_timing`]).
 pub fn enable() {
-    for gpu in ditmoe_cuda::registry::opened() {
-        gpu.time_kernels(true);
-    }
+    ditmoe_cuda::kernel_timing::start();
     RECORDER.with(|r| *r.borrow_mut() = Some(Recorder::new()));
 }
 
@@ -119,15 +116,8 @@ pub fn finish() -> Profile {
         return Profile::default();
     };
     recorder.boundary();
-    let mut kernels = BTreeMap::<String, KernelTime>::new();
-    for gpu in ditmoe_cuda::registry::opened() {
-        for (entry, time) in gpu.kernel_times() {
-            let total = kernels.entry(entry).or_default();
-            total.launches += time.launches;
-            total.time += time.time;
-        }
-        gpu.time_kernels(false);
-    }
+    let kernels = ditmoe_cuda::kernel_timing::times().into_iter().collect();
+    ditmoe_cuda::kernel_timing::stop();
     Profile {
         sections: recorder.costs,
         kernels,
@@ -280,6 +270,26 @@ mod tests {
         );
         assert!(costs.values().map(|c| c.time).sum::<Duration>() <= run);
         assert_eq!(current_section(), None, "off after finish");
+    }
+
+    #[test]
+    fn gpu_launches_and_kernel_times_go_to_their_section() {
+        use crate::{Device, Tensor};
+        ditmoe_cuda::registry::device_or_emulator(0);
+        let x = Tensor::from_slice(&[1.0f32, 4.0, 9.0], &[3])
+            .unwrap()
+            .to_device(Device::Cuda(0))
+            .unwrap();
+        enable();
+        {
+            let _s = section("exp");
+            x.exp().unwrap();
+        }
+        let profile = finish();
+        let exp = profile.sections[&("exp", Pass::Forward)];
+        assert_eq!((exp.traffic.launches, exp.traffic.allocations), (1, 1));
+        let timed: Vec<u64> = profile.kernels.values().map(|k| k.launches).collect();
+        assert_eq!(timed, vec![1], "{:?}", profile.kernels);
     }
 
     #[test]

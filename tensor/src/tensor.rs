@@ -361,8 +361,26 @@ mod tests {
                 // Only the emulator switch makes a cuda device exist without a driver.
                 assert!(std::env::var(ditmoe_cuda::registry::EMULATOR_ENV).is_ok());
             }
-            (ditmoe_cuda::DriverStatus::Present { .. }, result) => {
-                eprintln!("a GPU is present: {:?}", result.map(|t| t.device()));
+            (ditmoe_cuda::DriverStatus::Present { devices }, result) => {
+                // cuda:7 exists only on a machine with eight GPUs (or as the emulator).
+                match result {
+                    Ok(on_gpu) => {
+                        assert_eq!(on_gpu.device(), Device::Cuda(7));
+                        assert_eq!(on_gpu.to_vec_f64(), vec![1.0]);
+                    }
+                    Err(err) => {
+                        let err = err.to_string();
+                        let expected = format!("sees {devices} device(s)");
+                        assert!(
+                            devices <= 7 && err.contains("cuda:7") && err.contains(&expected),
+                            "{err}"
+                        );
+                    }
+                }
+                // A GPU that exists opens and holds what it is given.
+                ditmoe_cuda::registry::device_or_emulator(0);
+                let on_gpu = t.to_device(Device::Cuda(0)).unwrap();
+                assert_eq!(on_gpu.to_vec_f64(), vec![1.0]);
             }
         }
     }

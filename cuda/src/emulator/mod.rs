@@ -12,6 +12,7 @@
 mod exec;
 mod memory;
 mod parse;
+pub mod runtime;
 
 pub use exec::{f32_to_bf16_bits, launch, LaunchDims};
 pub use memory::GlobalMemory;

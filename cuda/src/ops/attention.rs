@@ -4,13 +4,13 @@
 use super::check_len;
 use super::check_u32;
 use crate::error::{CudaError, Result};
-use crate::gpu::{Arg, Buffer, Gpu, LaunchConfig};
 use crate::kernels::attention::{
     backward_entries, backward_shared_bytes, entry, BACKWARD_HEAD_DIMS, HEAD_DIMS,
 };
 use crate::op::{BinaryOp, ReduceOp};
 use crate::ops::elementwise::{binary, to_bf16, Broadcast};
 use crate::ops::rows::reduce_rows;
+use crate::{Arg, Buffer, Gpu, LaunchConfig};
 
 /// O and the per-row log-sum-exp of a fused attention forward pass.
 pub struct AttentionOutput {

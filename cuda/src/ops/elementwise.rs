@@ -6,8 +6,8 @@ use std::sync::Arc;
 use super::{check_len, check_u32, ELEMENTWISE_BLOCK};
 use crate::element::Element;
 use crate::error::{CudaError, Result};
-use crate::gpu::{Buffer, Gpu, LaunchConfig};
 use crate::op::{BinaryOp, UnaryOp};
+use crate::{Buffer, Gpu, LaunchConfig};
 
 fn launch_unary(
     gpu: &Gpu,

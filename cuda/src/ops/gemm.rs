@@ -8,9 +8,10 @@
 use super::check_len;
 use super::check_u32;
 use crate::error::{CudaError, Result};
-use crate::gpu::{Buffer, Gpu, LaunchConfig};
 pub use crate::kernels::gemm::GemmTile;
 use crate::kernels::gemm::{GemmLayout, TILE_M};
+use crate::precision;
+use crate::{Buffer, Gpu, LaunchConfig};
 use std::sync::Arc;
 
 /// The shape and scalars of a batched GEMM.
@@ -68,11 +69,16 @@ const BF16_TILE: usize = TILE_M as usize;
 /// Pipeline stages of the tensor-core kernels.
 const BF16_STAGES: u32 = 3;
 
-/// The launch shape of a tensor-core kernel with `gpu`'s tile: `n` columns over grid x,
-/// `row_tiles` × `batch` over y × z, and the pipeline's shared memory.
-fn tensor_core_launch(gpu: &Gpu, n: usize, row_tiles: usize, batch: usize) -> Result<LaunchConfig> {
-    let tile = gpu.gemm_tile();
-    Ok(LaunchConfig {
+/// The entry of `layout` for this thread's GEMM tile ([`precision`]) and its launch shape: `n`
+/// columns over grid x, `row_tiles` × `batch` over y × z, and the pipeline's shared memory.
+fn tensor_core_launch(
+    layout: GemmLayout,
+    n: usize,
+    row_tiles: usize,
+    batch: usize,
+) -> Result<(String, LaunchConfig)> {
+    let tile = precision::current().gemm_tile;
+    let config = LaunchConfig {
         grid: (
             check_u32("column tiles", n.div_ceil(tile.n() as usize))?,
             check_u32("row tiles", row_tiles)?,
@@ -80,7 +86,8 @@ fn tensor_core_launch(gpu: &Gpu, n: usize, row_tiles: usize, batch: usize) -> Re
         ),
         block: (BF16_THREADS, 1, 1),
         shared_bytes: BF16_STAGES * tile.stage_bytes(),
-    })
+    };
+    Ok((layout.entry(tile), config))
 }
 const F32_TILE: usize = 64;
 
@@ -109,10 +116,11 @@ pub fn gemm_bf16(
     }
     let (lda, ldb) = spec.leading();
     let layout = GemmLayout::new(spec.a_transposed, spec.b_transposed);
-    let config = tensor_core_launch(gpu, spec.n, spec.m.div_ceil(BF16_TILE), spec.batch)?;
+    let (entry, config) =
+        tensor_core_launch(layout, spec.n, spec.m.div_ceil(BF16_TILE), spec.batch)?;
     gpu.launch(
         "gemm_bf16",
-        &layout.entry(gpu.gemm_tile()),
+        &entry,
         config,
         &[
             c.into(),
@@ -321,10 +329,10 @@ pub fn grouped_gemm_bf16(
     }
     let tables = group_tables(gpu, groups, 0)?;
     let layout = GemmLayout::grouped(weights_transposed);
-    let config = tensor_core_launch(gpu, n, tables.tiles, 1)?;
+    let (entry, config) = tensor_core_launch(layout, n, tables.tiles, 1)?;
     gpu.launch(
         "gemm_bf16",
-        &layout.entry(gpu.gemm_tile()),
+        &entry,
         config,
         &[
             out.into(),
@@ -372,10 +380,10 @@ pub fn grouped_weight_grad_bf16(
         return Ok(());
     }
     let tables = group_tables(gpu, groups, m.div_ceil(BF16_TILE))?;
-    let config = tensor_core_launch(gpu, n, tables.tiles, 1)?;
+    let (entry, config) = tensor_core_launch(GemmLayout::DEPTH_GROUPED, n, tables.tiles, 1)?;
     gpu.launch(
         "gemm_bf16",
-        &GemmLayout::DEPTH_GROUPED.entry(gpu.gemm_tile()),
+        &entry,
         config,
         &[
             out.into(),

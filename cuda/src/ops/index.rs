@@ -4,7 +4,7 @@
 use super::rows::warp_per_row;
 use super::{check_len, check_u32, ELEMENTWISE_BLOCK};
 use crate::error::{CudaError, Result};
-use crate::gpu::{Buffer, Gpu, LaunchConfig};
+use crate::{Buffer, Gpu, LaunchConfig};
 
 /// `out[i, :] = table[idx[i], :]` for a `[rows, cols]` table; an out-of-range index gives NaN.
 pub fn index_select_rows(

@@ -13,7 +13,7 @@ pub mod rows;
 pub mod swiglu;
 
 use crate::error::{CudaError, Result};
-use crate::gpu::Buffer;
+use crate::Buffer;
 
 /// Threads per block of the one-thread-per-element kernels.
 pub(crate) const ELEMENTWISE_BLOCK: u32 = 256;

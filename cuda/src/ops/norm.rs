@@ -3,7 +3,7 @@
 use super::rows::warp_per_row;
 use super::{check_len, check_u32, ELEMENTWISE_BLOCK};
 use crate::error::Result;
-use crate::gpu::{Buffer, Gpu, LaunchConfig};
+use crate::{Buffer, Gpu, LaunchConfig};
 
 /// A layer norm's output with the per-row statistics its backward pass needs.
 pub struct LayerNormOutput {

@@ -2,7 +2,7 @@
 
 use super::{check_len, check_u32, ELEMENTWISE_BLOCK};
 use crate::error::Result;
-use crate::gpu::{Buffer, Gpu, LaunchConfig};
+use crate::{Buffer, Gpu, LaunchConfig};
 
 /// The hyper-parameters of one AdamW step (`ditmoe_nn::optim::AdamW` semantics).
 #[derive(Debug, Clone, Copy, PartialEq)]

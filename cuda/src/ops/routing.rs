@@ -4,7 +4,7 @@
 
 use super::{check_len, check_u32, ELEMENTWISE_BLOCK};
 use crate::error::{CudaError, Result};
-use crate::gpu::{Buffer, Gpu, LaunchConfig};
+use crate::{Buffer, Gpu, LaunchConfig};
 
 /// Token choice's `[N, k]` picked experts as positions, in slot order (`s = token·k + j`).
 pub fn token_choice_positions(

@@ -4,8 +4,8 @@
 
 use super::{check_len, check_u32};
 use crate::error::Result;
-use crate::gpu::{Buffer, Gpu, LaunchConfig};
 use crate::op::ReduceOp;
+use crate::{Buffer, Gpu, LaunchConfig};
 
 /// Rows per 256-thread block (one warp each).
 pub(crate) const ROWS_PER_BLOCK: usize = 8;

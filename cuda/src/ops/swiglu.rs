@@ -3,7 +3,7 @@
 
 use super::{check_len, check_u32, ELEMENTWISE_BLOCK};
 use crate::error::Result;
-use crate::gpu::{Buffer, Gpu, LaunchConfig};
+use crate::{Buffer, Gpu, LaunchConfig};
 
 /// `SiLU(gate)·up` elementwise.
 pub fn swiglu(gpu: &Gpu, gate: &Buffer<f32>, up: &Buffer<f32>) -> Result<Buffer<f32>> {

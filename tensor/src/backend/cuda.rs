@@ -17,7 +17,7 @@ use ditmoe_cuda::ops::optim::{self as gpu_optim, AdamWStep};
 use ditmoe_cuda::ops::routing as gpu_routing;
 use ditmoe_cuda::ops::rows as gpu_rows;
 use ditmoe_cuda::ops::swiglu as gpu_swiglu;
-use ditmoe_cuda::{registry, Buffer, CudaError, Gpu};
+use ditmoe_cuda::{precision, registry, Buffer, CudaError, Gpu};
 
 use crate::backend::{reduced_dims_last, Backend, DispatchStorage, GroupCounts, Operand, Strided};
 use crate::descriptors::{AdamWHyper, BinaryOp, GroupSizes, ReduceOp, UnaryOp};
@@ -497,8 +497,8 @@ impl Backend for CudaBackend {
     }
 
     /// A rank-2 right operand multiplies every row of the left one in a single GEMM. On the
-    /// bf16 tensor cores when the GPU allows it and the shape fits
-    /// (`Gpu::set_tensor_core_matmul`), else on the f32 SIMT GEMM.
+    /// bf16 tensor cores when this thread's `precision` allows it and the shape fits, else on
+    /// the f32 SIMT GEMM.
     fn matmul(&self, a: &Operand, b: &Operand, batch: &[usize]) -> Result<Storage> {
         let name = "matmul";
         let (m, k) = (a.shape()[a.rank() - 2], a.shape()[a.rank() - 1]);
@@ -548,7 +548,7 @@ impl Backend for CudaBackend {
         let out = gpu
             .zeros::<f32>(batch_count * m * n)
             .map_err(failed(name))?;
-        if gpu.tensor_core_matmul() && spec.fits_tensor_cores() {
+        if precision::current().tensor_core_matmul && spec.fits_tensor_cores() {
             // Mixed precision: bf16 operands on the tensor cores, f32 accumulation and result.
             let a16 = ew::to_bf16(&gpu, &ab).map_err(failed(name))?;
             let b16 = ew::to_bf16(&gpu, &bb).map_err(failed(name))?;
@@ -574,7 +574,7 @@ impl Backend for CudaBackend {
         let out = weights.shape()[if transpose_weights { 1 } else { 2 }];
         // The weights' rows must be 16-byte chunks, as must x's.
         let weight_row = if transpose_weights { inner } else { out };
-        if !gpu.tensor_core_matmul() || inner % 8 != 0 || weight_row % 8 != 0 {
+        if !precision::current().tensor_core_matmul || inner % 8 != 0 || weight_row % 8 != 0 {
             return Ok(None);
         }
         let (_, wb) = dense_f32(weights, op)?;
@@ -599,7 +599,7 @@ impl Backend for CudaBackend {
         let op = "grouped_weight_grads";
         let (gpu, dyb) = dense_f32(dy, op)?;
         let (out, inner) = (dy.shape()[1], x.shape()[1]);
-        if !gpu.tensor_core_matmul() || out % 8 != 0 || inner % 8 != 0 {
+        if !precision::current().tensor_core_matmul || out % 8 != 0 || inner % 8 != 0 {
             return Ok(None);
         }
         let (_, xb) = dense_f32(x, op)?;
@@ -635,11 +635,11 @@ impl Backend for CudaBackend {
             ));
         }
         let (gpu, qb) = dense_f32(q, op)?;
-        if !gpu.tensor_core_matmul() {
+        if !precision::current().tensor_core_matmul {
             return Err(TensorError::invalid(
                 op,
                 "the fused GPU kernel computes in bf16; turn mixed precision on \
-                 (Gpu::set_tensor_core_matmul) or compose attention from matmul and softmax",
+                 (ditmoe_cuda::precision) or compose attention from matmul and softmax",
             ));
         }
         let (_, kb) = dense_f32(k, op)?;
@@ -663,7 +663,7 @@ impl Backend for CudaBackend {
 
     fn fused_attention_available(&self, q: &Operand) -> bool {
         let d = q.shape().last().copied().unwrap_or(0) as u32;
-        cuda_storage(q).gpu.tensor_core_matmul()
+        precision::current().tensor_core_matmul
             && ditmoe_cuda::kernels::attention::BACKWARD_HEAD_DIMS.contains(&d)
     }
 

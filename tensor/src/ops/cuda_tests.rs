@@ -7,13 +7,20 @@ use crate::ops::reduce::ReduceOp;
 use crate::ops::testing::{assert_close, random_strided};
 use crate::ops::unary::UnaryOp;
 use crate::{DType, Device, GroupSizes, Tensor, TensorError};
+use ditmoe_cuda::precision::{self, PrecisionGuard};
 
 const GPU: Device = Device::Cuda(0);
 
-/// `t` on cuda:0, which multiplies in exact f32 (tensor cores off) for these comparisons.
+/// `t` on cuda:0, as f32.
 fn on_gpu(t: &Tensor) -> Tensor {
-    ditmoe_cuda::registry::device_or_emulator(0).set_tensor_core_matmul(false);
+    ditmoe_cuda::registry::device_or_emulator(0);
     t.to_dtype(DType::F32).unwrap().to_device(GPU).unwrap()
+}
+
+/// Exact f32 products (tensor cores off) on this thread until the guard drops: what the
+/// comparisons with the CPU's products need. Without it, products run in mixed precision.
+fn exact_products() -> PrecisionGuard {
+    precision::set(precision::current().with_tensor_cores(false))
 }
 
 fn check(gpu: &Tensor, cpu: &Tensor, tol: f64, what: &str) {
@@ -123,6 +130,7 @@ fn elementwise_ops_broadcast_over_strided_views() {
 
 #[test]
 fn matmul_reads_transposed_operands_and_broadcasts_a_rank_two_rhs() {
+    let _exact = exact_products();
     let x = f32_cpu(&[2, 5, 7], 5);
     let w = f32_cpu(&[9, 7], 6); // a linear layer's weight: x · wᵀ
     check(
@@ -154,13 +162,11 @@ fn matmul_reads_transposed_operands_and_broadcasts_a_rank_two_rhs() {
 
 #[test]
 fn mixed_precision_matmul_uses_the_tensor_cores_where_the_shape_fits() {
-    // cuda:1 keeps the default: bf16 operands, f32 accumulation.
-    let gpu = ditmoe_cuda::registry::device_or_emulator(1);
-    assert!(gpu.tensor_core_matmul());
-    let on = |t: &Tensor| t.to_device(Device::Cuda(1)).unwrap();
+    // The default: bf16 operands, f32 accumulation.
+    assert!(precision::current().tensor_core_matmul);
     let x = f32_cpu(&[3, 16, 24], 20);
     let w = f32_cpu(&[40, 24], 21);
-    let got = on(&x).matmul(&on(&w).t().unwrap()).unwrap();
+    let got = on_gpu(&x).matmul(&on_gpu(&w).t().unwrap()).unwrap();
     // Exactly the product of the bf16-rounded operands (up to f32 summation order) ...
     let expected = round(&x).matmul(&round(&w).t().unwrap()).unwrap();
     assert_close(
@@ -179,7 +185,7 @@ fn mixed_precision_matmul_uses_the_tensor_cores_where_the_shape_fits() {
     );
     // K = 7 does not fit the tensor-core tiles: the f32 SIMT GEMM runs, exactly.
     let (p, q) = (f32_cpu(&[5, 7], 22), f32_cpu(&[7, 6], 23));
-    let got = on(&p).matmul(&on(&q)).unwrap();
+    let got = on_gpu(&p).matmul(&on_gpu(&q)).unwrap();
     assert_close(
         &got.to_vec_f64(),
         &p.matmul(&q).unwrap().to_vec_f64(),
@@ -327,27 +333,23 @@ fn grouped_matmul_is_one_tensor_core_launch_or_the_exact_loop() {
             stacked.transpose(1, 2).unwrap().contiguous()
         };
         let expected = Tensor::grouped_matmul(&x, &sizes, &weights, transpose).unwrap();
-        // cuda:0: exact f32, the per-group loop.
+        // Exact f32: the per-group loop.
         for sizes in [sizes.clone(), on_device(GPU)] {
+            let _exact = exact_products();
             let got =
                 Tensor::grouped_matmul(&on_gpu(&x), &sizes, &on_gpu(&weights), transpose).unwrap();
             check(&got, &expected, 1e-5, "grouped, exact");
         }
-        // cuda:1: mixed precision, one grouped launch; equal to the product of rounded operands.
-        ditmoe_cuda::registry::device_or_emulator(1);
-        let on1 = |t: &Tensor| t.to_device(Device::Cuda(1)).unwrap();
-        let got = Tensor::grouped_matmul(&on1(&x), &sizes, &on1(&weights), transpose).unwrap();
-        let with_device_sizes = Tensor::grouped_matmul(
-            &on1(&x),
-            &on_device(Device::Cuda(1)),
-            &on1(&weights),
-            transpose,
-        )
-        .unwrap();
+        // Mixed precision: one grouped launch; equal to the product of rounded operands.
+        let got =
+            Tensor::grouped_matmul(&on_gpu(&x), &sizes, &on_gpu(&weights), transpose).unwrap();
+        let with_device_sizes =
+            Tensor::grouped_matmul(&on_gpu(&x), &on_device(GPU), &on_gpu(&weights), transpose)
+                .unwrap();
         let expected =
             Tensor::grouped_matmul(&round(&x), &sizes, &round(&weights), transpose).unwrap();
         for got in [got, with_device_sizes] {
-            assert_eq!(got.device(), Device::Cuda(1));
+            assert_eq!(got.device(), GPU);
             assert_close(
                 &got.to_vec_f64(),
                 &expected.to_vec_f64(),
@@ -356,19 +358,21 @@ fn grouped_matmul_is_one_tensor_core_launch_or_the_exact_loop() {
             );
         }
     }
-    // The weight gradients: one depth-grouped launch on cuda:1, the exact loop on cuda:0.
+    // The weight gradients: one depth-grouped launch in mixed precision, the exact loop in f32.
     let dy = f32_cpu(&[32, 24], 56);
     let expected = Tensor::grouped_weight_grads(&dy, &x, &sizes).unwrap();
-    let exact = Tensor::grouped_weight_grads(&on_gpu(&dy), &on_gpu(&x), &sizes).unwrap();
-    let on1 = |t: &Tensor| t.to_device(Device::Cuda(1)).unwrap();
-    let mixed = Tensor::grouped_weight_grads(&on1(&dy), &on1(&x), &sizes).unwrap();
+    let exact = {
+        let _exact = exact_products();
+        Tensor::grouped_weight_grads(&on_gpu(&dy), &on_gpu(&x), &sizes).unwrap()
+    };
+    let mixed = Tensor::grouped_weight_grads(&on_gpu(&dy), &on_gpu(&x), &sizes).unwrap();
     let mixed_device_sizes =
-        Tensor::grouped_weight_grads(&on1(&dy), &on1(&x), &on_device(Device::Cuda(1))).unwrap();
+        Tensor::grouped_weight_grads(&on_gpu(&dy), &on_gpu(&x), &on_device(GPU)).unwrap();
     let rounded = Tensor::grouped_weight_grads(&round(&dy), &round(&x), &sizes).unwrap();
     for g in 0..sizes.len() {
         check(&exact[g], &expected[g], 1e-5, "grouped dW, exact");
         for mixed in [&mixed[g], &mixed_device_sizes[g]] {
-            assert_eq!(mixed.device(), Device::Cuda(1));
+            assert_eq!(mixed.device(), GPU);
             assert_close(
                 &mixed.to_vec_f64(),
                 &rounded[g].to_vec_f64(),
@@ -390,10 +394,10 @@ fn flash_attention_runs_the_fused_kernel_in_mixed_precision() {
     let (expected, expected_lse) = round(&q)
         .flash_attention(&round(&k), &round(&v), scale)
         .unwrap();
-    ditmoe_cuda::registry::device_or_emulator(1);
-    let on1 = |t: &Tensor| t.to_device(Device::Cuda(1)).unwrap();
-    let (out, lse) = on1(&q).flash_attention(&on1(&k), &on1(&v), scale).unwrap();
-    assert_eq!(out.device(), Device::Cuda(1));
+    let (out, lse) = on_gpu(&q)
+        .flash_attention(&on_gpu(&k), &on_gpu(&v), scale)
+        .unwrap();
+    assert_eq!(out.device(), GPU);
     assert_close(
         &out.to_vec_f64(),
         &expected.to_vec_f64(),
@@ -418,8 +422,8 @@ fn flash_attention_runs_the_fused_kernel_in_mixed_precision() {
             scale,
         )
         .unwrap();
-    let gpu = on1(&q)
-        .flash_attention_backward(&on1(&k), &on1(&v), &out, &lse, &on1(&grad), scale)
+    let gpu = on_gpu(&q)
+        .flash_attention_backward(&on_gpu(&k), &on_gpu(&v), &out, &lse, &on_gpu(&grad), scale)
         .unwrap();
     for (what, g, c) in [
         ("dq", &gpu.q, &cpu.q),
@@ -434,15 +438,17 @@ fn flash_attention_runs_the_fused_kernel_in_mixed_precision() {
             "{what}: {worst} vs scale {scale_of}"
         );
     }
-    assert!(on1(&q).fused_attention_available());
-    // cuda:0 multiplies in exact f32: the bf16 kernels are refused with the reason.
+    assert!(on_gpu(&q).fused_attention_available());
+    // In exact f32 the bf16 kernels are refused with the reason.
+    let exact = exact_products();
     assert!(!on_gpu(&q).fused_attention_available());
     let err = on_gpu(&q)
         .flash_attention(&on_gpu(&k), &on_gpu(&v), scale)
         .unwrap_err();
     assert!(err.to_string().contains("mixed precision"), "{err}");
+    drop(exact);
     // Head dim 20 (not a multiple of 8) has no kernel.
-    assert!(!on1(&f32_cpu(&[1, 8, 20], 64)).fused_attention_available());
+    assert!(!on_gpu(&f32_cpu(&[1, 8, 20], 64)).fused_attention_available());
 }
 
 #[test]
@@ -484,14 +490,13 @@ fn ops_without_a_cuda_kernel_and_mixed_devices_are_clear_errors() {
 
 #[test]
 fn zeros_are_memsets_and_contiguous_slices_are_views() {
-    // cuda:2, which no other test here uses, so that its traffic counts are this test's alone
-    // (the emulator on a machine with fewer GPUs).
-    const GPU: Device = Device::Cuda(2);
-    let gpu = ditmoe_cuda::registry::device_or_emulator(2);
-    let before = gpu.traffic();
+    // Traffic is counted per thread, so these counts are this test's alone.
+    use ditmoe_cuda::traffic;
+    ditmoe_cuda::registry::device_or_emulator(0);
+    let before = traffic::this_thread();
     let z = Tensor::zeros_on(&[3, 4], DType::F32, GPU).unwrap();
     let i = Tensor::zeros_on(&[5], DType::I64, GPU).unwrap();
-    let used = gpu.traffic() - before;
+    let used = traffic::this_thread() - before;
     assert_eq!(
         (used.uploads, used.allocations),
         (0, 2),
@@ -510,9 +515,13 @@ fn zeros_are_memsets_and_contiguous_slices_are_views() {
     // A contiguous slice (rows 1..3 of a [3, 4]) goes to a kernel as a view: one launch, no copy.
     let x = f32_cpu(&[3, 4], 7);
     let rows = x.to_device(GPU).unwrap().narrow(0, 1, 2).unwrap();
-    let before = gpu.traffic();
+    let before = traffic::this_thread();
     let y = rows.exp().unwrap();
-    assert_eq!((gpu.traffic() - before).launches, 1, "no copy of the slice");
+    assert_eq!(
+        (traffic::this_thread() - before).launches,
+        1,
+        "no copy of the slice"
+    );
     assert_eq!(y.device(), GPU);
     let expected = x.narrow(0, 1, 2).unwrap().exp().unwrap().to_vec_f64();
     assert_close(&y.to_vec_f64(), &expected, 1e-5, "exp of a view");
