@@ -1,25 +1,17 @@
 //! DDPM training objective (Ho et al., 2020) with DiT's learned variance (Nichol & Dhariwal,
-//! 2021), and the rectified-flow objective (Liu et al., 2022; Esser et al., 2024).
+//! 2021; Peebles & Xie, 2023): ε-prediction MSE plus the variational bound that trains σ.
 
+use crate::objective::{draw_noise, model_time, Draw, LossTerms, Objective};
 use crate::schedule::Schedule;
 use ditmoe_autograd::Var;
-use ditmoe_tensor::{DType, Result, Tensor, TensorError};
+use ditmoe_tensor::{DType, Device, Result, SeededRng, Tensor, TensorError};
+use rand::Rng;
 
 /// Per-sample coefficients `[N]` broadcast over an image batch `[N, C, H, W]` → `[N, 1, 1, 1]`.
 pub fn per_sample(values: impl IntoIterator<Item = f64>, dtype: DType) -> Result<Tensor> {
     let v: Vec<f64> = values.into_iter().collect();
     let n = v.len();
     Tensor::from_vec(v, &[n, 1, 1, 1])?.to_dtype(dtype)
-}
-
-/// The loss terms of one batch.
-pub struct LossTerms {
-    /// Mean squared error of the prediction (ε for DDPM, velocity for flow).
-    pub mse: Var,
-    /// The variational-bound term that trains the learned variance (DDPM with learn_sigma).
-    pub vb: Option<Var>,
-    /// mse + vb.
-    pub total: Var,
 }
 
 /// Gaussian diffusion with ε-prediction and optionally a learned variance.
@@ -154,11 +146,7 @@ impl GaussianDiffusion {
             .powf(2.0)?
             .mean_all()?;
         if !self.learn_sigma {
-            return Ok(LossTerms {
-                total: mse.clone(),
-                mse,
-                vb: None,
-            });
+            return Ok(LossTerms::mse_only(mse));
         }
         let v = out.narrow(1, c, c)?;
         let log_var = self.model_log_variance(&v, t)?;
@@ -199,19 +187,104 @@ impl GaussianDiffusion {
     }
 }
 
-/// Rectified flow: z_t = (1 − t)·x + t·ε, target velocity v = ε − x; t = sigmoid(n), n ~ N(0, 1)
-/// (logit-normal). Returns z_t and the target.
-pub fn flow_interpolate(x0: &Tensor, noise: &Tensor, t: &[f64]) -> Result<(Tensor, Tensor)> {
-    let tt = per_sample(t.iter().copied(), x0.dtype())?.to_device(x0.device())?;
-    let z = x0.mul(&tt.neg()?.add_scalar(1.0)?)?.add(&noise.mul(&tt)?)?;
-    Ok((z, noise.sub(x0)?))
+/// What the DDPM loss needs besides the model's input x_t: the clean images, the noise and the
+/// integer timesteps that made x_t.
+pub struct DdpmTarget {
+    pub x0: Tensor,
+    pub noise: Tensor,
+    pub t: Vec<usize>,
 }
 
-/// MSE between the data channels of the model output and the flow target.
-pub fn flow_loss(out: &Var, target: &Tensor) -> Result<Var> {
-    let c = target.shape()[1];
-    out.narrow(1, 0, c)?
-        .sub(&Var::constant(target.clone()))?
-        .powf(2.0)?
-        .mean_all()
+/// DDPM as DiT trains it: t ~ U{0..T−1} per image, x_t = q_sample(x0, t, ε), the model sees
+/// x_t and t, and [`GaussianDiffusion::training_losses`] scores its output.
+impl Objective for GaussianDiffusion {
+    type Target = DdpmTarget;
+
+    fn draw(&self, x0: &Tensor, rng: &mut SeededRng, device: Device) -> Result<Draw<DdpmTarget>> {
+        let noise = draw_noise(x0, rng)?;
+        let t: Vec<usize> = (0..x0.shape()[0])
+            .map(|_| rng.random_range(0..self.schedule.steps()))
+            .collect();
+        let x_t = self.q_sample(x0, &t, &noise)?;
+        Ok(Draw {
+            model_input: x_t.to_device(device)?,
+            model_time: model_time(t.iter().map(|&t| t as f64))?.to_device(device)?,
+            target: DdpmTarget {
+                x0: x0.to_device(device)?,
+                noise: noise.to_device(device)?,
+                t,
+            },
+        })
+    }
+
+    fn loss(&self, draw: &Draw<DdpmTarget>, out: &Var) -> Result<LossTerms> {
+        let DdpmTarget { x0, noise, t } = &draw.target;
+        self.training_losses(out, x0, &draw.model_input, t, noise)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::objective::test_support::{close, images, output};
+    use crate::schedule::BetaSchedule;
+    use ditmoe_tensor::seeded_rng;
+    use proptest::prelude::*;
+    use rand::Rng;
+
+    fn ddpm(learn_sigma: bool) -> GaussianDiffusion {
+        GaussianDiffusion::new(Schedule::new(BetaSchedule::Cosine, 50), learn_sigma)
+    }
+
+    #[test]
+    fn the_draw_and_loss_are_q_sample_and_training_losses() {
+        for learn_sigma in [false, true] {
+            let d = ddpm(learn_sigma);
+            let x0 = images(1);
+            let mut rng = seeded_rng(2);
+            let draw = d.draw(&x0, &mut rng, Device::Cpu).unwrap();
+            // By hand, from the same seed: the noise first, then one timestep per image.
+            let mut by_hand = seeded_rng(2);
+            let noise = Tensor::randn(x0.shape(), 0.0, 1.0, DType::F32, &mut by_hand).unwrap();
+            let t: Vec<usize> = (0..3).map(|_| by_hand.random_range(0..50)).collect();
+            let x_t = d.q_sample(&x0, &t, &noise).unwrap();
+            assert_eq!(
+                rng.random::<u64>(),
+                by_hand.random::<u64>(),
+                "as many draws"
+            );
+            assert_eq!(draw.target.t, t);
+            assert_eq!(draw.target.noise.to_vec_f64(), noise.to_vec_f64());
+            assert_eq!(draw.target.x0.to_vec_f64(), x0.to_vec_f64());
+            assert_eq!(draw.model_input.to_vec_f64(), x_t.to_vec_f64());
+            let times: Vec<f64> = t.iter().map(|&t| t as f64).collect();
+            assert_eq!(draw.model_time.to_vec_f64(), times);
+            let out = Var::constant(output(&noise, 0.1, usize::from(learn_sigma), 3));
+            let terms = d.loss(&draw, &out).unwrap();
+            let expected = d.training_losses(&out, &x0, &x_t, &t, &noise).unwrap();
+            let value = |v: &Var| v.item().unwrap();
+            assert_eq!(value(&terms.total), value(&expected.total));
+            assert_eq!(value(&terms.mse), value(&expected.mse));
+            assert_eq!(terms.vb.is_some(), learn_sigma);
+            assert_eq!(terms.vb.map(|v| value(&v)), expected.vb.map(|v| value(&v)));
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+        /// ε̂ = ε + c costs c², and the bound adds to the total when σ is learned.
+        #[test]
+        fn an_offset_prediction_costs_its_square(offset in -2.0f64..2.0, seed in any::<u64>(), learn_sigma in any::<bool>()) {
+            let d = ddpm(learn_sigma);
+            let draw = d.draw(&images(seed), &mut seeded_rng(seed ^ 1), Device::Cpu).unwrap();
+            prop_assert!(draw.target.t.iter().all(|&t| t < 50));
+            let out = output(&draw.target.noise, offset, usize::from(learn_sigma), seed);
+            let terms = d.loss(&draw, &Var::constant(out)).unwrap();
+            let (mse, total) = (terms.mse.item().unwrap(), terms.total.item().unwrap());
+            prop_assert!(close(mse, offset * offset, offset * offset), "{mse} vs {}", offset * offset);
+            let vb = terms.vb.map_or(0.0, |vb| vb.item().unwrap());
+            prop_assert!(close(total, mse + vb, total.abs()));
+        }
+    }
 }

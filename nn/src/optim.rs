@@ -122,52 +122,31 @@ impl AdamW {
     }
 }
 
-/// What gradient clipping by global norm needs from a step, read back at once.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ClipReadback {
-    /// The global L2 norm of all gradients.
-    pub norm: f64,
-    /// min(1, max_norm / norm): what the gradients are multiplied by (1 when clipping is off).
-    pub factor: f64,
-    /// The values of the scalars asked to come along, in order.
-    pub scalars: Vec<f64>,
+/// Each gradient's sum of squares, a one-element tensor left on the gradient's device, in
+/// parameter order: the parts of the global gradient norm. They stay where they are so that
+/// the caller can bring them to the host with whatever else the step needs in one download
+/// (on a GPU, the step's one wait for the device), then add them with [`global_norm`].
+pub fn gradient_sums_of_squares(params: &[(String, Var)]) -> Result<Vec<Tensor>> {
+    params
+        .iter()
+        .filter_map(|(_, p)| p.grad())
+        .map(|g| g.sum_of_squares()?.reshape(&[1]))
+        .collect()
 }
 
-/// The global L2 norm of all gradients and the factor that clips it to `max_norm`, with the
-/// values of `scalars` (one-element tensors where the gradients are: the step's losses).
-/// Each gradient's sum of squares stays on its device and one download brings them all with
-/// the scalars — on a GPU, the step's one wait for the device — and the host adds them in f64.
-pub fn clip_factor(
-    params: &[(String, Var)],
-    max_norm: f64,
-    scalars: &[&Tensor],
-) -> Result<ClipReadback> {
-    let mut parts: Vec<Tensor> = scalars
-        .iter()
-        .map(|s| s.reshape(&[1]))
-        .collect::<Result<_>>()?;
-    for (_, p) in params {
-        if let Some(g) = p.grad() {
-            parts.push(g.sum_of_squares()?.reshape(&[1])?);
-        }
-    }
-    let values = if parts.is_empty() {
-        vec![]
-    } else {
-        Tensor::concat(&parts.iter().collect::<Vec<_>>(), 0)?.to_vec_f64()
-    };
-    let (scalars, squares) = values.split_at(scalars.len());
-    let norm = squares.iter().sum::<f64>().sqrt();
-    let factor = if max_norm > 0.0 && norm > max_norm {
+/// The global L2 norm of all gradients from their sums of squares, added on the host in f64.
+pub fn global_norm(sums_of_squares: &[f64]) -> f64 {
+    sums_of_squares.iter().sum::<f64>().sqrt()
+}
+
+/// min(1, max_norm / norm): what clipping by global norm multiplies the gradients by
+/// (1 when `max_norm` is 0, clipping off).
+pub fn clip_factor(norm: f64, max_norm: f64) -> f64 {
+    if max_norm > 0.0 && norm > max_norm {
         max_norm / norm
     } else {
         1.0
-    };
-    Ok(ClipReadback {
-        norm,
-        factor,
-        scalars: scalars.to_vec(),
-    })
+    }
 }
 
 /// Learning-rate schedule after a linear warmup from 0.
@@ -283,12 +262,14 @@ mod tests {
         .unwrap()
         .backward()
         .unwrap();
-        let loss = Tensor::from_vec(vec![7.5f64], &[]).unwrap();
-        let clip = clip_factor(&[("p".into(), p)], 1.0, &[&loss]).unwrap();
-        assert_eq!(
-            (clip.norm, clip.factor, clip.scalars),
-            (5.0, 0.2, vec![7.5])
-        );
+        let squares: Vec<f64> = gradient_sums_of_squares(&[("p".into(), p)])
+            .unwrap()
+            .iter()
+            .flat_map(Tensor::to_vec_f64)
+            .collect();
+        let norm = global_norm(&squares);
+        assert_eq!((norm, clip_factor(norm, 1.0)), (5.0, 0.2));
+        assert_eq!(clip_factor(norm, 0.0), 1.0, "0 turns clipping off");
         assert_eq!(learning_rate(1.0, 0, 4, 100, LrDecay::Constant), 0.25);
         assert_eq!(learning_rate(1.0, 50, 4, 100, LrDecay::Constant), 1.0);
         assert!(

@@ -1,0 +1,156 @@
+//! The metrics log `metrics.jsonl`: one JSON line every `log_every` steps with the means of
+//! the losses since the previous line, the gradient norm, the learning rate, throughput,
+//! memory and the routing of the step's batch.
+
+use super::trainer::StepReport;
+use super::RunClock;
+use crate::analysis::LayerRouting;
+use anyhow::{Context, Result};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// One line of the metrics log (`metrics.jsonl`), written every `log_every` steps.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MetricsLine {
+    pub step: u64,
+    /// Mean diffusion loss over the steps since the previous line.
+    pub loss: f64,
+    /// Mean variational-bound term (DDPM with learned σ), same window.
+    pub vb: Option<f64>,
+    /// Mean auxiliary (balance) loss, same window; `None` without one.
+    pub aux_loss: Option<f64>,
+    /// Gradient norm before clipping, this step.
+    pub grad_norm: f64,
+    pub lr: f64,
+    /// Throughput over the window.
+    pub images_per_s: f64,
+    /// Training wall time so far, over resumed parts too.
+    pub elapsed_s: f64,
+    /// Peak heap since the run (or this resumed part of it) started; `None` when the program
+    /// does not count allocations.
+    pub peak_heap_mib: Option<f64>,
+    /// Routing of this step's batch, per MoE block.
+    pub routing: Vec<LayerRouting>,
+}
+
+/// Reads a metrics log, naming the file and line of anything malformed.
+pub fn read_metrics(path: &Path) -> Result<Vec<MetricsLine>> {
+    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(i, line)| {
+            serde_json::from_str(line)
+                .with_context(|| format!("{} line {}: not a metrics line", path.display(), i + 1))
+        })
+        .collect()
+}
+
+/// Sums of the losses over the steps since the last metrics line.
+struct Window {
+    began: Instant,
+    steps: u64,
+    loss: f64,
+    aux_loss: f64,
+    vb: f64,
+}
+
+impl Window {
+    fn new() -> Self {
+        Window {
+            began: Instant::now(),
+            steps: 0,
+            loss: 0.0,
+            aux_loss: 0.0,
+            vb: 0.0,
+        }
+    }
+}
+
+/// The metrics log of a run in progress.
+pub(super) struct MetricsLog {
+    path: PathBuf,
+    file: File,
+    batch_size: usize,
+    window: Window,
+}
+
+impl MetricsLog {
+    /// Opens `path`, emptied for a fresh run; for a run resumed from the checkpoint of step
+    /// `resumed_at`, the lines logged after it are dropped (they will be logged again).
+    pub(super) fn open(path: PathBuf, resumed_at: Option<u64>, batch_size: usize) -> Result<Self> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).with_context(|| parent.display().to_string())?;
+        }
+        if let (Some(start), true) = (resumed_at, path.exists()) {
+            let kept: Vec<String> = read_metrics(&path)?
+                .iter()
+                .filter(|line| line.step <= start)
+                .map(|line| serde_json::to_string(line).expect("metrics serialise") + "\n")
+                .collect();
+            std::fs::write(&path, kept.concat()).with_context(|| path.display().to_string())?;
+        }
+        let resume = resumed_at.is_some();
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(resume)
+            .write(true)
+            .truncate(!resume)
+            .open(&path)
+            .with_context(|| path.display().to_string())?;
+        Ok(MetricsLog {
+            path,
+            file,
+            batch_size,
+            window: Window::new(),
+        })
+    }
+
+    /// Adds step `step`'s losses to the window. On a logging step (`record`), writes the
+    /// window's means as a line, starts a new window and returns the line.
+    pub(super) fn add(
+        &mut self,
+        step: u64,
+        report: &StepReport,
+        record: bool,
+        clock: &RunClock,
+    ) -> Result<Option<MetricsLine>> {
+        let scalars = &report.scalars;
+        let window = &mut self.window;
+        window.steps += 1;
+        window.loss += scalars.loss;
+        window.aux_loss += scalars.aux_loss.unwrap_or(0.0);
+        window.vb += scalars.vb.unwrap_or(0.0);
+        if !record {
+            return Ok(None);
+        }
+        let n = window.steps as f64;
+        let images_per_s = n * self.batch_size as f64 / window.began.elapsed().as_secs_f64();
+        let routing: Vec<LayerRouting> = report
+            .routing
+            .iter()
+            .flatten()
+            .map(LayerRouting::of)
+            .collect();
+        let peak = ditmoe_tensor::memory::is_counting()
+            .then(|| ditmoe_tensor::memory::peak_bytes() as f64 / (1u64 << 20) as f64);
+        let line = MetricsLine {
+            step: step + 1,
+            loss: window.loss / n,
+            vb: scalars.vb.is_some().then_some(window.vb / n),
+            aux_loss: scalars.aux_loss.is_some().then_some(window.aux_loss / n),
+            grad_norm: scalars.grad_norm,
+            lr: report.lr,
+            images_per_s,
+            elapsed_s: clock.seconds(),
+            peak_heap_mib: peak,
+            routing,
+        };
+        let text = serde_json::to_string(&line).expect("metrics serialise");
+        writeln!(self.file, "{text}").with_context(|| self.path.display().to_string())?;
+        self.window = Window::new();
+        Ok(Some(line))
+    }
+}

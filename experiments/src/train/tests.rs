@@ -1,0 +1,276 @@
+//! End-to-end runs of the training loop: resume, GPU against CPU, profiling, refusals.
+
+use super::*;
+use ditmoe_nn::checkpoint::read_tensors;
+use ditmoe_tensor::compare::max_abs_difference;
+
+/// A model small enough to train a few steps in a test.
+fn tiny_config() -> TrainConfig {
+    let text = r#"
+        steps = 6
+        batch_size = 4
+        lr = 1e-3
+        warmup_steps = 2
+        lr_decay = { cosine = { min_lr = 1e-4 } }
+        checkpoint_every = 3
+        log_every = 2
+        objective = { kind = "ddpm", steps = 100 }
+        data = { kind = "shapes", size = 8, count = 100 }
+        [model]
+        input_size = 8
+        patch_size = 4
+        in_channels = 3
+        hidden_size = 16
+        depth = 2
+        num_heads = 2
+        num_classes = 10
+        moe = { num_experts = 4, expert_hidden = 16, shared_expert_hidden = 8, routing = { kind = "token_choice", top_k = 2 } }
+    "#;
+    TrainConfig::from_toml(text, "test").unwrap()
+}
+
+fn quiet() -> TrainOptions {
+    TrainOptions::new(Progress::Quiet)
+}
+fn stop_after(step: u64) -> TrainOptions {
+    TrainOptions {
+        stop_after: Some(step),
+        ..quiet()
+    }
+}
+fn resume() -> TrainOptions {
+    TrainOptions {
+        resume: true,
+        ..quiet()
+    }
+}
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ditmoe-train-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[test]
+fn resuming_gives_the_same_weights_as_an_uninterrupted_run() {
+    let config = tiny_config();
+    let (whole, split) = (temp("whole"), temp("split"));
+    train(&config, &whole, &quiet()).unwrap();
+    train(&config, &split, &stop_after(3)).unwrap();
+    // An interruption after logging step 4 but before checkpointing it: the resumed run
+    // logs step 4 again, so the stale line must go.
+    let metrics = split.join("metrics.jsonl");
+    let mut stale = read_metrics(&metrics).unwrap().pop().unwrap();
+    stale.step = 4;
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    std::fs::write(
+        &metrics,
+        text + &serde_json::to_string(&stale).unwrap() + "\n",
+    )
+    .unwrap();
+    let summary = train(&config, &split, &resume()).unwrap();
+    assert_eq!(summary.steps, 3);
+    for file in [
+        "model.safetensors",
+        "ema.safetensors",
+        "optimizer.safetensors",
+    ] {
+        let a = read_tensors(whole.join("checkpoint").join(file))
+            .unwrap()
+            .tensors;
+        let b = read_tensors(split.join("checkpoint").join(file))
+            .unwrap()
+            .tensors;
+        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+        for (name, t) in &a {
+            assert_eq!(t.to_vec_f64(), b[name].to_vec_f64(), "{file}: {name}");
+        }
+    }
+    let lines = std::fs::read_to_string(split.join("metrics.jsonl")).unwrap();
+    let steps: Vec<u64> = lines
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(steps, vec![2, 4, 6], "metrics continue across the resume");
+    for dir in [whole, split] {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+#[test]
+fn training_on_the_gpu_follows_the_cpu_run() {
+    // cuda:0 is the real GPU when the driver has one, else the PTX emulator; exact f32
+    // products (tensor cores off) so the two runs agree to f32 rounding.
+    ditmoe_cuda::registry::device_or_emulator(0);
+    let _exact =
+        ditmoe_cuda::precision::set(ditmoe_cuda::precision::current().with_tensor_cores(false));
+    let on_gpu = TrainOptions {
+        device: Device::Cuda(0),
+        ..quiet()
+    };
+    let mut config = tiny_config();
+    config.steps = 2;
+    config.log_every = 1;
+    // DDPM with the learned-variance bound, then rectified flow.
+    for objective in [config.objective, Objective::Flow { time_scale: 1000.0 }] {
+        config.objective = objective;
+        let (cpu, gpu) = (temp("cpu"), temp("gpu"));
+        train(&config, &cpu, &quiet()).unwrap();
+        train(&config, &gpu, &on_gpu).unwrap();
+        let (a, b) = (
+            read_metrics(&cpu.join("metrics.jsonl")).unwrap(),
+            read_metrics(&gpu.join("metrics.jsonl")).unwrap(),
+        );
+        assert_eq!(a.len(), 2);
+        for (x, y) in a.iter().zip(&b) {
+            let what = format!("{:?}: loss {} vs {}", config.objective, x.loss, y.loss);
+            assert!((x.loss - y.loss).abs() <= 1e-4 * x.loss.abs(), "{what}");
+            assert!(
+                (x.grad_norm - y.grad_norm).abs() <= 1e-3 * x.grad_norm,
+                "{what}"
+            );
+        }
+        // The checkpoint was written from the GPU run and holds the same weights.
+        let file = |dir: &Path| read_tensors(dir.join("checkpoint/model.safetensors")).unwrap();
+        let (wa, wb) = (file(&cpu).tensors, file(&gpu).tensors);
+        for (name, t) in &wa {
+            let (x, y) = (t.to_vec_f64(), wb[name].to_vec_f64());
+            let diff = max_abs_difference(&x, &y);
+            assert!(diff < 1e-4, "{name}: weights differ by {diff}");
+        }
+        for dir in [cpu, gpu] {
+            std::fs::remove_dir_all(dir).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_training_step_on_the_gpu_waits_for_it_once() {
+    // Traffic is counted per thread, so these counts are this test's alone; mixed
+    // precision, so the MoE layers run their grouped kernels with device-side schedules.
+    ditmoe_cuda::registry::device_or_emulator(0);
+    let _mixed =
+        ditmoe_cuda::precision::set(ditmoe_cuda::precision::current().with_tensor_cores(true));
+    let mut config = tiny_config();
+    config.log_every = 100; // no routing records to download
+    let downloads = |steps: u64| {
+        let options = TrainOptions {
+            device: Device::Cuda(0),
+            ..stop_after(steps)
+        };
+        let dir = temp(&format!("one-wait-{steps}"));
+        let before = ditmoe_cuda::traffic::this_thread();
+        train(&config, &dir, &options).unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
+        (ditmoe_cuda::traffic::this_thread() - before).downloads
+    };
+    // Two more steps, the same checkpoint at the end: two more downloads, the losses and
+    // the gradient norm of each step together.
+    assert_eq!(downloads(3) - downloads(1), 2);
+}
+
+#[test]
+fn sampling_on_the_gpu_gives_the_cpu_images() {
+    use crate::generate::{generate, Generation};
+    use ditmoe_diffusion::SamplerKind;
+    ditmoe_cuda::registry::device_or_emulator(0);
+    let _exact =
+        ditmoe_cuda::precision::set(ditmoe_cuda::precision::current().with_tensor_cores(false));
+    let mut config = tiny_config();
+    config.steps = 1;
+    let dir = temp("sample-gpu");
+    train(&config, &dir, &quiet()).unwrap();
+    let (model, config) = load_for_sampling(&dir.join("checkpoint")).unwrap();
+    let images = |device| {
+        let generation = Generation {
+            sampler: SamplerKind::Ddim { eta: 0.0 },
+            steps: 2,
+            cfg_scale: 2.0,
+            seed: 5,
+            device,
+        };
+        generate(&model, &config, &[0, 3, 7], &generation).unwrap()
+    };
+    let on_gpu = images(Device::Cuda(0));
+    assert_eq!(on_gpu.device(), Device::Cpu, "images come back to the host");
+    let on_cpu = images(Device::Cpu);
+    let (a, b) = (on_cpu.to_vec_f64(), on_gpu.to_vec_f64());
+    let diff = max_abs_difference(&a, &b);
+    assert!(diff < 1e-4, "images differ by {diff}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_profiled_run_says_where_the_step_time_goes() {
+    let options = TrainOptions {
+        profile: true,
+        ..stop_after(4)
+    };
+    let summary = train(&tiny_config(), &temp("profile"), &options).unwrap();
+    let profile = summary.profile.expect("four steps were run with profiling");
+    assert_eq!(
+        profile.steps, 3,
+        "the first step (kernel loading) is left out"
+    );
+    for section in [
+        "attention",
+        "routing",
+        "experts",
+        "shared expert",
+        "optimizer",
+        "data",
+    ] {
+        assert!(profile.share_of(section) > 0.0, "{section}: {profile:?}");
+    }
+    for section in ["attention", "routing", "experts"] {
+        assert!(
+            profile
+                .rows
+                .iter()
+                .any(|r| r.section == section && r.pass == profile::Pass::Backward),
+            "{section} has a backward row"
+        );
+    }
+    let shares: f64 = profile.rows.iter().map(|r| r.share).sum();
+    assert!((shares - 1.0).abs() < 1e-9);
+    assert!(profile.kernels.is_empty(), "no GPU kernels on the CPU");
+    assert!(train(&tiny_config(), &temp("unprofiled"), &stop_after(2))
+        .unwrap()
+        .profile
+        .is_none());
+}
+
+#[test]
+fn resume_needs_a_matching_checkpoint() {
+    let config = tiny_config();
+    let dir = temp("mismatch");
+    assert!(train(&config, &dir, &resume())
+        .unwrap_err()
+        .to_string()
+        .contains("no checkpoint"));
+    train(&config, &dir, &stop_after(3)).unwrap();
+    let mut other = config.clone();
+    other.lr = 5e-4;
+    assert!(train(&other, &dir, &resume())
+        .unwrap_err()
+        .to_string()
+        .contains("different config"));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_dataset_that_does_not_fit_the_model_is_refused() {
+    let mut config = tiny_config();
+    config.data = DataSpec::Idx {
+        images: "/nonexistent/images".into(),
+        labels: "/nonexistent/labels".into(),
+    };
+    let err = train(&config, &temp("data"), &quiet())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("/nonexistent/images"), "{err}");
+}

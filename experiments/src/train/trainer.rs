@@ -1,0 +1,159 @@
+//! One training step, in the order of llm.c's loop: batch, objective draw, forward, loss,
+//! backward, one read-back, clip, optimizer, EMA. See [`Trainer::step`].
+
+use super::checkpoint::{checkpoint_dir, restore, save_checkpoint, RunState};
+use super::read_back::{read_back_step_scalars, StepLosses, StepScalars};
+use super::step_rng;
+use crate::config::TrainConfig;
+use crate::data::{batch, Dataset};
+use anyhow::{anyhow, bail, Result};
+use ditmoe_autograd::Var;
+use ditmoe_diffusion::Objective;
+use ditmoe_nn::moe::RoutingRecord;
+use ditmoe_nn::optim::{clip_factor, learning_rate, AdamW, Ema};
+use ditmoe_nn::{Dit, DitConfig, ForwardOptions, Module};
+use ditmoe_tensor::{profile, Device, SeededRng, Tensor};
+use rand::Rng;
+use std::path::PathBuf;
+
+/// A model being trained, with everything a step changes (optimizer moments, EMA) and what
+/// it reads (config, data, objective).
+pub struct Trainer<O: Objective> {
+    config: TrainConfig,
+    objective: O,
+    data: Box<dyn Dataset>,
+    model: Dit,
+    /// The model's parameters by name (the same `Var`s the model holds).
+    params: Vec<(String, Var)>,
+    optimizer: AdamW,
+    ema: Ema,
+    /// Where the model, optimizer state and batches live.
+    device: Device,
+    /// The run directory: the checkpoint is `out/checkpoint`.
+    out: PathBuf,
+}
+
+/// What a step reports for the metrics log.
+pub struct StepReport {
+    pub scalars: StepScalars,
+    pub lr: f64,
+    /// Per block: the routing of this step's batch (when asked for and the block is MoE).
+    pub routing: Vec<Option<RoutingRecord>>,
+}
+
+impl<O: Objective> Trainer<O> {
+    /// A fresh model, optimizer and EMA per `config`, on the host until
+    /// [`Trainer::move_to_device`].
+    pub fn new(
+        config: &TrainConfig,
+        model_config: DitConfig,
+        data: Box<dyn Dataset>,
+        objective: O,
+        out: PathBuf,
+        device: Device,
+    ) -> Result<Self> {
+        let model = Dit::new(model_config, config.seed)?;
+        let params = model.named_parameters();
+        let ema = Ema::new(&params, config.ema_decay);
+        Ok(Trainer {
+            config: config.clone(),
+            objective,
+            data,
+            model,
+            params,
+            optimizer: AdamW::new(config.adamw),
+            ema,
+            device,
+            out,
+        })
+    }
+
+    /// Training step `step` (0-based); `record_routing` asks the MoE layers for their routing.
+    pub fn step(&mut self, step: u64, record_routing: bool) -> Result<StepReport> {
+        let data_section = profile::section("data");
+        let rng = &mut step_rng(self.config.seed, step);
+        let (x0, y) = self.draw_batch(rng)?;
+        let draw = self.objective.draw(&x0, rng, self.device)?;
+        let y = y.to_device(self.device)?;
+        drop(data_section);
+        let input = Var::constant(draw.model_input.clone());
+        let forward = ForwardOptions {
+            label_dropout: Some(rng),
+            record_routing,
+        };
+        let result = self.model.forward(&input, &draw.model_time, &y, forward)?;
+        let loss_section = profile::section("loss");
+        let losses = StepLosses::new(self.objective.loss(&draw, &result.out)?, result.aux_loss)?;
+        drop(loss_section);
+        losses.total.backward()?;
+        let _optimizer_section = profile::section("optimizer");
+        let scalars = read_back_step_scalars(&losses, &self.params)?;
+        self.stop_unless_finite(step, &scalars)?;
+        let lr = self.learning_rate(step);
+        let clip = clip_factor(scalars.grad_norm, self.config.grad_clip);
+        self.optimizer.step(&self.params, lr, clip)?;
+        self.params.iter().for_each(|(_, p)| p.zero_grad());
+        self.ema.update(&self.params)?;
+        Ok(StepReport {
+            scalars,
+            lr,
+            routing: result.routing,
+        })
+    }
+
+    /// A batch of random images `[B, C, H, W]` and their labels `[B]`, on the host.
+    fn draw_batch(&self, rng: &mut SeededRng) -> Result<(Tensor, Tensor)> {
+        let indices: Vec<usize> = (0..self.config.batch_size)
+            .map(|_| rng.random_range(0..self.data.len()))
+            .collect();
+        Ok(batch(self.data.as_ref(), &indices, self.config.flip, rng)?)
+    }
+
+    /// An error naming the last good checkpoint when the step's loss is not finite.
+    fn stop_unless_finite(&self, step: u64, scalars: &StepScalars) -> Result<()> {
+        if !scalars.total.is_finite() {
+            let last = checkpoint_dir(&self.out).map_or("none was written yet".to_string(), |d| {
+                d.display().to_string()
+            });
+            bail!("non-finite loss at step {step}: stopping; the last good checkpoint is {last}");
+        }
+        Ok(())
+    }
+
+    fn learning_rate(&self, step: u64) -> f64 {
+        let c = &self.config;
+        learning_rate(c.lr, step, c.warmup_steps, c.steps, c.lr_decay)
+    }
+
+    /// Loads the checkpoint in the run directory, which must come from the same config.
+    pub fn resume(&mut self) -> Result<RunState> {
+        let dir = checkpoint_dir(&self.out)
+            .ok_or_else(|| anyhow!("--resume: no checkpoint in {}", self.out.display()))?;
+        let state = restore(&dir, &self.model, &mut self.ema, &mut self.optimizer)?;
+        if state.config != self.config {
+            bail!(
+                "--resume: the checkpoint in {} was trained with a different config",
+                dir.display()
+            );
+        }
+        Ok(state)
+    }
+
+    /// Moves the weights, EMA shadow and AdamW moments to the trainer's device.
+    pub fn move_to_device(&mut self) -> Result<()> {
+        self.model.to_device(self.device)?;
+        self.ema.to_device(self.device)?;
+        self.optimizer.to_device(self.device)?;
+        Ok(())
+    }
+
+    /// Writes the checkpoint of the run after `step` steps, `seconds` of training in.
+    pub fn save_checkpoint(&self, step: u64, seconds: f64) -> Result<()> {
+        let state = RunState {
+            step,
+            config: self.config.clone(),
+            seconds,
+        };
+        save_checkpoint(&self.out, &self.model, &self.ema, &self.optimizer, &state)
+    }
+}
