@@ -14,6 +14,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use ditmoe_autograd::Var;
 use ditmoe_diffusion::{flow_interpolate, flow_loss, GaussianDiffusion, Schedule};
 use ditmoe_nn::checkpoint::{read_tensors, save_model, write_tensors};
+use ditmoe_nn::module::unstack_names;
 use ditmoe_nn::optim::{clip_factor, learning_rate, AdamW, Ema};
 use ditmoe_nn::{Dit, ForwardOptions, Module};
 use ditmoe_tensor::{profile, seeded_rng, DType, Device, SeededRng, Tensor};
@@ -179,14 +180,15 @@ fn save_checkpoint(
     let fresh = out.join("checkpoint-new");
     std::fs::create_dir_all(&fresh).with_context(|| fresh.display().to_string())?;
     save_model(model, fresh.join("model.safetensors"))?;
+    // EMA and optimizer state are keyed by the training names; the files by PyTorch's.
     let mut ema_state = model.state_dict();
-    ema_state.extend(ema.shadow.clone());
+    ema_state.extend(unstack_names(&ema.shadow));
     let meta = HashMap::from([("config".to_string(), model.config.to_json())]);
     write_tensors(fresh.join("ema.safetensors"), &ema_state, meta)?;
     let opt_meta = HashMap::from([("step".to_string(), optimizer.step.to_string())]);
     write_tensors(
         fresh.join("optimizer.safetensors"),
-        &optimizer.state_dict(),
+        &unstack_names(&optimizer.state_dict()),
         opt_meta,
     )?;
     let state_path = fresh.join("state.json");
@@ -227,16 +229,15 @@ fn restore(dir: &Path, model: &Dit, ema: &mut Ema, optimizer: &mut AdamW) -> Res
     model
         .load_state_dict(&weights.tensors)
         .with_context(|| dir.display().to_string())?;
-    let ema_file = read_tensors(dir.join("ema.safetensors"))?;
+    let ema_file = model.stack_names(&read_tensors(dir.join("ema.safetensors"))?.tensors)?;
     for name in ema.shadow.clone().keys() {
         let value = ema_file
-            .tensors
             .get(name)
             .ok_or_else(|| anyhow!("{}: EMA lacks `{name}`", dir.display()))?;
         ema.shadow.insert(name.clone(), value.clone());
     }
-    let opt = read_tensors(dir.join("optimizer.safetensors"))?;
-    optimizer.load_state_dict(&opt.tensors, state.step)?;
+    let opt = model.stack_names(&read_tensors(dir.join("optimizer.safetensors"))?.tensors)?;
+    optimizer.load_state_dict(&opt, state.step)?;
     Ok(state)
 }
 
@@ -412,7 +413,7 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
         .map(Var::value)
         .collect();
         let clip = clip_factor(
-            &params,
+            &model.named_gradients(),
             config.grad_clip,
             &losses.iter().collect::<Vec<_>>(),
         )?;

@@ -133,12 +133,13 @@ pub struct ClipReadback {
     pub scalars: Vec<f64>,
 }
 
-/// The global L2 norm of all gradients and the factor that clips it to `max_norm`, with the
-/// values of `scalars` (one-element tensors where the gradients are: the step's losses).
+/// The global L2 norm of `gradients` (`Module::named_gradients`) and the factor that clips it to
+/// `max_norm`, with the values of `scalars` (one-element tensors where the gradients are: the
+/// step's losses).
 /// Each gradient's sum of squares stays on its device and one download brings them all with
 /// the scalars — on a GPU, the step's one wait for the device — and the host adds them in f64.
 pub fn clip_factor(
-    params: &[(String, Var)],
+    gradients: &[(String, Tensor)],
     max_norm: f64,
     scalars: &[&Tensor],
 ) -> Result<ClipReadback> {
@@ -146,10 +147,8 @@ pub fn clip_factor(
         .iter()
         .map(|s| s.reshape(&[1]))
         .collect::<Result<_>>()?;
-    for (_, p) in params {
-        if let Some(g) = p.grad() {
-            parts.push(g.sum_of_squares()?.reshape(&[1])?);
-        }
+    for (_, g) in gradients {
+        parts.push(g.sum_of_squares()?.reshape(&[1])?);
     }
     let values = if parts.is_empty() {
         vec![]
@@ -284,7 +283,7 @@ mod tests {
         .backward()
         .unwrap();
         let loss = Tensor::from_vec(vec![7.5f64], &[]).unwrap();
-        let clip = clip_factor(&[("p".into(), p)], 1.0, &[&loss]).unwrap();
+        let clip = clip_factor(&[("p".into(), p.grad().unwrap())], 1.0, &[&loss]).unwrap();
         assert_eq!(
             (clip.norm, clip.factor, clip.scalars),
             (5.0, 0.2, vec![7.5])
