@@ -19,7 +19,7 @@ use ditmoe_autograd::Var;
 use ditmoe_tensor::{Result, Tensor, TensorError};
 
 /// One routing rule (built from its `RoutingConfig` by `RoutingConfig::rule`).
-pub trait RoutingRule {
+pub trait RoutingRule: Send + Sync {
     /// Checks the rule's knobs against the number of experts; the message names the bad value.
     fn validate(&self, num_experts: usize) -> std::result::Result<(), String>;
 
