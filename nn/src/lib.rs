@@ -20,4 +20,4 @@ pub mod presets;
 pub use config::{DitConfig, FfnKind, MoePlacement};
 pub use dit::{Dit, DitOutput, ForwardOptions};
 pub use ditmoe_autograd as autograd;
-pub use module::{Module, TensorKind, Visitor};
+pub use module::{CheckpointTensor, Module, TensorKind, Visitor};

@@ -122,15 +122,15 @@ impl AdamW {
     }
 }
 
-/// Each gradient's sum of squares, a one-element tensor left on the gradient's device, in
-/// parameter order: the parts of the global gradient norm. They stay where they are so that
+/// Each gradient's sum of squares (of `Module::named_gradients`: one per checkpoint tensor, so
+/// a stacked expert weight counts expert by expert), a one-element tensor left on the
+/// gradient's device, in order: the parts of the global gradient norm. They stay where they are so that
 /// the caller can bring them to the host with whatever else the step needs in one download
 /// (on a GPU, the step's one wait for the device), then add them with [`global_norm`].
-pub fn gradient_sums_of_squares(params: &[(String, Var)]) -> Result<Vec<Tensor>> {
-    params
+pub fn gradient_sums_of_squares(gradients: &[(String, Tensor)]) -> Result<Vec<Tensor>> {
+    gradients
         .iter()
-        .filter_map(|(_, p)| p.grad())
-        .map(|g| g.sum_of_squares()?.reshape(&[1]))
+        .map(|(_, g)| g.sum_of_squares()?.reshape(&[1]))
         .collect()
 }
 
@@ -262,7 +262,7 @@ mod tests {
         .unwrap()
         .backward()
         .unwrap();
-        let squares: Vec<f64> = gradient_sums_of_squares(&[("p".into(), p)])
+        let squares: Vec<f64> = gradient_sums_of_squares(&[("p".into(), p.grad().unwrap())])
             .unwrap()
             .iter()
             .flat_map(Tensor::to_vec_f64)

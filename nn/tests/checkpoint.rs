@@ -1,6 +1,7 @@
 //! Checkpoints: a bit-exact round trip, and a clear error for each way a file can be wrong.
 
 use ditmoe_nn::checkpoint::{load_model, read_tensors, save_model, write_tensors};
+use ditmoe_nn::module::unstack_names;
 use ditmoe_nn::{Dit, DitConfig, Module, MoePlacement};
 use ditmoe_tensor::{DType, Tensor};
 use std::collections::HashMap;
@@ -53,6 +54,67 @@ fn save_then_load_is_bit_exact() {
         .collect();
     assert!(leftovers.is_empty(), "the temporary file was renamed away");
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn stacked_experts_keep_their_pytorch_names() {
+    let model = model();
+    // Training view: one [E, out, in] parameter per projection of block 1's MoE.
+    let params: std::collections::BTreeMap<String, Tensor> = model
+        .named_parameters()
+        .into_iter()
+        .map(|(name, var)| (name, var.value()))
+        .collect();
+    let stacked = &params["blocks.1.moe.experts.*.up_proj.weight"];
+    assert_eq!(stacked.shape()[0], 4);
+    assert!(!params.contains_key("blocks.1.moe.experts.0.up_proj.weight"));
+    // Checkpoint view: the slices under DiT-MoE's names, in its order.
+    let state = model.state_dict();
+    assert_eq!(
+        state["blocks.1.moe.experts.3.up_proj.weight"]
+            .to_vec::<f32>()
+            .unwrap(),
+        stacked.narrow(0, 3, 1).unwrap().to_vec::<f32>().unwrap()
+    );
+    let names: Vec<String> = model
+        .checkpoint_tensors()
+        .into_iter()
+        .map(|t| t.name)
+        .filter(|n| n.starts_with("blocks.1.moe.experts."))
+        .take(4)
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "blocks.1.moe.experts.0.gate_proj.weight",
+            "blocks.1.moe.experts.0.up_proj.weight",
+            "blocks.1.moe.experts.0.down_proj.weight",
+            "blocks.1.moe.experts.1.gate_proj.weight"
+        ]
+    );
+    // Training names → checkpoint names → training names, behind a prefix (the optimizer's).
+    let unstacked = unstack_names(&params);
+    let parameters = state.keys().filter(|n| n.as_str() != "pos_embed");
+    assert!(unstacked.keys().eq(parameters));
+    let prefixed = unstacked
+        .iter()
+        .map(|(n, t)| (format!("m.{n}"), t.clone()))
+        .collect();
+    let restacked = model.stack_names(&prefixed).unwrap();
+    assert_eq!(restacked.len(), params.len());
+    assert_eq!(
+        restacked["m.blocks.1.moe.experts.*.up_proj.weight"]
+            .to_vec::<f32>()
+            .unwrap(),
+        stacked.to_vec::<f32>().unwrap()
+    );
+    let mut incomplete = unstacked;
+    incomplete.remove("blocks.1.moe.experts.2.down_proj.weight");
+    let err = model.stack_names(&incomplete).err().unwrap().to_string();
+    assert!(
+        err.contains("blocks.1.moe.experts.2.down_proj.weight"),
+        "{err}"
+    );
 }
 
 /// Writes the model's state dict edited by `edit`, with the model's config.

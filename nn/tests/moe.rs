@@ -5,7 +5,6 @@ mod common;
 
 use common::{check_module, max_abs_diff, normal, randomized_f64};
 use ditmoe_autograd::Var;
-use ditmoe_nn::moe::routing::{expert_choice, expert_race, token_choice};
 use ditmoe_nn::moe::*;
 use ditmoe_nn::Module;
 use ditmoe_tensor::{seeded_rng, DType, Tensor};
@@ -90,12 +89,13 @@ proptest! {
         let k = 1 + k_seed % experts;
         let distinct = |p: &[usize]| p.iter().collect::<HashSet<_>>().len() == p.len();
 
-        let tc = token_choice(&scores, k).unwrap();
+        let rule = |routing: RoutingConfig| routing.rule().decide(&scores, images).unwrap();
+        let tc = rule(RoutingConfig::TokenChoice { top_k: k, renormalize: false, balance_loss_alpha: 0.0 });
         prop_assert!(tc.token_counts().iter().all(|&c| c == k), "token choice: every token exactly k experts");
         prop_assert!(distinct(&tc.positions));
 
         for group in [RoutingGroup::PerImage, RoutingGroup::Batch] {
-            let ec = expert_choice(&scores, cf, group, images).unwrap();
+            let ec = rule(RoutingConfig::ExpertChoice { capacity_factor: cf, group });
             let group_tokens = if group == RoutingGroup::PerImage { tokens } else { n };
             let groups = n / group_tokens;
             let c = capacity(group_tokens, cf, experts);
@@ -108,7 +108,7 @@ proptest! {
             }
         }
 
-        let race = expert_race(&scores, k).unwrap();
+        let race = rule(RoutingConfig::ExpertRace { top_k: k, gate: RaceGate::Softmax });
         prop_assert_eq!(race.len(), n * k, "expert race: exactly N·k pairs");
         prop_assert!(distinct(&race.positions));
         // No unchosen pair scores higher than a chosen one.
@@ -144,7 +144,10 @@ fn moe_output_equals_a_naive_per_token_loop() {
             let mut y = vec![0.0; 5];
             for &s in &slots {
                 let weight = scores[decision.positions[s]] / norm;
-                let e = moe.experts[decision.expert(s)]
+                let e = moe
+                    .experts
+                    .expert(decision.expert(s))
+                    .unwrap()
                     .forward(&token)
                     .unwrap()
                     .value()
@@ -181,7 +184,7 @@ fn one_expert_top1_equals_the_dense_swiglu() {
     };
     let moe = MoeLayer::new(5, config, &mut seeded_rng(1)).unwrap();
     let x = Var::constant(normal(&[3, 4, 5], 2).to_dtype(DType::F32).unwrap());
-    let dense = moe.experts[0].forward(&x).unwrap();
+    let dense = moe.experts.expert(0).unwrap().forward(&x).unwrap();
     assert!(max_abs_diff(&moe.forward(&x, false).unwrap().y.value(), &dense.value()) < 1e-6);
 }
 
@@ -238,7 +241,11 @@ fn names_match_ditmoe() {
     // The first routing is DiT-MoE's: top-2 SwiGLU experts and a shared expert.
     let (routing, kind, shared) = routings()[0];
     let moe = layer(routing, kind, shared);
-    let names: Vec<String> = moe.named_parameters().into_iter().map(|(n, _)| n).collect();
+    let names: Vec<String> = moe
+        .checkpoint_tensors()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
     assert_eq!(names[0], "gate.weight");
     assert!(names.contains(&"experts.3.up_proj.weight".to_string()));
     assert!(names.contains(&"shared_experts.down_proj.weight".to_string()));

@@ -86,9 +86,9 @@ fn check_parity(name: &str) {
     };
     total.backward().unwrap();
     let mut checked = 0;
-    for (param, var) in model.named_parameters() {
+    for (param, grad) in model.named_gradients() {
         let expected = &train[&format!("grad.{param}")];
-        let err = relative_error(&var.grad().unwrap(), expected);
+        let err = relative_error(&grad, expected);
         assert!(
             err < 1e-4,
             "{name}: gradient of {param} differs by {err:.2e}"

@@ -1,7 +1,8 @@
 //! Grouped matrix multiply: rows of `x` are split into consecutive groups and group `g` is
-//! multiplied by its own weight, `y[rows_g] = x[rows_g] · W_gᵀ` (weights `[out, in]`, PyTorch
-//! layout) — the expert computation of a Mixture-of-Experts layer once tokens are sorted by
-//! expert (`Tensor::grouped_matmul`: a GEMM per group on the CPU, one grouped launch on a GPU).
+//! multiplied by its own weight, `y[rows_g] = x[rows_g] · W_gᵀ` (weights stacked `[groups, out,
+//! in]`, PyTorch's layout per group) — the expert computation of a Mixture-of-Experts layer once
+//! tokens are sorted by expert (`Tensor::grouped_matmul`: a GEMM per group on the CPU, one
+//! grouped launch on a GPU).
 //! Backward: dX_g = dY_g · W_g (grouped again), dW_g = dY_gᵀ · X_g (`grouped_weight_grads`).
 
 use crate::Var;
@@ -9,25 +10,16 @@ use ditmoe_tensor::{GroupSizes, Result, Tensor};
 
 impl Var {
     /// `y[rows_g] = x[rows_g] · weights[g]ᵀ` for consecutive row groups of sizes `group_sizes`
-    /// (on the host, or left on the GPU by the MoE dispatch).
-    pub fn grouped_matmul(x: &Var, group_sizes: &GroupSizes, weights: &[&Var]) -> Result<Var> {
-        let xv = x.value();
-        let ws: Vec<Tensor> = weights.iter().map(|w| w.value()).collect();
-        // Stacked once: the same [groups, out, in] serves the backward product.
-        let stacked = Tensor::stack(&ws.iter().collect::<Vec<_>>(), 0)?;
-        let y = Tensor::grouped_matmul(&xv, group_sizes, &stacked, true)?;
+    /// (on the host, or left on the GPU by the MoE dispatch); `weights` is `[groups, out, in]`.
+    pub fn grouped_matmul(x: &Var, group_sizes: &GroupSizes, weights: &Var) -> Result<Var> {
+        let (xv, wv) = (x.value(), weights.value());
+        let y = Tensor::grouped_matmul(&xv, group_sizes, &wv, true)?;
         let sizes = group_sizes.clone();
-        let mut parents = vec![x];
-        parents.extend(weights.iter().copied());
-        Ok(Var::from_op("grouped_matmul", y, &parents, move |g| {
-            let dx = Tensor::grouped_matmul(g, &sizes, &stacked, false)?;
-            let mut grads = vec![Some(dx)];
-            grads.extend(
-                Tensor::grouped_weight_grads(g, &xv, &sizes)?
-                    .into_iter()
-                    .map(Some),
-            );
-            Ok(grads)
+        Ok(Var::from_op("grouped_matmul", y, &[x, weights], move |g| {
+            let dx = Tensor::grouped_matmul(g, &sizes, &wv, false)?;
+            let dw = Tensor::grouped_weight_grads(g, &xv, &sizes)?;
+            let dw = Tensor::stack(&dw.iter().collect::<Vec<_>>(), 0)?;
+            Ok(vec![Some(dx), Some(dw)])
         }))
     }
 }

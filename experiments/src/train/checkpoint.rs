@@ -4,6 +4,7 @@
 use crate::config::TrainConfig;
 use anyhow::{anyhow, bail, Context, Result};
 use ditmoe_nn::checkpoint::{read_tensors, save_model, write_tensors};
+use ditmoe_nn::module::unstack_names;
 use ditmoe_nn::optim::{AdamW, Ema};
 use ditmoe_nn::{Dit, Module};
 use std::collections::HashMap;
@@ -32,14 +33,15 @@ pub(super) fn save_checkpoint(
     let fresh = out.join("checkpoint-new");
     std::fs::create_dir_all(&fresh).with_context(|| fresh.display().to_string())?;
     save_model(model, fresh.join("model.safetensors"))?;
+    // EMA and optimizer state are keyed by the training names; the files by PyTorch's.
     let mut ema_state = model.state_dict();
-    ema_state.extend(ema.shadow.clone());
+    ema_state.extend(unstack_names(&ema.shadow));
     let meta = HashMap::from([("config".to_string(), model.config.to_json())]);
     write_tensors(fresh.join("ema.safetensors"), &ema_state, meta)?;
     let opt_meta = HashMap::from([("step".to_string(), optimizer.step.to_string())]);
     write_tensors(
         fresh.join("optimizer.safetensors"),
-        &optimizer.state_dict(),
+        &unstack_names(&optimizer.state_dict()),
         opt_meta,
     )?;
     let state_path = fresh.join("state.json");
@@ -85,16 +87,15 @@ pub(super) fn restore(
     model
         .load_state_dict(&weights.tensors)
         .with_context(|| dir.display().to_string())?;
-    let ema_file = read_tensors(dir.join("ema.safetensors"))?;
+    let ema_file = model.stack_names(&read_tensors(dir.join("ema.safetensors"))?.tensors)?;
     for name in ema.shadow.clone().keys() {
         let value = ema_file
-            .tensors
             .get(name)
             .ok_or_else(|| anyhow!("{}: EMA lacks `{name}`", dir.display()))?;
         ema.shadow.insert(name.clone(), value.clone());
     }
-    let opt = read_tensors(dir.join("optimizer.safetensors"))?;
-    optimizer.load_state_dict(&opt.tensors, state.step)?;
+    let opt = model.stack_names(&read_tensors(dir.join("optimizer.safetensors"))?.tensors)?;
+    optimizer.load_state_dict(&opt, state.step)?;
     Ok(state)
 }
 

@@ -52,7 +52,7 @@ pub struct StepScalars {
 /// GPU, the step's one wait for the device — and adds the squares into the gradient norm.
 pub fn read_back_step_scalars(
     losses: &StepLosses,
-    params: &[(String, Var)],
+    gradients: &[(String, Tensor)],
 ) -> Result<StepScalars> {
     let losses_present = [
         Some(&losses.objective),
@@ -65,7 +65,7 @@ pub fn read_back_step_scalars(
         .flatten()
         .map(|loss| loss.value().reshape(&[1]))
         .collect::<ditmoe_tensor::Result<_>>()?;
-    parts.extend(gradient_sums_of_squares(params)?);
+    parts.extend(gradient_sums_of_squares(gradients)?);
     let mut values = Tensor::concat(&parts.iter().collect::<Vec<_>>(), 0)?
         .to_vec_f64()
         .into_iter();
@@ -104,7 +104,7 @@ mod tests {
             total: scalar(7.5),
         };
         let losses = StepLosses::new(terms, Some(scalar(0.25))).unwrap();
-        let scalars = read_back_step_scalars(&losses, &[("p".into(), p)]).unwrap();
+        let scalars = read_back_step_scalars(&losses, &[("p".into(), p.grad().unwrap())]).unwrap();
         let expected = StepScalars {
             loss: 7.5,
             total: 7.75,

@@ -87,7 +87,7 @@ impl<O: Objective> Trainer<O> {
         drop(loss_section);
         losses.total.backward()?;
         let _optimizer_section = profile::section("optimizer");
-        let scalars = read_back_step_scalars(&losses, &self.params)?;
+        let scalars = read_back_step_scalars(&losses, &self.model.named_gradients())?;
         self.stop_unless_finite(step, &scalars)?;
         let lr = self.learning_rate(step);
         let clip = clip_factor(scalars.grad_norm, self.config.grad_clip);

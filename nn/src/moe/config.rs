@@ -1,5 +1,9 @@
 //! Configuration of a Mixture-of-Experts FFN: the experts and the routing strategy.
 
+use crate::moe::expert_choice::ExpertChoice;
+use crate::moe::expert_race::ExpertRace;
+use crate::moe::rule::RoutingRule;
+use crate::moe::token_choice::TokenChoice;
 use serde::{Deserialize, Serialize};
 
 /// The expert network, the same for every routing so an ablation compares routings only.
@@ -67,6 +71,31 @@ pub enum RoutingConfig {
     },
 }
 
+impl RoutingConfig {
+    /// The rule these knobs configure: the one place a routing's config meets its code.
+    pub fn rule(&self) -> Box<dyn RoutingRule> {
+        match *self {
+            RoutingConfig::TokenChoice {
+                top_k,
+                renormalize,
+                balance_loss_alpha,
+            } => Box::new(TokenChoice {
+                top_k,
+                renormalize,
+                balance_loss_alpha,
+            }),
+            RoutingConfig::ExpertChoice {
+                capacity_factor,
+                group,
+            } => Box::new(ExpertChoice {
+                capacity_factor,
+                group,
+            }),
+            RoutingConfig::ExpertRace { top_k, gate } => Box::new(ExpertRace { top_k, gate }),
+        }
+    }
+}
+
 fn default_alpha() -> f64 {
     0.01
 }
@@ -94,53 +123,12 @@ impl MoeConfig {
                 self.num_experts, self.expert_hidden
             ));
         }
-        match self.routing {
-            RoutingConfig::TokenChoice {
-                top_k,
-                balance_loss_alpha,
-                ..
-            } => {
-                if top_k == 0 || top_k > self.num_experts {
-                    return Err(format!(
-                        "token choice: expected 1 <= top_k <= {} experts, found top_k = {top_k}",
-                        self.num_experts
-                    ));
-                }
-                if balance_loss_alpha < 0.0 {
-                    return Err(format!("token choice: expected balance_loss_alpha >= 0, found {balance_loss_alpha}"));
-                }
-            }
-            RoutingConfig::ExpertChoice {
-                capacity_factor, ..
-            } => {
-                if capacity_factor <= 0.0 || !capacity_factor.is_finite() {
-                    return Err(format!(
-                        "expert choice: expected a capacity factor > 0, found {capacity_factor}"
-                    ));
-                }
-            }
-            RoutingConfig::ExpertRace { top_k, .. } => {
-                if top_k == 0 || top_k > self.num_experts {
-                    return Err(format!(
-                        "expert race: expected 1 <= top_k <= {} experts, found top_k = {top_k}",
-                        self.num_experts
-                    ));
-                }
-            }
-        }
-        Ok(())
+        self.routing.rule().validate(self.num_experts)
     }
 
     /// Average number of routed experts applied to each token (what compute accounting uses):
     /// k for token choice and race, the capacity factor for expert choice.
     pub fn experts_per_token(&self) -> f64 {
-        match self.routing {
-            RoutingConfig::TokenChoice { top_k, .. } | RoutingConfig::ExpertRace { top_k, .. } => {
-                top_k as f64
-            }
-            RoutingConfig::ExpertChoice {
-                capacity_factor, ..
-            } => capacity_factor.min(self.num_experts as f64),
-        }
+        self.routing.rule().experts_per_token(self.num_experts)
     }
 }

@@ -1,11 +1,23 @@
-//! Mixture-of-Experts FFNs with pluggable routing: token choice (DiT-MoE), expert choice
-//! (EC-DiT) and expert race (Race-DiT). Start with [`routing`] (the three rules side by side),
-//! then [`layer`] (how the chosen pairs are computed).
+//! Mixture-of-Experts FFNs with pluggable routing rules: token choice (DiT-MoE), expert choice
+//! (EC-DiT) and expert race (Race-DiT). Start with [`rule`] (the `RoutingRule` trait: gate,
+//! pick, combine weights, aux loss), then one rule ([`token_choice`]), then [`layer`] (how the
+//! chosen pairs are computed) and [`experts`] (the experts stacked as `[E, out, in]`).
+//!
+//! A new rule is one new file implementing [`RoutingRule`] plus its variant in
+//! [`RoutingConfig`] (and its arm in `RoutingConfig::rule`).
 
 pub mod config;
+pub mod decision;
+pub mod expert_choice;
+pub mod expert_race;
+pub mod experts;
 pub mod layer;
-pub mod routing;
+pub mod rule;
+pub mod token_choice;
 
 pub use config::{ExpertKind, MoeConfig, RaceGate, RoutingConfig, RoutingGroup};
-pub use layer::{FeedForward, MoeLayer, MoeOutput};
-pub use routing::{capacity, RoutingDecision, RoutingRecord};
+pub use decision::{RoutingDecision, RoutingRecord};
+pub use expert_choice::capacity;
+pub use experts::{Experts, FeedForward};
+pub use layer::{MoeLayer, MoeOutput};
+pub use rule::RoutingRule;

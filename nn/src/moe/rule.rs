@@ -1,0 +1,99 @@
+//! The routing rule of a MoE layer as a trait: what differs between token choice, expert choice
+//! and expert race. The layer runs the same steps for every rule:
+//!
+//! 1. **gate**: router logits `[N, E]` → gate values `scores` (N tokens, E experts);
+//! 2. **pick**: the chosen (token, expert) pairs, as positions `token·E + expert` of the grid;
+//! 3. the layer gathers each pair's gate value, dispatches the pairs by expert and runs the
+//!    experts; **combine weights** turn the gathered gate values into the weights the expert
+//!    outputs are summed with;
+//! 4. **aux loss**: an optional auxiliary loss on the gate values.
+//!
+//! | rule | who chooses | guaranteed | may happen |
+//! |---|---|---|---|
+//! | token choice | each token its top-k experts | k experts per token | uneven expert load |
+//! | expert choice | each expert its top-C tokens of a group | C tokens per expert | tokens chosen by 0..E experts |
+//! | expert race | the batch's top N·k (token, expert) pairs | N·k pairs in all | both of the above |
+
+use crate::moe::decision::RoutingDecision;
+use ditmoe_autograd::Var;
+use ditmoe_tensor::{Result, Tensor, TensorError};
+
+/// One routing rule (built from its `RoutingConfig` by `RoutingConfig::rule`).
+pub trait RoutingRule: Send + Sync {
+    /// Checks the rule's knobs against the number of experts; the message names the bad value.
+    fn validate(&self, num_experts: usize) -> std::result::Result<(), String>;
+
+    /// Average number of routed experts applied to each token (what compute accounting uses).
+    fn experts_per_token(&self, num_experts: usize) -> f64;
+
+    /// Gate values `[N, E]` from router logits `[N, E]`: a softmax over experts unless the rule
+    /// says otherwise.
+    fn gate(&self, logits: &Var) -> Result<Var> {
+        logits.softmax(1)
+    }
+
+    /// The chosen pairs of gate values `scores [N, E]` of `images` images, as a `[P]` i64
+    /// tensor of positions `token·E + expert` where the scores are (on a GPU the picks never
+    /// leave it), in the order their weights are gathered.
+    fn pick(&self, scores: &Tensor, images: usize) -> Result<Tensor>;
+
+    /// The weight of each pair's expert output from its gathered gate value `[P]`: the gate
+    /// value itself unless the rule says otherwise.
+    fn combine_weights(&self, gathered: Var) -> Result<Var> {
+        Ok(gathered)
+    }
+
+    /// The auxiliary loss (already scaled) from the gate values and each pair's expert
+    /// (`expert_of`, `[P]` i64, where the scores are); none unless the rule has one.
+    fn aux_loss(&self, _scores: &Var, _expert_of: &Tensor) -> Result<Option<Var>> {
+        Ok(None)
+    }
+
+    /// [`RoutingRule::pick`] as a host-side [`RoutingDecision`] (downloaded from a GPU).
+    fn decide(&self, scores: &Tensor, images: usize) -> Result<RoutingDecision> {
+        let (n, e) = grid(scores)?;
+        RoutingDecision::from_positions(&self.pick(scores, images)?, n, e)
+    }
+}
+
+/// (tokens N, experts E) of a `[N, E]` score grid.
+pub(crate) fn grid(scores: &Tensor) -> Result<(usize, usize)> {
+    match scores.shape() {
+        &[n, e] => Ok((n, e)),
+        other => Err(TensorError::shape(
+            "routing",
+            "scores [tokens, experts]",
+            other,
+        )),
+    }
+}
+
+/// Refuses a `top_k` outside `1..=num_experts`, naming the rule.
+pub(crate) fn check_top_k(
+    rule: &str,
+    top_k: usize,
+    num_experts: usize,
+) -> std::result::Result<(), String> {
+    if top_k == 0 || top_k > num_experts {
+        return Err(format!(
+            "{rule}: expected 1 <= top_k <= {num_experts} experts, found top_k = {top_k}"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// 4 tokens (2 images of 2), 3 experts.
+    pub(crate) fn scores() -> Tensor {
+        Tensor::from_vec(
+            vec![
+                0.7f32, 0.2, 0.1, 0.1, 0.5, 0.4, 0.6, 0.3, 0.1, 0.2, 0.2, 0.6,
+            ],
+            &[4, 3],
+        )
+        .unwrap()
+    }
+}

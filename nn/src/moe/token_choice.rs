@@ -1,0 +1,89 @@
+//! Token choice (DiT-MoE, Fei et al., 2024, "Scaling Diffusion Transformers Efficiently via
+//! Mixture-of-Experts"): every token takes the k experts of highest softmax gate value; an
+//! expert-level balance loss α·Σ_i P̄_i·f_i keeps the load even.
+
+use crate::moe::rule::{check_top_k, grid, RoutingRule};
+use ditmoe_autograd::Var;
+use ditmoe_tensor::{Result, Tensor};
+
+pub struct TokenChoice {
+    pub top_k: usize,
+    /// Renormalise the k weights of a token to sum to 1 (DiT-MoE does not).
+    pub renormalize: bool,
+    /// Coefficient α of the balance loss (0 disables it).
+    pub balance_loss_alpha: f64,
+}
+
+impl RoutingRule for TokenChoice {
+    fn validate(&self, num_experts: usize) -> std::result::Result<(), String> {
+        check_top_k("token choice", self.top_k, num_experts)?;
+        if self.balance_loss_alpha < 0.0 {
+            return Err(format!(
+                "token choice: expected balance_loss_alpha >= 0, found {}",
+                self.balance_loss_alpha
+            ));
+        }
+        Ok(())
+    }
+
+    fn experts_per_token(&self, _num_experts: usize) -> f64 {
+        self.top_k as f64
+    }
+
+    /// Each token's k best experts, best first: `[N·k]` positions, token by token.
+    fn pick(&self, scores: &Tensor, _images: usize) -> Result<Tensor> {
+        let (_, e) = grid(scores)?;
+        let (_, picks) = scores.topk(self.top_k, 1, true)?;
+        Tensor::token_choice_positions(&picks, e)
+    }
+
+    fn combine_weights(&self, gathered: Var) -> Result<Var> {
+        if !self.renormalize {
+            return Ok(gathered);
+        }
+        let per_token = gathered.reshape(&[usize::MAX, self.top_k])?;
+        per_token.div(&per_token.sum(&[1], true)?)?.flatten()
+    }
+
+    /// L = α Σ_i P̄_i f_i with f_i = E·count_i/(N·k) (a constant) and P̄_i the mean gate value
+    /// of expert i. The counts are summed where the pairs are (no read-back on a GPU).
+    fn aux_loss(&self, scores: &Var, expert_of: &Tensor) -> Result<Option<Var>> {
+        if self.balance_loss_alpha <= 0.0 {
+            return Ok(None);
+        }
+        let &[n, e] = scores.shape() else {
+            unreachable!("the gate keeps the [tokens, experts] shape");
+        };
+        let pairs = n * self.top_k;
+        let value = scores.value();
+        let (dtype, device) = (value.dtype(), value.device());
+        let ones = Tensor::zeros_on(&[pairs, 1], dtype, device)?.add_scalar(1.0)?;
+        let counts = Tensor::zeros_on(&[e, 1], dtype, device)?.index_add(0, expert_of, &ones)?;
+        let f = Var::constant(counts.flatten()?.mul_scalar(e as f64 / pairs as f64)?);
+        Ok(Some(
+            scores
+                .mean(&[0], false)?
+                .mul(&f)?
+                .sum_all()?
+                .mul_scalar(self.balance_loss_alpha)?,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::moe::rule::tests::scores;
+
+    #[test]
+    fn token_choice_takes_the_best_experts_of_each_token() {
+        let rule = TokenChoice {
+            top_k: 2,
+            renormalize: false,
+            balance_loss_alpha: 0.0,
+        };
+        let d = rule.decide(&scores(), 2).unwrap();
+        assert_eq!(d.positions, vec![0, 1, 4, 5, 6, 7, 11, 9]);
+        assert_eq!(d.token_counts(), vec![2; 4]);
+    }
+}
