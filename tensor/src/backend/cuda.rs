@@ -852,12 +852,9 @@ impl Backend for CudaBackend {
         }
         let rows = x.shape()[0];
         let cols = x.numel() / rows.max(1);
-        let copy = strided_copy(x)?;
-        let (gpu, out) = dense_f32(&Operand::owned(&copy, Layout::contiguous(x.shape())), op)?;
-        let ib = dense_indices(index, op)?;
-        let (_, src) = dense_f32(source, op)?;
-        gpu_index::index_add_rows(&gpu, &out, &ib, &src, rows, cols).map_err(failed(op))?;
-        Ok(copy)
+        added_into_copy(x, index, source, op, |gpu, out, index, source| {
+            gpu_index::index_add_rows(gpu, out, index, source, rows, cols)
+        })
     }
 
     /// Along the last dimension with an index spanning every other dimension only
@@ -889,12 +886,9 @@ impl Backend for CudaBackend {
         }
         let cols = *x.shape().last().expect("rank >= 1");
         let rows = x.numel() / cols.max(1);
-        let copy = strided_copy(x)?;
-        let (gpu, out) = dense_f32(&Operand::owned(&copy, Layout::contiguous(x.shape())), op)?;
-        let ib = dense_indices(index, op)?;
-        let (_, src) = dense_f32(source, op)?;
-        gpu_index::scatter_add_cols(&gpu, &out, &ib, &src, rows, cols).map_err(failed(op))?;
-        Ok(copy)
+        added_into_copy(x, index, source, op, |gpu, out, index, source| {
+            gpu_index::scatter_add_cols(gpu, out, index, source, rows, cols)
+        })
     }
 
     /// The largest only, in descending order; the results are views with `dim` back in place.
@@ -998,6 +992,27 @@ impl Backend for CudaBackend {
             group_sizes: GroupCounts::Device(u32_storage(gpu, sorted.counts)),
         })
     }
+}
+
+/// A dense copy of `x` with `source` added in at `index` by `add` (a scatter-add kernel).
+fn added_into_copy(
+    x: &Operand,
+    index: &Operand,
+    source: &Operand,
+    op: &'static str,
+    add: impl FnOnce(
+        &Gpu,
+        &Buffer<f32>,
+        &Buffer<u32>,
+        &Buffer<f32>,
+    ) -> std::result::Result<(), CudaError>,
+) -> Result<Storage> {
+    let copy = strided_copy(x)?;
+    let (gpu, out) = dense_f32(&Operand::owned(&copy, Layout::contiguous(x.shape())), op)?;
+    let ib = dense_indices(index, op)?;
+    let (_, src) = dense_f32(source, op)?;
+    add(&gpu, &out, &ib, &src).map_err(failed(op))?;
+    Ok(copy)
 }
 
 /// Whether a gather / scatter-add works along the last dimension with an index that spans every

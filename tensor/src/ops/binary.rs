@@ -126,17 +126,7 @@ mod tests {
 
     #[test]
     fn broadcast_binary_ops_match_reference() {
-        let ops = [
-            BinaryOp::Add,
-            BinaryOp::Sub,
-            BinaryOp::Mul,
-            BinaryOp::Div,
-            BinaryOp::Maximum,
-            BinaryOp::Minimum,
-            BinaryOp::Gt,
-            BinaryOp::Lt,
-            BinaryOp::Eq,
-        ];
+        let ops = BinaryOp::EVERY;
         let cases: [(&[usize], &[usize]); 4] = [
             (&[3, 4], &[3, 4]),
             (&[2, 1, 4], &[3, 1]),
