@@ -18,7 +18,6 @@ impl Var {
         Ok(Var::from_op("grouped_matmul", y, &[x, weights], move |g| {
             let dx = Tensor::grouped_matmul(g, &sizes, &wv, false)?;
             let dw = Tensor::grouped_weight_grads(g, &xv, &sizes)?;
-            let dw = Tensor::stack(&dw.iter().collect::<Vec<_>>(), 0)?;
             Ok(vec![Some(dx), Some(dw)])
         }))
     }

@@ -19,7 +19,9 @@ use ditmoe_cuda::ops::rows as gpu_rows;
 use ditmoe_cuda::ops::swiglu as gpu_swiglu;
 use ditmoe_cuda::{precision, registry, Buffer, CudaError, Gpu};
 
-use crate::backend::{reduced_dims_last, Backend, DispatchStorage, GroupCounts, Operand, Strided};
+use crate::backend::{
+    contiguous_storage, reduced_dims_last, Backend, DispatchStorage, GroupCounts, Operand, Strided,
+};
 use crate::descriptors::{AdamWHyper, BinaryOp, GroupSizes, ReduceOp, UnaryOp};
 use crate::error::{Result, TensorError};
 use crate::layout::Layout;
@@ -378,7 +380,8 @@ impl Backend for CudaBackend {
         }
     }
 
-    /// The whole buffer comes down, then the view is gathered on the host.
+    /// The whole buffer comes down, then the view is gathered on the host (unless it is the
+    /// whole buffer).
     fn download(&self, x: &Operand) -> Result<Storage> {
         let storage = cuda_storage(x);
         let op = "to_device";
@@ -394,7 +397,7 @@ impl Backend for CudaBackend {
                     .collect(),
             ),
         };
-        Ok(Operand::owned(&whole, x.layout().clone()).gathered())
+        Ok(contiguous_storage(whole, x.layout().clone()))
     }
 
     /// Each piece is copied, in place of its strides, into its slice of the output.

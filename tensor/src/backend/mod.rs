@@ -126,6 +126,16 @@ impl Operand<'_> {
     }
 }
 
+/// Host `storage` seen through `layout`, as plain contiguous storage: the storage itself when
+/// the layout is its whole buffer in row-major order (no copy), else a gathered copy.
+pub(crate) fn contiguous_storage(storage: Storage, layout: Layout) -> Storage {
+    if layout.is_contiguous() && layout.offset() == 0 && storage.len() == layout.numel() {
+        storage
+    } else {
+        Operand::owned(&storage, layout).gathered()
+    }
+}
+
 /// `x` with the (checked, distinct) `dims` moved last, in that order — every dim when
 /// `dims` is empty — as `outer` rows of `inner` elements: how every backend reduces.
 pub(crate) fn reduced_dims_last<'a>(

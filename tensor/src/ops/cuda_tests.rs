@@ -4,7 +4,7 @@
 
 use crate::compare::max_abs_difference;
 use crate::ops::reduce::ReduceOp;
-use crate::ops::testing::{assert_close, random_strided};
+use crate::ops::testing::{assert_close, per_group, random_strided};
 use crate::ops::unary::UnaryOp;
 use crate::{DType, Device, GroupSizes, Tensor, TensorError};
 use ditmoe_cuda::precision::{self, PrecisionGuard};
@@ -360,15 +360,17 @@ fn grouped_matmul_is_one_tensor_core_launch_or_the_exact_loop() {
     }
     // The weight gradients: one depth-grouped launch in mixed precision, the exact loop in f32.
     let dy = f32_cpu(&[32, 24], 56);
-    let expected = Tensor::grouped_weight_grads(&dy, &x, &sizes).unwrap();
+    let grads = |dy: &Tensor, x: &Tensor, sizes: &GroupSizes| {
+        per_group(&Tensor::grouped_weight_grads(dy, x, sizes).unwrap())
+    };
+    let expected = grads(&dy, &x, &sizes);
     let exact = {
         let _exact = exact_products();
-        Tensor::grouped_weight_grads(&on_gpu(&dy), &on_gpu(&x), &sizes).unwrap()
+        grads(&on_gpu(&dy), &on_gpu(&x), &sizes)
     };
-    let mixed = Tensor::grouped_weight_grads(&on_gpu(&dy), &on_gpu(&x), &sizes).unwrap();
-    let mixed_device_sizes =
-        Tensor::grouped_weight_grads(&on_gpu(&dy), &on_gpu(&x), &on_device(GPU)).unwrap();
-    let rounded = Tensor::grouped_weight_grads(&round(&dy), &round(&x), &sizes).unwrap();
+    let mixed = grads(&on_gpu(&dy), &on_gpu(&x), &sizes);
+    let mixed_device_sizes = grads(&on_gpu(&dy), &on_gpu(&x), &on_device(GPU));
+    let rounded = grads(&round(&dy), &round(&x), &sizes);
     for g in 0..sizes.len() {
         check(&exact[g], &expected[g], 1e-5, "grouped dW, exact");
         for mixed in [&mixed[g], &mixed_device_sizes[g]] {

@@ -81,15 +81,15 @@ impl Tensor {
 }
 
 impl Tensor {
-    /// The weight gradients of [`Tensor::grouped_matmul`] with transposed weights:
-    /// `dW_g = dy_gᵀ · x_g` (`[out, in]`) for the consecutive row groups of `dy: [rows, out]`
-    /// and `x: [rows, in]`; an empty group's gradient is zero. On a mixed-precision GPU one
-    /// launch computes them all.
+    /// The weight gradients of [`Tensor::grouped_matmul`] with transposed weights, stacked as
+    /// the weights are: `dW[g] = dy_gᵀ · x_g` (`[groups, out, in]`) for the consecutive row
+    /// groups of `dy: [rows, out]` and `x: [rows, in]`; an empty group's gradient is zero. On a
+    /// mixed-precision GPU one launch computes them all.
     pub fn grouped_weight_grads(
         dy: &Tensor,
         x: &Tensor,
         group_sizes: &GroupSizes,
-    ) -> Result<Vec<Tensor>> {
+    ) -> Result<Tensor> {
         let (op, rows) = ("grouped_weight_grads", group_sizes.rows());
         for (what, t) in [("dy", dy), ("x", x)] {
             if t.rank() != 2 || t.shape()[0] != rows {
@@ -106,13 +106,15 @@ impl Tensor {
         })?;
         if let Some(stacked) = fused {
             let shape = [group_sizes.len(), out, inner];
-            let all = Tensor::from_backend(stacked, Layout::contiguous(&shape), device);
-            return (0..group_sizes.len())
-                .map(|g| all.narrow(0, g, 1)?.squeeze(0))
-                .collect();
+            return Ok(Tensor::from_backend(
+                stacked,
+                Layout::contiguous(&shape),
+                device,
+            ));
         }
         let sizes = group_sizes.to_host()?;
-        dy.split(sizes, 0)?
+        let per_group = dy
+            .split(sizes, 0)?
             .iter()
             .zip(x.split(sizes, 0)?)
             .map(|(dy_g, x_g)| {
@@ -122,7 +124,8 @@ impl Tensor {
                     dy_g.t()?.matmul(&x_g)
                 }
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::stack(&per_group.iter().collect::<Vec<_>>(), 0)
     }
 }
 
@@ -162,7 +165,8 @@ mod tests {
         assert!(Tensor::grouped_matmul(&x, &sizes, &stacked, false).is_err());
         // Weight gradients: each group's dyᵀ·x, zero for the empty group.
         let dy = random_strided(&[7, 4], -1.0, 1.0, 20);
-        let grads = Tensor::grouped_weight_grads(&dy, &x, &sizes).unwrap();
+        let stacked = Tensor::grouped_weight_grads(&dy, &x, &sizes).unwrap();
+        let grads = crate::ops::testing::per_group(&stacked);
         assert_eq!(grads.len(), 3);
         assert_eq!(grads[1].to_vec_f64(), vec![0.0; 12]);
         let last = dy

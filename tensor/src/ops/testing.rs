@@ -34,3 +34,10 @@ pub fn unravel(mut i: usize, shape: &[usize]) -> Vec<usize> {
 pub fn ravel(index: &[usize], shape: &[usize]) -> usize {
     index.iter().zip(shape).fold(0, |acc, (&i, &s)| acc * s + i)
 }
+
+/// The `[out, in]` slices of a stacked `[groups, out, in]` tensor.
+pub fn per_group(stacked: &Tensor) -> Vec<Tensor> {
+    (0..stacked.shape()[0])
+        .map(|g| stacked.narrow(0, g, 1).unwrap().squeeze(0).unwrap())
+        .collect()
+}

@@ -3,7 +3,7 @@
 
 use std::cmp::Ordering;
 
-use crate::backend::{reduced_dims_last, Operand, Strided};
+use crate::backend::{contiguous_storage, reduced_dims_last, Operand, Strided};
 use crate::dtype::{DType, Element, FloatElement};
 use crate::error::{Result, TensorError};
 use crate::layout::{contiguous_strides, Layout};
@@ -168,8 +168,8 @@ pub(super) fn topk(x: &Operand, k: usize, dim: usize, largest: bool) -> Result<(
         }
         let (top, indices) = (T::into_storage(top), i64::into_storage(indices));
         Ok((
-            (Operand::owned(&top, back.clone()).gathered(), contiguous.clone()),
-            (Operand::owned(&indices, back).gathered(), contiguous),
+            (contiguous_storage(top, back.clone()), contiguous.clone()),
+            (contiguous_storage(indices, back), contiguous),
         ))
     })
 }

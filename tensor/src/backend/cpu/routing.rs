@@ -59,11 +59,19 @@ pub(super) fn dispatch_order(positions: &Operand, num_experts: usize) -> Result<
     })
 }
 
-/// Expert race's picks: the `picks` best of the flattened scores (the CPU top-k, ties to the
+/// Expert race's picks: the `picks` best of the flattened scores (a view when the layout
+/// allows) (the CPU top-k, ties to the
 /// lower position), in grid order.
 pub(super) fn expert_race_positions(scores: &Operand, picks: usize) -> Result<Storage> {
-    let flat = scores.gathered();
-    let flat = Operand::owned(&flat, Layout::contiguous(&[scores.numel()]));
+    let n = scores.numel();
+    let copy;
+    let flat = match scores.layout().reshape(&[n]) {
+        Some(layout) => scores.with_layout(layout),
+        None => {
+            copy = scores.gathered();
+            Operand::owned(&copy, Layout::contiguous(&[n]))
+        }
+    };
     let (_, (best, _)) = super::index::topk(&flat, picks, 0, true)?;
     let mut positions = Operand::owned(&best, Layout::contiguous(&[picks]))
         .values::<i64>()?

@@ -2,7 +2,7 @@
 //! al., 2016) with its fused backward. Every one first moves the dims it works along to the end
 //! (a view), so each output comes from one contiguous row.
 
-use crate::backend::{reduced_dims_last, Operand};
+use crate::backend::{contiguous_storage, reduced_dims_last, Operand};
 use crate::descriptors::ReduceOp;
 use crate::dtype::FloatElement;
 use crate::error::Result;
@@ -111,7 +111,7 @@ fn along_dim<T: FloatElement>(
     let mut inverse: Vec<usize> = (0..x.rank() - 1).collect();
     inverse.insert(dim, x.rank() - 1);
     let layout = Layout::contiguous(rows.shape()).permute(&inverse)?;
-    Ok(Operand::owned(&out, layout).gathered())
+    Ok(contiguous_storage(out, layout))
 }
 
 fn softmax_row<T: FloatElement>(row: &[T], out: &mut [T]) {
