@@ -1,5 +1,6 @@
 //! The subcommands: `zoo`, `forward`, `train`, `sample` and `ablate`.
 
+use crate::console::{eprintln, print, println};
 use ditmoe_autograd::Var;
 use ditmoe_nn::accounting::model_cost;
 use ditmoe_nn::checkpoint::{load_model, read_tensors, write_tensors};
@@ -33,7 +34,8 @@ pub fn zoo(image_size: usize, json: bool) -> Result<(), String> {
         })
         .collect::<Result<Vec<_>, String>>()?;
     if json {
-        return print(&(serde_json::to_string_pretty(&rows).expect("rows serialise") + "\n"));
+        let text = serde_json::to_string_pretty(&rows).expect("rows serialise") + "\n";
+        return print(&text).map_err(|e| e.to_string());
     }
     let mut table = format!(
         "{:<24} {:>16} {:>18} {:>10}\n",
@@ -46,18 +48,7 @@ pub fn zoo(image_size: usize, json: bool) -> Result<(), String> {
         );
     }
     table += &format!("(image size {image_size}: latent presets see {0}×{0}×4 latents; tiny-* presets are 16×16 RGB)\n", image_size / 8);
-    print(&table)
-}
-
-/// Writes to stdout; a closed pipe (`ditmoe zoo | head`) ends the output quietly.
-fn print(text: &str) -> Result<(), String> {
-    use std::io::Write;
-    match std::io::stdout().lock().write_all(text.as_bytes()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(format!("writing to stdout: {e}"))
-        }
-        _ => Ok(()),
-    }
+    print(&table).map_err(|e| e.to_string())
 }
 
 /// Loads a checkpoint, runs it on `inputs` in evaluation mode, writes `out` and the router
@@ -99,8 +90,12 @@ pub fn forward(checkpoint: &Path, inputs: &Path, out: &Path) -> Result<(), Strin
         }
     }
     write_tensors(out, &written, HashMap::new()).map_err(|e| e.to_string())?;
-    println!("wrote {} tensor(s) to {}", written.len(), out.display());
-    Ok(())
+    println(&format!(
+        "wrote {} tensor(s) to {}",
+        written.len(),
+        out.display()
+    ))
+    .map_err(|e| e.to_string())
 }
 
 /// The options of `ditmoe train`.
@@ -116,9 +111,13 @@ pub struct TrainArgs {
     /// Output directory (default: runs/<name>).
     #[arg(long)]
     pub out: Option<std::path::PathBuf>,
-    /// Continue from the checkpoint in the output directory.
+    /// Continue from the checkpoint in the output directory; with a larger --steps, extend it.
     #[arg(long)]
     pub resume: bool,
+    /// Replace the run already in the output directory (its checkpoint and metrics are removed
+    /// once the new run starts).
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     #[arg(long)]
     pub seed: Option<u64>,
     /// cpu, cuda or cuda:N (DITMOE_CUDA_EMULATOR=1 runs cuda in the PTX emulator).
@@ -164,12 +163,17 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| std::path::PathBuf::from("runs").join(&name));
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     device.ensure_available()?;
-    eprintln!(
-        "training {name} for {} steps into {} on {device} ({} CPU threads)",
+    let replacing = if args.overwrite {
+        " (--overwrite: a run there is replaced once this one starts)"
+    } else {
+        ""
+    };
+    eprintln(&format!(
+        "training {name} for {} steps into {}{replacing} on {device} ({} CPU threads)",
         config.steps,
         out.display(),
         ditmoe_tensor::parallel::num_threads()
-    );
+    ));
     use crate::train::{Progress, TrainOptions};
     let progress = if terminal {
         Progress::Bar(name.clone())
@@ -178,6 +182,7 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
     };
     let options = TrainOptions {
         resume: args.resume,
+        overwrite: args.overwrite,
         device,
         profile: args.profile,
         ..TrainOptions::new(progress)
@@ -187,17 +192,16 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
         let text = profile.to_markdown(&device.hardware()?);
         let path = out.join("profile.md");
         std::fs::write(&path, &text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        println!("{text}(written to {})", path.display());
+        println(&format!("{text}(written to {})", path.display()))?;
     }
-    println!(
+    println(&format!(
         "trained {} steps in {:.1} s: diffusion loss {:.4} → {:.4}; checkpoint in {}",
         summary.steps,
         summary.seconds,
         summary.first_loss,
         summary.last_loss,
         out.join("checkpoint").display()
-    );
-    Ok(())
+    ))
 }
 
 /// The options of `ditmoe sample`.
@@ -262,17 +266,17 @@ pub fn sample(args: &SampleArgs) -> anyhow::Result<()> {
     };
     let images = generate(&model, &config, &labels, &generation)?;
     crate::grid::write_grid(out, &images, classes, &(0..classes).collect::<Vec<_>>())?;
-    println!(
+    println(&format!(
         "wrote {} samples ({} per class, cfg {scale}) to {}",
         labels.len(),
         per_class,
         out.display()
-    );
+    ))?;
     if let Ok(data) = crate::train::open_dataset(&config.data, config.seed) {
         let legend: Vec<String> = (0..classes)
             .map(|c| format!("{c} {}", data.class_name(c)))
             .collect();
-        println!("rows: {}", legend.join(", "));
+        println(&format!("rows: {}", legend.join(", ")))?;
     }
     Ok(())
 }
@@ -301,17 +305,16 @@ pub fn ablate(
             .join(" "),
         device,
     };
-    eprintln!(
+    eprintln(&format!(
         "ablation `{}` into {} on {device} ({} CPU threads)",
         options.preset,
         options.out.display(),
         ditmoe_tensor::parallel::num_threads()
-    );
+    ));
     let report = ablate(&options)?;
-    println!(
+    println(&format!(
         "wrote {} in {:.0} s",
         report.display(),
         began.elapsed().as_secs_f64()
-    );
-    Ok(())
+    ))
 }

@@ -1,6 +1,6 @@
 //! `ditmoe`: the command line of the ditmoe stack.
 
-use ditmoe_experiments::commands;
+use ditmoe_experiments::{commands, console};
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -71,6 +71,7 @@ static ALLOCATOR: ditmoe_tensor::memory::CountingAllocator =
     ditmoe_tensor::memory::CountingAllocator;
 
 fn main() -> ExitCode {
+    console::keep_standard_streams_open();
     ditmoe_tensor::memory::keep_freed_memory();
     let result = match Cli::parse().command {
         Command::Zoo { image_size, json } => commands::zoo(image_size, json),
@@ -90,9 +91,10 @@ fn main() -> ExitCode {
         } => commands::ablate(preset, out, variants, seed, device).map_err(|e| format!("{e:#}")),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) if !console::stderr_failed() => ExitCode::SUCCESS,
+        Ok(()) => ExitCode::FAILURE,
         Err(message) => {
-            eprintln!("error: {message}");
+            console::eprintln(&format!("error: {message}"));
             ExitCode::FAILURE
         }
     }

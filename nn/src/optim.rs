@@ -103,18 +103,40 @@ impl AdamW {
             .collect()
     }
 
-    /// Restores the moments written by [`AdamW::state_dict`] and the step count.
-    pub fn load_state_dict(&mut self, state: &BTreeMap<String, Tensor>, step: u64) -> Result<()> {
+    /// Restores the moments written by [`AdamW::state_dict`] and the step count. Every
+    /// parameter of `params` must have both moments, of its shape, and every moment must
+    /// belong to a parameter: a moment left out would silently restart from zero.
+    pub fn load_state_dict(
+        &mut self,
+        params: &[(String, Var)],
+        state: &BTreeMap<String, Tensor>,
+        step: u64,
+    ) -> Result<()> {
+        let invalid = |problem: String| TensorError::invalid("optimizer state", problem);
         let mut moments = BTreeMap::new();
-        for (key, m) in state.iter().filter(|(k, _)| k.starts_with("m.")) {
-            let name = &key[2..];
-            let v = state.get(&format!("v.{name}")).ok_or_else(|| {
-                TensorError::invalid(
-                    "optimizer state",
-                    format!("`{key}` has no matching `v.{name}`"),
-                )
-            })?;
-            moments.insert(name.to_string(), (m.clone(), v.clone()));
+        for (name, param) in params {
+            let moment = |kind: &str| {
+                let key = format!("{kind}.{name}");
+                let value = state
+                    .get(&key)
+                    .ok_or_else(|| invalid(format!("missing `{key}`")))?;
+                if value.shape() != param.shape() {
+                    return Err(invalid(format!(
+                        "`{key}` has shape {:?}, the parameter {:?}",
+                        value.shape(),
+                        param.shape()
+                    )));
+                }
+                Ok(value.clone())
+            };
+            moments.insert(name.clone(), (moment("m")?, moment("v")?));
+        }
+        let belongs = |key: &str| {
+            let name = key.strip_prefix("m.").or_else(|| key.strip_prefix("v."));
+            name.is_some_and(|name| moments.contains_key(name))
+        };
+        if let Some(extra) = state.keys().find(|key| !belongs(key)) {
+            return Err(invalid(format!("`{extra}` is the moment of no parameter")));
         }
         self.moments = moments;
         self.step = step;
@@ -249,6 +271,37 @@ mod tests {
         let (m, v) = &opt.moments["w"];
         assert!((m.to_vec::<f64>().unwrap()[0] - 3.0 * (1.0 - 0.9f64.powi(2))).abs() < 1e-12);
         assert!((v.to_vec::<f64>().unwrap()[0] - 9.0 * (1.0 - 0.999f64.powi(2))).abs() < 1e-12);
+    }
+
+    #[test]
+    fn loading_moments_refuses_a_missing_or_misshapen_one() {
+        let p = Var::parameter(Tensor::from_vec(vec![1.0f64, -2.0], &[2]).unwrap());
+        p.sum_all().unwrap().backward().unwrap();
+        let params = vec![("w".to_string(), p)];
+        let mut opt = AdamW::new(AdamWConfig::default());
+        opt.step(&params, 0.01, 1.0).unwrap();
+        let state = opt.state_dict();
+        let mut restored = AdamW::new(AdamWConfig::default());
+        restored.load_state_dict(&params, &state, 1).unwrap();
+        assert_eq!(
+            restored.moments["w"].1.to_vec_f64(),
+            opt.moments["w"].1.to_vec_f64()
+        );
+        let load = |state: &BTreeMap<String, Tensor>| {
+            AdamW::new(AdamWConfig::default())
+                .load_state_dict(&params, state, 1)
+                .unwrap_err()
+                .to_string()
+        };
+        let mut missing = state.clone();
+        missing.remove("v.w");
+        assert!(load(&missing).contains("missing `v.w`"));
+        let mut misshapen = state.clone();
+        misshapen.insert("m.w".into(), Tensor::zeros(&[3], DType::F64).unwrap());
+        assert!(load(&misshapen).contains("`m.w` has shape [3], the parameter [2]"));
+        let mut extra = state;
+        extra.insert("m.gone".into(), Tensor::zeros(&[2], DType::F64).unwrap());
+        assert!(load(&extra).contains("`m.gone` is the moment of no parameter"));
     }
 
     #[test]

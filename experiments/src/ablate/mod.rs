@@ -49,7 +49,7 @@ pub struct AblateOptions {
 
 fn say(options: &AblateOptions, message: String) {
     if !options.quiet {
-        eprintln!("{message}");
+        crate::console::eprintln(&message);
     }
 }
 
@@ -155,8 +155,10 @@ fn train_and_evaluate(
         (false, true) => Progress::Bar(label.to_string()),
         (false, false) => Progress::Lines(format!("{label} ")),
     };
+    // A variant with no checkpoint starts over: its metrics, if any, are an interrupted run's.
     let train_options = TrainOptions {
         resume,
+        overwrite: !resume,
         metrics: Some(
             options
                 .out
@@ -200,6 +202,7 @@ pub fn ablate(options: &AblateOptions) -> Result<PathBuf> {
         .select(&options.variants)
         .map_err(anyhow::Error::msg)?;
     let out = &options.out;
+    let _lock = crate::run_lock::RunLock::acquire(out)?;
     for dir in ["runs", "metrics", "samples", "plots"] {
         let path = out.join(dir);
         std::fs::create_dir_all(&path).with_context(|| path.display().to_string())?;

@@ -1,6 +1,9 @@
 //! Real datasets from disk: MNIST / Fashion-MNIST IDX files (raw or gzip) and CIFAR-10 binary
-//! batches. Raw files are memory-mapped and decoded per image; gzip files are inflated once.
-//! Every problem — a missing, truncated or wrong-format file — is an error naming the file.
+//! batches. Files are read whole into memory (MNIST is 47 MB, CIFAR-10 150 MB) and checked up
+//! front — sizes exactly as the headers say, one label per image, every label a class — so a
+//! file changed or truncated later cannot bring the run down (as a memory map would, with
+//! SIGBUS). Every problem is an error naming the file. The parsers take bytes
+//! ([`IdxDataset::parse`], [`Cifar10::parse`]), so they can be fed anything directly.
 
 use super::Dataset;
 use std::io::Read;
@@ -21,39 +24,28 @@ fn error(path: &Path, problem: impl Into<String>) -> DataError {
     }
 }
 
-/// File bytes: memory-mapped when raw, inflated when the name ends in `.gz`.
-enum Bytes {
-    Mapped(memmap2::Mmap),
-    Owned(Vec<u8>),
-}
+/// The classes of MNIST, Fashion-MNIST and CIFAR-10.
+const CLASSES: usize = 10;
 
-impl std::ops::Deref for Bytes {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match self {
-            Bytes::Mapped(m) => m,
-            Bytes::Owned(v) => v,
-        }
-    }
-}
-
-fn open(path: &Path) -> Result<Bytes, DataError> {
+/// The bytes of a file, inflated when its name ends in `.gz`.
+fn read(path: &Path) -> Result<Vec<u8>, DataError> {
     let file = std::fs::File::open(path).map_err(|e| error(path, format!("cannot open: {e}")))?;
+    let mut bytes = Vec::new();
     if path.extension().is_some_and(|e| e == "gz") {
-        let mut bytes = Vec::new();
         flate2::read::GzDecoder::new(file)
             .read_to_end(&mut bytes)
             .map_err(|e| error(path, format!("not a valid gzip file: {e}")))?;
-        return Ok(Bytes::Owned(bytes));
+    } else {
+        std::io::BufReader::new(file)
+            .read_to_end(&mut bytes)
+            .map_err(|e| error(path, format!("cannot read: {e}")))?;
     }
-    // SAFETY: read-only map of a file we do not modify.
-    unsafe { memmap2::Mmap::map(&file) }
-        .map(Bytes::Mapped)
-        .map_err(|e| error(path, format!("cannot map: {e}")))
+    Ok(bytes)
 }
 
 /// Parses an IDX header: magic 0x00000800 | type (0x08 = u8) << 8 | rank, then `rank`
-/// big-endian u32 sizes. Returns the sizes and the header length.
+/// big-endian u32 sizes, then exactly the product of the sizes in bytes. Returns the sizes
+/// and the header length.
 fn idx_header(bytes: &[u8], path: &Path, rank: usize) -> Result<(Vec<usize>, usize), DataError> {
     let header = 4 + 4 * rank;
     if bytes.len() < header {
@@ -73,36 +65,59 @@ fn idx_header(bytes: &[u8], path: &Path, rank: usize) -> Result<(Vec<usize>, usi
     let dims = (0..rank)
         .map(|d| u32::from_be_bytes(bytes[4 + 4 * d..8 + 4 * d].try_into().unwrap()) as usize)
         .collect::<Vec<_>>();
-    let needed = header + dims.iter().product::<usize>();
-    if bytes.len() < needed {
-        return Err(error(
+    let needed = dims
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .and_then(|data| data.checked_add(header));
+    match needed {
+        Some(needed) if needed == bytes.len() => Ok((dims, header)),
+        Some(needed) if needed > bytes.len() => Err(error(
             path,
             format!(
-                "truncated: {} bytes, the header promises {needed}",
+                "truncated: {} bytes, the header ({dims:?}) promises {needed}",
                 bytes.len()
             ),
-        ));
+        )),
+        Some(needed) => Err(error(
+            path,
+            format!(
+                "{} bytes, but the header ({dims:?}) promises {needed}: trailing data",
+                bytes.len()
+            ),
+        )),
+        None => Err(error(
+            path,
+            format!("the header's sizes {dims:?} overflow: not an IDX file"),
+        )),
     }
-    Ok((dims, header))
 }
 
 /// MNIST or Fashion-MNIST: an images file (IDX rank 3) and a labels file (IDX rank 1).
 pub struct IdxDataset {
-    images: Bytes,
-    labels: Bytes,
+    /// The pixels of every image, one after the other (the images file after its header).
+    pixels: Vec<u8>,
+    labels: Vec<u8>,
     count: usize,
     height: usize,
     width: usize,
-    offsets: (usize, usize),
     name: String,
 }
 
 impl IdxDataset {
     pub fn open(images: &Path, labels: &Path) -> Result<Self, DataError> {
-        let image_bytes = open(images)?;
-        let label_bytes = open(labels)?;
-        let (dims, image_offset) = idx_header(&image_bytes, images, 3)?;
-        let (label_dims, label_offset) = idx_header(&label_bytes, labels, 1)?;
+        Self::parse(&read(images)?, images, &read(labels)?, labels)
+    }
+
+    /// The dataset of the bytes of an images file and a labels file (the paths name them in
+    /// errors).
+    pub fn parse(
+        image_bytes: &[u8],
+        images: &Path,
+        label_bytes: &[u8],
+        labels: &Path,
+    ) -> Result<Self, DataError> {
+        let (dims, image_offset) = idx_header(image_bytes, images, 3)?;
+        let (label_dims, label_offset) = idx_header(label_bytes, labels, 1)?;
         if label_dims[0] != dims[0] {
             return Err(error(
                 labels,
@@ -114,21 +129,26 @@ impl IdxDataset {
                 ),
             ));
         }
-        if let Some(bad) = label_bytes[label_offset..label_offset + dims[0]]
-            .iter()
-            .find(|&&l| l > 9)
-        {
-            return Err(error(labels, format!("label {bad} outside 0..=9")));
-        }
+        check_labels(label_bytes[label_offset..].iter().copied(), labels)?;
         Ok(IdxDataset {
             count: dims[0],
             height: dims[1],
             width: dims[2],
-            images: image_bytes,
-            labels: label_bytes,
-            offsets: (image_offset, label_offset),
+            pixels: image_bytes[image_offset..].to_vec(),
+            labels: label_bytes[label_offset..].to_vec(),
             name: images.display().to_string(),
         })
+    }
+}
+
+/// An error naming `path` unless every label is a class.
+fn check_labels(labels: impl Iterator<Item = u8>, path: &Path) -> Result<(), DataError> {
+    match labels.enumerate().find(|&(_, l)| l as usize >= CLASSES) {
+        Some((i, bad)) => Err(error(
+            path,
+            format!("label {bad} of item {i} is outside 0..{CLASSES}"),
+        )),
+        None => Ok(()),
     }
 }
 
@@ -137,7 +157,7 @@ impl Dataset for IdxDataset {
         self.count
     }
     fn num_classes(&self) -> usize {
-        10
+        CLASSES
     }
     fn image_shape(&self) -> (usize, usize, usize) {
         (1, self.height, self.width)
@@ -147,19 +167,19 @@ impl Dataset for IdxDataset {
     }
     fn get(&self, index: usize) -> (Vec<f32>, usize) {
         let size = self.height * self.width;
-        let start = self.offsets.0 + index * size;
-        let pixels = self.images[start..start + size]
+        let start = index * size;
+        let pixels = self.pixels[start..start + size]
             .iter()
             .map(|&p| p as f32 / 127.5 - 1.0)
             .collect();
-        (pixels, self.labels[self.offsets.1 + index] as usize)
+        (pixels, self.labels[index] as usize)
     }
 }
 
 /// CIFAR-10 binary batches: records of 1 label byte + 3072 pixel bytes (R, G, B planes of
 /// 32×32).
 pub struct Cifar10 {
-    files: Vec<Bytes>,
+    files: Vec<Vec<u8>>,
     per_file: Vec<usize>,
 }
 
@@ -167,7 +187,21 @@ const CIFAR_RECORD: usize = 1 + 3 * 32 * 32;
 
 impl Cifar10 {
     pub fn open(paths: &[PathBuf]) -> Result<Self, DataError> {
-        if paths.is_empty() {
+        let batches = paths
+            .iter()
+            .map(|path| read(path))
+            .collect::<Result<Vec<_>, DataError>>()?;
+        let named: Vec<(&[u8], &Path)> = batches
+            .iter()
+            .zip(paths)
+            .map(|(bytes, path)| (bytes.as_slice(), path.as_path()))
+            .collect();
+        Self::parse(&named)
+    }
+
+    /// The dataset of the bytes of batch files (each with the path that names it in errors).
+    pub fn parse(batches: &[(&[u8], &Path)]) -> Result<Self, DataError> {
+        if batches.is_empty() {
             return Err(error(
                 Path::new("<cifar10>"),
                 "no batch files given (expected data_batch_1.bin …)",
@@ -175,19 +209,14 @@ impl Cifar10 {
         }
         let mut files = Vec::new();
         let mut per_file = Vec::new();
-        for path in paths {
-            let bytes = open(path)?;
+        for &(bytes, path) in batches {
             if bytes.is_empty() || bytes.len() % CIFAR_RECORD != 0 {
                 return Err(error(path, format!("{} bytes is not a whole number of {CIFAR_RECORD}-byte CIFAR-10 records (truncated or not a CIFAR-10 batch)", bytes.len())));
             }
-            if let Some(bad) = bytes.chunks(CIFAR_RECORD).map(|r| r[0]).find(|&l| l > 9) {
-                return Err(error(
-                    path,
-                    format!("label {bad} outside 0..=9: not a CIFAR-10 batch"),
-                ));
-            }
+            check_labels(bytes.chunks(CIFAR_RECORD).map(|r| r[0]), path)
+                .map_err(|e| error(path, format!("{}: not a CIFAR-10 batch", e.problem)))?;
             per_file.push(bytes.len() / CIFAR_RECORD);
-            files.push(bytes);
+            files.push(bytes.to_vec());
         }
         Ok(Cifar10 { files, per_file })
     }
@@ -198,7 +227,7 @@ impl Dataset for Cifar10 {
         self.per_file.iter().sum()
     }
     fn num_classes(&self) -> usize {
-        10
+        CLASSES
     }
     fn image_shape(&self) -> (usize, usize, usize) {
         (3, 32, 32)
@@ -290,6 +319,60 @@ mod tests {
             .unwrap()
             .to_string()
             .contains("3 labels for 2 images"));
+    }
+
+    #[test]
+    fn idx_sizes_and_labels_are_checked_up_front() {
+        let (images, labels) = (Path::new("images"), Path::new("labels"));
+        let pixels = idx(3, &[2, 2, 2], &[9; 8]);
+        let parse = |image_bytes: &[u8], label_bytes: &[u8]| {
+            IdxDataset::parse(image_bytes, images, label_bytes, labels)
+                .err()
+                .map(|e| e.to_string())
+        };
+        assert_eq!(parse(&pixels, &idx(1, &[2], &[0, 9])), None);
+        let mut longer = pixels.clone();
+        longer.push(0);
+        let err = parse(&longer, &idx(1, &[2], &[0, 9])).unwrap();
+        assert!(
+            err.starts_with("images: ") && err.contains("trailing"),
+            "{err}"
+        );
+        let err = parse(&pixels, &idx(1, &[2], &[0, 10])).unwrap();
+        assert!(
+            err.starts_with("labels: ") && err.contains("label 10 of item 1"),
+            "{err}"
+        );
+        let huge = idx(3, &[u32::MAX; 3], &[]);
+        let err = parse(&huge, &idx(1, &[2], &[0, 9])).unwrap();
+        assert!(err.contains("overflow"), "{err}");
+    }
+
+    #[test]
+    fn a_file_cut_after_opening_does_not_touch_the_loaded_data() {
+        let d = dir();
+        let pixels: Vec<u8> = (0..4 * 2 * 2).map(|i| i as u8).collect();
+        std::fs::write(d.join("cut-img"), idx(3, &[4, 2, 2], &pixels)).unwrap();
+        std::fs::write(d.join("cut-lbl"), idx(1, &[4], &[1, 2, 3, 4])).unwrap();
+        let data = IdxDataset::open(&d.join("cut-img"), &d.join("cut-lbl")).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(d.join("cut-img"))
+            .unwrap()
+            .set_len(10)
+            .unwrap();
+        assert_eq!(
+            data.get(3),
+            (
+                vec![
+                    12.0 / 127.5 - 1.0,
+                    13.0 / 127.5 - 1.0,
+                    14.0 / 127.5 - 1.0,
+                    15.0 / 127.5 - 1.0
+                ],
+                4
+            )
+        );
     }
 
     #[test]

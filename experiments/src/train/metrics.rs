@@ -48,6 +48,28 @@ pub fn read_metrics(path: &Path) -> Result<Vec<MetricsLine>> {
         .collect()
 }
 
+/// The length of the start of a metrics log that a run resumed after step `start` keeps: its
+/// whole lines up to the last one of a step ≤ `start`.
+fn kept_length(bytes: &[u8], start: u64, path: &Path) -> Result<u64> {
+    let mut kept = 0;
+    for (i, line) in bytes.split_inclusive(|&b| b == b'\n').enumerate() {
+        if !line.ends_with(b"\n") {
+            break; // torn by a kill mid-write
+        }
+        if line.trim_ascii().is_empty() {
+            kept += line.len();
+            continue;
+        }
+        let parsed: MetricsLine = serde_json::from_slice(line)
+            .with_context(|| format!("{} line {}: not a metrics line", path.display(), i + 1))?;
+        if parsed.step > start {
+            break;
+        }
+        kept += line.len();
+    }
+    Ok(kept as u64)
+}
+
 /// Sums of the losses over the steps since the last metrics line.
 struct Window {
     began: Instant,
@@ -78,28 +100,31 @@ pub(super) struct MetricsLog {
 }
 
 impl MetricsLog {
-    /// Opens `path`, emptied for a fresh run; for a run resumed from the checkpoint of step
-    /// `resumed_at`, the lines logged after it are dropped (they will be logged again).
+    /// Opens `path`, emptied for a fresh run. For a run resumed from the checkpoint of step
+    /// `resumed_at`, the file is cut after its last line of a step up to that one — the bytes
+    /// before stay as they are — and the lines after it (logged again by the resumed run) and
+    /// a torn last line (a kill mid-write) go.
     pub(super) fn open(path: PathBuf, resumed_at: Option<u64>, batch_size: usize) -> Result<Self> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).with_context(|| parent.display().to_string())?;
         }
-        if let (Some(start), true) = (resumed_at, path.exists()) {
-            let kept: Vec<String> = read_metrics(&path)?
-                .iter()
-                .filter(|line| line.step <= start)
-                .map(|line| serde_json::to_string(line).expect("metrics serialise") + "\n")
-                .collect();
-            std::fs::write(&path, kept.concat()).with_context(|| path.display().to_string())?;
+        let mut options = std::fs::OpenOptions::new();
+        options.create(true).write(true);
+        let file = match resumed_at {
+            None => options.truncate(true).open(&path),
+            Some(start) => {
+                let keep = match std::fs::read(&path) {
+                    Ok(bytes) => kept_length(&bytes, start, &path)?,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+                    Err(e) => return Err(e).with_context(|| path.display().to_string()),
+                };
+                options
+                    .append(true)
+                    .open(&path)
+                    .and_then(|file| file.set_len(keep).map(|_| file))
+            }
         }
-        let resume = resumed_at.is_some();
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(resume)
-            .write(true)
-            .truncate(!resume)
-            .open(&path)
-            .with_context(|| path.display().to_string())?;
+        .with_context(|| path.display().to_string())?;
         Ok(MetricsLog {
             path,
             file,

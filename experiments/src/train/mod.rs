@@ -8,6 +8,10 @@
 //!
 //! Every random draw of step s comes from an RNG seeded by (seed, s), so a resumed run draws
 //! exactly what an uninterrupted run would have: N steps + resume + N steps = 2N steps.
+//!
+//! A run directory belongs to one run: the process holds its lock ([`crate::run_lock`]) while
+//! it trains, and a fresh run refuses a directory that holds another run's checkpoint or
+//! metrics unless told to continue it (`resume`) or replace it (`overwrite`).
 
 mod checkpoint;
 mod metrics;
@@ -16,6 +20,7 @@ mod read_back;
 mod trainer;
 
 pub use checkpoint::{checkpoint_dir, load_for_sampling, read_state, RunState};
+use checkpoint::{remove_checkpoints, CHECKPOINT_DIRS};
 pub use metrics::{read_metrics, MetricsLine};
 pub use progress::Progress;
 pub use read_back::StepScalars;
@@ -25,8 +30,9 @@ use crate::config::{DataSpec, Objective, TrainConfig};
 use crate::data::files::{Cifar10, IdxDataset};
 use crate::data::shapes::Shapes;
 use crate::data::Dataset;
+use crate::run_lock::RunLock;
 use crate::step_profile::StepProfile;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use ditmoe_diffusion::{GaussianDiffusion, RectifiedFlow, Schedule};
 use ditmoe_nn::DitConfig;
 use ditmoe_tensor::{profile, seeded_rng, Device, SeededRng};
@@ -84,8 +90,13 @@ pub struct TrainSummary {
 /// How to run [`train`].
 #[derive(Debug, Clone)]
 pub struct TrainOptions {
-    /// Continue from the checkpoint in the output directory.
+    /// Continue from the checkpoint in the output directory (to the config's `steps`, which may
+    /// be more than the checkpoint's run planned).
     pub resume: bool,
+    /// Replace a run already in the output directory (its checkpoint and metrics are removed
+    /// when the new run starts its first step); without it or `resume`, such a directory is
+    /// refused.
+    pub overwrite: bool,
     pub progress: Progress,
     /// End after this step, as an interruption would (tests use it).
     pub stop_after: Option<u64>,
@@ -103,6 +114,7 @@ impl TrainOptions {
     pub fn new(progress: Progress) -> Self {
         TrainOptions {
             resume: false,
+            overwrite: false,
             progress,
             stop_after: None,
             metrics: None,
@@ -125,10 +137,12 @@ impl RunClock {
     }
 }
 
-/// Trains per `config`, writing metrics and checkpoints under `out`. With `options.resume`,
-/// continues from the checkpoint there (which must come from the same config).
+/// Trains per `config`, writing metrics and checkpoints under `out`, which it locks for the
+/// run. With `options.resume`, continues from the checkpoint there (which must come from the
+/// same config, but for `steps`).
 pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result<TrainSummary> {
     let model_config = config.model_config().map_err(anyhow::Error::msg)?;
+    let _lock = RunLock::acquire(out)?;
     // The one place the config's objective becomes an `Objective`.
     match config.objective {
         Objective::Ddpm { .. } => {
@@ -151,8 +165,14 @@ fn run<O: ditmoe_diffusion::Objective>(
     out: &Path,
     options: &TrainOptions,
 ) -> Result<TrainSummary> {
+    let metrics_path = options
+        .metrics
+        .clone()
+        .unwrap_or_else(|| out.join("metrics.jsonl"));
+    if !options.resume && !options.overwrite {
+        refuse_to_replace(out, &metrics_path)?;
+    }
     let data = open_training_data(config, &model_config)?;
-    std::fs::create_dir_all(out).with_context(|| out.display().to_string())?;
     let mut trainer = Trainer::new(
         config,
         model_config,
@@ -169,10 +189,10 @@ fn run<O: ditmoe_diffusion::Objective>(
     let start = resumed.as_ref().map_or(0, |state| state.step);
     // Built and restored on the host, then moved.
     trainer.move_to_device()?;
-    let metrics_path = options
-        .metrics
-        .clone()
-        .unwrap_or_else(|| out.join("metrics.jsonl"));
+    if options.overwrite && !options.resume {
+        // The metrics log is emptied as it opens.
+        remove_checkpoints(out)?;
+    }
     let resumed_at = options.resume.then_some(start);
     let mut metrics = MetricsLog::open(metrics_path, resumed_at, config.batch_size)?;
     let progress = ProgressDisplay::new(&options.progress, config.steps, start);
@@ -218,6 +238,27 @@ fn run<O: ditmoe_diffusion::Objective>(
         seconds: clock.began.elapsed().as_secs_f64(),
         profile: step_profile,
     })
+}
+
+/// An error naming `--resume` and `--overwrite` if `out` holds a run (a checkpoint directory,
+/// even a half-written one, or a metrics log), so that a fresh run never silently replaces it.
+fn refuse_to_replace(out: &Path, metrics: &Path) -> Result<()> {
+    let mut found: Vec<String> = CHECKPOINT_DIRS
+        .iter()
+        .filter(|name| out.join(name).exists())
+        .map(|name| format!("{name}/"))
+        .collect();
+    if metrics.exists() {
+        found.push(metrics.display().to_string());
+    }
+    if !found.is_empty() {
+        bail!(
+            "{} already holds a run ({}): pass --resume to continue it or --overwrite to replace it",
+            out.display(),
+            found.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// The dataset of `config`, checked to be non-empty and to fit the model.

@@ -50,10 +50,10 @@ impl ProgressDisplay {
             ProgressDisplay::Bar(bar) => {
                 bar.set_message(format!("loss {loss:.4} · {images_per_s:.0} img/s"))
             }
-            ProgressDisplay::Lines { label, steps } => eprintln!(
+            ProgressDisplay::Lines { label, steps } => crate::console::eprintln(&format!(
                 "{label}step {:>6}/{steps} loss {loss:.4} grad-norm {:.3} lr {:.2e} {images_per_s:.0} img/s",
                 line.step, line.grad_norm, line.lr
-            ),
+            )),
             ProgressDisplay::Quiet => {}
         }
     }

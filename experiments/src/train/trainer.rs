@@ -1,7 +1,9 @@
 //! One training step, in the order of llm.c's loop: batch, objective draw, forward, loss,
 //! backward, one read-back, clip, optimizer, EMA. See [`Trainer::step`].
 
-use super::checkpoint::{checkpoint_dir, restore, save_checkpoint, RunState};
+use super::checkpoint::{
+    check_resumable, checkpoint_dir, read_state, restore, save_checkpoint, RunState,
+};
 use super::read_back::{read_back_step_scalars, StepLosses, StepScalars};
 use super::step_rng;
 use crate::config::TrainConfig;
@@ -120,22 +122,27 @@ impl<O: Objective> Trainer<O> {
         Ok(())
     }
 
+    /// The schedule spans the config's `steps`: a run resumed with more steps follows the
+    /// longer schedule from its checkpoint on (with cosine decay, the rate jumps up there).
     fn learning_rate(&self, step: u64) -> f64 {
         let c = &self.config;
         learning_rate(c.lr, step, c.warmup_steps, c.steps, c.lr_decay)
     }
 
-    /// Loads the checkpoint in the run directory, which must come from the same config.
+    /// Loads the newest complete checkpoint in the run directory, which must come from the
+    /// same config but for `steps` (see [`check_resumable`]).
     pub fn resume(&mut self) -> Result<RunState> {
         let dir = checkpoint_dir(&self.out)
             .ok_or_else(|| anyhow!("--resume: no checkpoint in {}", self.out.display()))?;
-        let state = restore(&dir, &self.model, &mut self.ema, &mut self.optimizer)?;
-        if state.config != self.config {
-            bail!(
-                "--resume: the checkpoint in {} was trained with a different config",
-                dir.display()
-            );
-        }
+        let state = read_state(&dir)?;
+        check_resumable(&state, &self.config, &dir)?;
+        restore(
+            &dir,
+            &self.model,
+            &mut self.ema,
+            &mut self.optimizer,
+            state.step,
+        )?;
         Ok(state)
     }
 
