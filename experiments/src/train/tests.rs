@@ -3,6 +3,8 @@
 use super::*;
 use ditmoe_nn::checkpoint::read_tensors;
 use ditmoe_tensor::compare::max_abs_difference;
+use ditmoe_tensor::Tensor;
+use std::collections::BTreeMap;
 
 /// A model small enough to train a few steps in a test.
 fn tiny_config() -> TrainConfig {
@@ -273,4 +275,284 @@ fn a_dataset_that_does_not_fit_the_model_is_refused() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("/nonexistent/images"), "{err}");
+}
+
+/// The checkpoint tensors of a run directory, file by file.
+fn checkpoint_tensors(dir: &Path) -> Vec<(String, Vec<f64>)> {
+    let files = [
+        "model.safetensors",
+        "ema.safetensors",
+        "optimizer.safetensors",
+    ];
+    files
+        .iter()
+        .flat_map(|file| {
+            read_tensors(checkpoint_dir(dir).unwrap().join(file))
+                .unwrap()
+                .tensors
+                .into_iter()
+                .map(move |(name, t)| (format!("{file}: {name}"), t.to_vec_f64()))
+        })
+        .collect()
+}
+
+/// The metrics lines of a log without their timing fields, which no two runs share.
+fn untimed_metrics(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let mut value: serde_json::Value = serde_json::from_str(line).unwrap();
+            for field in ["images_per_s", "elapsed_s", "peak_heap_mib"] {
+                value.as_object_mut().unwrap().remove(field);
+            }
+            value
+        })
+        .collect()
+}
+
+#[test]
+fn resuming_with_more_steps_extends_the_run_and_keeps_the_logged_bytes() {
+    // Constant learning rate: the schedule does not depend on the planned total, so 4 steps
+    // extended to 8 are 8 steps planned from the start.
+    let mut config = tiny_config();
+    config.lr_decay = ditmoe_nn::optim::LrDecay::Constant;
+    config.steps = 8;
+    let (whole, split) = (temp("extend-whole"), temp("extend-split"));
+    train(&config, &whole, &quiet()).unwrap();
+    let short = TrainConfig {
+        steps: 4,
+        ..config.clone()
+    };
+    train(&short, &split, &quiet()).unwrap();
+    let metrics = split.join("metrics.jsonl");
+    let logged = std::fs::read(&metrics).unwrap();
+    // A kill mid-write leaves a torn line; the resumed run drops it.
+    let mut torn = logged.clone();
+    torn.extend_from_slice(br#"{"step":6,"loss":0.3"#);
+    std::fs::write(&metrics, &torn).unwrap();
+    let summary = train(&config, &split, &resume()).unwrap();
+    assert_eq!(summary.steps, 4);
+    assert_eq!(checkpoint_tensors(&whole), checkpoint_tensors(&split));
+    let after = std::fs::read(&metrics).unwrap();
+    assert_eq!(
+        &after[..logged.len()],
+        &logged[..],
+        "logged bytes untouched"
+    );
+    assert_eq!(
+        untimed_metrics(&metrics),
+        untimed_metrics(&whole.join("metrics.jsonl"))
+    );
+    assert_eq!(
+        read_state(&split.join("checkpoint")).unwrap().config,
+        config
+    );
+    for dir in [whole, split] {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+#[test]
+fn resume_refuses_fewer_steps_and_names_the_field_that_differs() {
+    let config = tiny_config();
+    let dir = temp("fewer");
+    train(&config, &dir, &stop_after(3)).unwrap();
+    let fewer = TrainConfig {
+        steps: 2,
+        ..config.clone()
+    };
+    let err = train(&fewer, &dir, &resume()).unwrap_err().to_string();
+    assert!(
+        err.contains("at step 3") && err.contains("--steps 3 or more"),
+        "{err}"
+    );
+    let mut other = config.clone();
+    let crate::config::ModelSpec::Config(model) = &mut other.model else {
+        unreachable!("the tiny config spells its model out")
+    };
+    model.hidden_size = 32;
+    let err = train(&other, &dir, &resume()).unwrap_err().to_string();
+    assert!(
+        err.contains("`model.hidden_size`: 16 in the checkpoint, 32 now"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_fresh_run_refuses_a_directory_holding_a_run_unless_told_to_overwrite() {
+    let config = tiny_config();
+    let dir = temp("refuse");
+    train(&config, &dir, &stop_after(3)).unwrap();
+    let before = checkpoint_tensors(&dir);
+    let metrics = std::fs::read(dir.join("metrics.jsonl")).unwrap();
+    let err = train(&config, &dir, &stop_after(2))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("--resume") && err.contains("--overwrite"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(dir.join("metrics.jsonl")).unwrap(), metrics);
+    assert_eq!(checkpoint_tensors(&dir), before);
+    let overwrite = TrainOptions {
+        overwrite: true,
+        ..stop_after(2)
+    };
+    train(&config, &dir, &overwrite).unwrap();
+    assert_eq!(read_state(&dir.join("checkpoint")).unwrap().step, 2);
+    let steps: Vec<u64> = read_metrics(&dir.join("metrics.jsonl"))
+        .unwrap()
+        .iter()
+        .map(|line| line.step)
+        .collect();
+    assert_eq!(steps, vec![2]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Copies the files of checkpoint directory `from` to `to`, leaving out `except`.
+fn copy_checkpoint(from: &Path, to: &Path, except: &[&str]) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap();
+        if !except.contains(&name) {
+            std::fs::copy(&path, to.join(name)).unwrap();
+        }
+    }
+}
+
+/// A checkpoint directory set up by hand: its name, the checkpoint copied there, the files
+/// left out.
+type OnDisk<'a> = (&'a str, &'a Path, &'a [&'a str]);
+
+#[test]
+fn resume_finds_the_newest_complete_checkpoint_whatever_a_kill_left() {
+    let config = tiny_config();
+    let (source, at3, at6) = (temp("states"), temp("states-3"), temp("states-6"));
+    train(&config, &source, &stop_after(3)).unwrap();
+    copy_checkpoint(&source.join("checkpoint"), &at3, &[]);
+    train(&config, &source, &resume()).unwrap();
+    copy_checkpoint(&source.join("checkpoint"), &at6, &[]);
+    let run = temp("states-run");
+    let cases: [(&[OnDisk], Option<&str>); 5] = [
+        // Killed while writing checkpoint-new (state.json comes last).
+        (
+            &[
+                ("checkpoint", &at3, &[]),
+                ("checkpoint-new", &at6, &["state.json"]),
+            ],
+            Some("checkpoint"),
+        ),
+        // Killed between the two renames.
+        (
+            &[("checkpoint-old", &at3, &[]), ("checkpoint-new", &at6, &[])],
+            Some("checkpoint-new"),
+        ),
+        // Killed while removing checkpoint-old.
+        (
+            &[
+                ("checkpoint", &at6, &[]),
+                ("checkpoint-old", &at3, &["model.safetensors"]),
+            ],
+            Some("checkpoint"),
+        ),
+        // Killed between the renames, then again while the next save removed checkpoint-old.
+        (
+            &[
+                ("checkpoint-new", &at3, &[]),
+                ("checkpoint-old", &at6, &["state.json", "ema.safetensors"]),
+            ],
+            Some("checkpoint-new"),
+        ),
+        (
+            &[("checkpoint-new", &at6, &["optimizer.safetensors"])],
+            None,
+        ),
+    ];
+    for (on_disk, picked) in cases {
+        let _ = std::fs::remove_dir_all(&run);
+        for (name, from, except) in on_disk {
+            copy_checkpoint(from, &run.join(name), except);
+        }
+        assert_eq!(
+            checkpoint_dir(&run),
+            picked.map(|p| run.join(p)),
+            "{on_disk:?}"
+        );
+    }
+    // The last state with a result: resuming continues from step 3, settles the directory on
+    // one checkpoint and ends where the uninterrupted run did.
+    let _ = std::fs::remove_dir_all(&run);
+    copy_checkpoint(&at3, &run.join("checkpoint-new"), &[]);
+    copy_checkpoint(&at6, &run.join("checkpoint-old"), &["state.json"]);
+    std::fs::copy(source.join("metrics.jsonl"), run.join("metrics.jsonl")).unwrap();
+    assert_eq!(train(&config, &run, &resume()).unwrap().steps, 3);
+    let left: Vec<String> = std::fs::read_dir(&run)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("checkpoint"))
+        .collect();
+    assert_eq!(left, vec!["checkpoint"]);
+    assert_eq!(checkpoint_tensors(&run), checkpoint_tensors(&source));
+    for dir in [source, at3, at6, run] {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+#[test]
+fn a_checkpoint_missing_a_moment_or_with_a_misshapen_ema_is_refused() {
+    use ditmoe_nn::checkpoint::write_tensors;
+    let config = tiny_config();
+    let dir = temp("moments");
+    train(&config, &dir, &stop_after(3)).unwrap();
+    let checkpoint = dir.join("checkpoint");
+    // Rewrites one file of the checkpoint, changed by `edit`; returns the resume error.
+    let resume_after = |file: &str, edit: &dyn Fn(&mut BTreeMap<String, Tensor>) -> String| {
+        let path = checkpoint.join(file);
+        let original = std::fs::read(&path).unwrap();
+        let mut contents = read_tensors(&path).unwrap();
+        let name = edit(&mut contents.tensors);
+        write_tensors(&path, &contents.tensors, contents.metadata).unwrap();
+        let err = format!("{:#}", train(&config, &dir, &resume()).unwrap_err());
+        std::fs::write(&path, original).unwrap();
+        (name, err)
+    };
+    let (name, err) = resume_after("optimizer.safetensors", &|tensors| {
+        let key = tensors
+            .keys()
+            .find(|k| k.starts_with("v.") && !k.contains("experts"))
+            .unwrap()
+            .clone();
+        tensors.remove(&key);
+        key
+    });
+    assert!(
+        err.contains("optimizer.safetensors") && err.contains(&format!("missing `{name}`")),
+        "{err}"
+    );
+    let (name, err) = resume_after("ema.safetensors", &|tensors| {
+        let key = tensors
+            .iter()
+            .find(|(k, t)| k.ends_with(".weight") && t.shape().len() == 2 && !k.contains("experts"))
+            .unwrap()
+            .0
+            .clone();
+        tensors.insert(
+            key.clone(),
+            Tensor::zeros(&[1, 1], ditmoe_tensor::DType::F32).unwrap(),
+        );
+        key
+    });
+    assert!(
+        err.contains("ema.safetensors") && err.contains(&format!("EMA `{name}` has shape [1, 1]")),
+        "{err}"
+    );
+    assert_eq!(
+        train(&config, &dir, &resume()).unwrap().steps,
+        3,
+        "intact again"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
 }
