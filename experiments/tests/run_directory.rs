@@ -1,0 +1,274 @@
+//! The `ditmoe` binary against careless use of run directories and streams: a used `--out`
+//! is refused without `--resume` or `--overwrite`, a run directory in use is refused, a stale
+//! lock is taken over, closed or full stdout and stderr end a command without a panic, and a
+//! truncated dataset file is a clean error.
+
+use ditmoe_experiments::run_lock::RunLock;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ditmoe");
+
+/// A dense model of one block on 8×8 images: a step takes milliseconds.
+fn config(data: &str, channels: usize) -> String {
+    format!(
+        r#"
+        steps = 2
+        batch_size = 2
+        lr = 1e-3
+        checkpoint_every = 1
+        log_every = 1
+        objective = {{ kind = "flow", time_scale = 1000.0 }}
+        data = {data}
+        sample = {{ sampler = {{ kind = "euler" }}, steps = 2, cfg_scale = 1.0 }}
+        [model]
+        input_size = 8
+        patch_size = 4
+        in_channels = {channels}
+        hidden_size = 8
+        depth = 1
+        num_heads = 2
+        num_classes = 10
+        learn_sigma = false
+        "#
+    )
+}
+
+/// A fresh folder for one test with the tiny config in it.
+fn setup(name: &str) -> (PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("ditmoe-rundir-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tiny.toml");
+    let shapes = r#"{ kind = "shapes", size = 8, count = 20 }"#;
+    std::fs::write(&path, config(shapes, 3)).unwrap();
+    (dir, path)
+}
+
+fn ditmoe(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+fn train(config: &Path, out: &Path, more: &[&str]) -> Output {
+    let mut args = vec![
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend(more);
+    ditmoe(&args)
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Every file under `dir` with its bytes.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(snapshot(&path));
+        } else {
+            files.insert(path.clone(), std::fs::read(&path).unwrap());
+        }
+    }
+    files
+}
+
+fn checkpoint_step(run: &Path) -> u64 {
+    let text = std::fs::read_to_string(run.join("checkpoint/state.json")).unwrap();
+    serde_json::from_str::<serde_json::Value>(&text).unwrap()["step"]
+        .as_u64()
+        .unwrap()
+}
+
+#[test]
+fn a_used_directory_needs_resume_or_overwrite_and_resume_extends() {
+    let (dir, config) = setup("used");
+    let run = dir.join("run");
+    assert!(train(&config, &run, &[]).status.success());
+    let before = snapshot(&run);
+    let again = train(&config, &run, &["--steps", "1"]);
+    assert_eq!(again.status.code(), Some(1));
+    let message = stderr(&again);
+    assert!(
+        message.contains("--resume") && message.contains("--overwrite"),
+        "{message}"
+    );
+    assert_eq!(snapshot(&run), before, "the refused run touched nothing");
+
+    let replaced = train(&config, &run, &["--steps", "1", "--overwrite"]);
+    assert!(replaced.status.success(), "{}", stderr(&replaced));
+    assert!(stderr(&replaced).contains("--overwrite: a run there is replaced"));
+    assert_eq!(checkpoint_step(&run), 1);
+
+    let extended = train(&config, &run, &["--steps", "3", "--resume"]);
+    assert!(extended.status.success(), "{}", stderr(&extended));
+    assert!(String::from_utf8_lossy(&extended.stdout).contains("trained 2 steps"));
+    assert_eq!(checkpoint_step(&run), 3);
+    let steps: Vec<u64> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(steps, vec![1, 2, 3]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_directory_in_use_is_refused_and_a_dead_owner_is_taken_over() {
+    let (dir, config) = setup("lock");
+    let run = dir.join("run");
+    let lock = RunLock::acquire(&run).unwrap();
+    let refused = train(&config, &run, &[]);
+    assert_eq!(refused.status.code(), Some(1));
+    let message = stderr(&refused);
+    assert!(
+        message.contains(&run.display().to_string())
+            && message.contains(&format!("process {}", std::process::id())),
+        "{message}"
+    );
+    let ablation = dir.join("ablation");
+    let other_lock = RunLock::acquire(&ablation).unwrap();
+    let refused = ditmoe(&["ablate", "--out", ablation.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(stderr(&refused).contains("in use by another run"));
+    drop((lock, other_lock));
+
+    // pid_max is at most 2^22, so no process has this pid.
+    std::fs::write(run.join(".lock"), "process 4194305 on host gone\n").unwrap();
+    let taken = train(&config, &run, &[]);
+    assert!(taken.status.success(), "{}", stderr(&taken));
+    assert!(stderr(&taken).contains("taking over the lock of process 4194305"));
+    assert!(!run.join(".lock").exists(), "released at the end");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn closed_or_full_output_streams_end_without_a_panic() {
+    let (dir, config) = setup("streams");
+    let run = dir.join("run");
+    let full = || Stdio::from(std::fs::File::create("/dev/full").unwrap());
+    let args = |out: &Path| {
+        let mut args: Vec<String> = ["train", "--config", config.to_str().unwrap(), "--out"]
+            .map(String::from)
+            .to_vec();
+        args.push(out.display().to_string());
+        args
+    };
+    // stdout on a full disk: the run is done and checkpointed, then the summary fails.
+    let output = Command::new(BIN)
+        .args(args(&run))
+        .stdout(full())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let message = stderr(&output);
+    assert!(
+        message.contains("writing to stdout") && !message.contains("panicked"),
+        "{message}"
+    );
+    assert_eq!(checkpoint_step(&run), 2);
+
+    // stderr on a full disk: nothing can be said, but the exit code says it.
+    let output = Command::new(BIN)
+        .args(args(&dir.join("run-stderr-full")))
+        .stderr(full())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(checkpoint_step(&dir.join("run-stderr-full")), 2);
+
+    // stderr closed: the progress lines must not land in a file the run opens.
+    let closed = dir.join("run-stderr-closed");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg("exec \"$0\" \"$@\" 2>&-")
+        .arg(BIN)
+        .args(args(&closed))
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for line in std::fs::read_to_string(closed.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+    {
+        serde_json::from_str::<serde_json::Value>(line).unwrap();
+    }
+
+    // stdout a pipe closed before anything is written (`ditmoe sample … | true`).
+    let grid = dir.join("grid.png");
+    let checkpoint = run.join("checkpoint");
+    let mut child = Command::new(BIN)
+        .args(["sample", "--n", "10", "--checkpoint"])
+        .arg(&checkpoint)
+        .arg("--out")
+        .arg(&grid)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let message = stderr(&output);
+    assert!(
+        output.status.success() && !message.contains("panicked"),
+        "{message}"
+    );
+    assert!(grid.exists());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// An IDX file of unsigned bytes: magic, big-endian sizes, data.
+fn idx(dims: &[u32], data: &[u8]) -> Vec<u8> {
+    let mut bytes = vec![0, 0, 8, dims.len() as u8];
+    dims.iter().for_each(|d| bytes.extend(d.to_be_bytes()));
+    bytes.extend(data);
+    bytes
+}
+
+#[test]
+fn a_truncated_or_mislabelled_dataset_is_a_clean_error() {
+    let (dir, _) = setup("idx");
+    let (images, labels) = (dir.join("images.idx"), dir.join("labels.idx"));
+    let data = format!(
+        r#"{{ kind = "idx", images = "{}", labels = "{}" }}"#,
+        images.display(),
+        labels.display()
+    );
+    let config = dir.join("idx.toml");
+    std::fs::write(&config, self::config(&data, 1)).unwrap();
+    let full = idx(&[4, 8, 8], &[128; 4 * 64]);
+    std::fs::write(&images, &full[..full.len() - 10]).unwrap();
+    std::fs::write(&labels, idx(&[4], &[0, 1, 2, 3])).unwrap();
+    let output = train(&config, &dir.join("run"), &[]);
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{message}");
+    assert!(
+        message.contains(&images.display().to_string()) && message.contains("truncated"),
+        "{message}"
+    );
+    std::fs::write(&images, &full).unwrap();
+    std::fs::write(&labels, idx(&[4], &[0, 1, 12, 3])).unwrap();
+    let output = train(&config, &dir.join("run"), &[]);
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{message}");
+    assert!(
+        message.contains(&labels.display().to_string()) && message.contains("label 12"),
+        "{message}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
