@@ -188,6 +188,13 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
         ..TrainOptions::new(progress)
     };
     let summary = crate::train::train(&config, &out, &options)?;
+    if summary.steps == 0 {
+        return println(&format!(
+            "nothing to do: the checkpoint in {} is at step {} already",
+            out.display(),
+            config.steps
+        ));
+    }
     if let Some(profile) = &summary.profile {
         let text = profile.to_markdown(&device.hardware()?);
         let path = out.join("profile.md");

@@ -2,7 +2,8 @@
 //!
 //! Everything behind the `ditmoe` command line: training configs ([`config`]), data
 //! ([`data`]), the training loop ([`train`]), sample grids ([`grid`]), the statistics the
-//! routing ablation reports ([`analysis`]) and the subcommands ([`commands`]).
+//! routing ablation reports ([`analysis`]), the subcommands ([`commands`]), their terminal
+//! output ([`console`]) and the lock that keeps one process per run directory ([`run_lock`]).
 
 pub mod ablate;
 pub mod analysis;

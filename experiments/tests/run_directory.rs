@@ -124,6 +124,11 @@ fn a_used_directory_needs_resume_or_overwrite_and_resume_extends() {
         })
         .collect();
     assert_eq!(steps, vec![1, 2, 3]);
+    let done = train(&config, &run, &["--steps", "3", "--resume"]);
+    assert!(String::from_utf8_lossy(&done.stdout).contains("nothing to do"));
+    let fewer = train(&config, &run, &["--steps", "2", "--resume"]);
+    assert_eq!(fewer.status.code(), Some(1));
+    assert!(stderr(&fewer).contains("--steps 3 or more"));
     std::fs::remove_dir_all(dir).unwrap();
 }
 
