@@ -55,8 +55,7 @@ impl RunLock {
             let previous = owner_of(&mut file);
             if !previous.is_empty() {
                 crate::console::eprintln(&format!(
-                    "note: taking over the lock of {} in {}: that process is gone",
-                    previous,
+                    "note: {}: taking over the lock of a run that is gone ({previous})",
                     dir.display()
                 ));
             }

@@ -156,7 +156,7 @@ fn a_directory_in_use_is_refused_and_a_dead_owner_is_taken_over() {
     std::fs::write(run.join(".lock"), "process 4194305 on host gone\n").unwrap();
     let taken = train(&config, &run, &[]);
     assert!(taken.status.success(), "{}", stderr(&taken));
-    assert!(stderr(&taken).contains("taking over the lock of process 4194305"));
+    assert!(stderr(&taken).contains("taking over the lock of a run that is gone (process 4194305"));
     assert!(!run.join(".lock").exists(), "released at the end");
     std::fs::remove_dir_all(dir).unwrap();
 }

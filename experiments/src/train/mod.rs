@@ -253,7 +253,7 @@ fn refuse_to_replace(out: &Path, metrics: &Path) -> Result<()> {
     }
     if !found.is_empty() {
         bail!(
-            "{} already holds a run ({}): pass --resume to continue it or --overwrite to replace it",
+            "the output directory {} already holds a run ({}): pass --resume to continue it or --overwrite to replace it",
             out.display(),
             found.join(", ")
         );
