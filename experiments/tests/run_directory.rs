@@ -90,6 +90,19 @@ fn checkpoint_step(run: &Path) -> u64 {
         .unwrap()
 }
 
+/// The steps of the lines of a run's metrics log.
+fn logged_steps(run: &Path) -> Vec<u64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
+
 #[test]
 fn a_used_directory_needs_resume_or_overwrite_and_resume_extends() {
     let (dir, config) = setup("used");
@@ -114,16 +127,7 @@ fn a_used_directory_needs_resume_or_overwrite_and_resume_extends() {
     assert!(extended.status.success(), "{}", stderr(&extended));
     assert!(String::from_utf8_lossy(&extended.stdout).contains("trained 2 steps"));
     assert_eq!(checkpoint_step(&run), 3);
-    let steps: Vec<u64> = std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
-    assert_eq!(steps, vec![1, 2, 3]);
+    assert_eq!(logged_steps(&run), vec![1, 2, 3]);
     let done = train(&config, &run, &["--steps", "3", "--resume"]);
     assert!(String::from_utf8_lossy(&done.stdout).contains("nothing to do"));
     let fewer = train(&config, &run, &["--steps", "2", "--resume"]);
@@ -234,6 +238,55 @@ fn closed_or_full_output_streams_end_without_a_panic() {
         "{message}"
     );
     assert!(grid.exists());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_second_run_is_refused_while_the_first_trains_and_a_killed_run_resumes() {
+    let (dir, config) = setup("killed");
+    let run = dir.join("run");
+    let mut first = Command::new(BIN)
+        .args(["train", "--steps", "100000", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&run)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Until the first run has checkpointed a few times.
+    let began = std::time::Instant::now();
+    while !run.join("metrics.jsonl").exists()
+        || std::fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .count()
+            < 5
+    {
+        assert!(began.elapsed().as_secs() < 60, "the first run never logged");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let second = train(&config, &run, &["--steps", "100000", "--resume"]);
+    assert_eq!(second.status.code(), Some(1));
+    assert!(
+        stderr(&second).contains(&format!("process {}", first.id())),
+        "{}",
+        stderr(&second)
+    );
+    first.kill().unwrap();
+    first.wait().unwrap();
+    // Killed anywhere in its loop, even mid-save: a complete checkpoint is there.
+    let checkpoint = ditmoe_experiments::train::checkpoint_dir(&run).expect("a checkpoint");
+    let step = ditmoe_experiments::train::read_state(&checkpoint)
+        .unwrap()
+        .step;
+    let until = (step + 2).to_string();
+    let resumed = train(&config, &run, &["--steps", &until, "--resume"]);
+    let message = stderr(&resumed);
+    assert!(resumed.status.success(), "{message}");
+    assert!(message.contains("taking over the lock"), "{message}");
+    assert_eq!(checkpoint_step(&run), step + 2);
+    assert_eq!(logged_steps(&run), (1..=step + 2).collect::<Vec<_>>());
     std::fs::remove_dir_all(dir).unwrap();
 }
 
