@@ -1,7 +1,7 @@
 //! The `ditmoe` binary against careless use of run directories and streams: a used `--out`
-//! is refused without `--resume` or `--overwrite`, a run directory in use is refused, a stale
-//! lock is taken over, closed or full stdout and stderr end a command without a panic, and a
-//! truncated dataset file is a clean error.
+//! is refused without `--resume` or `--overwrite`, a run directory in use is refused, a run
+//! killed mid-way resumes (taking over its stale lock), closed or full stdout and stderr end a
+//! command without a panic, and a truncated dataset file is a clean error.
 
 use ditmoe_experiments::run_lock::RunLock;
 use std::collections::BTreeMap;
