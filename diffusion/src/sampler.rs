@@ -21,7 +21,7 @@ impl<F: Fn(&Tensor, &Tensor) -> Result<Tensor>> Denoiser for F {
 
 /// Which sampler to run.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SamplerKind {
     /// Ancestral DDPM on a respaced schedule; learned variance when the model has it,
     /// the posterior variance β̃ otherwise.
