@@ -362,7 +362,7 @@ pub fn sample(args: &SampleArgs) -> anyhow::Result<()> {
     let scale = cfg.unwrap_or(config.sample.cfg_scale);
     let generation = Generation {
         sampler: sampler.unwrap_or(config.sampler()),
-        steps: steps.unwrap_or(config.sample.steps),
+        steps: steps.unwrap_or(config.sample_steps()),
         cfg_scale: scale,
         seed: *seed,
         device: *device,

@@ -157,13 +157,15 @@ impl DataSpec {
 }
 
 /// Sampling settings used after training and by `ditmoe sample` by default; each may be left
-/// out (the sampler then follows the objective: euler for flow, DDIM for DDPM).
+/// out: the sampler then follows the objective (euler for flow, DDIM for DDPM) and the steps
+/// are 50 (or the DDPM steps, if fewer).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SampleSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sampler: Option<SamplerKind>,
-    pub steps: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<usize>,
     pub cfg_scale: f64,
 }
 
@@ -171,7 +173,7 @@ impl Default for SampleSpec {
     fn default() -> Self {
         SampleSpec {
             sampler: None,
-            steps: 50,
+            steps: None,
             cfg_scale: 4.0,
         }
     }
@@ -304,6 +306,13 @@ impl TrainConfig {
         })
     }
 
+    /// The sampler steps of the `[sample]` table, or 50 (at most the DDPM steps).
+    pub fn sample_steps(&self) -> usize {
+        self.sample
+            .steps
+            .unwrap_or(50.min(self.objective.max_sample_steps()))
+    }
+
     /// Every check that can fail before work starts, with the bad field named by its path in
     /// a training config file.
     pub fn validate(&self) -> Result<(), String> {
@@ -334,7 +343,7 @@ impl TrainConfig {
             .positive_count(self.log_every, u64::MAX)?;
         let sample = at.at("sample");
         self.check_sampler(self.sampler(), &sample.at("sampler"))?;
-        self.check_sample_steps(self.sample.steps, &sample.at("steps"))?;
+        self.check_sample_steps(self.sample_steps(), &sample.at("steps"))?;
         check_cfg_scale(self.sample.cfg_scale, &sample.at("cfg_scale"))
     }
 
@@ -440,5 +449,144 @@ mod tests {
         assert!(TrainConfig::from_toml(&ec, "custom")
             .unwrap_err()
             .contains("capacity factor > 0"));
+    }
+
+    const MINI: &str = r#"
+        steps = 10
+        batch_size = 2
+        lr = 1e-3
+        objective = { kind = "flow" }
+        data = { kind = "shapes", size = 8 }
+        [model]
+        input_size = 8
+        patch_size = 2
+        in_channels = 3
+        hidden_size = 16
+        depth = 1
+        num_heads = 2
+        num_classes = 10
+    "#;
+
+    #[test]
+    fn the_sampler_follows_the_objective_unless_given() {
+        let flow = TrainConfig::from_toml(MINI, "mini").unwrap();
+        assert_eq!(flow.sample.sampler, None);
+        assert_eq!(flow.sampler(), SamplerKind::Euler);
+        let ddpm = MINI.replace("kind = \"flow\"", "kind = \"ddpm\"");
+        let ddpm = TrainConfig::from_toml(&ddpm, "mini").unwrap();
+        assert_eq!(ddpm.sampler(), SamplerKind::Ddim { eta: 0.0 });
+        let partial =
+            TrainConfig::from_toml(&format!("{MINI}\n[sample]\nsteps = 7"), "mini").unwrap();
+        assert_eq!(
+            (partial.sampler(), partial.sample_steps()),
+            (SamplerKind::Euler, 7)
+        );
+        assert_eq!(flow.sample_steps(), 50);
+        for (name, _) in PRESETS {
+            let preset = TrainConfig::preset(name).unwrap();
+            assert_eq!(preset.sample.sampler, Some(SamplerKind::Euler), "{name}");
+        }
+        // A config serialised with a full sample table (as state.json files were) reads back.
+        let mut json: serde_json::Value = serde_json::to_value(&flow).unwrap();
+        json["sample"]["sampler"] = serde_json::json!({ "kind": "euler" });
+        let old: TrainConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(old.sample.sampler, Some(SamplerKind::Euler));
+        let round_trip: TrainConfig =
+            serde_json::from_str(&serde_json::to_string(&flow).unwrap()).unwrap();
+        assert_eq!(round_trip, flow);
+    }
+
+    #[test]
+    fn every_error_names_the_field_path() {
+        let bad = |from: &str, to: &str| {
+            assert!(MINI.contains(from), "{from}");
+            TrainConfig::from_toml(&MINI.replacen(from, to, 1), "mini").unwrap_err()
+        };
+        let cases = [
+            (
+                "hidden_size = 16",
+                "hidden_sise = 16",
+                "unknown field `hidden_sise`",
+            ),
+            ("hidden_size = 16", "", "missing field `hidden_size`"),
+            (
+                "kind = \"flow\"",
+                "kind = \"flow\", time_scale = 0.0",
+                "mini: objective.time_scale: expected time_scale > 0 and finite, found 0",
+            ),
+            (
+                "kind = \"flow\"",
+                "kind = \"ddpm\", steps = 20",
+                "mini: objective.steps: expected 21 <= steps <= 100000, found 20",
+            ),
+            (
+                "lr = 1e-3",
+                "lr = nan",
+                "mini: lr: expected lr > 0 and finite, found NaN",
+            ),
+            (
+                "steps = 10",
+                "steps = 10\nwarmup_steps = 2000000000",
+                "mini: warmup_steps: expected warmup_steps <= 1000000000",
+            ),
+            (
+                "steps = 10",
+                "steps = 10\ncheckpoint_every = 0",
+                "mini: checkpoint_every: expected checkpoint_every > 0, found 0",
+            ),
+            (
+                "size = 8",
+                "size = 8, count = 5000000000000",
+                "mini: data.count: expected count <= 4294967296",
+            ),
+            (
+                "num_classes = 10",
+                "num_classes = 10\nclass_dropout_prob = 1.0",
+                "mini: model.class_dropout_prob: expected 0 <= class_dropout_prob < 1, found 1",
+            ),
+        ];
+        for (from, to, expected) in cases {
+            let err = bad(from, to);
+            assert!(err.contains(expected), "{err}");
+        }
+        // The cosine schedule has no lower bound on its steps beyond 1.
+        let cosine = MINI.replace(
+            "kind = \"flow\"",
+            "kind = \"ddpm\", steps = 1, schedule = \"cosine\"",
+        );
+        assert_eq!(
+            TrainConfig::from_toml(&cosine, "mini")
+                .unwrap()
+                .sample_steps(),
+            1
+        );
+        let cifar = MINI.replace(
+            "{ kind = \"shapes\", size = 8 }",
+            "{ kind = \"cifar10\", files = [] }",
+        );
+        let err = TrainConfig::from_toml(&cifar, "mini").unwrap_err();
+        assert!(
+            err.contains("data.files: expected at least one file, found none"),
+            "{err}"
+        );
+        let err = TrainConfig::preset("tiny-moe").map(|mut c| {
+            c.batch_size = 1 << 20;
+            c.validate().unwrap_err()
+        });
+        assert!(err
+            .unwrap()
+            .starts_with("batch_size: expected batch_size <= 65536"));
+    }
+
+    #[test]
+    fn training_memory_is_checked_against_the_given_limit() {
+        let config = TrainConfig::preset("tiny-moe").unwrap();
+        config.check_training_memory(Some(1e12)).unwrap();
+        config.check_training_memory(None).unwrap();
+        let err = config.check_training_memory(Some(1e6)).unwrap_err();
+        assert!(
+            err.starts_with("model + training state (batch 32) need an estimated"),
+            "{err}"
+        );
     }
 }
