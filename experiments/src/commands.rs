@@ -23,7 +23,11 @@ pub fn zoo(image_size: usize, json: bool) -> Result<(), String> {
     let rows = preset_names()
         .into_iter()
         .map(|name| {
-            let cost = model_cost(&preset(&name, image_size)?);
+            let config = preset(&name, image_size)?;
+            config
+                .validate()
+                .map_err(|e| format!("--image-size {image_size}: preset {name}: {e}"))?;
+            let cost = model_cost(&config);
             Ok(ZooRow {
                 name,
                 params_total: cost.params_total,

@@ -533,6 +533,16 @@ fn bad_sample_flags_are_refused_before_loading() {
     }
 }
 
+#[test]
+fn zoo_refuses_an_image_size_no_preset_can_take() {
+    for size in ["0", "2147483648"] {
+        assert_refused(
+            &ditmoe(&["zoo", "--image-size", size]),
+            &["--image-size", "model.input_size"],
+        );
+    }
+}
+
 fn fixture(model: &str, file: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../nn/tests/fixtures")
