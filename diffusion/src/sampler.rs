@@ -21,7 +21,7 @@ impl<F: Fn(&Tensor, &Tensor) -> Result<Tensor>> Denoiser for F {
 
 /// Which sampler to run.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "snake_case", from = "SamplerTable")]
 pub enum SamplerKind {
     /// Ancestral DDPM on a respaced schedule; learned variance when the model has it,
     /// the posterior variance β̃ otherwise.
@@ -30,6 +30,27 @@ pub enum SamplerKind {
     Ddim { eta: f64 },
     /// Euler steps of dz/dt = v from t = 1 to 0 (rectified flow models).
     Euler,
+}
+
+/// [`SamplerKind`] as a config writes it, the knob-less samplers as empty tables so that an
+/// unknown key (`{ kind = "euler", eta = 0.0 }`) is refused: serde lets any key through on a
+/// unit variant of an internally tagged enum.
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+enum SamplerTable {
+    Ddpm {},
+    Ddim { eta: f64 },
+    Euler {},
+}
+
+impl From<SamplerTable> for SamplerKind {
+    fn from(table: SamplerTable) -> Self {
+        match table {
+            SamplerTable::Ddpm {} => SamplerKind::Ddpm,
+            SamplerTable::Ddim { eta } => SamplerKind::Ddim { eta },
+            SamplerTable::Euler {} => SamplerKind::Euler,
+        }
+    }
 }
 
 /// Options shared by the samplers.

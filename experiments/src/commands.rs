@@ -2,11 +2,11 @@
 
 use crate::console::{eprintln, print, println};
 use ditmoe_autograd::Var;
-use ditmoe_nn::accounting::model_cost;
-use ditmoe_nn::checkpoint::{load_model, read_tensors, write_tensors};
+use ditmoe_nn::accounting::{check_memory, machine_memory, memory_estimate, model_cost, Workload};
+use ditmoe_nn::checkpoint::{load_model_within, read_tensors, write_tensors};
 use ditmoe_nn::presets::{preset, preset_names};
-use ditmoe_nn::ForwardOptions;
-use ditmoe_tensor::DType;
+use ditmoe_nn::{DitConfig, ForwardOptions};
+use ditmoe_tensor::{DType, Tensor};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -24,7 +24,11 @@ pub fn zoo(image_size: usize, json: bool) -> Result<(), String> {
     let rows = preset_names()
         .into_iter()
         .map(|name| {
-            let cost = model_cost(&preset(&name, image_size)?);
+            let config = preset(&name, image_size)?;
+            config
+                .validate()
+                .map_err(|e| format!("--image-size {image_size}: preset {name}: {e}"))?;
+            let cost = model_cost(&config);
             Ok(ZooRow {
                 name,
                 params_total: cost.params_total,
@@ -51,10 +55,25 @@ pub fn zoo(image_size: usize, json: bool) -> Result<(), String> {
     print(&table).map_err(|e| e.to_string())
 }
 
+/// The memory a run must fit in: this machine's, unless `--ignore-memory-limit` (`ignore`).
+fn memory_limit(ignore: bool) -> Option<f64> {
+    if ignore {
+        None
+    } else {
+        machine_memory()
+    }
+}
+
 /// Loads a checkpoint, runs it on `inputs` in evaluation mode, writes `out` and the router
 /// probabilities of every MoE block.
-pub fn forward(checkpoint: &Path, inputs: &Path, out: &Path) -> Result<(), String> {
-    let model = load_model(checkpoint).map_err(|e| e.to_string())?;
+pub fn forward(
+    checkpoint: &Path,
+    inputs: &Path,
+    out: &Path,
+    ignore_memory_limit: bool,
+) -> Result<(), String> {
+    let memory = memory_limit(ignore_memory_limit);
+    let model = load_model_within(checkpoint, memory).map_err(|e| e.to_string())?;
     let tensors = read_tensors(inputs).map_err(|e| e.to_string())?.tensors;
     let get = |name: &str, dtype: DType| {
         let t = tensors
@@ -68,6 +87,12 @@ pub fn forward(checkpoint: &Path, inputs: &Path, out: &Path) -> Result<(), Strin
         get("t", DType::F32)?,
         get("y", DType::I64)?,
     );
+    check_forward_inputs(&model.config, &x, &t, &y)
+        .map_err(|e| format!("{}: {e}", inputs.display()))?;
+    let images = x.shape()[0];
+    let estimate = memory_estimate(&model.config, Workload::Inference { batch: images });
+    let what = format!("model + activations for {images} images");
+    check_memory(&estimate, &what, memory)?;
     let result = ditmoe_autograd::no_grad(|| {
         model.forward(
             &Var::constant(x),
@@ -96,6 +121,54 @@ pub fn forward(checkpoint: &Path, inputs: &Path, out: &Path) -> Result<(), Strin
         out.display()
     ))
     .map_err(|e| e.to_string())
+}
+
+/// Checks `forward`'s inputs against the model: `x` `[N, C, H, W]`, `t` `[N]` finite, `y` `[N]`
+/// labels in `0..num_classes` (`num_classes` itself, the null label, where the model has it).
+fn check_forward_inputs(
+    config: &DitConfig,
+    x: &Tensor,
+    t: &Tensor,
+    y: &Tensor,
+) -> Result<(), String> {
+    let side = config.input_size;
+    let n = x.shape().first().copied().unwrap_or(0);
+    let shapes = [
+        ("x", x, vec![n, config.in_channels, side, side]),
+        ("t", t, vec![n]),
+        ("y", y, vec![n]),
+    ];
+    for (name, tensor, expected) in shapes {
+        if tensor.shape() != expected.as_slice() || n == 0 {
+            return Err(format!(
+                "input `{name}`: expected shape {expected:?} with N >= 1 (the model takes {} channels of {side}×{side}), found {:?}",
+                config.in_channels,
+                tensor.shape()
+            ));
+        }
+    }
+    if let Some(bad) = t.to_vec_f64().iter().find(|v| !v.is_finite()) {
+        return Err(format!("input `t`: expected finite timesteps, found {bad}"));
+    }
+    let null = usize::from(config.class_dropout_prob > 0.0);
+    let labels = config.num_classes + null;
+    let values = y.values::<i64>().map_err(|e| format!("input `y`: {e}"))?;
+    if let Some((i, label)) = values
+        .iter()
+        .enumerate()
+        .find(|(_, &l)| !(0..labels as i64).contains(&l))
+    {
+        let null_note = if null == 1 {
+            format!(", {} being the null label of guidance", config.num_classes)
+        } else {
+            String::new()
+        };
+        return Err(format!(
+            "input `y` is out of range: expected labels in 0..={}{null_note}, found {label} at index {i}",
+            labels - 1
+        ));
+    }
+    Ok(())
 }
 
 /// The options of `ditmoe train`.
@@ -127,6 +200,9 @@ pub struct TrainArgs {
     /// and backward) and write it to OUT/profile.md; profiled steps run slower.
     #[arg(long)]
     pub profile: bool,
+    /// Run even when the model and training state are estimated not to fit in memory.
+    #[arg(long)]
+    pub ignore_memory_limit: bool,
 }
 
 /// `ditmoe train`: trains from a config file or preset and prints a summary.
@@ -157,6 +233,9 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
         config.seed = seed;
     }
     config.validate().map_err(anyhow::Error::msg)?;
+    config
+        .check_training_memory(memory_limit(args.ignore_memory_limit))
+        .map_err(anyhow::Error::msg)?;
     let out = args
         .out
         .clone()
@@ -235,10 +314,15 @@ pub struct SampleArgs {
     /// cpu, cuda or cuda:N: where the model runs.
     #[arg(long, default_value = "cpu")]
     pub device: ditmoe_tensor::Device,
+    /// Run even when the model and the samples are estimated not to fit in memory.
+    #[arg(long)]
+    pub ignore_memory_limit: bool,
 }
 
-/// `ditmoe sample`: a grid of class-conditional samples from a checkpoint directory.
+/// `ditmoe sample`: a grid of class-conditional samples from a checkpoint directory. Every
+/// flag is checked, and the memory the samples need estimated, before the weights are loaded.
 pub fn sample(args: &SampleArgs) -> anyhow::Result<()> {
+    use crate::config::{check_cfg_scale, limits};
     use crate::generate::{generate, sample_labels, Generation};
     use ditmoe_diffusion::SamplerKind;
     let SampleArgs {
@@ -250,23 +334,50 @@ pub fn sample(args: &SampleArgs) -> anyhow::Result<()> {
         out,
         seed,
         device,
+        ignore_memory_limit,
     } = args;
-    device.ensure_available()?;
-    let (model, config) = crate::train::load_for_sampling(checkpoint)?;
+    let flag = |name: &str| ditmoe_nn::Field::root(name);
+    let message = anyhow::Error::msg;
+    flag("--n")
+        .positive_count(*n, limits::SAMPLES)
+        .map_err(message)?;
     let sampler = match sampler.as_deref() {
-        None => config.sample.sampler,
-        Some("ddpm") => SamplerKind::Ddpm,
-        Some("ddim") => SamplerKind::Ddim { eta: 0.0 },
-        Some("euler") => SamplerKind::Euler,
+        None => None,
+        Some("ddpm") => Some(SamplerKind::Ddpm),
+        Some("ddim") => Some(SamplerKind::Ddim { eta: 0.0 }),
+        Some("euler") => Some(SamplerKind::Euler),
         Some(other) => anyhow::bail!("unknown sampler `{other}` (expected ddpm, ddim or euler)"),
     };
-    let classes = model.config.num_classes;
+    let config = crate::train::read_state(checkpoint)?.config;
+    if let Some(sampler) = sampler {
+        config
+            .check_sampler(sampler, &flag("--sampler"))
+            .map_err(message)?;
+    }
+    if let Some(steps) = steps {
+        config
+            .check_sample_steps(*steps, &flag("--steps"))
+            .map_err(message)?;
+    }
+    if let Some(cfg) = cfg {
+        check_cfg_scale(*cfg, &flag("--cfg")).map_err(message)?;
+    }
+    let model_config = config.model_config().map_err(message)?;
+    let classes = model_config.num_classes;
     let per_class = n.div_ceil(classes).max(1);
     let labels = sample_labels(classes, per_class);
+    // Guidance runs the model on each image with and without its label.
+    let images = 2 * labels.len();
+    let estimate = memory_estimate(&model_config, Workload::Inference { batch: images });
+    let what = format!("model + activations for {} images", labels.len());
+    let memory = memory_limit(*ignore_memory_limit);
+    check_memory(&estimate, &what, memory).map_err(message)?;
+    device.ensure_available()?;
+    let (model, config) = crate::train::load_for_sampling_within(checkpoint, memory)?;
     let scale = cfg.unwrap_or(config.sample.cfg_scale);
     let generation = Generation {
-        sampler,
-        steps: steps.unwrap_or(config.sample.steps),
+        sampler: sampler.unwrap_or(config.sampler()),
+        steps: steps.unwrap_or(config.sample_steps()),
         cfg_scale: scale,
         seed: *seed,
         device: *device,
@@ -295,8 +406,16 @@ pub fn ablate(
     variants: Vec<String>,
     seed: Option<u64>,
     device: ditmoe_tensor::Device,
+    ignore_memory_limit: bool,
 ) -> anyhow::Result<()> {
+    use crate::ablate::plan::AblationPreset;
     use crate::ablate::{ablate, AblateOptions};
+    let plan = AblationPreset::load(&preset).map_err(anyhow::Error::msg)?;
+    plan.check_memory(
+        &plan.select(&variants).map_err(anyhow::Error::msg)?,
+        memory_limit(ignore_memory_limit),
+    )
+    .map_err(anyhow::Error::msg)?;
     device.ensure_available()?;
     let began = std::time::Instant::now();
     let options = AblateOptions {

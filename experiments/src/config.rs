@@ -2,22 +2,49 @@
 //! (compiled in, so `--preset NAME` works from anywhere); copy one to start your own.
 
 use ditmoe_diffusion::{BetaSchedule, SamplerKind};
+use ditmoe_nn::accounting::{check_memory, memory_estimate, Workload};
 use ditmoe_nn::optim::{AdamWConfig, LrDecay};
 use ditmoe_nn::presets::preset;
-use ditmoe_nn::DitConfig;
-use serde::{Deserialize, Serialize};
+use ditmoe_nn::{DitConfig, Field};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// The model: a preset name or a full configuration table.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum ModelSpec {
     Preset(String),
     Config(DitConfig),
 }
 
+/// A string is a preset name, a table is read as a `DitConfig` directly, so that its errors
+/// (an unknown or missing field, a bad routing `kind`) name the field — an untagged enum would
+/// only say that no variant matched.
+impl<'de> Deserialize<'de> for ModelSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SpecVisitor;
+        impl<'de> serde::de::Visitor<'de> for SpecVisitor {
+            type Value = ModelSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a model preset name or a [model] table")
+            }
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<ModelSpec, E> {
+                Ok(ModelSpec::Preset(name.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<ModelSpec, A::Error> {
+                DitConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(ModelSpec::Config)
+            }
+        }
+        deserializer.deserialize_any(SpecVisitor)
+    }
+}
+
 /// Which diffusion objective trains the model.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Objective {
     /// DDPM ε-prediction (+ DiT's learned-variance bound when the model has `learn_sigma`).
     Ddpm {
@@ -40,9 +67,40 @@ fn default_time_scale() -> f64 {
     1.0
 }
 
+impl Objective {
+    /// Checks the objective's knobs; messages name the field under `at`.
+    pub fn validate_at(&self, at: &Field) -> Result<(), String> {
+        match *self {
+            // The linear schedule's last β is 0.02·1000/steps, which must stay below 1.
+            Objective::Ddpm { steps, schedule } => {
+                let fewest = match schedule {
+                    BetaSchedule::Linear => 21,
+                    BetaSchedule::Cosine => 1,
+                };
+                at.at("steps")
+                    .count_in(steps, fewest, limits::DIFFUSION_STEPS)
+            }
+            Objective::Flow { time_scale } => {
+                let at = at.at("time_scale");
+                at.positive(time_scale)?;
+                at.at_most(time_scale, limits::TIME_SCALE)
+            }
+        }
+    }
+
+    /// The most sampler steps that mean something: the diffusion steps of DDPM (respacing
+    /// cannot go finer), [`limits::FLOW_SAMPLE_STEPS`] Euler steps of a flow.
+    pub fn max_sample_steps(&self) -> usize {
+        match *self {
+            Objective::Ddpm { steps, .. } => steps,
+            Objective::Flow { .. } => limits::FLOW_SAMPLE_STEPS,
+        }
+    }
+}
+
 /// The training data.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum DataSpec {
     /// The built-in `shapes10` dataset.
     Shapes {
@@ -64,22 +122,76 @@ fn default_count() -> usize {
     50_000
 }
 
-/// Sampling settings used after training and by `ditmoe sample` by default.
+impl DataSpec {
+    /// Checks sizes and paths and that `shapes` images fit `model`; messages name the field
+    /// under `at`.
+    pub fn validate_at(&self, at: &Field, model: &DitConfig) -> Result<(), String> {
+        let named = |field: &str, path: &str| {
+            at.at(field)
+                .require(!path.is_empty(), "a file path", "an empty string")
+        };
+        match self {
+            DataSpec::Shapes { size, count } => {
+                at.at("size").count_in(*size, 4, limits::SHAPES_SIZE)?;
+                at.at("count")
+                    .positive_count(*count, limits::SHAPES_COUNT)?;
+                if *size != model.input_size || model.in_channels != 3 {
+                    return Err(at.at("size").invalid(format!("the shapes dataset gives 3×{size}×{size} images but the model expects {}×{}×{}", model.in_channels, model.input_size, model.input_size)));
+                }
+                Ok(())
+            }
+            DataSpec::Idx { images, labels } => {
+                named("images", images)?;
+                named("labels", labels)
+            }
+            DataSpec::Cifar10 { files } => {
+                at.at("files")
+                    .require(!files.is_empty(), "at least one file", "none")?;
+                files
+                    .iter()
+                    .enumerate()
+                    .try_for_each(|(i, f)| named(&format!("files[{i}]"), f))
+            }
+        }
+    }
+}
+
+/// Sampling settings used after training and by `ditmoe sample` by default; each may be left
+/// out: the sampler then follows the objective (euler for flow, DDIM for DDPM) and the steps
+/// are 50 (or the DDPM steps, if fewer).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SampleSpec {
-    pub sampler: SamplerKind,
-    pub steps: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sampler: Option<SamplerKind>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<usize>,
     pub cfg_scale: f64,
 }
 
 impl Default for SampleSpec {
     fn default() -> Self {
         SampleSpec {
-            sampler: SamplerKind::Ddim { eta: 0.0 },
-            steps: 50,
+            sampler: None,
+            steps: None,
             cfg_scale: 4.0,
         }
     }
+}
+
+/// The name `ditmoe sample --sampler` takes.
+pub fn sampler_name(sampler: SamplerKind) -> &'static str {
+    match sampler {
+        SamplerKind::Ddpm => "ddpm",
+        SamplerKind::Ddim { .. } => "ddim",
+        SamplerKind::Euler => "euler",
+    }
+}
+
+/// Refuses a classifier-free guidance scale outside [0, [`limits::CFG_SCALE`]] (0 is
+/// unconditional, 1 the conditional model; far beyond 10 the images saturate into noise).
+pub fn check_cfg_scale(cfg_scale: f64, at: &Field) -> Result<(), String> {
+    at.in_range(cfg_scale, 0.0, limits::CFG_SCALE)
 }
 
 fn default_one() -> f64 {
@@ -93,6 +205,21 @@ fn default_every() -> u64 {
 }
 fn default_log_every() -> u64 {
     10
+}
+
+/// Bounds of the training and sampling settings: beyond them a value is a typo, not a choice.
+pub mod limits {
+    pub const STEPS: u64 = 1_000_000_000;
+    pub const BATCH_SIZE: usize = 65_536;
+    pub const LR: f64 = 1.0;
+    pub const DIFFUSION_STEPS: usize = 100_000;
+    pub const TIME_SCALE: f64 = 1e6;
+    pub const FLOW_SAMPLE_STEPS: usize = 10_000;
+    pub const CFG_SCALE: f64 = 20.0;
+    pub const SHAPES_SIZE: usize = 1024;
+    pub const SHAPES_COUNT: usize = 1 << 32;
+    /// Images one `ditmoe sample` may draw.
+    pub const SAMPLES: usize = 65_536;
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -155,52 +282,107 @@ impl TrainConfig {
         TrainConfig::from_toml(text, &format!("preset {name}"))
     }
 
-    /// The model configuration this file describes.
+    /// The model configuration this file describes, validated.
     pub fn model_config(&self) -> Result<DitConfig, String> {
-        let config = match &self.model {
-            ModelSpec::Preset(name) => preset(name, 256)?,
-            ModelSpec::Config(config) => config.clone(),
-        };
+        let config = self.resolved_model(&Field::root("model"))?;
         config.validate()?;
         Ok(config)
     }
 
-    /// Every check that can fail before work starts, with the bad value named.
+    /// The model: the preset looked up, or the table as written (not yet validated).
+    fn resolved_model(&self, at: &Field) -> Result<DitConfig, String> {
+        match &self.model {
+            ModelSpec::Preset(name) => preset(name, 256).map_err(|e| at.invalid(e)),
+            ModelSpec::Config(config) => Ok(config.clone()),
+        }
+    }
+
+    /// The sampler of the `[sample]` table, or the objective's own: euler for a flow, DDIM
+    /// (η = 0) for DDPM.
+    pub fn sampler(&self) -> SamplerKind {
+        self.sample.sampler.unwrap_or(match self.objective {
+            Objective::Flow { .. } => SamplerKind::Euler,
+            Objective::Ddpm { .. } => SamplerKind::Ddim { eta: 0.0 },
+        })
+    }
+
+    /// The sampler steps of the `[sample]` table, or 50 (at most the DDPM steps).
+    pub fn sample_steps(&self) -> usize {
+        self.sample
+            .steps
+            .unwrap_or(50.min(self.objective.max_sample_steps()))
+    }
+
+    /// Every check that can fail before work starts, with the bad field named by its path in
+    /// a training config file.
     pub fn validate(&self) -> Result<(), String> {
-        let model = self.model_config()?;
-        let positive = [
-            ("steps", self.steps as f64),
-            ("batch_size", self.batch_size as f64),
-            ("lr", self.lr),
-            ("sample.steps", self.sample.steps as f64),
-        ];
-        if let Some((name, value)) = positive.iter().find(|(_, v)| !(*v > 0.0 && v.is_finite())) {
-            return Err(format!("expected {name} > 0, found {value}"));
-        }
-        if !(0.0..1.0).contains(&self.ema_decay) {
-            return Err(format!(
-                "expected 0 <= ema_decay < 1, found {}",
-                self.ema_decay
-            ));
-        }
-        if self.checkpoint_every == 0 || self.log_every == 0 {
-            return Err("expected checkpoint_every and log_every > 0".to_string());
-        }
-        if let DataSpec::Shapes { size, .. } = self.data {
-            if size != model.input_size || model.in_channels != 3 {
-                return Err(format!("the shapes dataset gives 3×{size}×{size} images but the model expects {}×{}×{}", model.in_channels, model.input_size, model.input_size));
+        self.validate_at(&Field::root(""))
+    }
+
+    /// [`TrainConfig::validate`] for a config under `at` (an ablation preset's `train`).
+    pub fn validate_at(&self, at: &Field) -> Result<(), String> {
+        let model = self.resolved_model(&at.at("model"))?;
+        model.validate_at(&at.at("model"))?;
+        self.objective.validate_at(&at.at("objective"))?;
+        self.data.validate_at(&at.at("data"), &model)?;
+        at.at("steps").positive_count(self.steps, limits::STEPS)?;
+        at.at("batch_size")
+            .positive_count(self.batch_size, limits::BATCH_SIZE)?;
+        let lr = at.at("lr");
+        lr.positive(self.lr)?;
+        lr.at_most(self.lr, limits::LR)?;
+        at.at("warmup_steps")
+            .at_most(self.warmup_steps, limits::STEPS)?;
+        self.lr_decay.validate_at(&at.at("lr_decay"), self.lr)?;
+        self.adamw.validate_at(&at.at("adamw"))?;
+        at.at("grad_clip").non_negative(self.grad_clip)?;
+        at.at("ema_decay").fraction(self.ema_decay)?;
+        at.at("checkpoint_every")
+            .positive_count(self.checkpoint_every, u64::MAX)?;
+        at.at("log_every")
+            .positive_count(self.log_every, u64::MAX)?;
+        let sample = at.at("sample");
+        self.check_sampler(self.sampler(), &sample.at("sampler"))?;
+        self.check_sample_steps(self.sample_steps(), &sample.at("steps"))?;
+        check_cfg_scale(self.sample.cfg_scale, &sample.at("cfg_scale"))
+    }
+
+    /// Refuses a sampler of the other objective, and a DDIM η outside [0, 1] (0 deterministic,
+    /// 1 as stochastic as DDPM).
+    pub fn check_sampler(&self, sampler: SamplerKind, at: &Field) -> Result<(), String> {
+        let name = sampler_name(sampler);
+        match (self.objective, sampler) {
+            (Objective::Flow { .. }, SamplerKind::Ddpm | SamplerKind::Ddim { .. }) => {
+                Err(at.invalid(format!("a flow model samples with euler, not {name}")))
             }
+            (Objective::Ddpm { .. }, SamplerKind::Euler) => {
+                Err(at.invalid("a DDPM model samples with ddpm or ddim, not euler".to_string()))
+            }
+            (_, SamplerKind::Ddim { eta }) => at.at("eta").in_range(eta, 0.0, 1.0),
+            _ => Ok(()),
         }
-        if let (Objective::Flow { .. }, SamplerKind::Ddpm | SamplerKind::Ddim { .. }) =
-            (self.objective, self.sample.sampler)
-        {
-            return Err("a flow model samples with the euler sampler".to_string());
-        }
-        if let (Objective::Ddpm { .. }, SamplerKind::Euler) = (self.objective, self.sample.sampler)
-        {
-            return Err("a DDPM model samples with ddpm or ddim, not euler".to_string());
-        }
-        Ok(())
+    }
+
+    /// Refuses 0 sampler steps and more than [`Objective::max_sample_steps`].
+    pub fn check_sample_steps(&self, steps: usize, at: &Field) -> Result<(), String> {
+        at.positive_count(steps, self.objective.max_sample_steps())
+    }
+
+    /// Refuses a config whose model and training state cannot fit in `memory_bytes` (the
+    /// machine's memory; `None` checks only the absolute size caps). Run after validation.
+    pub fn check_training_memory(&self, memory_bytes: Option<f64>) -> Result<(), String> {
+        let model = self.model_config()?;
+        let estimate = memory_estimate(
+            &model,
+            Workload::Training {
+                batch: self.batch_size,
+            },
+        );
+        check_memory(
+            &estimate,
+            &format!("model + training state (batch {})", self.batch_size),
+            memory_bytes,
+        )
     }
 }
 
@@ -267,5 +449,144 @@ mod tests {
         assert!(TrainConfig::from_toml(&ec, "custom")
             .unwrap_err()
             .contains("capacity factor > 0"));
+    }
+
+    const MINI: &str = r#"
+        steps = 10
+        batch_size = 2
+        lr = 1e-3
+        objective = { kind = "flow" }
+        data = { kind = "shapes", size = 8 }
+        [model]
+        input_size = 8
+        patch_size = 2
+        in_channels = 3
+        hidden_size = 16
+        depth = 1
+        num_heads = 2
+        num_classes = 10
+    "#;
+
+    #[test]
+    fn the_sampler_follows_the_objective_unless_given() {
+        let flow = TrainConfig::from_toml(MINI, "mini").unwrap();
+        assert_eq!(flow.sample.sampler, None);
+        assert_eq!(flow.sampler(), SamplerKind::Euler);
+        let ddpm = MINI.replace("kind = \"flow\"", "kind = \"ddpm\"");
+        let ddpm = TrainConfig::from_toml(&ddpm, "mini").unwrap();
+        assert_eq!(ddpm.sampler(), SamplerKind::Ddim { eta: 0.0 });
+        let partial =
+            TrainConfig::from_toml(&format!("{MINI}\n[sample]\nsteps = 7"), "mini").unwrap();
+        assert_eq!(
+            (partial.sampler(), partial.sample_steps()),
+            (SamplerKind::Euler, 7)
+        );
+        assert_eq!(flow.sample_steps(), 50);
+        for (name, _) in PRESETS {
+            let preset = TrainConfig::preset(name).unwrap();
+            assert_eq!(preset.sample.sampler, Some(SamplerKind::Euler), "{name}");
+        }
+        // A config serialised with a full sample table (as state.json files were) reads back.
+        let mut json: serde_json::Value = serde_json::to_value(&flow).unwrap();
+        json["sample"]["sampler"] = serde_json::json!({ "kind": "euler" });
+        let old: TrainConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(old.sample.sampler, Some(SamplerKind::Euler));
+        let round_trip: TrainConfig =
+            serde_json::from_str(&serde_json::to_string(&flow).unwrap()).unwrap();
+        assert_eq!(round_trip, flow);
+    }
+
+    #[test]
+    fn every_error_names_the_field_path() {
+        let bad = |from: &str, to: &str| {
+            assert!(MINI.contains(from), "{from}");
+            TrainConfig::from_toml(&MINI.replacen(from, to, 1), "mini").unwrap_err()
+        };
+        let cases = [
+            (
+                "hidden_size = 16",
+                "hidden_sise = 16",
+                "unknown field `hidden_sise`",
+            ),
+            ("hidden_size = 16", "", "missing field `hidden_size`"),
+            (
+                "kind = \"flow\"",
+                "kind = \"flow\", time_scale = 0.0",
+                "mini: objective.time_scale: expected time_scale > 0 and finite, found 0",
+            ),
+            (
+                "kind = \"flow\"",
+                "kind = \"ddpm\", steps = 20",
+                "mini: objective.steps: expected 21 <= steps <= 100000, found 20",
+            ),
+            (
+                "lr = 1e-3",
+                "lr = nan",
+                "mini: lr: expected lr > 0 and finite, found NaN",
+            ),
+            (
+                "steps = 10",
+                "steps = 10\nwarmup_steps = 2000000000",
+                "mini: warmup_steps: expected warmup_steps <= 1000000000",
+            ),
+            (
+                "steps = 10",
+                "steps = 10\ncheckpoint_every = 0",
+                "mini: checkpoint_every: expected checkpoint_every > 0, found 0",
+            ),
+            (
+                "size = 8",
+                "size = 8, count = 5000000000000",
+                "mini: data.count: expected count <= 4294967296",
+            ),
+            (
+                "num_classes = 10",
+                "num_classes = 10\nclass_dropout_prob = 1.0",
+                "mini: model.class_dropout_prob: expected 0 <= class_dropout_prob < 1, found 1",
+            ),
+        ];
+        for (from, to, expected) in cases {
+            let err = bad(from, to);
+            assert!(err.contains(expected), "{err}");
+        }
+        // The cosine schedule has no lower bound on its steps beyond 1.
+        let cosine = MINI.replace(
+            "kind = \"flow\"",
+            "kind = \"ddpm\", steps = 1, schedule = \"cosine\"",
+        );
+        assert_eq!(
+            TrainConfig::from_toml(&cosine, "mini")
+                .unwrap()
+                .sample_steps(),
+            1
+        );
+        let cifar = MINI.replace(
+            "{ kind = \"shapes\", size = 8 }",
+            "{ kind = \"cifar10\", files = [] }",
+        );
+        let err = TrainConfig::from_toml(&cifar, "mini").unwrap_err();
+        assert!(
+            err.contains("data.files: expected at least one file, found none"),
+            "{err}"
+        );
+        let err = TrainConfig::preset("tiny-moe").map(|mut c| {
+            c.batch_size = 1 << 20;
+            c.validate().unwrap_err()
+        });
+        assert!(err
+            .unwrap()
+            .starts_with("batch_size: expected batch_size <= 65536"));
+    }
+
+    #[test]
+    fn training_memory_is_checked_against_the_given_limit() {
+        let config = TrainConfig::preset("tiny-moe").unwrap();
+        config.check_training_memory(Some(1e12)).unwrap();
+        config.check_training_memory(None).unwrap();
+        let err = config.check_training_memory(Some(1e6)).unwrap_err();
+        assert!(
+            err.starts_with("model + training state (batch 32) need an estimated"),
+            "{err}"
+        );
     }
 }

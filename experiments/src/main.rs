@@ -39,6 +39,9 @@ enum Command {
         /// Where to write `out` (and `router_probs.blocks.<i>` for MoE blocks).
         #[arg(long)]
         out: PathBuf,
+        /// Run even when the model and activations are estimated not to fit in memory.
+        #[arg(long)]
+        ignore_memory_limit: bool,
     },
     /// Trains a model from a TOML config or a preset (tiny-dense, tiny-moe, tiny-ec, tiny-race).
     Train(commands::TrainArgs),
@@ -62,6 +65,9 @@ enum Command {
         /// cpu, cuda or cuda:N: where the variants train and are sampled.
         #[arg(long, default_value = "cpu")]
         device: ditmoe_tensor::Device,
+        /// Run even when a variant is estimated not to fit in memory.
+        #[arg(long)]
+        ignore_memory_limit: bool,
     },
 }
 
@@ -79,7 +85,8 @@ fn main() -> ExitCode {
             checkpoint,
             inputs,
             out,
-        } => commands::forward(&checkpoint, &inputs, &out),
+            ignore_memory_limit,
+        } => commands::forward(&checkpoint, &inputs, &out, ignore_memory_limit),
         Command::Train(args) => commands::train(&args).map_err(|e| format!("{e:#}")),
         Command::Sample(args) => commands::sample(&args).map_err(|e| format!("{e:#}")),
         Command::Ablate {
@@ -88,7 +95,9 @@ fn main() -> ExitCode {
             variants,
             seed,
             device,
-        } => commands::ablate(preset, out, variants, seed, device).map_err(|e| format!("{e:#}")),
+            ignore_memory_limit,
+        } => commands::ablate(preset, out, variants, seed, device, ignore_memory_limit)
+            .map_err(|e| format!("{e:#}")),
     };
     match result {
         Ok(()) if !console::stderr_failed() => ExitCode::SUCCESS,

@@ -7,6 +7,9 @@
 //! paper calls "Gflops". For MoE layers "activated" counts, per token, the router, the shared
 //! expert and as many routed experts as the routing applies on average (k, or the capacity
 //! factor for expert choice).
+//!
+//! [`memory_estimate`] sizes the memory of training or sampling the same way, so that an
+//! absurd config is refused before anything is allocated ([`check_memory`]).
 
 use crate::config::{DitConfig, FfnKind};
 use crate::layers::timestep::FREQUENCY_DIM;
@@ -98,6 +101,127 @@ pub fn model_cost(config: &DitConfig) -> ModelCost {
     }
 }
 
+/// What a model is asked to do, for [`memory_estimate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// Training steps on `batch` images: weights, gradients, AdamW's two moments, the EMA
+    /// copy, and every block's activations kept for the backward pass.
+    Training { batch: usize },
+    /// Forward passes of `batch` images without gradients: weights and one block's working
+    /// set at a time.
+    Inference { batch: usize },
+}
+
+/// The memory a workload needs, estimated from the config alone.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MemoryEstimate {
+    /// The model's parameters (trainable ones and the position-embedding buffer).
+    pub params: f64,
+    pub bytes: f64,
+    /// Elements of the largest single tensor, a weight or an activation.
+    pub largest_tensor: f64,
+}
+
+/// No tensor may hold more elements than this (2^40, 4 TiB of f32), whatever the machine:
+/// element counts and byte offsets then stay far from overflowing.
+pub const MAX_TENSOR_ELEMENTS: f64 = (1u64 << 40) as f64;
+
+const F32_BYTES: f64 = 4.0;
+
+/// Estimated bytes and largest tensor of `workload` on `config` (validated), in f64 so that no
+/// size can overflow. Activations per image and block: about twelve token-wide tensors (norms,
+/// modulations, q, k, v, attention output, residuals), attention scores and probabilities, and
+/// the FFN's hidden layer (for an MoE: router scores, each routed expert's gathered input,
+/// hidden layers and output, the shared expert).
+pub fn memory_estimate(config: &DitConfig, workload: Workload) -> MemoryEstimate {
+    let (d, t) = (config.hidden_size as f64, config.tokens() as f64);
+    let heads = config.num_heads as f64;
+    let pixels = (config.input_size as f64).powi(2);
+    let params = model_cost(config).params_total as f64 + t * d;
+    let label_rows = (config.num_classes + 1) as f64;
+    let mut largest_weight = (label_rows * d)
+        .max(6.0 * d * d)
+        .max(t * d)
+        .max((config.in_channels * config.patch_size * config.patch_size) as f64 * d);
+    // Floats per image of one block's activations, and of its widest one.
+    let (mut blocks, mut widest_block, mut widest_activation) = (0.0, 0.0_f64, heads * t * t);
+    for block in 0..config.depth {
+        let ffn = match config.ffn(block) {
+            FfnKind::Dense => {
+                let h = config.mlp_hidden() as f64;
+                largest_weight = largest_weight.max(d * h);
+                widest_activation = widest_activation.max(t * h);
+                2.0 * h
+            }
+            FfnKind::Moe(moe) => {
+                let (experts, hidden) = (moe.num_experts as f64, moe.expert_hidden as f64);
+                let shared = moe.shared_expert_hidden.unwrap_or(0) as f64;
+                let routed = moe.experts_per_token();
+                largest_weight = largest_weight.max(experts * hidden * d).max(shared * d);
+                widest_activation = widest_activation
+                    .max(t * routed * hidden)
+                    .max(t * experts)
+                    .max(t * shared);
+                2.0 * experts + routed * (2.0 * d + 3.0 * hidden) + 3.0 * shared
+            }
+        };
+        let floats = t * (12.0 * d + ffn) + 2.0 * heads * t * t;
+        blocks += floats;
+        widest_block = widest_block.max(floats);
+    }
+    let image = pixels * (config.in_channels + config.out_channels()) as f64;
+    let floats = match workload {
+        // Weights, gradients, two moments, EMA; every block's activations and one more
+        // block's worth of backward temporaries.
+        Workload::Training { batch } => {
+            5.0 * params + batch as f64 * (blocks + widest_block + image)
+        }
+        Workload::Inference { batch } => params + batch as f64 * (2.0 * widest_block + image),
+    };
+    let batch = match workload {
+        Workload::Training { batch } | Workload::Inference { batch } => batch as f64,
+    };
+    MemoryEstimate {
+        params,
+        bytes: floats * F32_BYTES,
+        largest_tensor: largest_weight.max(batch * widest_activation.max(image)),
+    }
+}
+
+/// This machine's memory in bytes (Linux: `MemTotal` of `/proc/meminfo`); `None` where it
+/// cannot be read, and the memory check is then skipped.
+pub fn machine_memory() -> Option<f64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024.0)
+}
+
+/// Refuses a tensor above [`MAX_TENSOR_ELEMENTS`] always, and an estimate above
+/// `memory_bytes` (the machine's memory, or `None` to skip that check). `what` names what
+/// needs the memory, in the plural: "model + training state need …".
+pub fn check_memory(
+    estimate: &MemoryEstimate,
+    what: &str,
+    memory_bytes: Option<f64>,
+) -> Result<(), String> {
+    let gib = |bytes: f64| format!("{:.1} GiB", bytes / (1u64 << 30) as f64);
+    if estimate.largest_tensor >= MAX_TENSOR_ELEMENTS {
+        return Err(format!(
+            "{what}: the largest tensor would hold an estimated {:.3e} elements, more than the 2^40 any tensor may have; shrink the model or the batch",
+            estimate.largest_tensor
+        ));
+    }
+    match memory_bytes {
+        Some(memory) if estimate.bytes > memory => Err(format!(
+            "{what} need an estimated {} but this machine has {}; shrink the model or the batch, or pass --ignore-memory-limit",
+            gib(estimate.bytes),
+            gib(memory)
+        )),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +251,62 @@ mod tests {
                 cost.gmacs
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod memory_tests {
+    use super::*;
+    use crate::module::Module;
+    use crate::moe::{MoeConfig, RoutingConfig};
+    use crate::{Dit, DitConfig, MoePlacement};
+
+    #[test]
+    fn the_estimate_counts_the_parameters_a_built_model_has() {
+        let dense = DitConfig::dense(8, 2, 3, 16, 2, 2, 10);
+        let moe = dense.clone().with_moe(
+            MoeConfig {
+                num_experts: 4,
+                expert_hidden: 24,
+                expert_kind: ExpertKind::SwiGlu,
+                shared_expert_hidden: Some(8),
+                routing: RoutingConfig::TokenChoice {
+                    top_k: 2,
+                    renormalize: false,
+                    balance_loss_alpha: 0.01,
+                },
+            },
+            MoePlacement::EveryOther,
+        );
+        for config in [dense, moe] {
+            let model = Dit::new(config.clone(), 0).unwrap();
+            let every_tensor: usize = model.state_dict().values().map(|t| t.numel()).sum();
+            let estimate = memory_estimate(&config, Workload::Inference { batch: 1 });
+            assert_eq!(estimate.params, every_tensor as f64, "{config:?}");
+            let training = memory_estimate(&config, Workload::Training { batch: 4 });
+            assert!(training.bytes > 5.0 * 4.0 * estimate.params);
+            assert!(training.bytes > estimate.bytes);
+        }
+    }
+
+    #[test]
+    fn absurd_sizes_are_refused_without_overflow() {
+        let mut huge = DitConfig::dense(4096, 1, 3, 32_768, 1024, 1, 10);
+        huge.mlp_ratio = 256.0;
+        let estimate = memory_estimate(&huge, Workload::Training { batch: 1 << 20 });
+        assert!(estimate.bytes.is_finite() && estimate.bytes > 1e20);
+        let err = check_memory(&estimate, "the model", None).unwrap_err();
+        assert!(err.contains("more than the 2^40"), "{err}");
+        let small = DitConfig::dense(8, 2, 3, 16, 1, 2, 10);
+        let estimate = memory_estimate(&small, Workload::Training { batch: 2 });
+        assert!(check_memory(&estimate, "the model", Some(1e12)).is_ok());
+        let err = check_memory(&estimate, "model + training state", Some(1024.0)).unwrap_err();
+        assert!(
+            err.starts_with("model + training state need an estimated")
+                && err.contains("this machine has 0.0 GiB")
+                && err.contains("--ignore-memory-limit"),
+            "{err}"
+        );
+        assert!(machine_memory().is_none_or(|bytes| bytes > 1e6));
     }
 }

@@ -7,6 +7,7 @@
 //! mapped bytes. Files are written to a temporary sibling and renamed into place, so an
 //! interrupted save never leaves a half-written checkpoint under the real name.
 
+use crate::accounting::{check_memory, machine_memory, memory_estimate, Workload};
 use crate::config::DitConfig;
 use crate::dit::Dit;
 use crate::module::Module;
@@ -183,8 +184,16 @@ pub fn save_model(model: &Dit, path: impl AsRef<Path>) -> Result<()> {
 }
 
 /// Builds the model its metadata describes and loads every tensor into it. Fails, naming the
-/// tensor, on a missing or unexpected tensor, a shape or a dtype mismatch.
+/// tensor, on a missing or unexpected tensor, a shape or a dtype mismatch; refuses, before
+/// building anything, a config that fails validation or needs more memory than this machine
+/// has (see [`load_model_within`]).
 pub fn load_model(path: impl AsRef<Path>) -> Result<Dit> {
+    load_model_within(path, machine_memory())
+}
+
+/// [`load_model`] with the memory the model must fit in (`None`: only the absolute size caps
+/// of [`check_memory`] apply).
+pub fn load_model_within(path: impl AsRef<Path>, memory_bytes: Option<f64>) -> Result<Dit> {
     let path = path.as_ref();
     let file = read_tensors(path)?;
     let config_json =
@@ -193,15 +202,14 @@ pub fn load_model(path: impl AsRef<Path>) -> Result<Dit> {
             .ok_or_else(|| CheckpointError::MissingConfig {
                 path: path.to_path_buf(),
             })?;
-    let config =
-        DitConfig::from_json(config_json).map_err(|reason| CheckpointError::BadConfig {
-            path: path.to_path_buf(),
-            reason,
-        })?;
-    let model = Dit::new(config, 0).map_err(|e| CheckpointError::BadConfig {
+    let bad_config = |reason| CheckpointError::BadConfig {
         path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
+        reason,
+    };
+    let config = DitConfig::from_json(config_json).map_err(bad_config)?;
+    let estimate = memory_estimate(&config, Workload::Inference { batch: 1 });
+    check_memory(&estimate, "model weights", memory_bytes).map_err(bad_config)?;
+    let model = Dit::new(config, 0).map_err(|e| bad_config(e.to_string()))?;
     model
         .load_state_dict(&file.tensors)
         .map_err(|e| CheckpointError::Mismatch {

@@ -2,6 +2,7 @@
 //! (stored in checkpoint metadata) and TOML.
 
 use crate::moe::{ExpertKind, MoeConfig, RoutingConfig};
+use crate::validate::Field;
 use serde::{Deserialize, Serialize};
 
 /// Which blocks get the MoE FFN (the others keep the dense MLP).
@@ -34,6 +35,7 @@ fn default_true() -> bool {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DitConfig {
     /// Side of the (latent) image.
     pub input_size: usize,
@@ -167,50 +169,149 @@ impl DitConfig {
         }
     }
 
-    /// Checks every field; the message names the bad value and what was expected.
+    /// Checks every field; the message names the bad field as `model.…` (see
+    /// [`DitConfig::validate_at`]).
     pub fn validate(&self) -> Result<(), String> {
-        let positive = [
-            ("input_size", self.input_size),
-            ("patch_size", self.patch_size),
-            ("in_channels", self.in_channels),
-            ("hidden_size", self.hidden_size),
-            ("depth", self.depth),
-            ("num_heads", self.num_heads),
-            ("num_classes", self.num_classes),
-        ];
-        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
-            return Err(format!("model config: expected {name} > 0, found 0"));
+        self.validate_at(&Field::root("model"))
+    }
+
+    /// Checks every field, sizes within the caps of [`limits`] first so that nothing derived
+    /// from them (tokens, widths) can overflow; messages name the field under `at`.
+    pub fn validate_at(&self, at: &Field) -> Result<(), String> {
+        let input = self.input_size;
+        at.at("input_size")
+            .positive_count(input, limits::IMAGE_SIZE)?;
+        let patch = at.at("patch_size");
+        patch.positive_count(self.patch_size, input)?;
+        if input % self.patch_size != 0 {
+            return Err(patch.invalid(format!(
+                "image size {input} is not divisible by the patch size {}",
+                self.patch_size
+            )));
         }
-        if self.input_size % self.patch_size != 0 {
-            return Err(format!(
-                "model config: image size {} is not divisible by the patch size {}",
-                self.input_size, self.patch_size
-            ));
-        }
-        if self.hidden_size % self.num_heads != 0 {
-            return Err(format!(
-                "model config: {} heads do not divide the hidden size {}",
-                self.num_heads, self.hidden_size
-            ));
-        }
+        at.at("in_channels")
+            .positive_count(self.in_channels, limits::CHANNELS)?;
+        let hidden = at.at("hidden_size");
+        hidden.positive_count(self.hidden_size, limits::HIDDEN_SIZE)?;
         if self.hidden_size % 4 != 0 {
-            return Err(format!("model config: the 2-D sin-cos position embedding needs a hidden size divisible by 4, found {}", self.hidden_size));
+            return Err(hidden.invalid(format!(
+                "the 2-D sin-cos position embedding needs a hidden size divisible by 4, found {}",
+                self.hidden_size
+            )));
         }
-        if !(0.0..1.0).contains(&self.class_dropout_prob) {
-            return Err(format!(
-                "model config: expected 0 <= class_dropout_prob < 1, found {}",
-                self.class_dropout_prob
-            ));
+        at.at("depth").positive_count(self.depth, limits::DEPTH)?;
+        let heads = at.at("num_heads");
+        heads.positive_count(self.num_heads, self.hidden_size)?;
+        if self.hidden_size % self.num_heads != 0 {
+            return Err(heads.invalid(format!(
+                "{} heads do not divide the hidden size {}",
+                self.num_heads, self.hidden_size
+            )));
         }
-        if self.mlp_ratio <= 0.0 {
-            return Err(format!(
-                "model config: expected mlp_ratio > 0, found {}",
-                self.mlp_ratio
-            ));
-        }
+        at.at("num_classes")
+            .positive_count(self.num_classes, limits::CLASSES)?;
+        let ratio = at.at("mlp_ratio");
+        ratio.positive(self.mlp_ratio)?;
+        ratio.at_most(self.mlp_ratio, limits::MLP_RATIO)?;
+        ratio.require(
+            self.mlp_hidden() > 0,
+            format!(
+                "mlp_ratio · hidden_size ({}) to round to a width >= 1",
+                self.hidden_size
+            ),
+            self.mlp_ratio,
+        )?;
+        at.at("class_dropout_prob")
+            .fraction(self.class_dropout_prob)?;
         if let Some(moe) = &self.moe {
-            moe.validate().map_err(|e| format!("model config: {e}"))?;
+            moe.validate_at(&at.at("moe"))?;
         }
         Ok(())
+    }
+}
+
+/// Absolute caps on a model's sizes, whatever the machine: far beyond any DiT, and small
+/// enough that every shape derived from them fits comfortably in `usize` and `f64`.
+pub mod limits {
+    /// Side of the (latent) image.
+    pub const IMAGE_SIZE: usize = 4096;
+    pub const CHANNELS: usize = 1024;
+    pub const HIDDEN_SIZE: usize = 32_768;
+    pub const DEPTH: usize = 1024;
+    pub const CLASSES: usize = 1_000_000;
+    pub const MLP_RATIO: f64 = 256.0;
+    pub const EXPERTS: usize = 4096;
+    /// Width of one expert (routed or shared).
+    pub const EXPERT_HIDDEN: usize = 1 << 20;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Change = fn(&mut DitConfig);
+
+    fn refused(change: Change) -> String {
+        let mut config = DitConfig::dense(16, 4, 3, 64, 2, 4, 10).with_moe(
+            DitConfig::dense(16, 4, 3, 64, 2, 4, 10).ditmoe_ffn(4, 2),
+            MoePlacement::EveryOther,
+        );
+        config.validate().unwrap();
+        change(&mut config);
+        config.validate().unwrap_err()
+    }
+
+    #[test]
+    fn every_bad_field_is_named_with_its_path() {
+        let cases: [(Change, &str); 12] = [
+            (|c| c.mlp_ratio = f64::INFINITY, "model.mlp_ratio: expected mlp_ratio > 0 and finite, found inf"),
+            (|c| c.mlp_ratio = 1e-3, "model.mlp_ratio: expected mlp_ratio · hidden_size (64) to round to a width >= 1"),
+            (|c| c.input_size = 1 << 31, "model.input_size: expected input_size <= 4096, found 2147483648"),
+            (|c| c.hidden_size = 1_000_000_000, "model.hidden_size: expected hidden_size <= 32768"),
+            (|c| c.hidden_size = 100_000, "model.hidden_size: expected hidden_size <= 32768"),
+            (|c| c.depth = 1_000_000, "model.depth: expected depth <= 1024"),
+            (|c| c.class_dropout_prob = f64::NAN, "model.class_dropout_prob: expected 0 <= class_dropout_prob < 1, found NaN"),
+            (|c| c.moe.as_mut().unwrap().num_experts = 1_000_000, "model.moe.num_experts: expected num_experts <= 4096"),
+            (|c| c.moe.as_mut().unwrap().expert_hidden = 1_000_000_000, "model.moe.expert_hidden: expected expert_hidden <= 1048576"),
+            (|c| c.moe.as_mut().unwrap().expert_hidden = 0, "model.moe.expert_hidden: expected expert_hidden > 0, found 0"),
+            (|c| c.moe.as_mut().unwrap().shared_expert_hidden = Some(0), "model.moe.shared_expert_hidden: expected shared_expert_hidden > 0"),
+            (|c| c.moe.as_mut().unwrap().routing = RoutingConfig::TokenChoice { top_k: 2, renormalize: false, balance_loss_alpha: f64::NAN }, "model.moe.routing.balance_loss_alpha: expected 0 <= balance_loss_alpha <= 1, found NaN"),
+        ];
+        for (change, expected) in cases {
+            let err = refused(change);
+            assert!(err.starts_with(expected), "{err}");
+        }
+        let err = refused(|c: &mut DitConfig| {
+            c.moe.as_mut().unwrap().routing = RoutingConfig::ExpertChoice {
+                capacity_factor: 5.0,
+                group: Default::default(),
+            }
+        });
+        assert!(
+            err.starts_with("model.moe.routing.capacity_factor: expected capacity_factor <= 4"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_at_every_level() {
+        let json = DitConfig::dense(16, 4, 3, 64, 2, 4, 10).to_json();
+        let typo = json.replace("\"mlp_ratio\"", "\"mlp_ration\"");
+        assert!(DitConfig::from_json(&typo)
+            .unwrap_err()
+            .contains("unknown field `mlp_ration`"));
+        let with_moe = DitConfig::dense(16, 4, 3, 64, 2, 4, 10).with_moe(
+            DitConfig::dense(16, 4, 3, 64, 2, 4, 10).ditmoe_ffn(4, 2),
+            MoePlacement::EveryBlock,
+        );
+        let json = with_moe.to_json();
+        let err =
+            DitConfig::from_json(&json.replace("\"top_k\"", "\"top_k\":2,\"group\"")).unwrap_err();
+        assert!(err.contains("unknown field `group`"), "{err}");
+        let err =
+            DitConfig::from_json(&json.replace("\"expert_kind\"", "\"expert_kindd\"")).unwrap_err();
+        assert!(err.contains("unknown field `expert_kindd`"), "{err}");
+        let err = DitConfig::from_json(&json.replace("token_choice", "token_choise")).unwrap_err();
+        assert!(err.contains("unknown variant `token_choise`"), "{err}");
     }
 }

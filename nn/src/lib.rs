@@ -3,8 +3,8 @@
 //! The model layer of ditmoe: a small module system whose parameter names match the PyTorch
 //! reference state dicts ([`module`]), DiT's layers ([`layers`]), Mixture-of-Experts FFNs with
 //! three routings ([`moe`]), the DiT model ([`dit`]) with its configuration ([`config`]),
-//! presets ([`presets`]), parameter/compute accounting ([`accounting`]) and safetensors
-//! checkpoints ([`checkpoint`]). Start reading at [`module`], then [`dit`].
+//! presets ([`presets`]), parameter/compute/memory accounting ([`accounting`]), config range
+//! checks ([`validate`]) and safetensors checkpoints ([`checkpoint`]). Start reading at [`module`], then [`dit`].
 
 pub mod accounting;
 pub mod checkpoint;
@@ -16,8 +16,10 @@ pub mod module;
 pub mod moe;
 pub mod optim;
 pub mod presets;
+pub mod validate;
 
 pub use config::{DitConfig, FfnKind, MoePlacement};
 pub use dit::{Dit, DitOutput, ForwardOptions};
 pub use ditmoe_autograd as autograd;
 pub use module::{CheckpointTensor, Module, TensorKind, Visitor};
+pub use validate::Field;

@@ -2,6 +2,7 @@
 //! learning-rate warmup with constant or cosine decay, and an exponential moving average of
 //! the weights.
 
+use crate::validate::Field;
 use ditmoe_autograd::{no_grad, Var};
 use ditmoe_tensor::ops::optim::AdamWHyper;
 use ditmoe_tensor::{Result, Tensor, TensorError};
@@ -17,6 +18,7 @@ fn default_eps() -> f64 {
 
 /// AdamW hyper-parameters (PyTorch's defaults, but DiT's weight decay of 0).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AdamWConfig {
     #[serde(default = "default_betas")]
     pub betas: (f64, f64),
@@ -24,6 +26,20 @@ pub struct AdamWConfig {
     pub eps: f64,
     #[serde(default)]
     pub weight_decay: f64,
+}
+
+impl AdamWConfig {
+    /// β1, β2 in [0, 1), ε in (0, 1], weight decay in [0, 1] (with lr <= 1 the decay factor
+    /// 1 − lr·λ stays in [0, 1]); messages name the field under `at`.
+    pub fn validate_at(&self, at: &Field) -> std::result::Result<(), String> {
+        let betas = at.at("betas");
+        betas.index(0).fraction(self.betas.0)?;
+        betas.index(1).fraction(self.betas.1)?;
+        let eps = at.at("eps");
+        eps.positive(self.eps)?;
+        eps.at_most(self.eps, 1.0)?;
+        at.at("weight_decay").in_range(self.weight_decay, 0.0, 1.0)
+    }
 }
 
 impl Default for AdamWConfig {
@@ -173,12 +189,22 @@ pub fn clip_factor(norm: f64, max_norm: f64) -> f64 {
 
 /// Learning-rate schedule after a linear warmup from 0.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum LrDecay {
     #[default]
     Constant,
     /// Cosine from the peak to `min_lr` at the last step.
     Cosine { min_lr: f64 },
+}
+
+impl LrDecay {
+    /// A cosine's `min_lr` lies in [0, `peak`]; the message names the field under `at`.
+    pub fn validate_at(&self, at: &Field, peak: f64) -> std::result::Result<(), String> {
+        match *self {
+            LrDecay::Constant => Ok(()),
+            LrDecay::Cosine { min_lr } => at.at("cosine").at("min_lr").in_range(min_lr, 0.0, peak),
+        }
+    }
 }
 
 /// The learning rate of step `step` (0-based) of `total` with `warmup` warmup steps.

@@ -30,6 +30,21 @@ pub struct ClassifierConfig {
     pub lr: f64,
 }
 
+impl ClassifierConfig {
+    /// Checks the sizes (features at most 1024: the Fréchet distance factors a
+    /// features × features covariance) and the learning rate; messages name the field under `at`.
+    pub fn validate_at(&self, at: &ditmoe_nn::Field) -> std::result::Result<(), String> {
+        at.at("hidden").positive_count(self.hidden, 65_536)?;
+        at.at("features").positive_count(self.features, 1024)?;
+        at.at("steps").positive_count(self.steps, 10_000_000)?;
+        at.at("batch_size")
+            .positive_count(self.batch_size, 65_536)?;
+        let lr = at.at("lr");
+        lr.positive(self.lr)?;
+        lr.at_most(self.lr, 1.0)
+    }
+}
+
 impl Default for ClassifierConfig {
     fn default() -> Self {
         ClassifierConfig {

@@ -70,7 +70,7 @@ pub fn evaluate(model: &Dit, variant: &Variant, judge: &Judge, grid: &Path) -> R
     let classes = model.config.num_classes;
     let labels = sample_labels(classes, judge.settings.samples_per_class);
     let generation = Generation {
-        sampler: config.sample.sampler,
+        sampler: config.sampler(),
         steps: judge.settings.sample_steps,
         cfg_scale: config.sample.cfg_scale,
         seed: config.seed,
@@ -147,7 +147,7 @@ pub fn sweep_settings(config: &DitConfig, settings: &EvaluationConfig) -> Vec<(S
         RoutingConfig::ExpertChoice { group, .. } => settings
             .capacity_sweep
             .iter()
-            .filter(|&&f| f > 0.0)
+            .filter(|&&f| f > 0.0 && f <= moe.num_experts as f64)
             .map(|&capacity_factor| {
                 let routing = RoutingConfig::ExpertChoice {
                     capacity_factor,

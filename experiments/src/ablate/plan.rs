@@ -4,9 +4,9 @@
 
 use super::classifier::ClassifierConfig;
 use crate::config::{ModelSpec, TrainConfig};
-use ditmoe_nn::accounting::model_cost;
-use ditmoe_nn::moe::MoeConfig;
-use ditmoe_nn::{DitConfig, MoePlacement};
+use ditmoe_nn::accounting::{check_memory, memory_estimate, model_cost, Workload};
+use ditmoe_nn::moe::{MoeConfig, RoutingConfig};
+use ditmoe_nn::{DitConfig, Field, MoePlacement};
 use serde::{Deserialize, Serialize};
 
 /// The compiled-in presets, by name.
@@ -47,6 +47,64 @@ impl Default for EvaluationConfig {
             top_k_sweep: vec![1, 2, 4],
             capacity_sweep: vec![1.0, 2.0, 4.0],
         }
+    }
+}
+
+/// Bounds of the evaluation settings.
+pub mod limits {
+    pub const SAMPLES_PER_CLASS: usize = 1000;
+    pub const REAL_IMAGES: usize = 1_000_000;
+    pub const SPECIALIZATION_IMAGES: usize = 10_000;
+    /// Each bin is one forward pass of the specialisation images.
+    pub const TIMESTEP_BINS: usize = 100;
+    pub const SWEEP_POINTS: usize = 16;
+}
+
+impl EvaluationConfig {
+    /// Checks every size (timestep bins also against the diffusion steps of `train`, sampler
+    /// steps as `train`'s `[sample]` steps) and the sweeps: each value must fit the largest
+    /// variant it can apply to (a point that fits no variant is a typo; one that fits some is
+    /// skipped on the others). Messages name the field under `at`.
+    pub fn validate_at(
+        &self,
+        at: &Field,
+        train: &TrainConfig,
+        variants: &[VariantSpec],
+    ) -> Result<(), String> {
+        at.at("samples_per_class")
+            .positive_count(self.samples_per_class, limits::SAMPLES_PER_CLASS)?;
+        train.check_sample_steps(self.sample_steps, &at.at("sample_steps"))?;
+        at.at("real_images")
+            .count_in(self.real_images, 2, limits::REAL_IMAGES)?;
+        at.at("specialization_images")
+            .positive_count(self.specialization_images, limits::SPECIALIZATION_IMAGES)?;
+        let bins = limits::TIMESTEP_BINS.min(train.objective.max_sample_steps());
+        at.at("timestep_bins")
+            .positive_count(self.timestep_bins, bins)?;
+        self.classifier.validate_at(&at.at("classifier"))?;
+        let most_experts = |takes: fn(&RoutingConfig) -> bool| {
+            variants
+                .iter()
+                .filter_map(|v| v.moe)
+                .filter(|moe| takes(&moe.routing))
+                .map(|moe| moe.num_experts)
+                .max()
+                .unwrap_or(ditmoe_nn::config::limits::EXPERTS)
+        };
+        let top_k = at.at("top_k_sweep");
+        top_k.at_most(self.top_k_sweep.len(), limits::SWEEP_POINTS)?;
+        let experts = most_experts(|r| !matches!(r, RoutingConfig::ExpertChoice { .. }));
+        for (i, &k) in self.top_k_sweep.iter().enumerate() {
+            top_k.index(i).positive_count(k, experts)?;
+        }
+        let capacity = at.at("capacity_sweep");
+        capacity.at_most(self.capacity_sweep.len(), limits::SWEEP_POINTS)?;
+        let experts = most_experts(|r| matches!(r, RoutingConfig::ExpertChoice { .. }));
+        for (i, &f) in self.capacity_sweep.iter().enumerate() {
+            capacity.index(i).positive(f)?;
+            capacity.index(i).at_most(f, experts as f64)?;
+        }
+        Ok(())
     }
 }
 
@@ -117,13 +175,9 @@ impl AblationPreset {
         }
     }
 
-    /// Parses and checks a preset; the message names the bad value.
+    /// Parses and checks a preset; the message names the bad field by its path.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, String> {
         let preset: AblationPreset = toml::from_str(text).map_err(|e| format!("{origin}: {e}"))?;
-        preset
-            .train
-            .validate()
-            .map_err(|e| format!("{origin}: [train]: {e}"))?;
         preset
             .check()
             .and_then(|()| preset.variants().map(|_| ()))
@@ -131,14 +185,44 @@ impl AblationPreset {
         Ok(preset)
     }
 
+    /// Refuses variants whose training, or whose evaluation (sampling every class at once,
+    /// with and without the label for guidance; routing the specialisation images), cannot fit
+    /// in `memory_bytes` (`None`: only the absolute size caps).
+    pub fn check_memory(
+        &self,
+        variants: &[Variant],
+        memory_bytes: Option<f64>,
+    ) -> Result<(), String> {
+        let e = &self.evaluation;
+        for variant in variants {
+            let model = variant.model();
+            let sampled = 2 * e.samples_per_class * model.num_classes;
+            let batch = sampled.max(e.specialization_images);
+            let fits = variant
+                .config
+                .check_training_memory(memory_bytes)
+                .and_then(|()| {
+                    let estimate = memory_estimate(&model, Workload::Inference { batch });
+                    check_memory(
+                        &estimate,
+                        &format!("model + activations for {batch} images"),
+                        memory_bytes,
+                    )
+                });
+            fits.map_err(|err| format!("variant `{}`: {err}", variant.name))?;
+        }
+        Ok(())
+    }
+
     fn check(&self) -> Result<(), String> {
+        self.train.validate_at(&Field::root("train"))?;
         if self.variants.is_empty() {
             return Err("expected at least one [[variant]]".to_string());
         }
         let backbone = self.train.model_config()?;
         if backbone.moe.is_some() {
             return Err(
-                "[train] model must be the dense backbone; give each variant its `moe`".to_string(),
+                "train.model must be the dense backbone; give each variant its `moe`".to_string(),
             );
         }
         for (i, v) in self.variants.iter().enumerate() {
@@ -161,17 +245,13 @@ impl AblationPreset {
                     v.name
                 ));
             }
+            if let Some(moe) = &v.moe {
+                moe.validate_at(&Field::root(format!("variant[{i}].moe")))
+                    .map_err(|e| format!("variant `{}`: {e}", v.name))?;
+            }
         }
-        let e = &self.evaluation;
-        if e.samples_per_class == 0
-            || e.sample_steps == 0
-            || e.specialization_images == 0
-            || e.timestep_bins == 0
-            || e.real_images < 2
-        {
-            return Err("[evaluation]: expected samples_per_class, sample_steps, specialization_images, timestep_bins > 0 and real_images >= 2".to_string());
-        }
-        Ok(())
+        self.evaluation
+            .validate_at(&Field::root("evaluation"), &self.train, &self.variants)
     }
 
     /// Every variant with its resolved training config.
@@ -256,7 +336,6 @@ pub fn iso_flop_dense(backbone: &DitConfig, target: f64) -> DitConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ditmoe_nn::moe::RoutingConfig;
 
     #[test]
     fn the_builtin_presets_parse_and_match_compute_across_moe_variants() {

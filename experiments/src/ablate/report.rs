@@ -680,7 +680,7 @@ fn markdown(input: &ReportInput, figures: &Figures) -> String {
     let _ = writeln!(
         md,
         "- Sampling (EMA weights): {:?}, {} steps, CFG {}; {} images per class, same noise for every variant",
-        train.sample.sampler, e.sample_steps, train.sample.cfg_scale, e.samples_per_class
+        train.sampler(), e.sample_steps, train.sample.cfg_scale, e.samples_per_class
     );
     let _ = writeln!(
         md,

@@ -158,11 +158,21 @@ pub fn checkpoint_dir(out: &Path) -> Option<PathBuf> {
     best.map(|(_, dir)| dir)
 }
 
-/// The `state.json` of a checkpoint directory.
+/// The `state.json` of a checkpoint directory, its training config validated as a config
+/// file's would be (a tampered or hand-edited one is refused, naming the file).
 pub fn read_state(dir: &Path) -> Result<RunState> {
     let path = dir.join("state.json");
+    if !path.exists() {
+        bail!("{} is not a checkpoint directory written by `ditmoe train` (expected {} inside it, e.g. runs/tiny-moe/checkpoint)", dir.display(), "state.json");
+    }
     let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
-    serde_json::from_str(&text).with_context(|| path.display().to_string())
+    let state: RunState =
+        serde_json::from_str(&text).with_context(|| path.display().to_string())?;
+    state
+        .config
+        .validate()
+        .map_err(|e| anyhow!("{}: config: {e}", path.display()))?;
+    Ok(state)
 }
 
 /// An error unless the checkpoint `state` (in `dir`) can continue as a run of `config`: the
@@ -269,15 +279,22 @@ pub(super) fn restore(
 
 /// The model weights of a checkpoint directory: EMA if present.
 pub fn load_for_sampling(dir: &Path) -> Result<(Dit, TrainConfig)> {
-    if !dir.join("state.json").exists() {
-        bail!("{} is not a checkpoint directory written by `ditmoe train` (expected {} inside it, e.g. runs/tiny-moe/checkpoint)", dir.display(), "state.json");
-    }
+    load_for_sampling_within(dir, ditmoe_nn::accounting::machine_memory())
+}
+
+/// [`load_for_sampling`] with the memory the weights must fit in (`None`: only the absolute
+/// size caps); both configs, `state.json`'s and the weights', are validated before the model
+/// is built.
+pub fn load_for_sampling_within(
+    dir: &Path,
+    memory_bytes: Option<f64>,
+) -> Result<(Dit, TrainConfig)> {
     let state = read_state(dir)?;
     let weights = ["ema.safetensors", "model.safetensors"]
         .iter()
         .map(|f| dir.join(f))
         .find(|p| p.exists())
         .ok_or_else(|| anyhow!("{}: no ema.safetensors or model.safetensors", dir.display()))?;
-    let model = ditmoe_nn::checkpoint::load_model(&weights)?;
+    let model = ditmoe_nn::checkpoint::load_model_within(&weights, memory_bytes)?;
     Ok((model, state.config))
 }

@@ -19,7 +19,9 @@ mod progress;
 mod read_back;
 mod trainer;
 
-pub use checkpoint::{checkpoint_dir, load_for_sampling, read_state, RunState};
+pub use checkpoint::{
+    checkpoint_dir, load_for_sampling, load_for_sampling_within, read_state, RunState,
+};
 use checkpoint::{remove_checkpoints, CHECKPOINT_DIRS};
 pub use metrics::{read_metrics, MetricsLine};
 pub use progress::Progress;

@@ -1,9 +1,11 @@
 //! Configuration of a Mixture-of-Experts FFN: the experts and the routing strategy.
 
+use crate::config::limits;
 use crate::moe::expert_choice::ExpertChoice;
 use crate::moe::expert_race::ExpertRace;
 use crate::moe::rule::RoutingRule;
 use crate::moe::token_choice::TokenChoice;
+use crate::validate::Field;
 use serde::{Deserialize, Serialize};
 
 /// The expert network, the same for every routing so an ablation compares routings only.
@@ -43,7 +45,7 @@ pub enum RaceGate {
 
 /// The routing strategy and its knobs.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum RoutingConfig {
     /// DiT-MoE (Fei et al., 2024): each token takes the top-k experts of a softmax router.
     TokenChoice {
@@ -102,6 +104,7 @@ fn default_alpha() -> f64 {
 
 /// A Mixture-of-Experts FFN.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MoeConfig {
     pub num_experts: usize,
     /// Hidden width of each routed expert.
@@ -115,15 +118,24 @@ pub struct MoeConfig {
 }
 
 impl MoeConfig {
-    /// Checks the knobs against each other; the message names the bad value.
+    /// Checks the knobs against each other; the message names the bad field as `moe.…`.
     pub fn validate(&self) -> Result<(), String> {
-        if self.num_experts == 0 || self.expert_hidden == 0 {
-            return Err(format!(
-                "MoE needs at least one expert of non-zero width, found {} experts of width {}",
-                self.num_experts, self.expert_hidden
-            ));
+        self.validate_at(&Field::root("moe"))
+    }
+
+    /// Checks every field (widths within [`limits`]); messages name the field under `at`.
+    pub fn validate_at(&self, at: &Field) -> Result<(), String> {
+        at.at("num_experts")
+            .positive_count(self.num_experts, limits::EXPERTS)?;
+        at.at("expert_hidden")
+            .positive_count(self.expert_hidden, limits::EXPERT_HIDDEN)?;
+        if let Some(hidden) = self.shared_expert_hidden {
+            at.at("shared_expert_hidden")
+                .positive_count(hidden, limits::EXPERT_HIDDEN)?;
         }
-        self.routing.rule().validate(self.num_experts)
+        self.routing
+            .rule()
+            .validate(self.num_experts, &at.at("routing"))
     }
 
     /// Average number of routed experts applied to each token (what compute accounting uses):

@@ -5,6 +5,7 @@
 
 use crate::moe::config::RoutingGroup;
 use crate::moe::rule::{grid, RoutingRule};
+use crate::validate::Field;
 use ditmoe_tensor::{Result, Tensor, TensorError};
 
 pub struct ExpertChoice {
@@ -20,14 +21,19 @@ pub fn capacity(group_tokens: usize, capacity_factor: f64, num_experts: usize) -
 }
 
 impl RoutingRule for ExpertChoice {
-    fn validate(&self, _num_experts: usize) -> std::result::Result<(), String> {
-        let f = self.capacity_factor;
-        if f <= 0.0 || !f.is_finite() {
-            return Err(format!(
-                "expert choice: expected a capacity factor > 0, found {f}"
-            ));
-        }
-        Ok(())
+    /// A capacity factor above E would have each expert take more tokens than the group has.
+    fn validate(&self, num_experts: usize, at: &Field) -> std::result::Result<(), String> {
+        let (f, at) = (self.capacity_factor, at.at("capacity_factor"));
+        at.require(
+            f > 0.0 && f.is_finite(),
+            "a capacity factor > 0 and finite",
+            f,
+        )?;
+        at.require(
+            f <= num_experts as f64,
+            format!("capacity_factor <= {num_experts} (the number of experts)"),
+            f,
+        )
     }
 
     fn experts_per_token(&self, num_experts: usize) -> f64 {

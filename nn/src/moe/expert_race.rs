@@ -5,6 +5,7 @@
 
 use crate::moe::config::RaceGate;
 use crate::moe::rule::{check_top_k, grid, RoutingRule};
+use crate::validate::Field;
 use ditmoe_autograd::Var;
 use ditmoe_tensor::{Result, Tensor};
 
@@ -15,8 +16,8 @@ pub struct ExpertRace {
 }
 
 impl RoutingRule for ExpertRace {
-    fn validate(&self, num_experts: usize) -> std::result::Result<(), String> {
-        check_top_k("expert race", self.top_k, num_experts)
+    fn validate(&self, num_experts: usize, at: &Field) -> std::result::Result<(), String> {
+        check_top_k(at, self.top_k, num_experts)
     }
 
     fn experts_per_token(&self, _num_experts: usize) -> f64 {

@@ -15,13 +15,15 @@
 //! | expert race | the batch's top N·k (token, expert) pairs | N·k pairs in all | both of the above |
 
 use crate::moe::decision::RoutingDecision;
+use crate::validate::Field;
 use ditmoe_autograd::Var;
 use ditmoe_tensor::{Result, Tensor, TensorError};
 
 /// One routing rule (built from its `RoutingConfig` by `RoutingConfig::rule`).
 pub trait RoutingRule: Send + Sync {
-    /// Checks the rule's knobs against the number of experts; the message names the bad value.
-    fn validate(&self, num_experts: usize) -> std::result::Result<(), String>;
+    /// Checks the rule's knobs against the number of experts; the message names the bad
+    /// field under `at` (the `routing` table).
+    fn validate(&self, num_experts: usize, at: &Field) -> std::result::Result<(), String>;
 
     /// Average number of routed experts applied to each token (what compute accounting uses).
     fn experts_per_token(&self, num_experts: usize) -> f64;
@@ -68,18 +70,17 @@ pub(crate) fn grid(scores: &Tensor) -> Result<(usize, usize)> {
     }
 }
 
-/// Refuses a `top_k` outside `1..=num_experts`, naming the rule.
+/// Refuses a `top_k` (field `at.top_k`) outside `1..=num_experts`.
 pub(crate) fn check_top_k(
-    rule: &str,
+    at: &Field,
     top_k: usize,
     num_experts: usize,
 ) -> std::result::Result<(), String> {
-    if top_k == 0 || top_k > num_experts {
-        return Err(format!(
-            "{rule}: expected 1 <= top_k <= {num_experts} experts, found top_k = {top_k}"
-        ));
-    }
-    Ok(())
+    at.at("top_k").require(
+        (1..=num_experts).contains(&top_k),
+        format!("1 <= top_k <= {num_experts} (the number of experts)"),
+        format!("top_k = {top_k}"),
+    )
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! expert-level balance loss α·Σ_i P̄_i·f_i keeps the load even.
 
 use crate::moe::rule::{check_top_k, grid, RoutingRule};
+use crate::validate::Field;
 use ditmoe_autograd::Var;
 use ditmoe_tensor::{Result, Tensor};
 
@@ -15,15 +16,10 @@ pub struct TokenChoice {
 }
 
 impl RoutingRule for TokenChoice {
-    fn validate(&self, num_experts: usize) -> std::result::Result<(), String> {
-        check_top_k("token choice", self.top_k, num_experts)?;
-        if self.balance_loss_alpha < 0.0 {
-            return Err(format!(
-                "token choice: expected balance_loss_alpha >= 0, found {}",
-                self.balance_loss_alpha
-            ));
-        }
-        Ok(())
+    fn validate(&self, num_experts: usize, at: &Field) -> std::result::Result<(), String> {
+        check_top_k(at, self.top_k, num_experts)?;
+        at.at("balance_loss_alpha")
+            .in_range(self.balance_loss_alpha, 0.0, 1.0)
     }
 
     fn experts_per_token(&self, _num_experts: usize) -> f64 {
