@@ -132,8 +132,13 @@ impl<O: Objective> Trainer<O> {
     /// Loads the newest complete checkpoint in the run directory, which must come from the
     /// same config but for `steps` (see [`check_resumable`]).
     pub fn resume(&mut self) -> Result<RunState> {
-        let dir = checkpoint_dir(&self.out)
-            .ok_or_else(|| anyhow!("--resume: no checkpoint in {}", self.out.display()))?;
+        let dir = checkpoint_dir(&self.out).ok_or_else(|| {
+            anyhow!(
+                "--resume: no checkpoint in {} (a run stopped before its first checkpoint \
+                 cannot be resumed; start it again with --overwrite)",
+                self.out.display()
+            )
+        })?;
         let state = read_state(&dir)?;
         check_resumable(&state, &self.config, &dir)?;
         restore(
