@@ -24,10 +24,14 @@ pub struct Target {
 }
 
 /// Every target.
-pub const TARGETS: [Target; 8] = [
+pub const TARGETS: [Target; 9] = [
     Target {
         name: "safetensors",
         run: safetensors,
+    },
+    Target {
+        name: "checkpoint",
+        run: checkpoint,
     },
     Target {
         name: "model_config",
@@ -59,13 +63,15 @@ pub const TARGETS: [Target; 8] = [
     },
 ];
 
-/// A safetensors file: `read_tensors` (header, dtypes, offsets), then `load_model` (the
-/// `config` metadata as JSON, the model it describes, every tensor loaded into it).
+/// A safetensors file: `read_tensors` (header, dtypes, offsets, data).
 pub fn safetensors(data: &[u8]) {
-    let path = scratch_file("input.safetensors", data);
-    if read_tensors(&path).is_ok() {
-        let _ = load_model(&path);
-    }
+    let _ = read_tensors(scratch_file("tensors.safetensors", data));
+}
+
+/// A model checkpoint: `load_model` (the safetensors file, its `config` metadata as JSON, the
+/// model that describes, every tensor loaded into it).
+pub fn checkpoint(data: &[u8]) {
+    let _ = load_model(scratch_file("model.safetensors", data));
 }
 
 /// A model config as checkpoint metadata holds it: `DitConfig::from_json`.
