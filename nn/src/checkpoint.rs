@@ -60,6 +60,19 @@ fn corrupt(path: &Path, reason: impl ToString) -> CheckpointError {
 fn to_tensor(path: &Path, name: &str, view: &TensorView) -> Result<Tensor> {
     let bytes = view.data();
     let shape = view.shape();
+    // safetensors checks the element count, which one zero-size dimension makes 0 whatever
+    // the others; the strides, products from the right, must fit too.
+    if shape
+        .iter()
+        .rev()
+        .try_fold(1usize, |count, &size| count.checked_mul(size))
+        .is_none()
+    {
+        return Err(corrupt(
+            path,
+            format!("tensor `{name}` has shape {shape:?}, whose strides overflow"),
+        ));
+    }
     fn decode<T: ditmoe_tensor::Element, const N: usize>(
         bytes: &[u8],
         shape: &[usize],

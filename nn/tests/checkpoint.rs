@@ -219,6 +219,19 @@ fn file_level_problems_are_reported_not_panicked() {
         "lying offsets"
     );
 
+    // Zero elements, so safetensors accepts it, but the strides need 2^80 (found by fuzzing:
+    // fuzz/regressions/safetensors/zero-size-huge-strides.safetensors).
+    let header =
+        br#"{"a":{"dtype":"F32","shape":[0,1099511627776,1099511627776],"data_offsets":[0,0]}}"#;
+    let mut empty = (header.len() as u64).to_le_bytes().to_vec();
+    empty.extend(header);
+    std::fs::write(&bad, &empty).unwrap();
+    let err = read_tensors(&bad).err().expect("huge strides").to_string();
+    assert!(
+        err.contains("tensor `a`") && err.contains("strides overflow"),
+        "{err}"
+    );
+
     let missing = dir.join("absent.safetensors");
     assert!(error_of(&missing).contains("absent.safetensors"));
     assert!(read_tensors(&missing).is_err());
