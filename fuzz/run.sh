@@ -27,11 +27,6 @@ export RUST_BACKTRACE=1
 report() { grep -v -E '^(#[0-9]+|INFO:|[[:space:]]*"|###)' "$1" | tail -n 80; }
 failed=()
 for target in "${targets[@]}"; do
-    # A target with an open bug would fail on it at once; its line in KNOWN_OPEN says so.
-    if grep -q "^$target/" regressions/KNOWN_OPEN 2>/dev/null; then
-        echo "== fuzz $target SKIPPED: open bug(s) listed in fuzz/regressions/KNOWN_OPEN"
-        continue
-    fi
     echo "== fuzz $target (${seconds}s)"
     binary="target/$triple/release/fuzz_$target"
     # Saved reproducers first (with overflow checks, which `cargo test --release` lacks).

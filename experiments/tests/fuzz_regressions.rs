@@ -2,9 +2,6 @@
 //! seed corpus (`fuzz/corpus/<target>/`) and each reproducer a fuzzing run found
 //! (`fuzz/regressions/<target>/`). The targets are `fuzz/src/targets.rs`, the same functions
 //! the libFuzzer binaries run, so this needs no libFuzzer and runs under `cargo test`.
-//!
-//! A reproducer whose bug is still open is listed in `fuzz/regressions/KNOWN_OPEN` (one
-//! `<target>/<file>` per line, `#` comments) and skipped; the fix deletes its line.
 
 #[path = "../../fuzz/src/targets.rs"]
 mod targets;
@@ -14,16 +11,6 @@ use std::path::{Path, PathBuf};
 
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
-}
-
-/// The reproducers listed as still open, as `<target>/<file>`.
-fn known_open() -> Vec<String> {
-    let text =
-        std::fs::read_to_string(fuzz_dir().join("regressions/KNOWN_OPEN")).unwrap_or_default();
-    text.lines()
-        .map(|line| line.split('#').next().unwrap_or("").trim().to_string())
-        .filter(|entry| !entry.is_empty())
-        .collect()
 }
 
 fn files_in(folder: &Path) -> Vec<PathBuf> {
@@ -50,8 +37,7 @@ fn no_committed_fuzz_input_panics() {
             );
         }
     }
-    let open = known_open();
-    let (mut replayed, mut skipped, mut panicked) = (0, 0, Vec::new());
+    let (mut replayed, mut panicked) = (0, Vec::new());
     for target in &targets::TARGETS {
         for folder in ["corpus", "regressions"] {
             for file in files_in(&fuzz_dir().join(folder).join(target.name)) {
@@ -60,10 +46,6 @@ fn no_committed_fuzz_input_panics() {
                     target.name,
                     file.file_name().unwrap().to_string_lossy()
                 );
-                if folder == "regressions" && open.contains(&entry) {
-                    skipped += 1;
-                    continue;
-                }
                 let bytes = std::fs::read(&file).unwrap();
                 replayed += 1;
                 if catch_unwind(AssertUnwindSafe(|| (target.run)(&bytes))).is_err() {
@@ -72,7 +54,7 @@ fn no_committed_fuzz_input_panics() {
             }
         }
     }
-    println!("replayed {replayed} fuzz inputs, skipped {skipped} known-open reproducer(s)");
+    println!("replayed {replayed} fuzz inputs");
     assert!(
         panicked.is_empty(),
         "these fuzz inputs panic (the message is above each): {panicked:#?}"

@@ -125,9 +125,8 @@ pub fn split_pair(data: &[u8]) -> (&[u8], &[u8]) {
     rest.split_at((u16::from_le_bytes(*length) as usize).min(rest.len()))
 }
 
-/// Opens an IDX pair from bytes. The dataset API reads paths, so the bytes go through files;
-/// a file starting with the gzip magic is named `.gz` so the inflating path runs too. (When
-/// `data::files` takes bytes, only this function and [`open_cifar`] change.)
+/// Opens an IDX pair from bytes through files, the way `ditmoe train` opens them: a file
+/// starting with the gzip magic is named `.gz`, so the inflating path runs too.
 fn open_idx(images: &[u8], labels: &[u8]) -> Result<IdxDataset, DataError> {
     let images = scratch_file(gzip_aware_name("images", images), images);
     let labels = scratch_file(gzip_aware_name("labels", labels), labels);
