@@ -82,6 +82,9 @@ pub fn forward(
         t.to_dtype(dtype)
             .map_err(|e| format!("{}: input `{name}`: {e}", inputs.display()))
     };
+    if let Some(y) = tensors.get("y") {
+        check_label_dtype(y).map_err(|e| format!("{}: {e}", inputs.display()))?;
+    }
     let (x, t, y) = (
         get("x", DType::F32)?,
         get("t", DType::F32)?,
@@ -123,6 +126,17 @@ pub fn forward(
     .map_err(|e| e.to_string())
 }
 
+/// Refuses labels `y` that are not integers: a float label (1.7, NaN, 1e30) has no honest
+/// cast to a class.
+fn check_label_dtype(y: &Tensor) -> Result<(), String> {
+    match y.dtype() {
+        DType::I64 => Ok(()),
+        other => Err(format!(
+            "input `y`: expected integer class labels (dtype I64), found dtype {other:?}"
+        )),
+    }
+}
+
 /// Checks `forward`'s inputs against the model: `x` `[N, C, H, W]`, `t` `[N]` finite, `y` `[N]`
 /// labels in `0..num_classes` (`num_classes` itself, the null label, where the model has it).
 fn check_forward_inputs(
@@ -131,18 +145,19 @@ fn check_forward_inputs(
     t: &Tensor,
     y: &Tensor,
 ) -> Result<(), String> {
-    let side = config.input_size;
-    let n = x.shape().first().copied().unwrap_or(0);
-    let shapes = [
-        ("x", x, vec![n, config.in_channels, side, side]),
-        ("t", t, vec![n]),
-        ("y", y, vec![n]),
-    ];
-    for (name, tensor, expected) in shapes {
-        if tensor.shape() != expected.as_slice() || n == 0 {
+    let (side, channels) = (config.input_size, config.in_channels);
+    let n = match x.shape() {
+        &[n, c, h, w] if n >= 1 && [c, h, w] == [channels, side, side] => n,
+        found => {
             return Err(format!(
-                "input `{name}`: expected shape {expected:?} with N >= 1 (the model takes {} channels of {side}×{side}), found {:?}",
-                config.in_channels,
+                "input `x`: expected shape [N, {channels}, {side}, {side}] with N >= 1 (the model takes {channels} channels of {side}×{side}), found {found:?}"
+            ))
+        }
+    };
+    for (name, tensor) in [("t", t), ("y", y)] {
+        if tensor.shape() != [n] {
+            return Err(format!(
+                "input `{name}`: expected shape [{n}] (one per image of x), found {:?}",
                 tensor.shape()
             ));
         }

@@ -71,11 +71,13 @@ impl Objective {
     /// Checks the objective's knobs; messages name the field under `at`.
     pub fn validate_at(&self, at: &Field) -> Result<(), String> {
         match *self {
-            // The linear schedule's last β is 0.02·1000/steps, which must stay below 1.
+            // The linear schedule's last β is 0.02·1000/steps, which must stay below 1. Any
+            // schedule needs 2 steps: the learned variance interpolates towards the posterior
+            // variance of step 1 (that of step 0 is 0), so one step trains on ln 0.
             Objective::Ddpm { steps, schedule } => {
                 let fewest = match schedule {
                     BetaSchedule::Linear => 21,
-                    BetaSchedule::Cosine => 1,
+                    BetaSchedule::Cosine => 2,
                 };
                 at.at("steps")
                     .count_in(steps, fewest, limits::DIFFUSION_STEPS)
@@ -123,6 +125,26 @@ fn default_count() -> usize {
 }
 
 impl DataSpec {
+    /// The number of classes the data has, when the config alone says it (`shapes`).
+    pub fn known_classes(&self) -> Option<usize> {
+        match self {
+            DataSpec::Shapes { .. } => Some(crate::data::shapes::CLASS_NAMES.len()),
+            DataSpec::Idx { .. } | DataSpec::Cifar10 { .. } => None,
+        }
+    }
+
+    /// Refuses a model whose class count (at `at`) differs from what the data is known to have.
+    pub fn check_classes(&self, model: &DitConfig, at: &Field) -> Result<(), String> {
+        match self.known_classes() {
+            Some(classes) => at.require(
+                model.num_classes == classes,
+                format!("num_classes = {classes}, the classes of the shapes dataset"),
+                model.num_classes,
+            ),
+            None => Ok(()),
+        }
+    }
+
     /// Checks sizes and paths and that `shapes` images fit `model`; messages name the field
     /// under `at`.
     pub fn validate_at(&self, at: &Field, model: &DitConfig) -> Result<(), String> {
@@ -268,7 +290,21 @@ impl TrainConfig {
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, String> {
         let config: TrainConfig = toml::from_str(text).map_err(|e| format!("{origin}: {e}"))?;
         config.validate().map_err(|e| format!("{origin}: {e}"))?;
+        config
+            .check_warmup_fits(&Field::root(""))
+            .map_err(|e| format!("{origin}: {e}"))?;
         Ok(config)
+    }
+
+    /// Refuses a warmup longer than the run, which never reaches its `lr`. A check of the
+    /// file as written, not of [`TrainConfig::validate`]: `ditmoe train --steps` may shorten
+    /// a run below its warmup for a smoke test, and its checkpoint must still load.
+    pub fn check_warmup_fits(&self, at: &Field) -> Result<(), String> {
+        at.at("warmup_steps").require(
+            self.warmup_steps <= self.steps,
+            format!("warmup_steps <= steps ({})", self.steps),
+            self.warmup_steps,
+        )
     }
 
     /// A preset training config.
@@ -325,6 +361,8 @@ impl TrainConfig {
         model.validate_at(&at.at("model"))?;
         self.objective.validate_at(&at.at("objective"))?;
         self.data.validate_at(&at.at("data"), &model)?;
+        self.data
+            .check_classes(&model, &at.at("model").at("num_classes"))?;
         at.at("steps").positive_count(self.steps, limits::STEPS)?;
         at.at("batch_size")
             .positive_count(self.batch_size, limits::BATCH_SIZE)?;
@@ -549,16 +587,49 @@ mod tests {
             let err = bad(from, to);
             assert!(err.contains(expected), "{err}");
         }
-        // The cosine schedule has no lower bound on its steps beyond 1.
-        let cosine = MINI.replace(
-            "kind = \"flow\"",
-            "kind = \"ddpm\", steps = 1, schedule = \"cosine\"",
+        let err = bad("steps = 10", "steps = 10\nwarmup_steps = 11");
+        assert!(
+            err.contains("mini: warmup_steps: expected warmup_steps <= steps (10), found 11"),
+            "{err}"
+        );
+        let err = bad("num_classes = 10", "num_classes = 7");
+        assert!(
+            err.contains("mini: model.num_classes: expected num_classes = 10, the classes of the shapes dataset, found 7"),
+            "{err}"
+        );
+        let err = bad("depth = 1", "depth = 1\nmoe_placement = \"every_other\"\nmoe = { num_experts = 2, expert_hidden = 8, routing = { kind = \"token_choice\", top_k = 1 } }");
+        assert!(
+            err.contains("mini: model.moe_placement: expected a placement"),
+            "{err}"
+        );
+        let err = bad("depth = 1", "depth = 1\nnum_experts = 4");
+        assert!(
+            err.contains("mini: model.num_experts: only reference config.json"),
+            "{err}"
+        );
+        // The cosine schedule needs 2 steps (the posterior variance of step 1), no more.
+        let cosine = |steps: &str| {
+            MINI.replace(
+                "kind = \"flow\"",
+                &format!("kind = \"ddpm\", steps = {steps}, schedule = \"cosine\""),
+            )
+        };
+        let err = TrainConfig::from_toml(&cosine("1"), "mini").unwrap_err();
+        assert!(
+            err.contains("mini: objective.steps: expected 2 <= steps <= 100000, found 1"),
+            "{err}"
         );
         assert_eq!(
-            TrainConfig::from_toml(&cosine, "mini")
+            TrainConfig::from_toml(&cosine("2"), "mini")
                 .unwrap()
                 .sample_steps(),
-            1
+            2
+        );
+        let err = TrainConfig::from_toml(&format!("{}\n[sample]\nsteps = 3", cosine("2")), "mini")
+            .unwrap_err();
+        assert!(
+            err.contains("mini: sample.steps: expected steps <= 2, found 3"),
+            "{err}"
         );
         let cifar = MINI.replace(
             "{ kind = \"shapes\", size = 8 }",
@@ -576,6 +647,21 @@ mod tests {
         assert!(err
             .unwrap()
             .starts_with("batch_size: expected batch_size <= 65536"));
+    }
+
+    #[test]
+    fn adam_betas_must_be_two() {
+        for betas in ["[0.9, 0.99, 0.5]", "[0.9]"] {
+            let text = format!("{MINI}\n[adamw]\nbetas = {betas}");
+            let err = TrainConfig::from_toml(&text, "mini").unwrap_err();
+            assert!(
+                err.contains("expected betas = [β1, β2], two numbers"),
+                "{err}"
+            );
+        }
+        let text = format!("{MINI}\n[adamw]\nbetas = [0.8, 0.95]");
+        let config = TrainConfig::from_toml(&text, "mini").unwrap();
+        assert_eq!(config.adamw.betas, (0.8, 0.95));
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! next file the run opens, which would send progress lines into a metrics log.
 
 use std::io::{ErrorKind, Write};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 static STDERR_FAILED: AtomicBool = AtomicBool::new(false);
@@ -36,12 +37,37 @@ pub fn println(line: &str) -> anyhow::Result<()> {
 
 /// Writes `line` and a newline to stderr; never fails (see the module docs).
 pub fn eprintln(line: &str) {
+    eprint(&format!("{line}\n"));
+}
+
+/// Writes `text` to stderr; never fails (see the module docs).
+pub fn eprint(text: &str) {
     let mut stderr = std::io::stderr().lock();
-    if let Err(e) = writeln!(stderr, "{line}") {
+    if let Err(e) = stderr.write_all(text.as_bytes()) {
         if e.kind() != ErrorKind::BrokenPipe {
             STDERR_FAILED.store(true, Ordering::Relaxed);
         }
     }
+}
+
+/// Parses the command line, printing clap's help, version or usage error through [`print`]
+/// and [`eprint`]: on failure, the exit code to return — clap's own (0 after help or
+/// version, 2 for a usage error), or 1 when that text could not be written (`> /dev/full`).
+pub fn parse_args<P: clap::Parser>() -> Result<P, ExitCode> {
+    P::try_parse().map_err(|e| {
+        let text = e.render().to_string();
+        let written = if e.use_stderr() {
+            eprint(&text);
+            !stderr_failed()
+        } else {
+            print(&text).is_ok()
+        };
+        if written {
+            ExitCode::from(e.exit_code().clamp(0, 255) as u8)
+        } else {
+            ExitCode::FAILURE
+        }
+    })
 }
 
 /// Whether a write to stderr failed other than by a closed pipe.

@@ -79,7 +79,11 @@ static ALLOCATOR: ditmoe_tensor::memory::CountingAllocator =
 fn main() -> ExitCode {
     console::keep_standard_streams_open();
     ditmoe_tensor::memory::keep_freed_memory();
-    let result = match Cli::parse().command {
+    let cli: Cli = match console::parse_args() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    let result = match cli.command {
         Command::Zoo { image_size, json } => commands::zoo(image_size, json),
         Command::Forward {
             checkpoint,

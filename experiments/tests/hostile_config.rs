@@ -105,6 +105,39 @@ fn bad_training_configs_name_the_field() {
         ),
         (
             model_line,
+            "num_classes = 10\nnum_experts = 4\nnum_experts_per_tok = 9",
+            &["model.num_experts: only reference config.json", "moe = {"],
+        ),
+        (
+            model_line,
+            "num_classes = 10\nmoe_placement = \"every_other\"",
+            &[
+                "model.moe_placement: expected a placement",
+                "every_other with depth 1",
+            ],
+        ),
+        (
+            model_line,
+            "num_classes = 7",
+            &["model.num_classes: expected num_classes = 10"],
+        ),
+        (
+            "lr = 1e-3",
+            "lr = 1e-3\nwarmup_steps = 2",
+            &["warmup_steps: expected warmup_steps <= steps (1), found 2"],
+        ),
+        (
+            "lr = 1e-3",
+            "lr = 1e-3\nadamw = { betas = [0.9, 0.99, 0.5] }",
+            &["invalid length 3, expected betas = [β1, β2], two numbers"],
+        ),
+        (
+            "kind = \"flow\", time_scale = 1000.0",
+            "kind = \"ddpm\", steps = 1, schedule = \"cosine\"",
+            &["objective.steps: expected 2 <= steps <= 100000, found 1"],
+        ),
+        (
+            model_line,
             "num_classes = 10\nmlp_ratio = inf",
             &["model.mlp_ratio: expected mlp_ratio > 0 and finite, found inf"],
         ),
@@ -717,8 +750,21 @@ fn forward_inputs_are_checked_against_the_model() {
     let out = forward(&weights, &with("x", x), &dir);
     assert_refused(
         &out,
-        &[&format!("input `x`: expected shape [{n}, 4, 16, 16]")],
+        &["input `x`: expected shape [N, 4, 16, 16] with N >= 1"],
     );
+    let expected_x = "input `x`: expected shape [N, 4, 16, 16] with N >= 1 (the model takes 4 channels of 16×16), found";
+    for shape in [vec![0, 4, 16, 16], vec![]] {
+        let x = Tensor::from_vec(vec![0.0f32; shape.iter().product()], &shape).unwrap();
+        let found = format!("{expected_x} {shape:?}");
+        assert_refused(&forward(&weights, &with("x", x), &dir), &[&found]);
+    }
+    for y in [vec![1.7f32; n], vec![f32::NAN; n], vec![1e30f32; n]] {
+        let y = Tensor::from_vec(y, &[n]).unwrap();
+        assert_refused(
+            &forward(&weights, &with("y", y), &dir),
+            &["input `y`: expected integer class labels (dtype I64), found dtype F32"],
+        );
+    }
     let t = Tensor::from_vec(vec![f32::NAN; n], &[n]).unwrap();
     assert_refused(
         &forward(&weights, &with("t", t), &dir),
@@ -728,4 +774,35 @@ fn forward_inputs_are_checked_against_the_model() {
     let expected = format!("input `t`: expected shape [{n}]");
     assert_refused(&forward(&weights, &with("t", t), &dir), &[&expected]);
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// `ditmoe ARGS` with stdout on `/dev/full`, where every write fails.
+fn ditmoe_into_full_disk(args: &[&str]) -> Output {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_ditmoe"))
+        .args(args)
+        .stdout(full)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn help_and_usage_errors_keep_their_exit_codes_and_a_failed_write_exits_1() {
+    for args in [&["--help"][..], &["--version"], &["train", "--help"]] {
+        let out = ditmoe(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert!(!out.stdout.is_empty(), "{args:?}");
+        assert_eq!(
+            ditmoe_into_full_disk(args).status.code(),
+            Some(1),
+            "{args:?}"
+        );
+    }
+    let out = ditmoe(&["--bogus"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unexpected argument '--bogus'"), "{stderr}");
 }

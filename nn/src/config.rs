@@ -17,6 +17,17 @@ pub enum MoePlacement {
     DeepHalf,
 }
 
+impl MoePlacement {
+    /// The name a config file gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            MoePlacement::EveryBlock => "every_block",
+            MoePlacement::EveryOther => "every_other",
+            MoePlacement::DeepHalf => "deep_half",
+        }
+    }
+}
+
 /// The FFN a block uses.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum FfnKind {
@@ -57,7 +68,8 @@ pub struct DitConfig {
     pub moe: Option<MoeConfig>,
     #[serde(default)]
     pub moe_placement: MoePlacement,
-    /// DiT-MoE reference checkpoints describe their MoE with these two keys instead of `moe`.
+    /// DiT-MoE reference checkpoints describe their MoE with these two keys instead of `moe`;
+    /// [`DitConfig::from_json`] turns them into `moe`, anywhere else they are refused.
     #[serde(default, skip_serializing)]
     num_experts: Option<usize>,
     #[serde(default, skip_serializing)]
@@ -121,14 +133,46 @@ impl DitConfig {
     pub fn from_json(text: &str) -> Result<Self, String> {
         let mut config: DitConfig =
             serde_json::from_str(text).map_err(|e| format!("model config: {e}"))?;
-        if config.moe.is_none() {
-            if let Some(experts) = config.num_experts {
-                config.moe =
-                    Some(config.ditmoe_ffn(experts, config.num_experts_per_tok.unwrap_or(2)));
-            }
-        }
+        config.resolve_reference_moe(&Field::root("model"))?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Replaces the reference keys `num_experts` / `num_experts_per_tok` (top-k, 2 when left
+    /// out) by the `moe` they describe, whose validation checks their values (as
+    /// `moe.num_experts` and `moe.routing.top_k`).
+    fn resolve_reference_moe(&mut self, at: &Field) -> Result<(), String> {
+        let top_k = self.num_experts_per_tok.take();
+        let Some(experts) = self.num_experts.take() else {
+            return match top_k {
+                Some(_) => Err(at
+                    .at("num_experts_per_tok")
+                    .invalid("given without num_experts")),
+                None => Ok(()),
+            };
+        };
+        if self.moe.is_some() {
+            return Err(at
+                .at("num_experts")
+                .invalid("give the MoE either as `moe` or as num_experts, not both"));
+        }
+        self.moe = Some(self.ditmoe_ffn(experts, top_k.unwrap_or(2)));
+        Ok(())
+    }
+
+    /// An error for a reference key left unresolved: a config file gives the MoE as `moe`.
+    fn refuse_reference_moe(&self, at: &Field) -> Result<(), String> {
+        let keys = [
+            ("num_experts", self.num_experts),
+            ("num_experts_per_tok", self.num_experts_per_tok),
+        ];
+        match keys.into_iter().find(|(_, value)| value.is_some()) {
+            Some((key, _)) => Err(at.at(key).invalid(
+                "only reference config.json files use this key; give the MoE as \
+                 moe = { num_experts = …, expert_hidden = …, routing = { kind = \"token_choice\", top_k = … } }",
+            )),
+            None => Ok(()),
+        }
     }
 
     pub fn to_json(&self) -> String {
@@ -178,6 +222,7 @@ impl DitConfig {
     /// Checks every field, sizes within the caps of [`limits`] first so that nothing derived
     /// from them (tokens, widths) can overflow; messages name the field under `at`.
     pub fn validate_at(&self, at: &Field) -> Result<(), String> {
+        self.refuse_reference_moe(at)?;
         let input = self.input_size;
         at.at("input_size")
             .positive_count(input, limits::IMAGE_SIZE)?;
@@ -225,8 +270,26 @@ impl DitConfig {
             .fraction(self.class_dropout_prob)?;
         if let Some(moe) = &self.moe {
             moe.validate_at(&at.at("moe"))?;
+            self.check_some_block_is_moe(&at.at("moe_placement"))?;
         }
         Ok(())
+    }
+
+    /// Refuses a placement that leaves every block dense (`every_other` with depth 1): a
+    /// model with a `moe` table would train as a dense one.
+    fn check_some_block_is_moe(&self, at: &Field) -> Result<(), String> {
+        let moe_blocks = (0..self.depth)
+            .filter(|&i| matches!(self.ffn(i), FfnKind::Moe(_)))
+            .count();
+        at.require(
+            moe_blocks > 0,
+            "a placement that puts the MoE FFN in at least one block",
+            format!(
+                "{} with depth {}, which leaves every block dense",
+                self.moe_placement.name(),
+                self.depth
+            ),
+        )
     }
 }
 
@@ -313,5 +376,72 @@ mod tests {
         assert!(err.contains("unknown field `expert_kindd`"), "{err}");
         let err = DitConfig::from_json(&json.replace("token_choice", "token_choise")).unwrap_err();
         assert!(err.contains("unknown variant `token_choise`"), "{err}");
+    }
+
+    #[test]
+    fn reference_moe_keys_are_checked_and_read_only_from_json() {
+        let dense = DitConfig::dense(16, 4, 3, 64, 2, 4, 10).to_json();
+        let with = |keys: &str| dense.replacen('{', &format!("{{{keys},"), 1);
+        let config =
+            DitConfig::from_json(&with("\"num_experts\":4,\"num_experts_per_tok\":1")).unwrap();
+        assert_eq!(config.moe, Some(config.ditmoe_ffn(4, 1)));
+        let cases = [
+            (
+                "\"num_experts\":0",
+                "model.moe.num_experts: expected num_experts > 0, found 0",
+            ),
+            (
+                "\"num_experts\":4,\"num_experts_per_tok\":9",
+                "model.moe.routing.top_k: expected",
+            ),
+            (
+                "\"num_experts_per_tok\":2",
+                "model.num_experts_per_tok: given without num_experts",
+            ),
+        ];
+        for (keys, expected) in cases {
+            let err = DitConfig::from_json(&with(keys)).unwrap_err();
+            assert!(err.starts_with(expected), "{err}");
+        }
+        let moe = DitConfig::dense(16, 4, 3, 64, 2, 4, 10).ditmoe_ffn(4, 2);
+        let both = DitConfig::dense(16, 4, 3, 64, 2, 4, 10).with_moe(moe, MoePlacement::EveryBlock);
+        let both = both.to_json().replacen('{', "{\"num_experts\":8,", 1);
+        let err = DitConfig::from_json(&both).unwrap_err();
+        assert!(
+            err.starts_with("model.num_experts: give the MoE either"),
+            "{err}"
+        );
+        // Read any other way (a TOML [model] table), the keys are refused by validation.
+        let mut parsed: DitConfig = serde_json::from_str(&with("\"num_experts\":4")).unwrap();
+        let err = parsed.validate().unwrap_err();
+        assert!(
+            err.starts_with("model.num_experts: only reference config.json files"),
+            "{err}"
+        );
+        assert!(err.contains("moe = { num_experts = …"), "{err}");
+        parsed.num_experts = None;
+        parsed.validate().unwrap();
+    }
+
+    #[test]
+    fn a_moe_table_must_reach_some_block() {
+        let err = refused(|c| c.depth = 1);
+        assert_eq!(
+            err,
+            "model.moe_placement: expected a placement that puts the MoE FFN in at least one \
+             block, found every_other with depth 1, which leaves every block dense"
+        );
+        let mut deep_half = DitConfig::dense(16, 4, 3, 64, 1, 4, 10);
+        let moe = deep_half.ditmoe_ffn(4, 2);
+        deep_half = deep_half.with_moe(moe, MoePlacement::DeepHalf);
+        deep_half.validate().unwrap();
+        for placement in [
+            MoePlacement::EveryBlock,
+            MoePlacement::EveryOther,
+            MoePlacement::DeepHalf,
+        ] {
+            let json = serde_json::to_string(&placement).unwrap();
+            assert_eq!(json, format!("\"{}\"", placement.name()));
+        }
     }
 }

@@ -16,11 +16,24 @@ fn default_eps() -> f64 {
     1e-8
 }
 
+/// `[β1, β2]`, refusing an array of any other length (a tuple would drop a third element).
+fn two_betas<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<(f64, f64), D::Error> {
+    match Vec::<f64>::deserialize(deserializer)?[..] {
+        [beta1, beta2] => Ok((beta1, beta2)),
+        ref other => Err(serde::de::Error::invalid_length(
+            other.len(),
+            &"betas = [β1, β2], two numbers",
+        )),
+    }
+}
+
 /// AdamW hyper-parameters (PyTorch's defaults, but DiT's weight decay of 0).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdamWConfig {
-    #[serde(default = "default_betas")]
+    #[serde(default = "default_betas", deserialize_with = "two_betas")]
     pub betas: (f64, f64),
     #[serde(default = "default_eps")]
     pub eps: f64,

@@ -216,6 +216,7 @@ impl AblationPreset {
 
     fn check(&self) -> Result<(), String> {
         self.train.validate_at(&Field::root("train"))?;
+        self.train.check_warmup_fits(&Field::root("train"))?;
         if self.variants.is_empty() {
             return Err("expected at least one [[variant]]".to_string());
         }
@@ -415,6 +416,11 @@ mod tests {
             .contains("iso_flop_with = `nope`"));
         assert!(bad("top_k = 2", "top_k = 9").contains("top_k = 9"));
         assert!(bad("batch_size = ", "batch_size = 0 #").contains("batch_size > 0"));
+        let err = bad("warmup_steps = 50", "warmup_steps = 5000");
+        assert!(
+            err.contains("train.warmup_steps: expected warmup_steps <= steps (900), found 5000"),
+            "{err}"
+        );
         let preset = AblationPreset::load("quick").unwrap();
         assert!(preset
             .select(&["tc".into(), "bogus".into()])

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 /// The state written next to the weights.
 #[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RunState {
     pub step: u64,
     pub config: TrainConfig,

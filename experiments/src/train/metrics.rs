@@ -12,27 +12,42 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// One line of the metrics log (`metrics.jsonl`), written every `log_every` steps.
+///
+/// The trainer stops before logging a step with a non-finite loss or gradient norm, but a
+/// rate or throughput could still overflow: JSON has no NaN or infinity, so serde_json writes
+/// them as `null`, which the number fields read back as NaN.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MetricsLine {
     pub step: u64,
     /// Mean diffusion loss over the steps since the previous line.
+    #[serde(deserialize_with = "null_as_nan")]
     pub loss: f64,
     /// Mean variational-bound term (DDPM with learned σ), same window.
     pub vb: Option<f64>,
     /// Mean auxiliary (balance) loss, same window; `None` without one.
     pub aux_loss: Option<f64>,
     /// Gradient norm before clipping, this step.
+    #[serde(deserialize_with = "null_as_nan")]
     pub grad_norm: f64,
+    #[serde(deserialize_with = "null_as_nan")]
     pub lr: f64,
     /// Throughput over the window.
+    #[serde(deserialize_with = "null_as_nan")]
     pub images_per_s: f64,
     /// Training wall time so far, over resumed parts too.
+    #[serde(deserialize_with = "null_as_nan")]
     pub elapsed_s: f64,
     /// Peak heap since the run (or this resumed part of it) started; `None` when the program
     /// does not count allocations.
     pub peak_heap_mib: Option<f64>,
     /// Routing of this step's batch, per MoE block.
     pub routing: Vec<LayerRouting>,
+}
+
+/// A number, or NaN for the `null` serde_json writes in place of a non-finite one.
+fn null_as_nan<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    let value: Option<f64> = serde::Deserialize::deserialize(deserializer)?;
+    Ok(value.unwrap_or(f64::NAN))
 }
 
 /// Reads a metrics log, naming the file and line of anything malformed.
@@ -177,5 +192,37 @@ impl MetricsLog {
         writeln!(self.file, "{text}").with_context(|| self.path.display().to_string())?;
         self.window = Window::new();
         Ok(Some(line))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_with_non_finite_numbers_reads_back_as_written() {
+        let line = MetricsLine {
+            step: 1,
+            loss: 0.5,
+            vb: None,
+            aux_loss: Some(0.01),
+            grad_norm: f64::NAN,
+            lr: 1e-3,
+            images_per_s: f64::INFINITY,
+            elapsed_s: 2.0,
+            peak_heap_mib: None,
+            routing: vec![],
+        };
+        let text = serde_json::to_string(&line).unwrap();
+        assert!(text.contains("\"grad_norm\":null"), "{text}");
+        let path = std::env::temp_dir().join(format!("ditmoe-nan-{}.jsonl", std::process::id()));
+        let logged = format!("{text}\n");
+        std::fs::write(&path, &logged).unwrap();
+        let read = read_metrics(&path).unwrap();
+        assert!(read[0].grad_norm.is_nan() && read[0].images_per_s.is_nan());
+        assert_eq!((read[0].loss, read[0].aux_loss), (0.5, Some(0.01)));
+        let kept = kept_length(logged.as_bytes(), 1, &path).unwrap();
+        assert_eq!(kept, logged.len() as u64);
+        std::fs::remove_file(path).unwrap();
     }
 }

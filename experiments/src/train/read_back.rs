@@ -48,6 +48,23 @@ pub struct StepScalars {
     pub grad_norm: f64,
 }
 
+impl StepScalars {
+    /// The first of the step's quantities that is NaN or infinite, by its metrics name, with
+    /// its value: an update from it would poison the weights.
+    pub fn first_non_finite(&self) -> Option<(&'static str, f64)> {
+        let named = [
+            ("loss", Some(self.loss)),
+            ("total loss", Some(self.total)),
+            ("vb", self.vb),
+            ("aux_loss", self.aux_loss),
+            ("grad_norm", Some(self.grad_norm)),
+        ];
+        named
+            .into_iter()
+            .find_map(|(name, value)| value.filter(|v| !v.is_finite()).map(|v| (name, v)))
+    }
+}
+
 /// Brings the losses and every gradient's sum of squares to the host in one download — on a
 /// GPU, the step's one wait for the device — and adds the squares into the gradient norm.
 pub fn read_back_step_scalars(
@@ -119,5 +136,28 @@ mod tests {
             (scalars.loss, scalars.vb, scalars.aux_loss),
             (7.5, None, None)
         );
+    }
+
+    #[test]
+    fn the_first_non_finite_quantity_is_named() {
+        let finite = StepScalars {
+            loss: 1.0,
+            total: 1.5,
+            vb: Some(0.5),
+            aux_loss: Some(0.5),
+            grad_norm: 2.0,
+        };
+        assert_eq!(finite.first_non_finite(), None);
+        let nan_gradient = StepScalars {
+            grad_norm: f64::NAN,
+            ..finite.clone()
+        };
+        let (name, value) = nan_gradient.first_non_finite().unwrap();
+        assert!(name == "grad_norm" && value.is_nan());
+        let infinite_vb = StepScalars {
+            vb: Some(f64::INFINITY),
+            ..nan_gradient
+        };
+        assert_eq!(infinite_vb.first_non_finite(), Some(("vb", f64::INFINITY)));
     }
 }

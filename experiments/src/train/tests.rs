@@ -556,3 +556,80 @@ fn a_checkpoint_missing_a_moment_or_with_a_misshapen_ema_is_refused() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// DDPM with one cosine step and a learned σ, which validation refuses: every t is 0, where
+/// the posterior variance β̃_0 is 0, so the loss is finite but the gradient of the learned
+/// log-variance (interpolating towards ln β̃_0 = −∞) is NaN.
+fn one_step_cosine_ddpm() -> GaussianDiffusion {
+    GaussianDiffusion::new(
+        Schedule::new(ditmoe_diffusion::BetaSchedule::Cosine, 1),
+        true,
+    )
+}
+
+#[test]
+fn a_non_finite_gradient_stops_the_run_before_its_update_and_checkpoint() {
+    let mut config = tiny_config();
+    (config.checkpoint_every, config.log_every) = (1, 1);
+    let out = temp("non-finite");
+    train(&config, &out, &stop_after(2)).unwrap();
+    let good = checkpoint_tensors(&out);
+    assert!(good.iter().all(|(_, t)| t.iter().all(|v| v.is_finite())));
+    let model_config = config.model_config().unwrap();
+    let err = run(
+        one_step_cosine_ddpm(),
+        &config,
+        model_config,
+        &out,
+        &resume(),
+    )
+    .unwrap_err()
+    .to_string();
+    let expected = format!(
+        "non-finite grad_norm (NaN) at step 3: stopping before its update; the last good checkpoint is {}",
+        checkpoint_dir(&out).unwrap().display()
+    );
+    assert_eq!(err, expected);
+    assert_eq!(checkpoint_tensors(&out), good);
+    let logged = read_metrics(&out.join("metrics.jsonl")).unwrap();
+    assert_eq!(logged.iter().map(|l| l.step).collect::<Vec<_>>(), [1, 2]);
+}
+
+#[test]
+fn a_run_that_fails_its_first_step_says_no_checkpoint_was_written() {
+    let config = tiny_config();
+    let out = temp("non-finite-first");
+    let model_config = config.model_config().unwrap();
+    let err = run(
+        one_step_cosine_ddpm(),
+        &config,
+        model_config,
+        &out,
+        &quiet(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert_eq!(
+        err,
+        "non-finite grad_norm (NaN) at step 1: stopping before its update; no checkpoint was written yet"
+    );
+    assert!(checkpoint_dir(&out).is_none());
+    assert_eq!(read_metrics(&out.join("metrics.jsonl")).unwrap(), []);
+}
+
+#[test]
+fn state_json_refuses_unknown_keys_and_reads_the_old_layout() {
+    let dir = temp("state");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = serde_json::to_value(tiny_config()).unwrap();
+    let write = |state: serde_json::Value| {
+        std::fs::write(dir.join("state.json"), state.to_string()).unwrap();
+    };
+    // The first versions wrote no `seconds`.
+    write(serde_json::json!({ "step": 3, "config": config }));
+    let old = read_state(&dir).unwrap();
+    assert_eq!((old.step, old.seconds), (3, 0.0));
+    write(serde_json::json!({ "step": 3, "config": config, "seconds": 1.5, "extra": 1 }));
+    let err = format!("{:#}", read_state(&dir).err().unwrap());
+    assert!(err.contains("unknown field `extra`"), "{err}");
+}

@@ -111,15 +111,21 @@ impl<O: Objective> Trainer<O> {
         Ok(batch(self.data.as_ref(), &indices, self.config.flip, rng)?)
     }
 
-    /// An error naming the last good checkpoint when the step's loss is not finite.
+    /// An error naming the quantity, the 1-based step and the last good checkpoint when a
+    /// loss or the gradient norm of step `step` (0-based) is not finite — before the update,
+    /// so that the weights and every checkpoint stay finite.
     fn stop_unless_finite(&self, step: u64, scalars: &StepScalars) -> Result<()> {
-        if !scalars.total.is_finite() {
-            let last = checkpoint_dir(&self.out).map_or("none was written yet".to_string(), |d| {
-                d.display().to_string()
-            });
-            bail!("non-finite loss at step {step}: stopping; the last good checkpoint is {last}");
-        }
-        Ok(())
+        let Some((name, value)) = scalars.first_non_finite() else {
+            return Ok(());
+        };
+        let last = match checkpoint_dir(&self.out) {
+            Some(dir) => format!("the last good checkpoint is {}", dir.display()),
+            None => "no checkpoint was written yet".to_string(),
+        };
+        bail!(
+            "non-finite {name} ({value}) at step {}: stopping before its update; {last}",
+            step + 1
+        )
     }
 
     /// The schedule spans the config's `steps`: a run resumed with more steps follows the
