@@ -136,12 +136,14 @@ fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 /// The step of the checkpoint in `dir` if it is complete: every file present and its
-/// `state.json`, written last, readable.
-fn complete_step(dir: &Path) -> Option<u64> {
-    if !FILES.iter().all(|f| dir.join(f).is_file()) {
-        return None;
+/// `state.json`, written last, readable; otherwise why not, naming the file.
+fn complete_step(dir: &Path) -> std::result::Result<u64, String> {
+    if let Some(missing) = FILES.iter().map(|f| dir.join(f)).find(|p| !p.is_file()) {
+        return Err(format!("{} is missing or not a file", missing.display()));
     }
-    read_state(dir).ok().map(|state| state.step)
+    read_state(dir)
+        .map(|state| state.step)
+        .map_err(|e| format!("{e:#}"))
 }
 
 /// The complete checkpoint directory of the highest step under `out`, if any (see the module
@@ -149,13 +151,24 @@ fn complete_step(dir: &Path) -> Option<u64> {
 pub fn checkpoint_dir(out: &Path) -> Option<PathBuf> {
     let mut best: Option<(u64, PathBuf)> = None;
     for dir in CHECKPOINT_DIRS.iter().map(|name| out.join(name)) {
-        if let Some(step) = complete_step(&dir) {
+        if let Ok(step) = complete_step(&dir) {
             if best.as_ref().is_none_or(|(b, _)| step > *b) {
                 best = Some((step, dir));
             }
         }
     }
     best.map(|(_, dir)| dir)
+}
+
+/// Why each checkpoint folder under `out` that exists is not a usable checkpoint (empty when
+/// there is none, or every one is complete).
+pub(super) fn unusable_checkpoints(out: &Path) -> Vec<String> {
+    CHECKPOINT_DIRS
+        .iter()
+        .map(|name| out.join(name))
+        .filter(|dir| std::fs::symlink_metadata(dir).is_ok())
+        .filter_map(|dir| complete_step(&dir).err())
+        .collect()
 }
 
 /// The `state.json` of a checkpoint directory, its training config validated as a config
