@@ -191,6 +191,39 @@ fn train_and_evaluate(
     Ok(evaluation)
 }
 
+/// An error if `out` is the run directory of a `ditmoe train` (a checkpoint or metrics log at
+/// its top level): an ablation keeps its runs under `out/runs/` and would mix its files in.
+fn refuse_train_run(out: &Path) -> Result<()> {
+    let train_files = [
+        "checkpoint",
+        "checkpoint-new",
+        "checkpoint-old",
+        "metrics.jsonl",
+    ];
+    if let Some(found) = train_files.iter().find(|f| out.join(f).exists()) {
+        bail!(
+            "--out {}: that directory holds a `ditmoe train` run ({found}); an ablation needs a directory of its own",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+/// An error naming `evaluation.real_images` unless `data` holds twice as many images: the
+/// evaluation holds that many out and trains its classifier on the rest.
+fn check_real_images(data: &dyn crate::data::Dataset, real_images: usize) -> Result<()> {
+    if data.len() < 2 * real_images {
+        bail!(
+            "evaluation.real_images = {real_images}: dataset {} has {} images; the evaluation holds out real_images and trains its classifier on the rest, so it needs at least {} (give real_images <= {})",
+            data.name(),
+            data.len(),
+            2 * real_images,
+            data.len() / 2
+        );
+    }
+    Ok(())
+}
+
 /// Runs the ablation; returns the path of `report.md`.
 pub fn ablate(options: &AblateOptions) -> Result<PathBuf> {
     let began = Instant::now();
@@ -202,21 +235,19 @@ pub fn ablate(options: &AblateOptions) -> Result<PathBuf> {
         .select(&options.variants)
         .map_err(anyhow::Error::msg)?;
     let out = &options.out;
+    refuse_train_run(out)?;
+    // Every refusal comes before anything is created or trained.
+    let data = open_dataset(&preset.train.data, preset.train.seed)?;
+    let settings = &preset.evaluation;
+    check_real_images(data.as_ref(), settings.real_images)?;
     let _lock = crate::run_lock::RunLock::acquire(out)?;
+    let done = variants
+        .iter()
+        .map(|variant| finished(&out.join("runs").join(&variant.name), variant))
+        .collect::<Result<Vec<bool>>>()?;
     for dir in ["runs", "metrics", "samples", "plots"] {
         let path = out.join(dir);
         std::fs::create_dir_all(&path).with_context(|| path.display().to_string())?;
-    }
-    let data = open_dataset(&preset.train.data, preset.train.seed)?;
-    let settings = &preset.evaluation;
-    if data.len() < 2 * settings.real_images {
-        bail!(
-            "dataset {} has {} images; the evaluation holds out real_images = {} and trains on the rest, so it needs at least {}",
-            data.name(),
-            data.len(),
-            settings.real_images,
-            2 * settings.real_images
-        );
     }
     let (classifier, meta) = classifier_for(out, &preset, data.as_ref(), options)?;
     let (real, real_labels) = real_images(data.as_ref(), settings.real_images)?;
@@ -237,7 +268,7 @@ pub fn ablate(options: &AblateOptions) -> Result<PathBuf> {
         let label = format!("[{}/{count}] {}", i + 1, variant.name);
         let run = out.join("runs").join(&variant.name);
         let evaluation_path = run.join("evaluation.json");
-        let evaluation = if finished(&run, variant)? {
+        let evaluation = if done[i] {
             say(
                 options,
                 format!("{label}: finished in an earlier run, skipped"),
