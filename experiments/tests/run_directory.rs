@@ -505,3 +505,41 @@ fn checkpoint_names_taken_by_files_and_a_file_as_out_are_refused_before_training
     assert!(stderr(&file_out).contains("--out /dev/null: not a directory"));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn the_memory_check_uses_the_address_space_limit_and_names_it() {
+    use std::os::unix::process::CommandExt;
+    let (dir, _) = setup("rlimit");
+    let big = dir.join("big.toml");
+    let shapes = r#"{ kind = "shapes", size = 8, count = 20 }"#;
+    let text = config(shapes, 3).replace(
+        "hidden_size = 8\n        depth = 1",
+        "hidden_size = 1024\n        depth = 8",
+    );
+    std::fs::write(&big, text).unwrap();
+    let mut command = Command::new(BIN);
+    command.args(["train", "--config", big.to_str().unwrap(), "--out"]);
+    command.arg(dir.join("run"));
+    // SAFETY: setrlimit is async-signal-safe; the child only lowers its own limits.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 512 << 20,
+                rlim_max: 512 << 20,
+            };
+            match libc::setrlimit(libc::RLIMIT_AS, &limit) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        });
+    }
+    let refused = command.output().unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    let message = stderr(&refused);
+    assert!(
+        message.contains("this machine has 0.5 GiB (its RLIMIT_AS limit)"),
+        "{message}"
+    );
+    assert!(!dir.join("run").exists());
+    std::fs::remove_dir_all(dir).unwrap();
+}
