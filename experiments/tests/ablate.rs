@@ -277,7 +277,7 @@ fn a_miniature_ablation_writes_a_complete_consistent_report_and_resumes() {
 }
 
 #[test]
-fn a_train_run_directory_or_too_many_real_images_is_refused_before_anything_is_made() {
+fn a_train_run_directory_too_many_real_images_or_a_damaged_variant_is_refused_untouched() {
     let dir = std::env::temp_dir().join(format!("ditmoe-ablate-refusals-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -324,6 +324,31 @@ fn a_train_run_directory_or_too_many_real_images_is_refused_before_anything_is_m
         std::fs::read_dir(&train_run).unwrap().count(),
         1,
         "nothing was added"
+    );
+
+    // A variant whose only checkpoint was damaged after its save is not retrained over.
+    let out = dir.join("damaged");
+    let damaged = out.join("runs").join("dense").join("checkpoint");
+    std::fs::create_dir_all(&damaged).unwrap();
+    std::fs::write(damaged.join("state.json"), "{").unwrap();
+    let refused = ditmoe(&[
+        "ablate",
+        "--preset",
+        mini.to_str().unwrap(),
+        "--variants",
+        "dense",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let message = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(
+        message.contains("no complete checkpoint")
+            && message.contains("model.safetensors is missing"),
+        "{message}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(damaged.join("state.json")).unwrap(),
+        "{"
     );
     std::fs::remove_dir_all(dir).unwrap();
 }

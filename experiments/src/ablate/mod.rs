@@ -16,8 +16,8 @@ pub mod report;
 pub mod summary;
 
 use crate::train::{
-    checkpoint_dir, load_for_sampling, open_dataset, read_metrics, read_state, train, Progress,
-    TrainOptions,
+    checkpoint_dir, damaged_checkpoints, load_for_sampling, open_dataset, read_metrics, read_state,
+    train, Progress, TrainOptions,
 };
 use anyhow::{anyhow, bail, Context, Result};
 use classifier::{real_images, train_classifier, Classifier, ClassifierMeta, Reference};
@@ -53,15 +53,12 @@ fn say(options: &AblateOptions, message: String) {
     }
 }
 
-/// Writes `value` as JSON to `path` via a temporary file, so a reader never sees half of it.
+/// Writes `value` as JSON to `path` atomically ([`ditmoe_nn::files`]), so a reader never sees
+/// half of it.
 fn write_json_atomically(path: &Path, value: &impl serde::Serialize) -> Result<()> {
-    let temporary = path.with_extension("json.tmp");
-    std::fs::write(
-        &temporary,
-        serde_json::to_string_pretty(value).expect("serialises"),
-    )
-    .with_context(|| temporary.display().to_string())?;
-    std::fs::rename(&temporary, path).with_context(|| path.display().to_string())
+    let text = serde_json::to_string_pretty(value).expect("serialises");
+    ditmoe_nn::files::write_atomically(path, text.as_bytes())
+        .with_context(|| path.display().to_string())
 }
 
 /// The classifier of this output directory: loaded if one with the same settings is there,
@@ -116,9 +113,19 @@ fn classifier_for(
 }
 
 /// Whether `run` holds a finished variant trained with `variant`'s config; an error if it
-/// holds one trained with another config (never overwritten).
+/// holds one trained with another config, or only a checkpoint damaged after its save (never
+/// overwritten).
 fn finished(run: &Path, variant: &Variant) -> Result<bool> {
     let Some(dir) = checkpoint_dir(run) else {
+        let damaged = damaged_checkpoints(run);
+        if !damaged.is_empty() {
+            bail!(
+                "{} holds variant `{}` with no complete checkpoint: {}; repair or restore the file(s) named, or remove that directory to train it again",
+                run.display(),
+                variant.name,
+                damaged.join("; ")
+            );
+        }
         return Ok(false);
     };
     let state = read_state(&dir)?;

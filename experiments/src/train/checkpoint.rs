@@ -162,11 +162,23 @@ pub fn checkpoint_dir(out: &Path) -> Option<PathBuf> {
 
 /// Why each checkpoint folder under `out` that exists is not a usable checkpoint (empty when
 /// there is none, or every one is complete).
-pub(super) fn unusable_checkpoints(out: &Path) -> Vec<String> {
+pub fn unusable_checkpoints(out: &Path) -> Vec<String> {
+    unusable_where(out, |_| true)
+}
+
+/// [`unusable_checkpoints`] among the folders whose save had finished (`state.json`, written
+/// last, is there): those were damaged afterwards, and hold weights worth recovering.
+pub fn damaged_checkpoints(out: &Path) -> Vec<String> {
+    unusable_where(out, |dir| {
+        std::fs::symlink_metadata(dir.join("state.json")).is_ok()
+    })
+}
+
+fn unusable_where(out: &Path, keep: impl Fn(&Path) -> bool) -> Vec<String> {
     CHECKPOINT_DIRS
         .iter()
         .map(|name| out.join(name))
-        .filter(|dir| std::fs::symlink_metadata(dir).is_ok())
+        .filter(|dir| std::fs::symlink_metadata(dir).is_ok() && keep(dir))
         .filter_map(|dir| complete_step(&dir).err())
         .collect()
 }

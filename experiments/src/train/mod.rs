@@ -20,7 +20,8 @@ mod read_back;
 mod trainer;
 
 pub use checkpoint::{
-    checkpoint_dir, load_for_sampling, load_for_sampling_within, read_state, RunState,
+    checkpoint_dir, damaged_checkpoints, load_for_sampling, load_for_sampling_within, read_state,
+    unusable_checkpoints, RunState,
 };
 use checkpoint::{remove_checkpoints, CHECKPOINT_DIRS};
 pub use metrics::{read_metrics, MetricsLine};

@@ -2,8 +2,7 @@
 //! backward, one read-back, clip, optimizer, EMA. See [`Trainer::step`].
 
 use super::checkpoint::{
-    check_resumable, checkpoint_dir, read_state, restore, save_checkpoint, unusable_checkpoints,
-    RunState,
+    check_resumable, checkpoint_dir, read_state, restore, save_checkpoint, RunState,
 };
 use super::read_back::{read_back_step_scalars, StepLosses, StepScalars};
 use super::step_rng;
@@ -150,7 +149,7 @@ impl<O: Objective> Trainer<O> {
     /// unusable, or, when there is none, how to start over.
     fn no_checkpoint_to_resume(&self) -> anyhow::Error {
         let out = self.out.display();
-        let damaged = unusable_checkpoints(&self.out);
+        let damaged = super::unusable_checkpoints(&self.out);
         if damaged.is_empty() {
             return anyhow!(
                 "--resume: no checkpoint in {out} (a run stopped before its first checkpoint \
