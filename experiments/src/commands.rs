@@ -4,6 +4,7 @@ use crate::console::{eprintln, print, println};
 use ditmoe_autograd::Var;
 use ditmoe_nn::accounting::{check_memory, machine_memory, memory_estimate, model_cost, Workload};
 use ditmoe_nn::checkpoint::{load_model_within, read_tensors, write_tensors};
+use ditmoe_nn::files::same_file;
 use ditmoe_nn::presets::{preset, preset_names};
 use ditmoe_nn::{DitConfig, ForwardOptions};
 use ditmoe_tensor::{DType, Tensor};
@@ -72,6 +73,7 @@ pub fn forward(
     out: &Path,
     ignore_memory_limit: bool,
 ) -> Result<(), String> {
+    refuse_output_onto_inputs(out, &[("--checkpoint", checkpoint), ("--inputs", inputs)])?;
     let memory = memory_limit(ignore_memory_limit);
     let model = load_model_within(checkpoint, memory).map_err(|e| e.to_string())?;
     let tensors = read_tensors(inputs).map_err(|e| e.to_string())?.tensors;
@@ -135,6 +137,55 @@ fn check_label_dtype(y: &Tensor) -> Result<(), String> {
             "input `y`: expected integer class labels (dtype I64), found dtype {other:?}"
         )),
     }
+}
+
+/// An error unless `--out` can be written without replacing one of the command's `inputs`
+/// (flag, path): the destination must be a regular file or new, and no input's file.
+fn refuse_output_onto_inputs(out: &Path, inputs: &[(&str, &Path)]) -> Result<(), String> {
+    let out_text = out.display();
+    ditmoe_nn::files::write_destination(out).map_err(|e| format!("--out {out_text}: {e}"))?;
+    match inputs.iter().find(|(_, input)| same_file(out, input)) {
+        Some((flag, input)) => Err(format!(
+            "--out {out_text} is the same file as {flag} {}: choose another output path",
+            input.display()
+        )),
+        None => Ok(()),
+    }
+}
+
+/// An error unless `sample --out` names a `.png` file outside the checkpoint directory (so
+/// that no checkpoint file is ever replaced by the grid).
+fn check_sample_out(out: &Path, checkpoint: &Path) -> Result<(), String> {
+    let is_png = out
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("png"));
+    if !is_png {
+        return Err(format!(
+            "--out {}: expected a path ending in .png (sample writes a PNG image)",
+            out.display()
+        ));
+    }
+    let destination = ditmoe_nn::files::write_destination(out)
+        .map_err(|e| format!("--out {}: {e}", out.display()))?;
+    let folder = destination.parent().map(|p| {
+        if p.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            p
+        }
+    });
+    let inside = folder.is_some_and(|folder| same_file(folder, checkpoint));
+    let checkpoint_files: Vec<std::path::PathBuf> = std::fs::read_dir(checkpoint)
+        .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    if inside || checkpoint_files.iter().any(|file| same_file(out, file)) {
+        return Err(format!(
+            "--out {}: that is inside the checkpoint directory {}; write the grid elsewhere",
+            out.display(),
+            checkpoint.display()
+        ));
+    }
+    Ok(())
 }
 
 /// Checks `forward`'s inputs against the model: `x` `[N, C, H, W]`, `t` `[N]` finite, `y` `[N]`
@@ -220,6 +271,20 @@ pub struct TrainArgs {
     pub ignore_memory_limit: bool,
 }
 
+/// The run name of a config file, its stem (`runs/<name>` is the default `--out`); `run` when
+/// the stem could not name a folder of its own (empty, `.`, `..`, or holding a separator).
+fn run_name(config: &Path) -> String {
+    let stem = config
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if stem.is_empty() || stem == "." || stem == ".." || stem.contains(std::path::MAIN_SEPARATOR) {
+        "run".to_string()
+    } else {
+        stem
+    }
+}
+
 /// `ditmoe train`: trains from a config file or preset and prints a summary.
 pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
     use crate::config::TrainConfig;
@@ -231,8 +296,7 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
             (
                 TrainConfig::from_toml(&text, &path.display().to_string())
                     .map_err(anyhow::Error::msg)?,
-                path.file_stem()
-                    .map_or("run".into(), |s| s.to_string_lossy().into_owned()),
+                run_name(path),
             )
         }
         (None, Some(name)) => (
@@ -363,6 +427,7 @@ pub fn sample(args: &SampleArgs) -> anyhow::Result<()> {
         Some("euler") => Some(SamplerKind::Euler),
         Some(other) => anyhow::bail!("unknown sampler `{other}` (expected ddpm, ddim or euler)"),
     };
+    check_sample_out(out, checkpoint).map_err(message)?;
     let config = crate::train::read_state(checkpoint)?.config;
     if let Some(sampler) = sampler {
         config
@@ -381,6 +446,14 @@ pub fn sample(args: &SampleArgs) -> anyhow::Result<()> {
     let classes = model_config.num_classes;
     let per_class = n.div_ceil(classes).max(1);
     let labels = sample_labels(classes, per_class);
+    if labels.len() > limits::SAMPLES {
+        anyhow::bail!(
+            "--n {n}: rounded up to a multiple of the {classes} classes that is {} samples, more than the {} allowed; give --n {} or less",
+            labels.len(),
+            limits::SAMPLES,
+            limits::SAMPLES / classes * classes
+        );
+    }
     // Guidance runs the model on each image with and without its label.
     let images = 2 * labels.len();
     let estimate = memory_estimate(&model_config, Workload::Inference { batch: images });
@@ -458,4 +531,19 @@ pub fn ablate(
         report.display(),
         began.elapsed().as_secs_f64()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_name_is_the_config_stem_unless_it_cannot_be_a_folder() {
+        let name = |path: &str| run_name(Path::new(path));
+        assert_eq!(name("configs/tiny-moe.toml"), "tiny-moe");
+        assert_eq!(name("...toml"), "run");
+        assert_eq!(name("..toml"), "run");
+        assert_eq!(name(".toml"), ".toml", "a dotfile's stem is its name");
+        assert_eq!(name("/"), "run");
+    }
 }

@@ -22,7 +22,9 @@ const SCALE: usize = 2;
 const PAD: usize = 2;
 
 /// Writes `images` (`[rows·cols, C, H, W]`, values in [−1, 1], C = 1 or 3, row-major by class)
-/// as a grid with `rows` rows; `labels[r]` is drawn left of row r.
+/// as a grid with `rows` rows; `labels[r]` is drawn left of row r. The file is written
+/// atomically, and an existing `path` that is not a regular file refused (see
+/// [`ditmoe_nn::files`]).
 pub fn write_grid(path: &Path, images: &Tensor, rows: usize, labels: &[usize]) -> Result<()> {
     let &[n, c, h, w] = images.shape() else {
         anyhow::bail!(
@@ -67,13 +69,13 @@ pub fn write_grid(path: &Path, images: &Tensor, rows: usize, labels: &[usize]) -
             }
         }
     }
-    let file = std::fs::File::create(path).with_context(|| path.display().to_string())?;
-    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), width as u32, height as u32);
+    let mut png_bytes = Vec::new();
+    let mut encoder = png::Encoder::new(&mut png_bytes, width as u32, height as u32);
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
     encoder
         .write_header()
         .and_then(|mut w| w.write_image_data(&rgb))
         .with_context(|| path.display().to_string())?;
-    Ok(())
+    ditmoe_nn::files::write_atomically(path, &png_bytes).with_context(|| path.display().to_string())
 }

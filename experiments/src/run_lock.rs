@@ -9,7 +9,7 @@
 use anyhow::{bail, Context, Result};
 use std::fs::File;
 use std::io::{Read, Seek, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -25,14 +25,25 @@ impl RunLock {
     /// Takes the lock of `dir` (created if missing). An error naming the directory and the
     /// owner's pid when another live process holds it.
     pub fn acquire(dir: &Path) -> Result<RunLock> {
+        if std::fs::metadata(dir).is_ok_and(|meta| !meta.is_dir()) {
+            bail!("--out {}: not a directory", dir.display());
+        }
         std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
         let path = dir.join(".lock");
+        if std::fs::symlink_metadata(&path).is_ok_and(|meta| meta.file_type().is_symlink()) {
+            bail!(
+                "{} is a symlink; a run directory's lock must be a plain file: remove the link",
+                path.display()
+            );
+        }
         loop {
+            // O_NOFOLLOW: a symlink put there since the check is refused too, never written through.
             let mut file = File::options()
                 .read(true)
                 .write(true)
                 .create(true)
                 .truncate(false)
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(&path)
                 .with_context(|| path.display().to_string())?;
             // SAFETY: flock on a file descriptor we own; no memory is passed.
@@ -151,6 +162,24 @@ mod tests {
             "{text}"
         );
         drop(lock);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_lock_symlink_or_a_file_as_the_directory_is_refused_untouched() {
+        let dir = temp("symlink");
+        std::fs::create_dir_all(&dir).unwrap();
+        let precious = dir.join("precious.txt");
+        std::fs::write(&precious, "keep me").unwrap();
+        let run = dir.join("run");
+        std::fs::create_dir_all(&run).unwrap();
+        std::os::unix::fs::symlink(&precious, run.join(".lock")).unwrap();
+        let err = RunLock::acquire(&run).unwrap_err().to_string();
+        assert!(err.contains("is a symlink"), "{err}");
+        assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me");
+        assert!(std::fs::symlink_metadata(run.join(".lock")).is_ok());
+        let err = RunLock::acquire(&precious).unwrap_err().to_string();
+        assert!(err.ends_with("precious.txt: not a directory"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

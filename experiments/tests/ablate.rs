@@ -245,7 +245,8 @@ fn a_miniature_ablation_writes_a_complete_consistent_report_and_resumes() {
         "re-evaluating gives the same numbers"
     );
 
-    // Another seed into the same directory is refused rather than mixed in.
+    // Another seed into the same directory is refused rather than mixed in, before any work.
+    let classifier_before = std::fs::read(out.join("classifier.safetensors")).unwrap();
     let refused = ditmoe(&[
         "ablate",
         "--preset",
@@ -257,6 +258,11 @@ fn a_miniature_ablation_writes_a_complete_consistent_report_and_resumes() {
     ]);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("different config"));
+    assert_eq!(
+        std::fs::read(out.join("classifier.safetensors")).unwrap(),
+        classifier_before,
+        "the refused run retrained nothing"
+    );
     let unknown = ditmoe(&[
         "ablate",
         "--preset",
@@ -267,6 +273,83 @@ fn a_miniature_ablation_writes_a_complete_consistent_report_and_resumes() {
         out.to_str().unwrap(),
     ]);
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no variant `nope`"));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_train_run_directory_too_many_real_images_or_a_damaged_variant_is_refused_untouched() {
+    let dir = std::env::temp_dir().join(format!("ditmoe-ablate-refusals-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let preset = dir.join("greedy.toml");
+    std::fs::write(
+        &preset,
+        MINI.replace("real_images = 100", "real_images = 300"),
+    )
+    .unwrap();
+    let out = dir.join("out");
+    let refused = ditmoe(&[
+        "ablate",
+        "--preset",
+        preset.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let message = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(!refused.status.success());
+    assert!(
+        message.contains("evaluation.real_images = 300") && message.contains("has 400 images"),
+        "{message}"
+    );
+    assert!(!out.exists(), "nothing was created");
+
+    let mini = dir.join("mini.toml");
+    std::fs::write(&mini, MINI).unwrap();
+    let train_run = dir.join("train-run");
+    std::fs::create_dir_all(&train_run).unwrap();
+    std::fs::write(train_run.join("metrics.jsonl"), "").unwrap();
+    let refused = ditmoe(&[
+        "ablate",
+        "--preset",
+        mini.to_str().unwrap(),
+        "--out",
+        train_run.to_str().unwrap(),
+    ]);
+    let message = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(
+        message.contains("holds a `ditmoe train` run (metrics.jsonl)"),
+        "{message}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&train_run).unwrap().count(),
+        1,
+        "nothing was added"
+    );
+
+    // A variant whose only checkpoint was damaged after its save is not retrained over.
+    let out = dir.join("damaged");
+    let damaged = out.join("runs").join("dense").join("checkpoint");
+    std::fs::create_dir_all(&damaged).unwrap();
+    std::fs::write(damaged.join("state.json"), "{").unwrap();
+    let refused = ditmoe(&[
+        "ablate",
+        "--preset",
+        mini.to_str().unwrap(),
+        "--variants",
+        "dense",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let message = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(
+        message.contains("no complete checkpoint")
+            && message.contains("model.safetensors is missing"),
+        "{message}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(damaged.join("state.json")).unwrap(),
+        "{"
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -330,3 +330,216 @@ fn a_truncated_or_mislabelled_dataset_is_a_clean_error() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A character device node at `path` (as `mknod path c 1 7`, /dev/full's numbers).
+fn device_node(path: &Path) {
+    let name = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path; mknod reads it and returns.
+    let made = unsafe { libc::mknod(name.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 7)) };
+    assert_eq!(made, 0, "mknod (the tests run as root)");
+}
+
+fn is_device(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .file_type()
+        .is_char_device()
+}
+
+#[test]
+fn forward_and_sample_never_write_over_their_inputs_or_a_device() {
+    let (dir, config) = setup("outputs");
+    let run = dir.join("run");
+    assert!(train(&config, &run, &[]).status.success());
+    let checkpoint = run.join("checkpoint");
+    let (model, ema) = (
+        checkpoint.join("model.safetensors"),
+        checkpoint.join("ema.safetensors"),
+    );
+    let node = dir.join("devfull");
+    device_node(&node);
+    let before = snapshot(&checkpoint);
+    let forward = |out: &Path| {
+        ditmoe(&[
+            "forward",
+            "--checkpoint",
+            model.to_str().unwrap(),
+            "--inputs",
+            ema.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    for (out, expected) in [
+        (&model, "same file as --checkpoint"),
+        (&ema, "same file as --inputs"),
+        (&node, "not a regular file"),
+    ] {
+        let refused = forward(out);
+        assert_eq!(refused.status.code(), Some(1), "{out:?}");
+        assert!(stderr(&refused).contains(expected), "{}", stderr(&refused));
+    }
+    let sample = |out: &Path, n: &str| {
+        ditmoe(&[
+            "sample",
+            "--checkpoint",
+            checkpoint.to_str().unwrap(),
+            "--n",
+            n,
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let link = dir.join("link.png");
+    std::os::unix::fs::symlink(&ema, &link).unwrap();
+    let node_png = dir.join("devfull.png");
+    device_node(&node_png);
+    for (out, n, expected) in [
+        (
+            checkpoint.join("grid.png"),
+            "10",
+            "inside the checkpoint directory",
+        ),
+        (link.clone(), "10", "inside the checkpoint directory"),
+        (ema.clone(), "10", "expected a path ending in .png"),
+        (dir.join("grid.jpg"), "10", "expected a path ending in .png"),
+        (node_png.clone(), "10", "not a regular file"),
+        (dir.join("grid.png"), "65536", "65540 samples"),
+    ] {
+        let refused = sample(&out, n);
+        assert_eq!(refused.status.code(), Some(1), "{out:?}");
+        assert!(stderr(&refused).contains(expected), "{}", stderr(&refused));
+    }
+    assert_eq!(
+        snapshot(&checkpoint),
+        before,
+        "no checkpoint file was touched"
+    );
+    assert!(is_device(&node) && is_device(&node_png));
+    assert!(!dir.join("grid.jpg").exists() && !dir.join("grid.png").exists());
+    let written = sample(&dir.join("grid.png"), "10");
+    assert!(written.status.success(), "{}", stderr(&written));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_damaged_checkpoint_is_named_on_resume_and_overwrite_is_not_suggested() {
+    let (dir, config) = setup("damaged");
+    let run = dir.join("run");
+    assert!(train(&config, &run, &[]).status.success());
+    let state = run.join("checkpoint/state.json");
+    let model = run.join("checkpoint/model.safetensors");
+    let good_state = std::fs::read_to_string(&state).unwrap();
+    let mut value: serde_json::Value = serde_json::from_str(&good_state).unwrap();
+    value["seconds"] = serde_json::json!(0.123456789);
+    let huge_seconds = serde_json::to_string_pretty(&value)
+        .unwrap()
+        .replace("0.123456789", "-1e400");
+    let resume = || train(&config, &run, &["--resume", "--steps", "3"]);
+    for (damaged_state, expected) in [("{", "state.json"), (huge_seconds.as_str(), "state.json")] {
+        std::fs::write(&state, damaged_state).unwrap();
+        let refused = resume();
+        assert_eq!(refused.status.code(), Some(1));
+        let message = stderr(&refused);
+        assert!(
+            message.contains(expected) && message.contains("line"),
+            "{message}"
+        );
+        assert!(!message.contains("start it again"), "{message}");
+    }
+    std::fs::write(&state, &good_state).unwrap();
+    let aside = dir.join("model.safetensors");
+    std::fs::rename(&model, &aside).unwrap();
+    std::fs::create_dir(&model).unwrap();
+    let message = stderr(&resume());
+    assert!(
+        message.contains("model.safetensors is missing or not a file")
+            && message.contains("--overwrite would discard"),
+        "{message}"
+    );
+    std::fs::remove_dir(&model).unwrap();
+    std::fs::rename(&aside, &model).unwrap();
+    let resumed = resume();
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert_eq!(checkpoint_step(&run), 3);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_run_that_stopped_before_logging_a_step_leaves_a_usable_directory() {
+    let (dir, config) = setup("aborted");
+    let run = dir.join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join(".lock"), "process 4194305 on host gone\n").unwrap();
+    std::fs::write(run.join("metrics.jsonl"), "").unwrap();
+    let fresh = train(&config, &run, &[]);
+    assert!(fresh.status.success(), "{}", stderr(&fresh));
+    assert_eq!(checkpoint_step(&run), 2);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn checkpoint_names_taken_by_files_and_a_file_as_out_are_refused_before_training() {
+    let (dir, config) = setup("names");
+    let run = dir.join("run");
+    assert!(train(&config, &run, &[]).status.success());
+    for name in ["checkpoint-old", "checkpoint-new"] {
+        let blocker = run.join(name);
+        std::fs::write(&blocker, "mine").unwrap();
+        for more in [&["--resume", "--steps", "4"][..], &["--overwrite"][..]] {
+            let refused = train(&config, &run, more);
+            assert_eq!(refused.status.code(), Some(1));
+            let message = stderr(&refused);
+            assert!(
+                message.contains(&format!("{name} exists and is not a directory")),
+                "{message}"
+            );
+        }
+        assert_eq!(std::fs::read_to_string(&blocker).unwrap(), "mine");
+        std::fs::remove_file(&blocker).unwrap();
+    }
+    assert_eq!(checkpoint_step(&run), 2, "nothing was trained or removed");
+    let file_out = train(&config, Path::new("/dev/null"), &[]);
+    assert_eq!(file_out.status.code(), Some(1));
+    assert!(stderr(&file_out).contains("--out /dev/null: not a directory"));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn the_memory_check_uses_the_address_space_limit_and_names_it() {
+    use std::os::unix::process::CommandExt;
+    let (dir, _) = setup("rlimit");
+    let big = dir.join("big.toml");
+    let shapes = r#"{ kind = "shapes", size = 8, count = 20 }"#;
+    let text = config(shapes, 3).replace(
+        "hidden_size = 8\n        depth = 1",
+        "hidden_size = 1024\n        depth = 8",
+    );
+    std::fs::write(&big, text).unwrap();
+    let mut command = Command::new(BIN);
+    command.args(["train", "--config", big.to_str().unwrap(), "--out"]);
+    command.arg(dir.join("run"));
+    // SAFETY: setrlimit is async-signal-safe; the child only lowers its own limits.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 512 << 20,
+                rlim_max: 512 << 20,
+            };
+            match libc::setrlimit(libc::RLIMIT_AS, &limit) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        });
+    }
+    let refused = command.output().unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    let message = stderr(&refused);
+    assert!(
+        message.contains("this machine has 0.5 GiB (its RLIMIT_AS limit)"),
+        "{message}"
+    );
+    assert!(!dir.join("run").exists());
+    std::fs::remove_dir_all(dir).unwrap();
+}

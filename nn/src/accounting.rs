@@ -188,13 +188,55 @@ pub fn memory_estimate(config: &DitConfig, workload: Workload) -> MemoryEstimate
     }
 }
 
-/// This machine's memory in bytes (Linux: `MemTotal` of `/proc/meminfo`); `None` where it
-/// cannot be read, and the memory check is then skipped.
+/// A limit on the memory this process may use, and where it comes from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MemoryLimit {
+    pub bytes: f64,
+    /// "MemTotal", "RLIMIT_AS" or "cgroup memory.max".
+    pub source: &'static str,
+}
+
+/// The smallest limit on this process's memory (Linux): the machine's (`MemTotal` of
+/// `/proc/meminfo`), the address-space rlimit (`RLIMIT_AS`, unless unlimited) and the cgroup v2
+/// limit (`/sys/fs/cgroup/memory.max`, unless `max`). `None` where none can be read, and the
+/// memory check is then skipped.
+pub fn memory_limit() -> Option<MemoryLimit> {
+    let limit = |bytes: Option<f64>, source| bytes.map(|bytes| MemoryLimit { bytes, source });
+    [
+        limit(mem_total(), "MemTotal"),
+        limit(address_space_limit(), "RLIMIT_AS"),
+        limit(cgroup_limit(), "cgroup memory.max"),
+    ]
+    .into_iter()
+    .flatten()
+    .min_by(|a, b| a.bytes.total_cmp(&b.bytes))
+}
+
+/// The bytes of [`memory_limit`]: what a run must fit in.
 pub fn machine_memory() -> Option<f64> {
+    memory_limit().map(|limit| limit.bytes)
+}
+
+fn mem_total() -> Option<f64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024.0)
+}
+
+fn address_space_limit() -> Option<f64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we own.
+    let read = unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) } == 0;
+    (read && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur as f64)
+}
+
+fn cgroup_limit() -> Option<f64> {
+    let text = std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok()?;
+    text.trim().parse::<u64>().ok().map(|bytes| bytes as f64)
 }
 
 /// Refuses a tensor above [`MAX_TENSOR_ELEMENTS`] always, and an estimate above
@@ -214,12 +256,22 @@ pub fn check_memory(
     }
     match memory_bytes {
         Some(memory) if estimate.bytes > memory => Err(format!(
-            "{what} need an estimated {} but this machine has {}; shrink the model or the batch, or pass --ignore-memory-limit",
+            "{what} need an estimated {} but this machine has {}{}; shrink the model or the batch, or pass --ignore-memory-limit",
             gib(estimate.bytes),
-            gib(memory)
+            gib(memory),
+            limit_source(memory)
         )),
         _ => Ok(()),
     }
+}
+
+/// " (its SOURCE limit)" when `memory` is this process's [`memory_limit`], else empty.
+fn limit_source(memory: f64) -> String {
+    memory_limit()
+        .filter(|limit| limit.bytes == memory)
+        .map_or(String::new(), |limit| {
+            format!(" (its {} limit)", limit.source)
+        })
 }
 
 #[cfg(test)]
@@ -308,5 +360,17 @@ mod memory_tests {
             "{err}"
         );
         assert!(machine_memory().is_none_or(|bytes| bytes > 1e6));
+        if let Some(limit) = memory_limit() {
+            assert!(limit.bytes <= mem_total().unwrap_or(f64::INFINITY));
+            let too_big = MemoryEstimate {
+                bytes: 2.0 * limit.bytes,
+                ..estimate
+            };
+            let err = check_memory(&too_big, "the model", Some(limit.bytes)).unwrap_err();
+            assert!(
+                err.contains(&format!("(its {} limit)", limit.source)),
+                "{err}"
+            );
+        }
     }
 }

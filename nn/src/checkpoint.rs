@@ -138,8 +138,8 @@ fn le_bytes(t: &Tensor) -> Vec<u8> {
     with_element_type!(t.dtype(), T => t.values::<T>().expect("dtype matches").iter().flat_map(|v| v.to_le_bytes()).collect())
 }
 
-/// Writes `tensors` (and `metadata`) to `path` atomically: a temporary file in the same folder,
-/// flushed, then renamed over `path`.
+/// Writes `tensors` (and `metadata`) to `path` atomically (see [`crate::files`]: an existing
+/// `path` that is not a regular file is refused, a symlink written through).
 pub fn write_tensors(
     path: impl AsRef<Path>,
     tensors: &BTreeMap<String, Tensor>,
@@ -171,20 +171,7 @@ pub fn write_tensors(
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| corrupt(path, e))?;
     let data = safetensors::serialize(views, Some(metadata)).map_err(|e| corrupt(path, e))?;
-    let mut temporary = path.as_os_str().to_owned();
-    temporary.push(format!(".tmp-{}", std::process::id()));
-    let temporary = PathBuf::from(temporary);
-    let written = (|| {
-        use std::io::Write;
-        let mut file = std::fs::File::create(&temporary)?;
-        file.write_all(&data)?;
-        file.sync_all()?;
-        std::fs::rename(&temporary, path)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&temporary);
-    }
-    written.map_err(io)
+    crate::files::write_atomically(path, &data).map_err(io)
 }
 
 /// Saves a model's state dict with its config in the metadata.

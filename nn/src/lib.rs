@@ -4,12 +4,13 @@
 //! reference state dicts ([`module`]), DiT's layers ([`layers`]), Mixture-of-Experts FFNs with
 //! three routings ([`moe`]), the DiT model ([`dit`]) with its configuration ([`config`]),
 //! presets ([`presets`]), parameter/compute/memory accounting ([`accounting`]), config range
-//! checks ([`validate`]) and safetensors checkpoints ([`checkpoint`]). Start reading at [`module`], then [`dit`].
+//! checks ([`validate`]), safetensors checkpoints ([`checkpoint`]) and atomic output files ([`files`]). Start reading at [`module`], then [`dit`].
 
 pub mod accounting;
 pub mod checkpoint;
 pub mod config;
 pub mod dit;
+pub mod files;
 pub mod init;
 pub mod layers;
 pub mod module;

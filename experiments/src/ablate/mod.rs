@@ -16,8 +16,8 @@ pub mod report;
 pub mod summary;
 
 use crate::train::{
-    checkpoint_dir, load_for_sampling, open_dataset, read_metrics, read_state, train, Progress,
-    TrainOptions,
+    checkpoint_dir, damaged_checkpoints, load_for_sampling, open_dataset, read_metrics, read_state,
+    train, Progress, TrainOptions,
 };
 use anyhow::{anyhow, bail, Context, Result};
 use classifier::{real_images, train_classifier, Classifier, ClassifierMeta, Reference};
@@ -53,15 +53,12 @@ fn say(options: &AblateOptions, message: String) {
     }
 }
 
-/// Writes `value` as JSON to `path` via a temporary file, so a reader never sees half of it.
+/// Writes `value` as JSON to `path` atomically ([`ditmoe_nn::files`]), so a reader never sees
+/// half of it.
 fn write_json_atomically(path: &Path, value: &impl serde::Serialize) -> Result<()> {
-    let temporary = path.with_extension("json.tmp");
-    std::fs::write(
-        &temporary,
-        serde_json::to_string_pretty(value).expect("serialises"),
-    )
-    .with_context(|| temporary.display().to_string())?;
-    std::fs::rename(&temporary, path).with_context(|| path.display().to_string())
+    let text = serde_json::to_string_pretty(value).expect("serialises");
+    ditmoe_nn::files::write_atomically(path, text.as_bytes())
+        .with_context(|| path.display().to_string())
 }
 
 /// The classifier of this output directory: loaded if one with the same settings is there,
@@ -116,9 +113,19 @@ fn classifier_for(
 }
 
 /// Whether `run` holds a finished variant trained with `variant`'s config; an error if it
-/// holds one trained with another config (never overwritten).
+/// holds one trained with another config, or only a checkpoint damaged after its save (never
+/// overwritten).
 fn finished(run: &Path, variant: &Variant) -> Result<bool> {
     let Some(dir) = checkpoint_dir(run) else {
+        let damaged = damaged_checkpoints(run);
+        if !damaged.is_empty() {
+            bail!(
+                "{} holds variant `{}` with no complete checkpoint: {}; repair or restore the file(s) named, or remove that directory to train it again",
+                run.display(),
+                variant.name,
+                damaged.join("; ")
+            );
+        }
         return Ok(false);
     };
     let state = read_state(&dir)?;
@@ -191,6 +198,39 @@ fn train_and_evaluate(
     Ok(evaluation)
 }
 
+/// An error if `out` is the run directory of a `ditmoe train` (a checkpoint or metrics log at
+/// its top level): an ablation keeps its runs under `out/runs/` and would mix its files in.
+fn refuse_train_run(out: &Path) -> Result<()> {
+    let train_files = [
+        "checkpoint",
+        "checkpoint-new",
+        "checkpoint-old",
+        "metrics.jsonl",
+    ];
+    if let Some(found) = train_files.iter().find(|f| out.join(f).exists()) {
+        bail!(
+            "--out {}: that directory holds a `ditmoe train` run ({found}); an ablation needs a directory of its own",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+/// An error naming `evaluation.real_images` unless `data` holds twice as many images: the
+/// evaluation holds that many out and trains its classifier on the rest.
+fn check_real_images(data: &dyn crate::data::Dataset, real_images: usize) -> Result<()> {
+    if data.len() < 2 * real_images {
+        bail!(
+            "evaluation.real_images = {real_images}: dataset {} has {} images; the evaluation holds out real_images and trains its classifier on the rest, so it needs at least {} (give real_images <= {})",
+            data.name(),
+            data.len(),
+            2 * real_images,
+            data.len() / 2
+        );
+    }
+    Ok(())
+}
+
 /// Runs the ablation; returns the path of `report.md`.
 pub fn ablate(options: &AblateOptions) -> Result<PathBuf> {
     let began = Instant::now();
@@ -202,21 +242,19 @@ pub fn ablate(options: &AblateOptions) -> Result<PathBuf> {
         .select(&options.variants)
         .map_err(anyhow::Error::msg)?;
     let out = &options.out;
+    refuse_train_run(out)?;
+    // Every refusal comes before anything is created or trained.
+    let data = open_dataset(&preset.train.data, preset.train.seed)?;
+    let settings = &preset.evaluation;
+    check_real_images(data.as_ref(), settings.real_images)?;
     let _lock = crate::run_lock::RunLock::acquire(out)?;
+    let done = variants
+        .iter()
+        .map(|variant| finished(&out.join("runs").join(&variant.name), variant))
+        .collect::<Result<Vec<bool>>>()?;
     for dir in ["runs", "metrics", "samples", "plots"] {
         let path = out.join(dir);
         std::fs::create_dir_all(&path).with_context(|| path.display().to_string())?;
-    }
-    let data = open_dataset(&preset.train.data, preset.train.seed)?;
-    let settings = &preset.evaluation;
-    if data.len() < 2 * settings.real_images {
-        bail!(
-            "dataset {} has {} images; the evaluation holds out real_images = {} and trains on the rest, so it needs at least {}",
-            data.name(),
-            data.len(),
-            settings.real_images,
-            2 * settings.real_images
-        );
     }
     let (classifier, meta) = classifier_for(out, &preset, data.as_ref(), options)?;
     let (real, real_labels) = real_images(data.as_ref(), settings.real_images)?;
@@ -237,7 +275,7 @@ pub fn ablate(options: &AblateOptions) -> Result<PathBuf> {
         let label = format!("[{}/{count}] {}", i + 1, variant.name);
         let run = out.join("runs").join(&variant.name);
         let evaluation_path = run.join("evaluation.json");
-        let evaluation = if finished(&run, variant)? {
+        let evaluation = if done[i] {
             say(
                 options,
                 format!("{label}: finished in an earlier run, skipped"),

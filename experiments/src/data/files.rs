@@ -27,16 +27,43 @@ fn error(path: &Path, problem: impl Into<String>) -> DataError {
 /// The classes of MNIST, Fashion-MNIST and CIFAR-10.
 const CLASSES: usize = 10;
 
-/// The bytes of a file, inflated when its name ends in `.gz`.
+/// The most bytes a `.gz` dataset file may inflate to (MNIST is 47 MB, CIFAR-10 150 MB): a
+/// gzip bomb stops here instead of filling memory.
+const MAX_INFLATED_BYTES: u64 = 8 << 30;
+
+/// The bytes of a file, inflated when its name ends in `.gz` (see [`read_capped`]).
 fn read(path: &Path) -> Result<Vec<u8>, DataError> {
+    read_capped(path, MAX_INFLATED_BYTES)
+}
+
+/// The bytes of a regular file, at most its size on disk, inflated when its name ends in
+/// `.gz` and refused when that gives more than `max_inflated` bytes. A path that is not a
+/// regular file (a device such as /dev/zero, a FIFO, a directory) is refused before it is
+/// opened, as opening or reading it could block or never end.
+fn read_capped(path: &Path, max_inflated: u64) -> Result<Vec<u8>, DataError> {
+    let meta = std::fs::metadata(path).map_err(|e| error(path, format!("cannot open: {e}")))?;
+    if !meta.is_file() {
+        return Err(error(
+            path,
+            "not a regular file (expected a dataset file, not a device, FIFO or directory)",
+        ));
+    }
     let file = std::fs::File::open(path).map_err(|e| error(path, format!("cannot open: {e}")))?;
     let mut bytes = Vec::new();
     if path.extension().is_some_and(|e| e == "gz") {
         flate2::read::GzDecoder::new(file)
+            .take(max_inflated.saturating_add(1))
             .read_to_end(&mut bytes)
             .map_err(|e| error(path, format!("not a valid gzip file: {e}")))?;
+        if bytes.len() as u64 > max_inflated {
+            return Err(error(
+                path,
+                format!("inflates to more than {max_inflated} bytes, more than any dataset file ditmoe reads"),
+            ));
+        }
     } else {
         std::io::BufReader::new(file)
+            .take(meta.len())
             .read_to_end(&mut bytes)
             .map_err(|e| error(path, format!("cannot read: {e}")))?;
     }
@@ -261,6 +288,32 @@ mod tests {
         let d = std::env::temp_dir().join(format!("ditmoe-data-{}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    #[test]
+    fn a_fifo_or_a_device_is_refused_unopened_and_a_gzip_bomb_is_capped() {
+        let fifo = dir().join("fifo-images");
+        let _ = std::fs::remove_file(&fifo);
+        let name = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a NUL-terminated path; mkfifo reads it and returns.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+        for path in [fifo.as_path(), Path::new("/dev/zero")] {
+            let err = read(path).expect_err("refused").to_string();
+            assert!(err.contains("not a regular file"), "{err}");
+        }
+        std::fs::remove_file(&fifo).unwrap();
+
+        let bomb = dir().join("bomb.gz");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&vec![0u8; 1 << 20]).unwrap();
+        std::fs::write(&bomb, gz.finish().unwrap()).unwrap();
+        let err = read_capped(&bomb, 1000).expect_err("capped").to_string();
+        assert!(
+            err.contains("bomb.gz: inflates to more than 1000 bytes"),
+            "{err}"
+        );
+        assert_eq!(read_capped(&bomb, 1 << 20).unwrap().len(), 1 << 20);
+        std::fs::remove_file(&bomb).unwrap();
     }
 
     fn idx(rank: u8, dims: &[u32], data: &[u8]) -> Vec<u8> {

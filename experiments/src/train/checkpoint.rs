@@ -137,12 +137,14 @@ fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 /// The step of the checkpoint in `dir` if it is complete: every file present and its
-/// `state.json`, written last, readable.
-fn complete_step(dir: &Path) -> Option<u64> {
-    if !FILES.iter().all(|f| dir.join(f).is_file()) {
-        return None;
+/// `state.json`, written last, readable; otherwise why not, naming the file.
+fn complete_step(dir: &Path) -> std::result::Result<u64, String> {
+    if let Some(missing) = FILES.iter().map(|f| dir.join(f)).find(|p| !p.is_file()) {
+        return Err(format!("{} is missing or not a file", missing.display()));
     }
-    read_state(dir).ok().map(|state| state.step)
+    read_state(dir)
+        .map(|state| state.step)
+        .map_err(|e| format!("{e:#}"))
 }
 
 /// The complete checkpoint directory of the highest step under `out`, if any (see the module
@@ -150,13 +152,36 @@ fn complete_step(dir: &Path) -> Option<u64> {
 pub fn checkpoint_dir(out: &Path) -> Option<PathBuf> {
     let mut best: Option<(u64, PathBuf)> = None;
     for dir in CHECKPOINT_DIRS.iter().map(|name| out.join(name)) {
-        if let Some(step) = complete_step(&dir) {
+        if let Ok(step) = complete_step(&dir) {
             if best.as_ref().is_none_or(|(b, _)| step > *b) {
                 best = Some((step, dir));
             }
         }
     }
     best.map(|(_, dir)| dir)
+}
+
+/// Why each checkpoint folder under `out` that exists is not a usable checkpoint (empty when
+/// there is none, or every one is complete).
+pub fn unusable_checkpoints(out: &Path) -> Vec<String> {
+    unusable_where(out, |_| true)
+}
+
+/// [`unusable_checkpoints`] among the folders whose save had finished (`state.json`, written
+/// last, is there): those were damaged afterwards, and hold weights worth recovering.
+pub fn damaged_checkpoints(out: &Path) -> Vec<String> {
+    unusable_where(out, |dir| {
+        std::fs::symlink_metadata(dir.join("state.json")).is_ok()
+    })
+}
+
+fn unusable_where(out: &Path, keep: impl Fn(&Path) -> bool) -> Vec<String> {
+    CHECKPOINT_DIRS
+        .iter()
+        .map(|name| out.join(name))
+        .filter(|dir| std::fs::symlink_metadata(dir).is_ok() && keep(dir))
+        .filter_map(|dir| complete_step(&dir).err())
+        .collect()
 }
 
 /// The `state.json` of a checkpoint directory, its training config validated as a config

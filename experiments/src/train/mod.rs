@@ -20,7 +20,8 @@ mod read_back;
 mod trainer;
 
 pub use checkpoint::{
-    checkpoint_dir, load_for_sampling, load_for_sampling_within, read_state, RunState,
+    checkpoint_dir, damaged_checkpoints, load_for_sampling, load_for_sampling_within, read_state,
+    unusable_checkpoints, RunState,
 };
 use checkpoint::{remove_checkpoints, CHECKPOINT_DIRS};
 pub use metrics::{read_metrics, MetricsLine};
@@ -171,6 +172,7 @@ fn run<O: ditmoe_diffusion::Objective>(
         .metrics
         .clone()
         .unwrap_or_else(|| out.join("metrics.jsonl"));
+    check_checkpoint_names(out)?;
     if !options.resume && !options.overwrite {
         refuse_to_replace(out, &metrics_path)?;
     }
@@ -242,15 +244,31 @@ fn run<O: ditmoe_diffusion::Objective>(
     })
 }
 
+/// An error unless each checkpoint name under `out` is free or a directory: a file there would
+/// make the first save fail after the training it was to keep.
+fn check_checkpoint_names(out: &Path) -> Result<()> {
+    for path in CHECKPOINT_DIRS.iter().map(|name| out.join(name)) {
+        if std::fs::symlink_metadata(&path).is_ok_and(|meta| !meta.is_dir()) {
+            bail!(
+                "{} exists and is not a directory; checkpoints are saved under that name: move it away first",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// An error naming `--resume` and `--overwrite` if `out` holds a run (a checkpoint directory,
-/// even a half-written one, or a metrics log), so that a fresh run never silently replaces it.
+/// even a half-written one, or a non-empty metrics log), so that a fresh run never silently
+/// replaces it. A run that stopped before logging a step (an empty log, a stale lock) holds
+/// nothing to lose and is not counted.
 fn refuse_to_replace(out: &Path, metrics: &Path) -> Result<()> {
     let mut found: Vec<String> = CHECKPOINT_DIRS
         .iter()
         .filter(|name| out.join(name).exists())
         .map(|name| format!("{name}/"))
         .collect();
-    if metrics.exists() {
+    if std::fs::metadata(metrics).is_ok_and(|meta| meta.len() > 0) {
         found.push(metrics.display().to_string());
     }
     if !found.is_empty() {

@@ -138,13 +138,7 @@ impl<O: Objective> Trainer<O> {
     /// Loads the newest complete checkpoint in the run directory, which must come from the
     /// same config but for `steps` (see [`check_resumable`]).
     pub fn resume(&mut self) -> Result<RunState> {
-        let dir = checkpoint_dir(&self.out).ok_or_else(|| {
-            anyhow!(
-                "--resume: no checkpoint in {} (a run stopped before its first checkpoint \
-                 cannot be resumed; start it again with --overwrite)",
-                self.out.display()
-            )
-        })?;
+        let dir = checkpoint_dir(&self.out).ok_or_else(|| self.no_checkpoint_to_resume())?;
         let state = read_state(&dir)?;
         check_resumable(&state, &self.config, &dir)?;
         restore(
@@ -155,6 +149,24 @@ impl<O: Objective> Trainer<O> {
             state.step,
         )?;
         Ok(state)
+    }
+
+    /// The error of `--resume` when no complete checkpoint exists: why each checkpoint folder is
+    /// unusable, or, when there is none, how to start over.
+    fn no_checkpoint_to_resume(&self) -> anyhow::Error {
+        let out = self.out.display();
+        let damaged = super::unusable_checkpoints(&self.out);
+        if damaged.is_empty() {
+            return anyhow!(
+                "--resume: no checkpoint in {out} (a run stopped before its first checkpoint \
+                 cannot be resumed; start it again with --overwrite)"
+            );
+        }
+        anyhow!(
+            "--resume: no complete checkpoint in {out}: {}; repair or restore the file(s) named \
+             (--overwrite would discard these weights)",
+            damaged.join("; ")
+        )
     }
 
     /// Moves the weights, EMA shadow and AdamW moments to the trainer's device.
