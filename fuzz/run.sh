@@ -11,10 +11,11 @@ cd "$(dirname "$0")"
 seconds="${FUZZ_SECONDS:-30}"
 triple="$(rustc -vV | sed -n 's/^host: //p')"
 # The flags `cargo fuzz build --sanitizer none` uses; `--target` keeps them off build scripts.
+# Not `--locked`: a dependency added to the workspace adds its entry to fuzz/Cargo.lock here.
 export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
 -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions -Coverflow-checks"
-cargo build --release --locked --target "$triple" --bins
+cargo build --release --target "$triple" --bins
 
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
