@@ -449,22 +449,8 @@ mod tests {
         assert!(bad("model = \"tiny-moe\"", "model = \"tiny-huge\"")
             .contains("unknown preset `tiny-huge`"));
         assert!(bad("seed = 0", "seed = 0\nbogus = 1").contains("unknown field `bogus`"));
-        let custom = r#"
-            steps = 10
-            batch_size = 2
-            lr = 1e-3
-            objective = { kind = "ddpm" }
-            data = { kind = "shapes", size = 32 }
-            [model]
-            input_size = 32
-            patch_size = 5
-            in_channels = 3
-            hidden_size = 64
-            depth = 2
-            num_heads = 3
-            num_classes = 10
-        "#;
-        let err = TrainConfig::from_toml(custom, "custom").unwrap_err();
+        let custom = small_config("ddpm", 32, 5, 64, 2, 3);
+        let err = TrainConfig::from_toml(&custom, "custom").unwrap_err();
         assert!(err.contains("not divisible by the patch size 5"), "{err}");
         let err = TrainConfig::from_toml(
             &custom.replace("patch_size = 5", "patch_size = 4"),
@@ -489,32 +475,50 @@ mod tests {
             .contains("capacity factor > 0"));
     }
 
-    const MINI: &str = r#"
-        steps = 10
-        batch_size = 2
-        lr = 1e-3
-        objective = { kind = "flow" }
-        data = { kind = "shapes", size = 8 }
-        [model]
-        input_size = 8
-        patch_size = 2
-        in_channels = 3
-        hidden_size = 16
-        depth = 1
-        num_heads = 2
-        num_classes = 10
-    "#;
+    /// Ten steps of a `objective` model on `size`² shapes with the given patch, width, depth
+    /// and heads.
+    fn small_config(
+        objective: &str,
+        size: usize,
+        patch_size: usize,
+        hidden_size: usize,
+        depth: usize,
+        num_heads: usize,
+    ) -> String {
+        format!(
+            r#"
+            steps = 10
+            batch_size = 2
+            lr = 1e-3
+            objective = {{ kind = "{objective}" }}
+            data = {{ kind = "shapes", size = {size} }}
+            [model]
+            input_size = {size}
+            patch_size = {patch_size}
+            in_channels = 3
+            hidden_size = {hidden_size}
+            depth = {depth}
+            num_heads = {num_heads}
+            num_classes = 10
+            "#
+        )
+    }
+
+    /// A flow model of one block on 8×8 shapes.
+    fn mini() -> String {
+        small_config("flow", 8, 2, 16, 1, 2)
+    }
 
     #[test]
     fn the_sampler_follows_the_objective_unless_given() {
-        let flow = TrainConfig::from_toml(MINI, "mini").unwrap();
+        let flow = TrainConfig::from_toml(&mini(), "mini").unwrap();
         assert_eq!(flow.sample.sampler, None);
         assert_eq!(flow.sampler(), SamplerKind::Euler);
-        let ddpm = MINI.replace("kind = \"flow\"", "kind = \"ddpm\"");
+        let ddpm = mini().replace("kind = \"flow\"", "kind = \"ddpm\"");
         let ddpm = TrainConfig::from_toml(&ddpm, "mini").unwrap();
         assert_eq!(ddpm.sampler(), SamplerKind::Ddim { eta: 0.0 });
         let partial =
-            TrainConfig::from_toml(&format!("{MINI}\n[sample]\nsteps = 7"), "mini").unwrap();
+            TrainConfig::from_toml(&format!("{}\n[sample]\nsteps = 7", mini()), "mini").unwrap();
         assert_eq!(
             (partial.sampler(), partial.sample_steps()),
             (SamplerKind::Euler, 7)
@@ -537,8 +541,8 @@ mod tests {
     #[test]
     fn every_error_names_the_field_path() {
         let bad = |from: &str, to: &str| {
-            assert!(MINI.contains(from), "{from}");
-            TrainConfig::from_toml(&MINI.replacen(from, to, 1), "mini").unwrap_err()
+            assert!(mini().contains(from), "{from}");
+            TrainConfig::from_toml(&mini().replacen(from, to, 1), "mini").unwrap_err()
         };
         let cases = [
             (
@@ -609,7 +613,7 @@ mod tests {
         );
         // The cosine schedule needs 2 steps (the posterior variance of step 1), no more.
         let cosine = |steps: &str| {
-            MINI.replace(
+            mini().replace(
                 "kind = \"flow\"",
                 &format!("kind = \"ddpm\", steps = {steps}, schedule = \"cosine\""),
             )
@@ -631,7 +635,7 @@ mod tests {
             err.contains("mini: sample.steps: expected steps <= 2, found 3"),
             "{err}"
         );
-        let cifar = MINI.replace(
+        let cifar = mini().replace(
             "{ kind = \"shapes\", size = 8 }",
             "{ kind = \"cifar10\", files = [] }",
         );
@@ -652,14 +656,14 @@ mod tests {
     #[test]
     fn adam_betas_must_be_two() {
         for betas in ["[0.9, 0.99, 0.5]", "[0.9]"] {
-            let text = format!("{MINI}\n[adamw]\nbetas = {betas}");
+            let text = format!("{}\n[adamw]\nbetas = {betas}", mini());
             let err = TrainConfig::from_toml(&text, "mini").unwrap_err();
             assert!(
                 err.contains("expected betas = [β1, β2], two numbers"),
                 "{err}"
             );
         }
-        let text = format!("{MINI}\n[adamw]\nbetas = [0.8, 0.95]");
+        let text = format!("{}\n[adamw]\nbetas = [0.8, 0.95]", mini());
         let config = TrainConfig::from_toml(&text, "mini").unwrap();
         assert_eq!(config.adamw.betas, (0.8, 0.95));
     }

@@ -2,8 +2,11 @@
 //! parses, the report's numbers are the JSONL's, expert choice is exactly balanced, and a
 //! second run skips the finished variants.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
+
+use common::{ditmoe, scratch};
+use std::path::Path;
+use std::process::{Command, Output};
 
 /// A preset small enough to train and evaluate six variants in seconds.
 const MINI: &str = r#"
@@ -73,11 +76,17 @@ moe = { num_experts = 4, expert_hidden = 16, routing = { kind = "expert_race", t
 
 const VARIANTS: [&str; 6] = ["dense", "dense-iso", "tc", "tc-no-balance", "ec", "race"];
 
-fn ditmoe(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_ditmoe"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
+/// `ditmoe ablate --preset PRESET --out OUT` followed by `flags`.
+fn ablate(preset: &Path, out: &Path, flags: &[&str]) -> Output {
+    let mut args = vec![
+        "ablate",
+        "--preset",
+        preset.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend(flags);
+    ditmoe(&args)
 }
 
 fn json(path: &Path) -> serde_json::Value {
@@ -86,13 +95,7 @@ fn json(path: &Path) -> serde_json::Value {
 }
 
 fn run(preset: &Path, out: &Path) -> String {
-    let result = ditmoe(&[
-        "ablate",
-        "--preset",
-        preset.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let result = ablate(preset, out, &[]);
     let stderr = String::from_utf8_lossy(&result.stderr).into_owned();
     assert!(result.status.success(), "{stderr}");
     stderr
@@ -100,9 +103,7 @@ fn run(preset: &Path, out: &Path) -> String {
 
 #[test]
 fn a_miniature_ablation_writes_a_complete_consistent_report_and_resumes() {
-    let dir: PathBuf = std::env::temp_dir().join(format!("ditmoe-ablate-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("ablate");
     let preset = dir.join("mini.toml");
     std::fs::write(&preset, MINI).unwrap();
     let out = dir.join("out");
@@ -247,15 +248,7 @@ fn a_miniature_ablation_writes_a_complete_consistent_report_and_resumes() {
 
     // Another seed into the same directory is refused rather than mixed in, before any work.
     let classifier_before = std::fs::read(out.join("classifier.safetensors")).unwrap();
-    let refused = ditmoe(&[
-        "ablate",
-        "--preset",
-        preset.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--seed",
-        "9",
-    ]);
+    let refused = ablate(&preset, &out, &["--seed", "9"]);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("different config"));
     assert_eq!(
@@ -263,24 +256,14 @@ fn a_miniature_ablation_writes_a_complete_consistent_report_and_resumes() {
         classifier_before,
         "the refused run retrained nothing"
     );
-    let unknown = ditmoe(&[
-        "ablate",
-        "--preset",
-        preset.to_str().unwrap(),
-        "--variants",
-        "tc,nope",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let unknown = ablate(&preset, &out, &["--variants", "tc,nope"]);
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no variant `nope`"));
     std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn a_train_run_directory_too_many_real_images_or_a_damaged_variant_is_refused_untouched() {
-    let dir = std::env::temp_dir().join(format!("ditmoe-ablate-refusals-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("ablate-refusals");
     let preset = dir.join("greedy.toml");
     std::fs::write(
         &preset,
@@ -288,13 +271,7 @@ fn a_train_run_directory_too_many_real_images_or_a_damaged_variant_is_refused_un
     )
     .unwrap();
     let out = dir.join("out");
-    let refused = ditmoe(&[
-        "ablate",
-        "--preset",
-        preset.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let refused = ablate(&preset, &out, &[]);
     let message = String::from_utf8_lossy(&refused.stderr).into_owned();
     assert!(!refused.status.success());
     assert!(
@@ -308,13 +285,7 @@ fn a_train_run_directory_too_many_real_images_or_a_damaged_variant_is_refused_un
     let train_run = dir.join("train-run");
     std::fs::create_dir_all(&train_run).unwrap();
     std::fs::write(train_run.join("metrics.jsonl"), "").unwrap();
-    let refused = ditmoe(&[
-        "ablate",
-        "--preset",
-        mini.to_str().unwrap(),
-        "--out",
-        train_run.to_str().unwrap(),
-    ]);
+    let refused = ablate(&mini, &train_run, &[]);
     let message = String::from_utf8_lossy(&refused.stderr).into_owned();
     assert!(
         message.contains("holds a `ditmoe train` run (metrics.jsonl)"),
@@ -331,15 +302,7 @@ fn a_train_run_directory_too_many_real_images_or_a_damaged_variant_is_refused_un
     let damaged = out.join("runs").join("dense").join("checkpoint");
     std::fs::create_dir_all(&damaged).unwrap();
     std::fs::write(damaged.join("state.json"), "{").unwrap();
-    let refused = ditmoe(&[
-        "ablate",
-        "--preset",
-        mini.to_str().unwrap(),
-        "--variants",
-        "dense",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let refused = ablate(&mini, &out, &["--variants", "dense"]);
     let message = String::from_utf8_lossy(&refused.stderr).into_owned();
     assert!(
         message.contains("no complete checkpoint")
@@ -356,10 +319,7 @@ fn a_train_run_directory_too_many_real_images_or_a_damaged_variant_is_refused_un
 #[test]
 fn the_ablation_runs_on_a_gpu() {
     // cuda:0 is the PTX emulator unless this machine has a GPU: slow, so one variant.
-    let dir: PathBuf =
-        std::env::temp_dir().join(format!("ditmoe-ablate-gpu-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("ablate-gpu");
     let preset = dir.join("mini.toml");
     std::fs::write(&preset, MINI).unwrap();
     let out = dir.join("out");

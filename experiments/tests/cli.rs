@@ -1,23 +1,11 @@
 //! The `ditmoe` binary end to end: `zoo` numbers and the `forward` parity bridge on the
 //! PyTorch fixtures.
 
+mod common;
+
+use common::{ditmoe, fixture, scratch, stderr, tiny_config, train};
 use ditmoe_nn::checkpoint::read_tensors;
-use std::path::PathBuf;
 use std::process::Command;
-
-fn ditmoe(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_ditmoe"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
-
-fn fixture(model: &str, file: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../nn/tests/fixtures")
-        .join(model)
-        .join(file)
-}
 
 #[test]
 fn zoo_json_lists_the_dit_acceptance_numbers() {
@@ -39,8 +27,7 @@ fn zoo_json_lists_the_dit_acceptance_numbers() {
 
 #[test]
 fn forward_reproduces_the_reference_outputs() {
-    let dir = std::env::temp_dir().join(format!("ditmoe-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("cli");
     for model in ["dit-dense", "ditmoe-token-choice"] {
         let out_path = dir.join(format!("{model}.safetensors"));
         let out = ditmoe(&[
@@ -52,11 +39,7 @@ fn forward_reproduces_the_reference_outputs() {
             "--out",
             out_path.to_str().unwrap(),
         ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}", stderr(&out));
         let ours = read_tensors(&out_path).unwrap().tensors;
         let reference = read_tensors(fixture(model, "eval.safetensors"))
             .unwrap()
@@ -123,50 +106,14 @@ fn errors_name_the_problem() {
 
 #[test]
 fn train_then_sample_end_to_end() {
-    let dir = std::env::temp_dir().join(format!("ditmoe-e2e-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("e2e");
     let config = dir.join("mini.toml");
-    std::fs::write(
-        &config,
-        r#"
-        steps = 4
-        batch_size = 4
-        lr = 1e-3
-        checkpoint_every = 2
-        log_every = 2
-        objective = { kind = "flow", time_scale = 1000.0 }
-        data = { kind = "shapes", size = 8, count = 100 }
-        [model]
-        input_size = 8
-        patch_size = 2
-        in_channels = 3
-        hidden_size = 16
-        depth = 1
-        num_heads = 2
-        num_classes = 10
-        learn_sigma = false
-        moe = { num_experts = 4, expert_hidden = 16, routing = { kind = "expert_choice", capacity_factor = 2.0 } }
-        [sample]
-        sampler = { kind = "euler" }
-        steps = 3
-        cfg_scale = 2.0
-        "#,
-    )
-    .unwrap();
+    let expert_choice = r#"{ kind = "expert_choice", capacity_factor = 2.0 }"#;
+    let sample = "[sample]\nsampler = { kind = \"euler\" }\nsteps = 3\ncfg_scale = 2.0\n";
+    std::fs::write(&config, tiny_config(4, 4, 2, expert_choice) + sample).unwrap();
     let run = dir.join("run");
-    let out = ditmoe(&[
-        "train",
-        "--config",
-        config.to_str().unwrap(),
-        "--out",
-        run.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = train(&config, &run, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("trained 4 steps"));
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
@@ -192,11 +139,7 @@ fn train_then_sample_end_to_end() {
         "--out",
         grid.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", stderr(&out));
     let bytes = std::fs::read(&grid).unwrap();
     assert_eq!(&bytes[1..4], b"PNG");
     let out = ditmoe(&[

@@ -4,16 +4,12 @@
 
 use ditmoe_nn::checkpoint::{read_tensors, write_tensors};
 use ditmoe_tensor::Tensor;
+mod common;
+
+use common::{ditmoe, fixture, scratch, stderr, tiny_config, train, TOKEN_CHOICE};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
-
-fn ditmoe(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ditmoe"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
 
 /// Asserts a clean refusal: exit code 1 (not a panic's 101 or a signal), `error:` first, and
 /// every one of `needles` in the message.
@@ -26,49 +22,23 @@ fn assert_refused(out: &Output, needles: &[&str]) {
     }
 }
 
+/// A fresh folder `hostile-NAME` for one test.
 fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ditmoe-hostile-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    scratch(&format!("hostile-{name}"))
 }
 
-/// A tiny flow MoE config; tests change one line of it.
-const TINY: &str = r#"
-steps = 1
-batch_size = 2
-lr = 1e-3
-checkpoint_every = 1
-log_every = 1
-objective = { kind = "flow", time_scale = 1000.0 }
-data = { kind = "shapes", size = 8, count = 100 }
-[model]
-input_size = 8
-patch_size = 2
-in_channels = 3
-hidden_size = 16
-depth = 1
-num_heads = 2
-num_classes = 10
-learn_sigma = false
-moe = { num_experts = 4, expert_hidden = 16, routing = { kind = "token_choice", top_k = 2 } }
-"#;
+/// A tiny flow MoE config of one step without a `[sample]` table; tests change one line of it.
+fn tiny() -> String {
+    tiny_config(1, 2, 1, TOKEN_CHOICE)
+}
 
-/// `ditmoe train` on TINY with `from` replaced by `to` (and `extra` appended).
+/// `ditmoe train` on [`tiny`] with `from` replaced by `to` (and `extra` appended).
 fn train_with(dir: &Path, from: &str, to: &str, extra: &str, flags: &[&str]) -> Output {
-    assert!(TINY.contains(from), "{from}");
+    let tiny = tiny();
+    assert!(tiny.contains(from), "{from}");
     let config = dir.join(format!("c{}.toml", rand_suffix()));
-    std::fs::write(&config, TINY.replacen(from, to, 1) + extra).unwrap();
-    let out = dir.join("run");
-    let mut args = vec![
-        "train",
-        "--config",
-        config.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ];
-    args.extend(flags);
-    ditmoe(&args)
+    std::fs::write(&config, tiny.replacen(from, to, 1) + extra).unwrap();
+    train(&config, &dir.join("run"), flags)
 }
 
 fn rand_suffix() -> u64 {
@@ -336,7 +306,7 @@ fn sizes_beyond_memory_or_any_tensor_are_refused() {
     }
     // A 1024² image at patch 1 is 2²⁰ tokens: its attention matrices alone exceed 2⁴⁰
     // elements, which no flag lets through.
-    let big_image = TINY
+    let big_image = tiny()
         .replace("size = 8, count = 100", "size = 1024, count = 100")
         .replace(
             "input_size = 8\npatch_size = 2",
@@ -456,19 +426,31 @@ fn bad_ablation_presets_name_the_field() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-/// A checkpoint of TINY without a `[sample]` table, trained for one step (once per test run).
+/// A checkpoint of [`tiny`] without a `[sample]` table, trained for one step (once per test run).
 fn tiny_checkpoint() -> &'static Path {
     static RUN: OnceLock<PathBuf> = OnceLock::new();
     RUN.get_or_init(|| {
         let dir = temp_dir("checkpoint");
         let out = train_with(&dir, "steps = 1", "steps = 1", "", &[]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}", stderr(&out));
         dir.join("run").join("checkpoint")
     })
+}
+
+/// `ditmoe sample` of 10 images in `steps` steps from `checkpoint` into `grid`, which succeeds.
+fn sample_10(checkpoint: &Path, steps: &str, grid: &Path) {
+    let out = ditmoe(&[
+        "sample",
+        "--checkpoint",
+        checkpoint.to_str().unwrap(),
+        "--n",
+        "10",
+        "--steps",
+        steps,
+        "--out",
+        grid.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
 }
 
 #[test]
@@ -477,22 +459,7 @@ fn a_flow_config_without_a_sample_table_samples_with_euler() {
     let state = std::fs::read_to_string(checkpoint.join("state.json")).unwrap();
     assert!(!state.contains("\"sampler\""), "{state}");
     let grid = checkpoint.parent().unwrap().join("grid.png");
-    let out = ditmoe(&[
-        "sample",
-        "--checkpoint",
-        checkpoint.to_str().unwrap(),
-        "--n",
-        "10",
-        "--steps",
-        "2",
-        "--out",
-        grid.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sample_10(checkpoint, "2", &grid);
     // A state.json written before the sampler was optional (a full [sample] table) still reads.
     let mut old: serde_json::Value = serde_json::from_str(&state).unwrap();
     old["config"]["sample"]["sampler"] = serde_json::json!({ "kind": "euler" });
@@ -501,22 +468,7 @@ fn a_flow_config_without_a_sample_table_samples_with_euler() {
         std::fs::copy(checkpoint.join(file), dir.join(file)).unwrap();
     }
     std::fs::write(dir.join("state.json"), old.to_string()).unwrap();
-    let out = ditmoe(&[
-        "sample",
-        "--checkpoint",
-        dir.to_str().unwrap(),
-        "--n",
-        "10",
-        "--steps",
-        "1",
-        "--out",
-        grid.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sample_10(&dir, "1", &grid);
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -574,13 +526,6 @@ fn zoo_refuses_an_image_size_no_preset_can_take() {
             &["--image-size", "model.input_size"],
         );
     }
-}
-
-fn fixture(model: &str, file: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../nn/tests/fixtures")
-        .join(model)
-        .join(file)
 }
 
 /// A change to a checkpoint's config JSON.
@@ -730,11 +675,7 @@ fn forward_inputs_are_checked_against_the_model() {
     };
     // Label 10 is the null label of guidance (the fixture has class dropout): accepted.
     let out = forward(&weights, &with("y", labels(10)), &dir);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", stderr(&out));
     for bad in [11, -1, i64::MAX] {
         let found = format!("found {bad} at index {}", n - 1);
         let out = forward(&weights, &with("y", labels(bad)), &dir);

@@ -3,10 +3,13 @@
 //! killed mid-way resumes (taking over its stale lock), closed or full stdout and stderr end a
 //! command without a panic, and a truncated dataset file is a clean error.
 
+mod common;
+
+use common::{ditmoe, scratch, stderr, train};
 use ditmoe_experiments::run_lock::RunLock;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ditmoe");
 
@@ -37,36 +40,11 @@ fn config(data: &str, channels: usize) -> String {
 
 /// A fresh folder for one test with the tiny config in it.
 fn setup(name: &str) -> (PathBuf, PathBuf) {
-    let dir = std::env::temp_dir().join(format!("ditmoe-rundir-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch(&format!("rundir-{name}"));
     let path = dir.join("tiny.toml");
     let shapes = r#"{ kind = "shapes", size = 8, count = 20 }"#;
     std::fs::write(&path, config(shapes, 3)).unwrap();
     (dir, path)
-}
-
-fn ditmoe(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
-
-fn train(config: &Path, out: &Path, more: &[&str]) -> Output {
-    let mut args = vec![
-        "train",
-        "--config",
-        config.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ];
-    args.extend(more);
-    ditmoe(&args)
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 /// Every file under `dir` with its bytes.

@@ -47,6 +47,14 @@ fn resume() -> TrainOptions {
     }
 }
 
+/// The tiny config and its run in a fresh folder `name`, stopped after step 3.
+fn stopped_after_3(name: &str) -> (TrainConfig, PathBuf) {
+    let config = tiny_config();
+    let dir = temp(name);
+    train(&config, &dir, &stop_after(3)).unwrap();
+    (config, dir)
+}
+
 fn temp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("ditmoe-train-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -355,9 +363,7 @@ fn resuming_with_more_steps_extends_the_run_and_keeps_the_logged_bytes() {
 
 #[test]
 fn resume_refuses_fewer_steps_and_names_the_field_that_differs() {
-    let config = tiny_config();
-    let dir = temp("fewer");
-    train(&config, &dir, &stop_after(3)).unwrap();
+    let (config, dir) = stopped_after_3("fewer");
     let fewer = TrainConfig {
         steps: 2,
         ..config.clone()
@@ -382,9 +388,7 @@ fn resume_refuses_fewer_steps_and_names_the_field_that_differs() {
 
 #[test]
 fn a_fresh_run_refuses_a_directory_holding_a_run_unless_told_to_overwrite() {
-    let config = tiny_config();
-    let dir = temp("refuse");
-    train(&config, &dir, &stop_after(3)).unwrap();
+    let (config, dir) = stopped_after_3("refuse");
     let before = checkpoint_tensors(&dir);
     let metrics = std::fs::read(dir.join("metrics.jsonl")).unwrap();
     let err = train(&config, &dir, &stop_after(2))
@@ -504,9 +508,7 @@ fn resume_finds_the_newest_complete_checkpoint_whatever_a_kill_left() {
 #[test]
 fn a_checkpoint_missing_a_moment_or_with_a_misshapen_ema_is_refused() {
     use ditmoe_nn::checkpoint::write_tensors;
-    let config = tiny_config();
-    let dir = temp("moments");
-    train(&config, &dir, &stop_after(3)).unwrap();
+    let (config, dir) = stopped_after_3("moments");
     let checkpoint = dir.join("checkpoint");
     // Rewrites one file of the checkpoint, changed by `edit`; returns the resume error.
     let resume_after = |file: &str, edit: &dyn Fn(&mut BTreeMap<String, Tensor>) -> String| {
@@ -567,6 +569,14 @@ fn one_step_cosine_ddpm() -> GaussianDiffusion {
     )
 }
 
+/// The error of training `config` into `out` with [`one_step_cosine_ddpm`].
+fn run_one_step_cosine_ddpm(config: &TrainConfig, out: &Path, options: &TrainOptions) -> String {
+    let model_config = config.model_config().unwrap();
+    run(one_step_cosine_ddpm(), config, model_config, out, options)
+        .unwrap_err()
+        .to_string()
+}
+
 #[test]
 fn a_non_finite_gradient_stops_the_run_before_its_update_and_checkpoint() {
     let mut config = tiny_config();
@@ -575,16 +585,7 @@ fn a_non_finite_gradient_stops_the_run_before_its_update_and_checkpoint() {
     train(&config, &out, &stop_after(2)).unwrap();
     let good = checkpoint_tensors(&out);
     assert!(good.iter().all(|(_, t)| t.iter().all(|v| v.is_finite())));
-    let model_config = config.model_config().unwrap();
-    let err = run(
-        one_step_cosine_ddpm(),
-        &config,
-        model_config,
-        &out,
-        &resume(),
-    )
-    .unwrap_err()
-    .to_string();
+    let err = run_one_step_cosine_ddpm(&config, &out, &resume());
     let expected = format!(
         "non-finite grad_norm (NaN) at step 3: stopping before its update; the last good checkpoint is {}",
         checkpoint_dir(&out).unwrap().display()
@@ -599,16 +600,7 @@ fn a_non_finite_gradient_stops_the_run_before_its_update_and_checkpoint() {
 fn a_run_that_fails_its_first_step_says_no_checkpoint_was_written() {
     let config = tiny_config();
     let out = temp("non-finite-first");
-    let model_config = config.model_config().unwrap();
-    let err = run(
-        one_step_cosine_ddpm(),
-        &config,
-        model_config,
-        &out,
-        &quiet(),
-    )
-    .unwrap_err()
-    .to_string();
+    let err = run_one_step_cosine_ddpm(&config, &out, &quiet());
     assert_eq!(
         err,
         "non-finite grad_norm (NaN) at step 1: stopping before its update; no checkpoint was written yet"
