@@ -119,7 +119,8 @@ pub fn forward(
             );
         }
     }
-    write_tensors(out, &written, HashMap::new()).map_err(|e| e.to_string())?;
+    let mark = HashMap::from([(FORWARD_OUTPUT.0.to_string(), FORWARD_OUTPUT.1.to_string())]);
+    write_tensors(out, &written, mark).map_err(|e| e.to_string())?;
     println(&format!(
         "wrote {} tensor(s) to {}",
         written.len(),
@@ -139,18 +140,31 @@ fn check_label_dtype(y: &Tensor) -> Result<(), String> {
     }
 }
 
+/// The metadata entry that marks a file written by `forward`: the only kind of existing file
+/// `forward --out` replaces, so it can never overwrite a checkpoint, a metrics log or an input.
+const FORWARD_OUTPUT: (&str, &str) = ("written_by", "ditmoe forward");
+
 /// An error unless `--out` can be written without replacing one of the command's `inputs`
-/// (flag, path): the destination must be a regular file or new, and no input's file.
+/// (flag, path) or any file that is not an earlier output of `forward`.
 fn refuse_output_onto_inputs(out: &Path, inputs: &[(&str, &Path)]) -> Result<(), String> {
     let out_text = out.display();
     ditmoe_nn::files::write_destination(out).map_err(|e| format!("--out {out_text}: {e}"))?;
-    match inputs.iter().find(|(_, input)| same_file(out, input)) {
-        Some((flag, input)) => Err(format!(
+    if let Some((flag, input)) = inputs.iter().find(|(_, input)| same_file(out, input)) {
+        return Err(format!(
             "--out {out_text} is the same file as {flag} {}: choose another output path",
             input.display()
-        )),
-        None => Ok(()),
+        ));
     }
+    let written_by_forward = |file: ditmoe_nn::checkpoint::TensorFile| {
+        file.metadata.get(FORWARD_OUTPUT.0).map(String::as_str) == Some(FORWARD_OUTPUT.1)
+    };
+    if out.exists() && !read_tensors(out).is_ok_and(written_by_forward) {
+        return Err(format!(
+            "--out {out_text} already exists and was not written by `ditmoe forward`: forward \
+             replaces only its own outputs; remove the file or choose another path"
+        ));
+    }
+    Ok(())
 }
 
 /// An error unless `sample --out` names a `.png` file outside the checkpoint directory (so
@@ -319,6 +333,14 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| std::path::PathBuf::from("runs").join(&name));
+    if let Some(ablation) = crate::ablate::enclosing_ablation(&out) {
+        anyhow::bail!(
+            "--out {}: that is inside the ablation directory {}, whose runs `ditmoe ablate --out {0}` \
+             owns; choose another --out",
+            out.display(),
+            ablation.display()
+        );
+    }
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     device.ensure_available()?;
     let replacing = if args.overwrite {

@@ -521,3 +521,89 @@ fn the_memory_check_uses_the_address_space_limit_and_names_it() {
     assert!(!dir.join("run").exists());
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn forward_replaces_only_its_own_outputs() {
+    let (dir, config) = setup("forward-own");
+    let run = dir.join("run");
+    assert!(train(&config, &run, &[]).status.success());
+    let before = snapshot(&run);
+    let forward = |checkpoint: &Path, out: &Path| {
+        ditmoe(&[
+            "forward",
+            "--checkpoint",
+            checkpoint.to_str().unwrap(),
+            "--inputs",
+            common::fixture("dit-dense", "inputs.safetensors")
+                .to_str()
+                .unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let weights = common::fixture("dit-dense", "weights.safetensors");
+    for victim in [
+        run.join("metrics.jsonl"),
+        run.join("checkpoint/model.safetensors"),
+    ] {
+        let refused = forward(&weights, &victim);
+        assert_eq!(refused.status.code(), Some(1), "{victim:?}");
+        assert!(
+            stderr(&refused).contains("was not written by `ditmoe forward`"),
+            "{}",
+            stderr(&refused)
+        );
+    }
+    assert!(before == snapshot(&run), "the run's files are untouched");
+    let own = dir.join("out.safetensors");
+    for _ in 0..2 {
+        let written = forward(&weights, &own);
+        assert!(written.status.success(), "{}", stderr(&written));
+    }
+    let folder = forward(&run.join("checkpoint"), &dir.join("x.safetensors"));
+    assert!(
+        stderr(&folder).contains("expected a safetensors file, found a directory"),
+        "{}",
+        stderr(&folder)
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn train_refuses_an_ablation_directory_and_its_variant_runs() {
+    let (dir, config) = setup("in-ablation");
+    let ablation = dir.join("ablation");
+    for folder in ["runs", "metrics", "samples", "plots"] {
+        std::fs::create_dir_all(ablation.join(folder)).unwrap();
+    }
+    for out in [ablation.clone(), ablation.join("runs/tc")] {
+        let refused = train(&config, &out, &["--overwrite"]);
+        assert_eq!(refused.status.code(), Some(1), "{out:?}");
+        assert!(
+            stderr(&refused).contains("inside the ablation directory"),
+            "{}",
+            stderr(&refused)
+        );
+        assert!(!out.join("checkpoint").exists());
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn resuming_over_a_shortened_metrics_log_says_which_steps_it_lacks() {
+    let (dir, config) = setup("metrics-gap");
+    let run = dir.join("run");
+    assert!(train(&config, &run, &[]).status.success());
+    let log = run.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&log).unwrap();
+    std::fs::write(&log, text.lines().next().unwrap().to_string() + "\n").unwrap();
+    let resumed = train(&config, &run, &["--resume", "--steps", "3"]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert!(
+        stderr(&resumed).contains("ends at step 1 but the checkpoint is at step 2"),
+        "{}",
+        stderr(&resumed)
+    );
+    assert_eq!(logged_steps(&run), [1, 3]);
+    std::fs::remove_dir_all(dir).unwrap();
+}

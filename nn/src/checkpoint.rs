@@ -3,8 +3,8 @@
 //! are PyTorch's, so a DiT / DiT-MoE state dict saved with `safetensors.torch.save_file` loads
 //! here and ours loads there. The model config rides along as JSON in the metadata (`config`).
 //!
-//! Files are read through a memory map (`memmap2`): tensors are converted straight from the
-//! mapped bytes. Files are written to a temporary sibling and renamed into place, so an
+//! Files are read whole into memory (not memory-mapped, so a file cut short underneath is an
+//! error, not a SIGBUS) and tensors converted from those bytes. Files are written to a temporary sibling and renamed into place, so an
 //! interrupted save never leaves a half-written checkpoint under the real name.
 
 use crate::accounting::{check_memory, machine_memory, memory_estimate, Workload};
@@ -107,13 +107,17 @@ pub fn read_tensors(path: impl AsRef<Path>) -> Result<TensorFile> {
         path: path.to_path_buf(),
         source,
     };
-    let file = std::fs::File::open(path).map_err(io)?;
-    // SAFETY: the map is read-only and dropped before this function returns; a file changed
-    // underneath it by another process could only give wrong numbers, not memory unsafety
-    // beyond what reading a file gives.
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
-    let (_, header) = SafeTensors::read_metadata(&map).map_err(|e| corrupt(path, e))?;
-    let st = SafeTensors::deserialize(&map).map_err(|e| corrupt(path, e))?;
+    if std::fs::metadata(path).map_err(io)?.is_dir() {
+        return Err(corrupt(
+            path,
+            "expected a safetensors file, found a directory",
+        ));
+    }
+    // Read whole rather than memory-mapped: a file cut short by another process while it is
+    // read is then a parse error, not a SIGBUS.
+    let bytes = std::fs::read(path).map_err(io)?;
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(path, e))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(path, e))?;
     let mut tensors = BTreeMap::new();
     for (name, view) in st.tensors() {
         tensors.insert(name.clone(), to_tensor(path, &name, &view)?);

@@ -198,6 +198,24 @@ fn train_and_evaluate(
     Ok(evaluation)
 }
 
+/// The ablation directory `path` is or lies inside, if any: a directory holding the
+/// classifier, or the `runs/`, `metrics/`, `samples/` and `plots/` folders an ablation creates
+/// before anything else. `ditmoe train` refuses such an `--out`: its variants are the
+/// ablation's to train.
+pub fn enclosing_ablation(path: &Path) -> Option<PathBuf> {
+    let is_ablation = |dir: &Path| {
+        dir.join("classifier.safetensors").is_file()
+            || ["runs", "metrics", "samples", "plots"]
+                .iter()
+                .all(|folder| dir.join(folder).is_dir())
+    };
+    let absolute = std::path::absolute(path).ok()?;
+    absolute
+        .ancestors()
+        .find(|dir| is_ablation(dir))
+        .map(Path::to_path_buf)
+}
+
 /// An error if `out` is the run directory of a `ditmoe train` (a checkpoint or metrics log at
 /// its top level): an ablation keeps its runs under `out/runs/` and would mix its files in.
 fn refuse_train_run(out: &Path) -> Result<()> {

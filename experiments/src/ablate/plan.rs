@@ -108,11 +108,16 @@ impl EvaluationConfig {
     }
 }
 
+/// The longest variant name: with the prefixes and suffixes of the files named after a
+/// variant (`specialization-NAME.svg`, …) it stays far below the 255-byte file-name limit.
+pub const MAX_VARIANT_NAME: usize = 64;
+
 /// One variant as the preset writes it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VariantSpec {
-    /// A short name (letters, digits, `-`, `_`): file names and table rows use it.
+    /// A short name (ASCII letters, digits, `-`, `_`; at most [`MAX_VARIANT_NAME`] characters):
+    /// file names and table rows use it.
     pub name: String,
     /// One line saying what the variant is.
     pub about: String,
@@ -228,12 +233,13 @@ impl AblationPreset {
         }
         for (i, v) in self.variants.iter().enumerate() {
             let good_name = !v.name.is_empty()
+                && v.name.len() <= MAX_VARIANT_NAME
                 && v.name
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
             if !good_name {
                 return Err(format!(
-                    "variant name `{}`: expected letters, digits, `-` or `_`",
+                    "variant name `{}`: expected 1 to {MAX_VARIANT_NAME} ASCII letters, digits, `-` or `_`",
                     v.name
                 ));
             }
@@ -412,6 +418,8 @@ mod tests {
         };
         assert!(bad("name = \"tc\"", "name = \"dense\"").contains("appears twice"));
         assert!(bad("name = \"tc\"", "name = \"t c\"").contains("variant name `t c`"));
+        let long = format!("name = \"{}\"", "t".repeat(MAX_VARIANT_NAME + 1));
+        assert!(bad("name = \"tc\"", &long).contains("expected 1 to 64 ASCII letters"));
         assert!(bad("iso_flop_with = \"tc\"", "iso_flop_with = \"nope\"")
             .contains("iso_flop_with = `nope`"));
         assert!(bad("top_k = 2", "top_k = 9").contains("top_k = 9"));

@@ -303,6 +303,17 @@ pub(super) fn restore(
     Ok(())
 }
 
+/// `dir`, or, when `dir` is a run's `checkpoint/` caught in the middle of a save (renamed
+/// away for a moment), the newest complete checkpoint beside it.
+fn settled_checkpoint(dir: &Path) -> PathBuf {
+    let in_a_save =
+        !dir.join("state.json").exists() && dir.file_name() == Some("checkpoint".as_ref());
+    match dir.parent().filter(|_| in_a_save).and_then(checkpoint_dir) {
+        Some(beside) => beside,
+        None => dir.to_path_buf(),
+    }
+}
+
 /// The model weights of a checkpoint directory: EMA if present.
 pub fn load_for_sampling(dir: &Path) -> Result<(Dit, TrainConfig)> {
     load_for_sampling_within(dir, ditmoe_nn::accounting::machine_memory())
@@ -315,6 +326,8 @@ pub fn load_for_sampling_within(
     dir: &Path,
     memory_bytes: Option<f64>,
 ) -> Result<(Dit, TrainConfig)> {
+    let settled = settled_checkpoint(dir);
+    let dir = settled.as_path();
     let state = read_state(dir)?;
     let weights = ["ema.safetensors", "model.safetensors"]
         .iter()

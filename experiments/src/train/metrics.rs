@@ -63,10 +63,11 @@ pub fn read_metrics(path: &Path) -> Result<Vec<MetricsLine>> {
         .collect()
 }
 
-/// The length of the start of a metrics log that a run resumed after step `start` keeps: its
-/// whole lines up to the last one of a step ≤ `start`.
-fn kept_length(bytes: &[u8], start: u64, path: &Path) -> Result<u64> {
-    let mut kept = 0;
+/// The length of the start of a metrics log that a run resumed after step `start` keeps (its
+/// whole lines up to the last one of a step ≤ `start`) and the step of that last line (0 if
+/// none).
+fn kept_length(bytes: &[u8], start: u64, path: &Path) -> Result<(u64, u64)> {
+    let (mut kept, mut last_step) = (0, 0);
     for (i, line) in bytes.split_inclusive(|&b| b == b'\n').enumerate() {
         if !line.ends_with(b"\n") {
             break; // torn by a kill mid-write
@@ -81,8 +82,9 @@ fn kept_length(bytes: &[u8], start: u64, path: &Path) -> Result<u64> {
             break;
         }
         kept += line.len();
+        last_step = parsed.step;
     }
-    Ok(kept as u64)
+    Ok((kept as u64, last_step))
 }
 
 /// Sums of the losses over the steps since the last metrics line.
@@ -119,7 +121,12 @@ impl MetricsLog {
     /// `resumed_at`, the file is cut after its last line of a step up to that one — the bytes
     /// before stay as they are — and the lines after it (logged again by the resumed run) and
     /// a torn last line (a kill mid-write) go.
-    pub(super) fn open(path: PathBuf, resumed_at: Option<u64>, batch_size: usize) -> Result<Self> {
+    pub(super) fn open(
+        path: PathBuf,
+        resumed_at: Option<u64>,
+        batch_size: usize,
+        log_every: u64,
+    ) -> Result<Self> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).with_context(|| parent.display().to_string())?;
         }
@@ -128,11 +135,20 @@ impl MetricsLog {
         let file = match resumed_at {
             None => options.truncate(true).open(&path),
             Some(start) => {
-                let keep = match std::fs::read(&path) {
+                let (keep, last_step) = match std::fs::read(&path) {
                     Ok(bytes) => kept_length(&bytes, start, &path)?,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, 0),
                     Err(e) => return Err(e).with_context(|| path.display().to_string()),
                 };
+                let due = start - start % log_every;
+                if last_step < due {
+                    crate::console::eprintln(&format!(
+                        "note: {} ends at step {last_step} but the checkpoint is at step {start}: \
+                         the log will have no lines for steps {} to {due}",
+                        path.display(),
+                        last_step + 1
+                    ));
+                }
                 options
                     .append(true)
                     .open(&path)
@@ -222,7 +238,7 @@ mod tests {
         assert!(read[0].grad_norm.is_nan() && read[0].images_per_s.is_nan());
         assert_eq!((read[0].loss, read[0].aux_loss), (0.5, Some(0.01)));
         let kept = kept_length(logged.as_bytes(), 1, &path).unwrap();
-        assert_eq!(kept, logged.len() as u64);
+        assert_eq!(kept, (logged.len() as u64, 1));
         std::fs::remove_file(path).unwrap();
     }
 }

@@ -198,7 +198,12 @@ fn run<O: ditmoe_diffusion::Objective>(
         remove_checkpoints(out)?;
     }
     let resumed_at = options.resume.then_some(start);
-    let mut metrics = MetricsLog::open(metrics_path, resumed_at, config.batch_size)?;
+    let mut metrics = MetricsLog::open(
+        metrics_path,
+        resumed_at,
+        config.batch_size,
+        config.log_every,
+    )?;
     let progress = ProgressDisplay::new(&options.progress, config.steps, start);
     ditmoe_tensor::memory::reset_peak();
     let clock = RunClock {

@@ -485,6 +485,12 @@ fn resume_finds_the_newest_complete_checkpoint_whatever_a_kill_left() {
             picked.map(|p| run.join(p)),
             "{on_disk:?}"
         );
+        // `sample --checkpoint run/checkpoint` in the middle of a save reads the same one.
+        assert_eq!(
+            super::load_for_sampling(&run.join("checkpoint")).is_ok(),
+            picked.is_some(),
+            "{on_disk:?}"
+        );
     }
     // The last state with a result: resuming continues from step 3, settles the directory on
     // one checkpoint and ends where the uninterrupted run did.
