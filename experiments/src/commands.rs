@@ -378,7 +378,8 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
     if let Some(profile) = &summary.profile {
         let text = profile.to_markdown(&device.hardware()?);
         let path = out.join("profile.md");
-        std::fs::write(&path, &text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        ditmoe_nn::files::write_atomically(&path, text.as_bytes())
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         println(&format!("{text}(written to {})", path.display()))?;
     }
     println(&format!(

@@ -488,14 +488,14 @@ pub fn figure(panels: &[&dyn Panel], columns: usize, panel_size: (f64, f64)) -> 
     svg + "</svg>\n"
 }
 
-/// Writes [`figure`] to `path`.
+/// Writes [`figure`] to `path` (atomically, see `ditmoe_nn::files`).
 pub fn write_figure(
     path: &Path,
     panels: &[&dyn Panel],
     columns: usize,
     panel_size: (f64, f64),
 ) -> std::io::Result<()> {
-    std::fs::write(path, figure(panels, columns, panel_size))
+    ditmoe_nn::files::write_atomically(path, figure(panels, columns, panel_size).as_bytes())
 }
 
 #[cfg(test)]

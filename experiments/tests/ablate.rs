@@ -246,6 +246,16 @@ fn a_miniature_ablation_writes_a_complete_consistent_report_and_resumes() {
         "re-evaluating gives the same numbers"
     );
 
+    // A subset re-run adds to the report: the variants it did not select stay in it.
+    let full = json(&out.join("summary.json"));
+    let subset = ablate(&preset, &out, &["--variants", "tc"]);
+    assert!(subset.status.success(), "{}", common::stderr(&subset));
+    assert_eq!(
+        without_timing(json(&out.join("summary.json"))),
+        without_timing(full),
+        "a --variants subset keeps the other finished variants in the report"
+    );
+
     // Another seed into the same directory is refused rather than mixed in, before any work.
     let classifier_before = std::fs::read(out.join("classifier.safetensors")).unwrap();
     let refused = ablate(&preset, &out, &["--seed", "9"]);

@@ -139,6 +139,31 @@ fn finished(run: &Path, variant: &Variant) -> Result<bool> {
     Ok(state.step >= variant.config.steps && run.join("evaluation.json").exists())
 }
 
+/// The variants the report covers, in the preset's order: the `selected` ones and every other
+/// variant of the preset already finished in `out`, so `--variants tc` adds to a report rather
+/// than replacing it. A variant not selected whose directory holds something else (another
+/// config, a damaged checkpoint) is left out of the report.
+fn reported_variants(
+    preset: &AblationPreset,
+    selected: &[Variant],
+    out: &Path,
+) -> Result<Vec<Variant>> {
+    let every = preset.select(&[]).map_err(anyhow::Error::msg)?;
+    Ok(every
+        .into_iter()
+        .filter(|variant| {
+            selected.contains(variant)
+                || finished(&out.join("runs").join(&variant.name), variant).unwrap_or(false)
+        })
+        .collect())
+}
+
+/// A variant's `evaluation.json`.
+fn read_evaluation(path: &Path) -> Result<Evaluation> {
+    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not an evaluation", path.display()))
+}
+
 /// Trains `variant` in `run` (continuing a checkpoint there) and evaluates its EMA weights.
 fn train_and_evaluate(
     variant: &Variant,
@@ -256,7 +281,7 @@ pub fn ablate(options: &AblateOptions) -> Result<PathBuf> {
     if let Some(seed) = options.seed {
         preset.train.seed = seed;
     }
-    let variants = preset
+    let selected = preset
         .select(&options.variants)
         .map_err(anyhow::Error::msg)?;
     let out = &options.out;
@@ -266,10 +291,11 @@ pub fn ablate(options: &AblateOptions) -> Result<PathBuf> {
     let settings = &preset.evaluation;
     check_real_images(data.as_ref(), settings.real_images)?;
     let _lock = crate::run_lock::RunLock::acquire(out)?;
-    let done = variants
+    let done = selected
         .iter()
         .map(|variant| finished(&out.join("runs").join(&variant.name), variant))
         .collect::<Result<Vec<bool>>>()?;
+    let variants = reported_variants(&preset, &selected, out)?;
     for dir in ["runs", "metrics", "samples", "plots"] {
         let path = out.join(dir);
         std::fs::create_dir_all(&path).with_context(|| path.display().to_string())?;
@@ -287,9 +313,9 @@ pub fn ablate(options: &AblateOptions) -> Result<PathBuf> {
         device: options.device,
     };
 
-    let count = variants.len();
-    let mut evaluations = Vec::with_capacity(count);
-    for (i, variant) in variants.iter().enumerate() {
+    let count = selected.len();
+    let mut evaluations = std::collections::HashMap::new();
+    for (i, variant) in selected.iter().enumerate() {
         let label = format!("[{}/{count}] {}", i + 1, variant.name);
         let run = out.join("runs").join(&variant.name);
         let evaluation_path = run.join("evaluation.json");
@@ -298,17 +324,27 @@ pub fn ablate(options: &AblateOptions) -> Result<PathBuf> {
                 options,
                 format!("{label}: finished in an earlier run, skipped"),
             );
-            let text = std::fs::read_to_string(&evaluation_path)
-                .with_context(|| evaluation_path.display().to_string())?;
-            serde_json::from_str(&text)
-                .with_context(|| format!("{}: not an evaluation", evaluation_path.display()))?
+            read_evaluation(&evaluation_path)?
         } else {
             let evaluation = train_and_evaluate(variant, &run, &label, &judge, options)?;
             write_json_atomically(&evaluation_path, &evaluation)?;
             evaluation
         };
-        evaluations.push(evaluation);
+        evaluations.insert(variant.name.clone(), evaluation);
     }
+    // The variants finished by earlier runs but not selected now are reported as they were.
+    for variant in variants.iter().filter(|v| !selected.contains(v)) {
+        let path = out.join("runs").join(&variant.name).join("evaluation.json");
+        evaluations.insert(variant.name.clone(), read_evaluation(&path)?);
+    }
+    let evaluations: Vec<Evaluation> = variants
+        .iter()
+        .map(|variant| {
+            evaluations
+                .remove(&variant.name)
+                .expect("every reported variant is evaluated")
+        })
+        .collect();
 
     let mut metrics = Vec::with_capacity(count);
     let mut summaries = Vec::with_capacity(count);

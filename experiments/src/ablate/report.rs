@@ -7,6 +7,7 @@ use super::summary::{VariantSummary, FINAL_FRACTION};
 use crate::plot::{write_figure, BarChart, Bars, Heatmap, LineChart, Panel, Series};
 use crate::train::MetricsLine;
 use anyhow::{Context, Result};
+use ditmoe_nn::files::write_atomically;
 use ditmoe_nn::moe::{RoutingConfig, RoutingGroup};
 use serde::Serialize;
 use std::fmt::Write;
@@ -108,16 +109,14 @@ pub fn write_report(out: &Path, input: &ReportInput) -> Result<()> {
             .collect(),
     };
     let path = out.join("summary.json");
-    std::fs::write(
-        &path,
-        serde_json::to_string_pretty(&summary).expect("summary serialises"),
-    )
-    .with_context(|| path.display().to_string())?;
+    let json = serde_json::to_string_pretty(&summary).expect("summary serialises");
+    write_atomically(&path, json.as_bytes()).with_context(|| path.display().to_string())?;
     let plots = out.join("plots");
     std::fs::create_dir_all(&plots).with_context(|| plots.display().to_string())?;
     let figures = write_plots(&plots, input).with_context(|| plots.display().to_string())?;
     let path = out.join("report.md");
-    std::fs::write(&path, markdown(input, &figures)).with_context(|| path.display().to_string())
+    write_atomically(&path, markdown(input, &figures).as_bytes())
+        .with_context(|| path.display().to_string())
 }
 
 /// The file names of the figures, by section.
