@@ -112,6 +112,18 @@ fn a_miniature_ablation_writes_a_complete_consistent_report_and_resumes() {
     // Every file exists and parses.
     let summary = json(&out.join("summary.json"));
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let variant_seconds: f64 = summary["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["train_seconds"].as_f64().unwrap() + v["eval_seconds"].as_f64().unwrap())
+        .sum();
+    assert!(
+        report.contains(&format!(
+            "the variants' training and evaluation took {variant_seconds:.0} s in all"
+        )),
+        "{report}"
+    );
     assert!(out.join("classifier.safetensors").exists());
     for name in VARIANTS {
         let png = std::fs::read(out.join("samples").join(format!("{name}.png"))).unwrap();

@@ -660,9 +660,16 @@ fn markdown(input: &ReportInput, figures: &Figures) -> String {
         "- Machine: {} ({} cores, {} compute threads), {}",
         setup.cpu, setup.cores, setup.threads, setup.os
     );
+    let variant_seconds: f64 = input
+        .summaries
+        .iter()
+        .map(|s| s.train_seconds + s.eval_seconds)
+        .sum();
     let _ = writeln!(
         md,
-        "- Total wall time: {:.0} s (training, evaluation and this report)",
+        "- Wall time: {:.0} s for this invocation (training, evaluation and this report); the \
+         variants' training and evaluation took {variant_seconds:.0} s in all, over every \
+         interrupted and resumed part",
         setup.seconds_total
     );
     let _ = writeln!(
