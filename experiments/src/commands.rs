@@ -519,14 +519,7 @@ pub fn ablate(
     device: ditmoe_tensor::Device,
     ignore_memory_limit: bool,
 ) -> anyhow::Result<()> {
-    use crate::ablate::plan::AblationPreset;
     use crate::ablate::{ablate, AblateOptions};
-    let plan = AblationPreset::load(&preset).map_err(anyhow::Error::msg)?;
-    plan.check_memory(
-        &plan.select(&variants).map_err(anyhow::Error::msg)?,
-        memory_limit(ignore_memory_limit),
-    )
-    .map_err(anyhow::Error::msg)?;
     device.ensure_available()?;
     let began = std::time::Instant::now();
     let options = AblateOptions {
@@ -541,13 +534,8 @@ pub fn ablate(
             .collect::<Vec<_>>()
             .join(" "),
         device,
+        memory_bytes: memory_limit(ignore_memory_limit),
     };
-    eprintln(&format!(
-        "ablation `{}` into {} on {device} ({} CPU threads)",
-        options.preset,
-        options.out.display(),
-        ditmoe_tensor::parallel::num_threads()
-    ));
     let report = ablate(&options)?;
     println(&format!(
         "wrote {} in {:.0} s",

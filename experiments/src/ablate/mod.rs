@@ -17,7 +17,7 @@ pub mod summary;
 
 use crate::train::{
     checkpoint_dir, damaged_checkpoints, load_for_sampling, open_dataset, read_metrics, read_state,
-    train, Progress, TrainOptions,
+    train, Progress, TrainOptions, CHECKPOINT_DIRS,
 };
 use anyhow::{anyhow, bail, Context, Result};
 use classifier::{real_images, train_classifier, Classifier, ClassifierMeta, Reference};
@@ -45,6 +45,8 @@ pub struct AblateOptions {
     pub command: String,
     /// Where the variants train and are sampled (`Device::Cuda(i)`: on GPU i).
     pub device: ditmoe_tensor::Device,
+    /// The memory every selected variant's training must fit in (`None`: not checked).
+    pub memory_bytes: Option<f64>,
 }
 
 fn say(options: &AblateOptions, message: String) {
@@ -55,7 +57,7 @@ fn say(options: &AblateOptions, message: String) {
 
 /// Writes `value` as JSON to `path` atomically ([`ditmoe_nn::files`]), so a reader never sees
 /// half of it.
-fn write_json_atomically(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+pub(super) fn write_json_atomically(path: &Path, value: &impl serde::Serialize) -> Result<()> {
     let text = serde_json::to_string_pretty(value).expect("serialises");
     ditmoe_nn::files::write_atomically(path, text.as_bytes())
         .with_context(|| path.display().to_string())
@@ -244,13 +246,8 @@ pub fn enclosing_ablation(path: &Path) -> Option<PathBuf> {
 /// An error if `out` is the run directory of a `ditmoe train` (a checkpoint or metrics log at
 /// its top level): an ablation keeps its runs under `out/runs/` and would mix its files in.
 fn refuse_train_run(out: &Path) -> Result<()> {
-    let train_files = [
-        "checkpoint",
-        "checkpoint-new",
-        "checkpoint-old",
-        "metrics.jsonl",
-    ];
-    if let Some(found) = train_files.iter().find(|f| out.join(f).exists()) {
+    let train_files = CHECKPOINT_DIRS.iter().chain(&["metrics.jsonl"]);
+    if let Some(found) = train_files.into_iter().find(|f| out.join(f).exists()) {
         bail!(
             "--out {}: that directory holds a `ditmoe train` run ({found}); an ablation needs a directory of its own",
             out.display()
@@ -284,6 +281,19 @@ pub fn ablate(options: &AblateOptions) -> Result<PathBuf> {
     let selected = preset
         .select(&options.variants)
         .map_err(anyhow::Error::msg)?;
+    preset
+        .check_memory(&selected, options.memory_bytes)
+        .map_err(anyhow::Error::msg)?;
+    say(
+        options,
+        format!(
+            "ablation `{}` into {} on {} ({} CPU threads)",
+            options.preset,
+            options.out.display(),
+            options.device,
+            ditmoe_tensor::parallel::num_threads()
+        ),
+    );
     let out = &options.out;
     refuse_train_run(out)?;
     // Every refusal comes before anything is created or trained.

@@ -109,8 +109,7 @@ pub fn write_report(out: &Path, input: &ReportInput) -> Result<()> {
             .collect(),
     };
     let path = out.join("summary.json");
-    let json = serde_json::to_string_pretty(&summary).expect("summary serialises");
-    write_atomically(&path, json.as_bytes()).with_context(|| path.display().to_string())?;
+    super::write_json_atomically(&path, &summary)?;
     let plots = out.join("plots");
     std::fs::create_dir_all(&plots).with_context(|| plots.display().to_string())?;
     let figures = write_plots(&plots, input).with_context(|| plots.display().to_string())?;

@@ -32,7 +32,7 @@ pub struct RunState {
 const CURRENT: &str = "checkpoint";
 const FRESH: &str = "checkpoint-new";
 const OLD: &str = "checkpoint-old";
-pub(super) const CHECKPOINT_DIRS: [&str; 3] = [CURRENT, FRESH, OLD];
+pub const CHECKPOINT_DIRS: [&str; 3] = [CURRENT, FRESH, OLD];
 
 /// The files of a checkpoint; `state.json` is written last.
 const FILES: [&str; 4] = [
@@ -84,17 +84,9 @@ fn write_checkpoint(
         opt_meta,
     )?;
     let state_path = dir.join("state.json");
-    let written = (|| {
-        use std::io::Write;
-        let mut file = std::fs::File::create(&state_path)?;
-        file.write_all(
-            serde_json::to_string_pretty(state)
-                .expect("state serialises")
-                .as_bytes(),
-        )?;
-        file.sync_all()
-    })();
-    written.with_context(|| state_path.display().to_string())?;
+    let json = serde_json::to_string_pretty(state).expect("state serialises");
+    ditmoe_nn::files::write_atomically(&state_path, json.as_bytes())
+        .with_context(|| state_path.display().to_string())?;
     sync_dir(dir)
 }
 

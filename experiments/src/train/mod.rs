@@ -19,11 +19,11 @@ mod progress;
 mod read_back;
 mod trainer;
 
+use checkpoint::remove_checkpoints;
 pub use checkpoint::{
     checkpoint_dir, damaged_checkpoints, load_for_sampling, load_for_sampling_within, read_state,
-    unusable_checkpoints, RunState,
+    unusable_checkpoints, RunState, CHECKPOINT_DIRS,
 };
-use checkpoint::{remove_checkpoints, CHECKPOINT_DIRS};
 pub use metrics::{read_metrics, MetricsLine};
 pub use progress::Progress;
 pub use read_back::StepScalars;
