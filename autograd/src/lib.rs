@@ -26,4 +26,4 @@ pub mod var;
 pub use ditmoe_tensor as tensor;
 pub use grad_mode::{is_grad_enabled, no_grad, NoGradGuard};
 pub use gradcheck::{check_gradients, GradCheck, GradCheckFailure, GradCheckReport};
-pub use var::Var;
+pub use var::{ValueMut, Var};

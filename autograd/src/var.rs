@@ -11,7 +11,7 @@ use crate::grad_mode::is_grad_enabled;
 use ditmoe_tensor::{Result, Tensor, TensorError};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, RwLockWriteGuard};
 
 /// The gradients of an op's inputs given the gradient of its output; `None` for an input that
 /// gets none (an integer index, say).
@@ -123,6 +123,18 @@ impl Var {
         }
         *slot = value;
         Ok(())
+    }
+
+    /// Write access to a leaf's value, for an update in place (the optimizer step: no new
+    /// buffer per step). The value must keep its shape, dtype and device; graphs built earlier
+    /// see the write only if they hold the same buffer, which the in-place tensor ops never
+    /// allow (they copy a shared buffer first). The value stays locked until the guard drops.
+    pub fn value_mut(&self) -> Result<ValueMut<'_>> {
+        self.ensure_leaf("value_mut")?;
+        Ok(ValueMut {
+            value: self.0.value.write().unwrap(),
+            shape: &self.0.shape,
+        })
     }
 
     pub fn requires_grad(&self) -> bool {
@@ -266,6 +278,35 @@ impl Var {
         }
         order.reverse();
         order
+    }
+}
+
+/// A leaf's value, writable: see [`Var::value_mut`].
+pub struct ValueMut<'a> {
+    value: RwLockWriteGuard<'a, Tensor>,
+    shape: &'a [usize],
+}
+
+impl std::ops::Deref for ValueMut<'_> {
+    type Target = Tensor;
+    fn deref(&self) -> &Tensor {
+        &self.value
+    }
+}
+
+impl std::ops::DerefMut for ValueMut<'_> {
+    fn deref_mut(&mut self) -> &mut Tensor {
+        &mut self.value
+    }
+}
+
+impl Drop for ValueMut<'_> {
+    fn drop(&mut self) {
+        debug_assert_eq!(
+            self.value.shape(),
+            self.shape,
+            "an in-place update changed a leaf's shape"
+        );
     }
 }
 

@@ -3,11 +3,11 @@
 //! the weights.
 
 use crate::validate::Field;
-use ditmoe_autograd::{no_grad, Var};
-use ditmoe_tensor::ops::optim::AdamWHyper;
+use ditmoe_autograd::Var;
+use ditmoe_tensor::ops::optim::{AdamWHyper, AdamWMoments, ParamUpdate};
 use ditmoe_tensor::{Result, Tensor, TensorError};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 fn default_betas() -> (f64, f64) {
     (0.9, 0.999)
@@ -95,9 +95,18 @@ impl AdamW {
     }
 
     /// One update of every parameter that has a gradient, the gradients multiplied by
-    /// `grad_scale` first (the clipping factor).
-    /// `Tensor::adamw_update` does the arithmetic in one pass (one kernel on a GPU).
-    pub fn step(&mut self, params: &[(String, Var)], lr: f64, grad_scale: f64) -> Result<()> {
+    /// `grad_scale` first (the clipping factor), and — given an [`Ema`] — the EMA update of
+    /// every parameter after it. [`Tensor::optimizer_step`] does it all in place, in one pass
+    /// over all parameters together on the CPU (composed from one AdamW kernel and a lerp per
+    /// parameter on a GPU). The step writes into the parameters' buffers: drop the graph of
+    /// the step first, or every weight it holds is copied instead (copy on write).
+    pub fn step(
+        &mut self,
+        params: &[(String, Var)],
+        lr: f64,
+        grad_scale: f64,
+        ema: Option<&mut Ema>,
+    ) -> Result<()> {
         self.step += 1;
         let (beta1, beta2) = self.config.betas;
         let hyper = AdamWHyper {
@@ -109,19 +118,45 @@ impl AdamW {
             grad_scale,
             step: self.step,
         };
-        no_grad(|| {
-            for (name, param) in params {
-                let Some(grad) = param.grad() else { continue };
-                let (m, v) = match self.moments.remove(name) {
-                    Some(moments) => moments,
-                    None => (grad.zeros_like()?, grad.zeros_like()?),
-                };
-                let next = param.value().adamw_update(&grad, &m, &v, &hyper)?;
-                param.set_value(next.param)?;
-                self.moments.insert(name.clone(), (next.m, next.v));
+        let grads: Vec<Option<Tensor>> = params.iter().map(|(_, p)| p.grad()).collect();
+        for ((name, _), grad) in params.iter().zip(&grads) {
+            if let (Some(grad), false) = (grad, self.moments.contains_key(name)) {
+                let zeros = (grad.zeros_like()?, grad.zeros_like()?);
+                self.moments.insert(name.clone(), zeros);
             }
-            Ok(())
-        })
+        }
+        let ema_decay = ema.as_ref().map_or(0.0, |e| e.decay);
+        let mut shadows: HashMap<&str, &mut Tensor> = match ema {
+            Some(ema) => ema.shadows_of(params),
+            None => HashMap::new(),
+        };
+        let mut moments: HashMap<&str, &mut (Tensor, Tensor)> = self
+            .moments
+            .iter_mut()
+            .map(|(name, pair)| (name.as_str(), pair))
+            .collect();
+        let mut values = params
+            .iter()
+            .map(|(_, p)| p.value_mut())
+            .collect::<Result<Vec<_>>>()?;
+        let mut updates = Vec::with_capacity(params.len());
+        for (((name, _), value), grad) in params.iter().zip(&mut values).zip(&grads) {
+            let adam = match grad {
+                Some(grad) => {
+                    let (m, v) = moments.remove(name.as_str()).ok_or_else(|| {
+                        TensorError::invalid("AdamW", format!("parameter `{name}` listed twice"))
+                    })?;
+                    Some(AdamWMoments { grad, m, v })
+                }
+                None => None,
+            };
+            updates.push(ParamUpdate {
+                param: value,
+                adam,
+                ema: shadows.remove(name.as_str()),
+            });
+        }
+        Tensor::optimizer_step(&mut updates, &hyper, ema_decay)
     }
 
     /// The moments as named tensors (`m.<param>`, `v.<param>`), for checkpoints.
@@ -258,17 +293,21 @@ impl Ema {
         }
     }
 
-    pub fn update(&mut self, params: &[(String, Var)]) -> Result<()> {
+    /// Each parameter's shadow by name, for [`AdamW::step`]; a parameter without one (new
+    /// since [`Ema::new`]) starts from its current value.
+    fn shadows_of(&mut self, params: &[(String, Var)]) -> HashMap<&str, &mut Tensor> {
         for (name, p) in params {
-            let current = p.value();
-            // decay·avg + (1 − decay)·current, in one pass.
-            let next = match self.shadow.get(name) {
-                Some(avg) => avg.lerp(&current, 1.0 - self.decay)?,
-                None => current,
-            };
-            self.shadow.insert(name.clone(), next);
+            if !self.shadow.contains_key(name) {
+                self.shadow.insert(name.clone(), p.value());
+            }
         }
-        Ok(())
+        let listed: std::collections::HashSet<&str> =
+            params.iter().map(|(name, _)| name.as_str()).collect();
+        self.shadow
+            .iter_mut()
+            .filter(|(name, _)| listed.contains(name.as_str()))
+            .map(|(name, value)| (name.as_str(), value))
+            .collect()
     }
 }
 
@@ -295,7 +334,7 @@ mod tests {
             eps: 1e-8,
             weight_decay: 0.1,
         });
-        opt.step(&params, 0.01, 1.0).unwrap();
+        opt.step(&params, 0.01, 1.0, None).unwrap();
         // Step 1: m̂ = g, v̂ = g², so the Adam step is lr·g/(|g| + ε); decay first scales p by 1 − lr·λ.
         let expected = [
             1.0 * (1.0 - 0.001) - 0.01 * 3.0 / (3.0 + 1e-8),
@@ -306,7 +345,7 @@ mod tests {
             assert!((g - e).abs() < 1e-15, "{got:?} vs {expected:?}");
         }
         // Step 2 with the same gradient: m = (1 − 0.9²)·g, v = (1 − 0.999²)·g².
-        opt.step(&params, 0.01, 1.0).unwrap();
+        opt.step(&params, 0.01, 1.0, None).unwrap();
         let (m, v) = &opt.moments["w"];
         assert!((m.to_vec::<f64>().unwrap()[0] - 3.0 * (1.0 - 0.9f64.powi(2))).abs() < 1e-12);
         assert!((v.to_vec::<f64>().unwrap()[0] - 9.0 * (1.0 - 0.999f64.powi(2))).abs() < 1e-12);
@@ -318,7 +357,7 @@ mod tests {
         p.sum_all().unwrap().backward().unwrap();
         let params = vec![("w".to_string(), p)];
         let mut opt = AdamW::new(AdamWConfig::default());
-        opt.step(&params, 0.01, 1.0).unwrap();
+        opt.step(&params, 0.01, 1.0, None).unwrap();
         let state = opt.state_dict();
         let mut restored = AdamW::new(AdamWConfig::default());
         restored.load_state_dict(&params, &state, 1).unwrap();
@@ -374,9 +413,24 @@ mod tests {
         let p = Var::parameter(Tensor::from_vec(vec![0.0f32], &[1]).unwrap());
         let params = vec![("p".to_string(), p.clone())];
         let mut ema = Ema::new(&params, 0.9);
+        // No gradient: the parameter stays, the shadow moves a tenth of the way to it.
         p.set_value(Tensor::full(&[1], 1.0, DType::F32).unwrap())
             .unwrap();
-        ema.update(&params).unwrap();
+        let mut opt = AdamW::new(AdamWConfig::default());
+        opt.step(&params, 0.1, 1.0, Some(&mut ema)).unwrap();
+        assert_eq!(p.value().item().unwrap(), 1.0);
         assert!((ema.shadow["p"].item().unwrap() - 0.1).abs() < 1e-7);
+        // With a gradient the shadow follows the updated parameter: 0.1 + 0.1·(p' − 0.1).
+        p.mul_scalar(2.0)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        opt.step(&params, 0.1, 1.0, Some(&mut ema)).unwrap();
+        let updated = p.value().item().unwrap();
+        assert!(updated < 1.0, "a step down the gradient");
+        let expected = 0.1 + 0.1 * (updated - 0.1);
+        assert!((ema.shadow["p"].item().unwrap() - expected).abs() < 1e-7);
     }
 }

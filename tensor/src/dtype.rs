@@ -37,6 +37,8 @@ pub trait Element: Copy + Send + Sync + Debug + PartialOrd + 'static {
     const DTYPE: DType;
     /// The storage's elements if it holds this type.
     fn slice(storage: &Storage) -> Option<&[Self]>;
+    /// The same, writable (the in-place kernels).
+    fn slice_mut(storage: &mut Storage) -> Option<&mut [Self]>;
     fn into_storage(values: Vec<Self>) -> Storage;
     fn to_f64(self) -> f64;
     fn from_f64(value: f64) -> Self;
@@ -55,6 +57,12 @@ macro_rules! impl_element {
         impl Element for $t {
             const DTYPE: DType = DType::$variant;
             fn slice(storage: &Storage) -> Option<&[Self]> {
+                match storage {
+                    Storage::$variant(v) => Some(v),
+                    _ => None,
+                }
+            }
+            fn slice_mut(storage: &mut Storage) -> Option<&mut [Self]> {
                 match storage {
                     Storage::$variant(v) => Some(v),
                     _ => None,

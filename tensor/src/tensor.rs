@@ -211,6 +211,19 @@ impl Tensor {
         Tensor::from_backend(storage, Layout::contiguous(self.shape()), self.device)
     }
 
+    /// This tensor's own buffer, writable, for the in-place kernels (the optimizer step). A
+    /// view, or a buffer another tensor also holds, is first copied into a fresh contiguous
+    /// one (copy on write), so no other tensor ever sees the write.
+    pub(crate) fn storage_mut(&mut self) -> Result<&mut Storage> {
+        let whole_buffer =
+            self.is_contiguous() && self.layout.offset() == 0 && self.storage.len() == self.numel();
+        if !whole_buffer {
+            let copy = on_device(self.device, |backend| backend.contiguous(&self.operand()))?;
+            *self = Tensor::from_backend(copy, Layout::contiguous(self.shape()), self.device);
+        }
+        Ok(Arc::make_mut(&mut self.storage))
+    }
+
     /// Converts every element to `dtype` (rounding to nearest for bf16/f16, truncating
     /// toward zero for i64).
     pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {

@@ -205,7 +205,7 @@ pub fn train_classifier(
             min_lr: 0.1 * config.lr,
         };
         let lr = learning_rate(config.lr, step, 0, config.steps, decay);
-        optimizer.step(&params, lr, 1.0)?;
+        optimizer.step(&params, lr, 1.0, None)?;
         params.iter().for_each(|(_, p)| p.zero_grad());
     }
     let (images, labels) = real_images(data, held_out)?;

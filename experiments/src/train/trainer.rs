@@ -91,11 +91,13 @@ impl<O: Objective> Trainer<O> {
         let _optimizer_section = profile::section("optimizer");
         let scalars = read_back_step_scalars(&losses, &self.model.named_gradients())?;
         self.stop_unless_finite(step, &scalars)?;
+        // The graph holds views of the weights; without it the update writes in place.
+        drop((losses, result.out, input));
         let lr = self.learning_rate(step);
         let clip = clip_factor(scalars.grad_norm, self.config.grad_clip);
-        self.optimizer.step(&self.params, lr, clip)?;
+        let ema = Some(&mut self.ema);
+        self.optimizer.step(&self.params, lr, clip, ema)?;
         self.params.iter().for_each(|(_, p)| p.zero_grad());
-        self.ema.update(&self.params)?;
         Ok(StepReport {
             scalars,
             lr,

@@ -172,6 +172,21 @@ pub(crate) enum GroupCounts {
     Device(Storage),
 }
 
+/// One parameter's part of [`Backend::optimizer_step`]: its buffer and, each optional, its
+/// AdamW state with this step's gradient and its EMA shadow — all of one length, contiguous.
+pub(crate) struct ParamStep<'a> {
+    pub param: &'a mut Storage,
+    pub adam: Option<AdamState<'a>>,
+    pub ema: Option<&'a mut Storage>,
+}
+
+/// A parameter's gradient (flattened to one dimension) and its two AdamW moments.
+pub(crate) struct AdamState<'a> {
+    pub grad: Operand<'a>,
+    pub m: &'a mut Storage,
+    pub v: &'a mut Storage,
+}
+
 /// The operations a device provides. Every operand is on this backend's device; shapes and
 /// dtypes were checked by the caller, and the results are contiguous unless the method says
 /// otherwise. A method a backend does not implement fails with `NoCudaKernel` naming the op.
@@ -399,6 +414,37 @@ pub(crate) trait Backend {
         _hyper: &AdamWHyper,
     ) -> Result<[Storage; 3]> {
         Err(self.missing("adamw_update"))
+    }
+
+    /// One optimizer step of many parameters, in place: AdamW where a parameter has a
+    /// gradient (`adam`), then the EMA `ema ← ema + ema_weight·(param − ema)` where it has a
+    /// shadow. The default composes [`Backend::adamw`] and [`Backend::lerp`] and swaps the new
+    /// buffers in; the CPU overrides it with one pass over all parameters together.
+    fn optimizer_step(
+        &self,
+        params: &mut [ParamStep],
+        hyper: &AdamWHyper,
+        ema_weight: f64,
+    ) -> Result<()> {
+        for step in params.iter_mut() {
+            let layout = Layout::contiguous(&[step.param.len()]);
+            if let Some(adam) = &mut step.adam {
+                let whole = |s| Operand::new(s, &layout);
+                let [param, m, v] = self.adamw(
+                    &whole(step.param),
+                    &adam.grad,
+                    &whole(adam.m),
+                    &whole(adam.v),
+                    hyper,
+                )?;
+                (*step.param, *adam.m, *adam.v) = (param, m, v);
+            }
+            if let Some(ema) = &mut step.ema {
+                let whole = |s| Operand::new(s, &layout);
+                **ema = self.lerp(&whole(ema), &whole(step.param), ema_weight)?;
+            }
+        }
+        Ok(())
     }
 
     // MoE routing.

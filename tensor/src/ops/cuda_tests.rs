@@ -477,6 +477,28 @@ fn the_fused_adamw_step_matches_the_cpu() {
     check(&gpu.param, &cpu.param, 1e-6, "param");
     check(&gpu.m, &cpu.m, 1e-6, "m");
     check(&gpu.v, &cpu.v, 1e-6, "v");
+
+    // The in-place step with an EMA: on the GPU composed from the same kernel and lerp.
+    use crate::ops::optim::{AdamWMoments, ParamUpdate};
+    let ema = f32_cpu(&[7, 9], 44);
+    let step = |mut state: [Tensor; 5]| {
+        let [p, g, m, v, e] = &mut state;
+        let mut update = [ParamUpdate {
+            param: p,
+            adam: Some(AdamWMoments { grad: g, m, v }),
+            ema: Some(e),
+        }];
+        Tensor::optimizer_step(&mut update, &hyper, 0.9).unwrap();
+        state
+    };
+    let on_cpu = step([&p, &g, &m, &v, &ema].map(Tensor::clone));
+    let on_device = step([&p, &g, &m, &v, &ema].map(on_gpu));
+    for (what, (gpu, cpu)) in ["param", "grad", "m", "v", "ema"]
+        .into_iter()
+        .zip(on_device.iter().zip(&on_cpu))
+    {
+        check(gpu, cpu, 1e-6, what);
+    }
 }
 
 #[test]

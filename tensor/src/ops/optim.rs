@@ -1,12 +1,138 @@
 //! The fused AdamW update (Loshchilov & Hutter 2019, decoupled weight decay): one pass over a
 //! parameter, its gradient and its two moments instead of a dozen elementwise ops. On a GPU it
 //! is one kernel (`ditmoe-cuda`'s `adamw_f32`).
+//!
+//! [`Tensor::optimizer_step`] is the training loop's form: every parameter's AdamW update and
+//! EMA update in place, in one pass over all parameters together (on the CPU no buffer is
+//! allocated and no thread waits for a small tensor).
 
 pub use crate::descriptors::{AdamWHyper, AdamWUpdate};
 
+use crate::backend::{on_device, AdamState, Operand, ParamStep};
 use crate::error::Result;
 use crate::layout::Layout;
-use crate::{Tensor, TensorError};
+use crate::{DType, Device, Tensor, TensorError};
+
+/// One parameter's part of [`Tensor::optimizer_step`].
+pub struct ParamUpdate<'a> {
+    /// The parameter, updated in place.
+    pub param: &'a mut Tensor,
+    /// This step's gradient and the two moments (updated in place); `None` leaves the
+    /// parameter as it is (it got no gradient).
+    pub adam: Option<AdamWMoments<'a>>,
+    /// The EMA shadow of the parameter, moved toward its new value; `None` for no EMA.
+    pub ema: Option<&'a mut Tensor>,
+}
+
+/// A gradient and the AdamW moments it updates.
+pub struct AdamWMoments<'a> {
+    pub grad: &'a Tensor,
+    pub m: &'a mut Tensor,
+    pub v: &'a mut Tensor,
+}
+
+impl Tensor {
+    /// One training step's parameter updates, in place: for each parameter with a gradient
+    /// the AdamW step of [`Tensor::adamw_update`], then for each with a shadow the EMA update
+    /// `ema ← ema + (1 − ema_decay)·(param − ema)` of [`Tensor::lerp`] — the same bits as
+    /// those two ops. Every tensor has its parameter's shape; all share one dtype and device.
+    /// A tensor whose buffer is shared or a view is copied first (copy on write), so no other
+    /// tensor changes.
+    pub fn optimizer_step(
+        updates: &mut [ParamUpdate],
+        hyper: &AdamWHyper,
+        ema_decay: f64,
+    ) -> Result<()> {
+        let op = "optimizer_step";
+        let Some(first) = updates.first() else {
+            return Ok(());
+        };
+        let (dtype, device) = (first.param.dtype(), first.param.device());
+        for update in updates.iter() {
+            let shape = update.param.shape();
+            let mut others: Vec<(&str, &Tensor)> = vec![("parameter", &*update.param)];
+            if let Some(adam) = &update.adam {
+                others.extend([
+                    ("gradient", adam.grad),
+                    ("first moment", &*adam.m),
+                    ("second moment", &*adam.v),
+                ]);
+            }
+            if let Some(ema) = &update.ema {
+                others.push(("EMA shadow", &**ema));
+            }
+            for (what, t) in others {
+                check_alike(op, what, t, shape, dtype, device)?;
+            }
+        }
+        // Gradients as one-dimensional contiguous operands (copied only when strided).
+        let grads: Vec<Option<Tensor>> = updates
+            .iter()
+            .map(|u| u.adam.as_ref().map(|a| a.grad.contiguous()))
+            .collect();
+        let flat: Vec<Option<Layout>> = grads
+            .iter()
+            .map(|g| {
+                g.as_ref()
+                    .map(|g| g.layout().reshape(&[g.numel()]).expect("contiguous"))
+            })
+            .collect();
+        let mut steps = Vec::with_capacity(updates.len());
+        for ((update, grad), layout) in updates.iter_mut().zip(&grads).zip(&flat) {
+            let adam = match (&mut update.adam, grad, layout) {
+                (Some(adam), Some(grad), Some(layout)) => Some(AdamState {
+                    grad: Operand::new(grad.storage(), layout),
+                    m: adam.m.storage_mut()?,
+                    v: adam.v.storage_mut()?,
+                }),
+                _ => None,
+            };
+            let ema = match &mut update.ema {
+                Some(ema) => Some(ema.storage_mut()?),
+                None => None,
+            };
+            steps.push(ParamStep {
+                param: update.param.storage_mut()?,
+                adam,
+                ema,
+            });
+        }
+        on_device(device, |backend| {
+            backend.optimizer_step(&mut steps, hyper, 1.0 - ema_decay)
+        })
+    }
+}
+
+/// Fails unless `t` (the `what` of a parameter) has the parameter's shape, dtype and device.
+fn check_alike(
+    op: &'static str,
+    what: &str,
+    t: &Tensor,
+    shape: &[usize],
+    dtype: DType,
+    device: Device,
+) -> Result<()> {
+    if t.shape() != shape {
+        return Err(TensorError::invalid(
+            op,
+            format!(
+                "the {what} has shape {:?}, its parameter {shape:?}",
+                t.shape()
+            ),
+        ));
+    }
+    if t.dtype() != dtype || t.device() != device {
+        return Err(TensorError::invalid(
+            op,
+            format!(
+                "expected every tensor in {dtype:?} on {device} (the first parameter's), found the {what} in {:?} on {}",
+                t.dtype(),
+                t.device()
+            ),
+        ));
+    }
+    Ok(())
+}
 
 impl Tensor {
     /// One AdamW step of the parameter `self`:
@@ -121,5 +247,136 @@ mod tests {
         let p = Tensor::zeros(&[3], DType::F32).unwrap();
         let short = Tensor::zeros(&[2], DType::F32).unwrap();
         assert!(p.adamw_update(&short, &p, &p, &hyper).is_err());
+    }
+
+    /// The in-place step over many parameters against `adamw_update` then `lerp` per
+    /// parameter: the same bits, for parameters with and without a gradient or a shadow, a
+    /// strided gradient, sizes across the piece boundaries and the parallel threshold; tensors
+    /// sharing a buffer with the ones updated keep their values.
+    #[test]
+    fn the_in_place_step_gives_the_bits_of_adamw_then_lerp() {
+        let hyper = AdamWHyper {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.05,
+            grad_scale: 0.4,
+            step: 7,
+        };
+        let decay = 0.99;
+        for dtype in [DType::F32, DType::F64] {
+            let t = |shape: &[usize], seed, lo, hi| {
+                random_strided(shape, lo, hi, seed).to_dtype(dtype).unwrap()
+            };
+            // (shape, has a gradient, has a shadow)
+            let cases: [(&[usize], bool, bool); 5] = [
+                (&[3, 5], true, true),
+                (&[50_000], true, true),
+                (&[7], false, true),
+                (&[130, 130], true, false),
+                (&[1], true, true),
+            ];
+            let mut params = Vec::new();
+            let mut expected = Vec::new();
+            for (i, &(shape, has_grad, has_ema)) in cases.iter().enumerate() {
+                let seed = 10 * i as u64;
+                let p = t(shape, seed, -1.0, 1.0);
+                // A transposed view: the step reads it in logical order.
+                let g = t(&[shape.iter().product()], seed + 1, -1.0, 1.0)
+                    .reshape(&[1, shape.iter().product()])
+                    .unwrap()
+                    .t()
+                    .unwrap()
+                    .reshape(shape)
+                    .unwrap();
+                let (m, v) = (t(shape, seed + 2, -0.1, 0.1), t(shape, seed + 3, 0.0, 0.01));
+                let e = t(shape, seed + 4, -1.0, 1.0);
+                let next = if has_grad {
+                    p.adamw_update(&g, &m, &v, &hyper).unwrap()
+                } else {
+                    AdamWUpdate {
+                        param: p.clone(),
+                        m: m.clone(),
+                        v: v.clone(),
+                    }
+                };
+                let ema = has_ema.then(|| e.lerp(&next.param, 1.0 - decay).unwrap());
+                expected.push((next, ema));
+                params.push((p, g, m, v, e, has_grad, has_ema));
+            }
+            // Handles sharing every buffer: they must not see the in-place writes.
+            let before: Vec<Vec<f64>> = params.iter().map(|p| p.0.to_vec_f64()).collect();
+            let aliases: Vec<Tensor> = params.iter().map(|p| p.0.clone()).collect();
+            let mut updates: Vec<ParamUpdate> = params
+                .iter_mut()
+                .map(|(p, g, m, v, e, has_grad, has_ema)| ParamUpdate {
+                    param: p,
+                    adam: has_grad.then_some(AdamWMoments { grad: g, m, v }),
+                    ema: has_ema.then_some(e),
+                })
+                .collect();
+            Tensor::optimizer_step(&mut updates, &hyper, decay).unwrap();
+            for (i, ((p, _, m, v, e, has_grad, _), (next, ema))) in
+                params.iter().zip(&expected).enumerate()
+            {
+                assert_eq!(
+                    p.to_vec_f64(),
+                    next.param.to_vec_f64(),
+                    "{dtype:?} param {i}"
+                );
+                if *has_grad {
+                    assert_eq!(m.to_vec_f64(), next.m.to_vec_f64(), "{dtype:?} m {i}");
+                    assert_eq!(v.to_vec_f64(), next.v.to_vec_f64(), "{dtype:?} v {i}");
+                }
+                if let Some(ema) = ema {
+                    assert_eq!(e.to_vec_f64(), ema.to_vec_f64(), "{dtype:?} ema {i}");
+                }
+                assert_eq!(aliases[i].to_vec_f64(), before[i], "{dtype:?} alias {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_in_place_step_refuses_mismatched_state() {
+        let hyper = AdamWHyper {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            grad_scale: 1.0,
+            step: 1,
+        };
+        let zeros = |shape: &[usize], dtype| Tensor::zeros(shape, dtype).unwrap();
+        let (mut p, g) = (zeros(&[3], DType::F32), zeros(&[3], DType::F32));
+        let (mut m, mut v) = (zeros(&[2], DType::F32), zeros(&[3], DType::F32));
+        let mut update = [ParamUpdate {
+            param: &mut p,
+            adam: Some(AdamWMoments {
+                grad: &g,
+                m: &mut m,
+                v: &mut v,
+            }),
+            ema: None,
+        }];
+        let err = Tensor::optimizer_step(&mut update, &hyper, 0.9).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("the first moment has shape [2], its parameter [3]"),
+            "{err}"
+        );
+        let mut q = zeros(&[3], DType::F32);
+        let mut shadow = zeros(&[3], DType::F64);
+        let mut update = [ParamUpdate {
+            param: &mut q,
+            adam: None,
+            ema: Some(&mut shadow),
+        }];
+        let err = Tensor::optimizer_step(&mut update, &hyper, 0.9).unwrap_err();
+        assert!(
+            err.to_string().contains("found the EMA shadow in F64"),
+            "{err}"
+        );
     }
 }

@@ -13,7 +13,7 @@ mod rows;
 pub use elementwise::{BinaryMath, UnaryMath};
 pub use rows::ReduceMath;
 
-use crate::backend::{Backend, DispatchStorage, Operand, Strided};
+use crate::backend::{Backend, DispatchStorage, Operand, ParamStep, Strided};
 use crate::descriptors::{AdamWHyper, BinaryOp, ReduceOp, UnaryOp};
 use crate::dtype::DType;
 use crate::error::Result;
@@ -175,6 +175,14 @@ impl Backend for CpuBackend {
         hyper: &AdamWHyper,
     ) -> Result<[Storage; 3]> {
         optim::adamw(param, grad, m, v, hyper)
+    }
+    fn optimizer_step(
+        &self,
+        params: &mut [ParamStep],
+        hyper: &AdamWHyper,
+        ema_weight: f64,
+    ) -> Result<()> {
+        optim::optimizer_step(params, hyper, ema_weight)
     }
 
     fn token_choice_positions(&self, picks: &Operand, num_experts: usize) -> Result<Storage> {
