@@ -314,7 +314,7 @@ fn infer_shape(shape: &[usize], numel: usize, from: &[usize]) -> Result<Vec<usiz
     let mut out = shape.to_vec();
     match unknown {
         0 if known == numel => Ok(out),
-        1 if known > 0 && numel % known == 0 => {
+        1 if known > 0 && numel.is_multiple_of(known) => {
             let pos = shape.iter().position(|&s| s == usize::MAX).unwrap();
             out[pos] = numel / known;
             Ok(out)

@@ -225,7 +225,9 @@ fn long_row_chunk(outer: usize, inner: usize) -> Option<usize> {
     if outer >= ENOUGH_ROWS || inner <= 4096 {
         return None;
     }
-    (256..=4096).rev().find(|chunk| inner % chunk == 0)
+    (256..=4096)
+        .rev()
+        .find(|chunk| inner.is_multiple_of(*chunk))
 }
 
 fn optional_dense(x: Option<&Operand>, op: &'static str) -> Result<Option<Arc<Buffer<f32>>>> {
@@ -577,7 +579,10 @@ impl Backend for CudaBackend {
         let out = weights.shape()[if transpose_weights { 1 } else { 2 }];
         // The weights' rows must be 16-byte chunks, as must x's.
         let weight_row = if transpose_weights { inner } else { out };
-        if !precision::current().tensor_core_matmul || inner % 8 != 0 || weight_row % 8 != 0 {
+        if !precision::current().tensor_core_matmul
+            || !inner.is_multiple_of(8)
+            || weight_row % 8 != 0
+        {
             return Ok(None);
         }
         let (_, wb) = dense_f32(weights, op)?;

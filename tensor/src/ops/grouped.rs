@@ -132,7 +132,86 @@ impl Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::testing::{assert_close, random_strided};
+    use crate::ops::testing::{assert_close, per_group, random_strided};
+    use crate::{seeded_rng, DType};
+    use rand::Rng;
+
+    /// `Σ_p a[i, p]·b[p, j]` in f64 for row-major `a` (m × k) and `b` (k × n).
+    fn naive(a: &[f64], b: &[f64], (m, k, n): (usize, usize, usize)) -> Vec<f64> {
+        let mut out = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                out[i * n + j] = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
+            }
+        }
+        out
+    }
+
+    /// The one-job grouped kernels against a naive loop and — bit for bit — against one
+    /// `matmul` per group, on random f32 shapes across the tile sizes (depth past one packed
+    /// block, rows past one task), with empty groups, one group holding most rows, and
+    /// strided inputs.
+    #[test]
+    fn one_job_over_all_groups_matches_one_product_per_group() {
+        let mut rng = seeded_rng(7);
+        for case in 0..6u64 {
+            let groups = rng.random_range(1..6);
+            let mut sizes: Vec<usize> = (0..groups).map(|_| rng.random_range(0..20)).collect();
+            sizes[rng.random_range(0..groups)] = 0;
+            sizes[rng.random_range(0..groups)] += 150; // a skewed load
+            let (d_in, d_out) = (rng.random_range(1..300), rng.random_range(1..40));
+            let rows: usize = sizes.iter().sum();
+            let f32_random = |shape: &[usize], seed| {
+                random_strided(shape, -1.0, 1.0, seed)
+                    .to_dtype(DType::F32)
+                    .unwrap()
+            };
+            let x = f32_random(&[rows, d_in], 100 + case);
+            let w = f32_random(&[groups, d_out, d_in], 200 + case)
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .transpose(1, 2)
+                .unwrap();
+            let dy = f32_random(&[rows, d_out], 300 + case);
+            let group_sizes = GroupSizes::host(&sizes);
+            let y = Tensor::grouped_matmul(&x, &group_sizes, &w, true).unwrap();
+            let dx = Tensor::grouped_matmul(&dy, &group_sizes, &w, false).unwrap();
+            let dw = Tensor::grouped_weight_grads(&dy, &x, &group_sizes).unwrap();
+            let (xs, dys) = (x.split(&sizes, 0).unwrap(), dy.split(&sizes, 0).unwrap());
+            let mut start = 0;
+            for (g, &size) in sizes.iter().enumerate() {
+                let w_g = per_group(&w)[g].clone();
+                let (y_g, dx_g) = (
+                    y.narrow(0, start, size).unwrap(),
+                    dx.narrow(0, start, size).unwrap(),
+                );
+                let what = format!("case {case} group {g} of {sizes:?}, in {d_in}, out {d_out}");
+                let wt = w_g.t().unwrap();
+                let expect = naive(&xs[g].to_vec_f64(), &wt.to_vec_f64(), (size, d_in, d_out));
+                assert_close(&y_g.to_vec_f64(), &expect, 1e-4, &what);
+                assert_eq!(
+                    y_g.to_vec_f64(),
+                    xs[g].matmul(&wt).unwrap().to_vec_f64(),
+                    "{what}"
+                );
+                assert_eq!(
+                    dx_g.to_vec_f64(),
+                    dys[g].matmul(&w_g).unwrap().to_vec_f64(),
+                    "{what}"
+                );
+                let dw_g = dys[g].t().unwrap().matmul(&xs[g]).unwrap();
+                let expect = naive(
+                    &dys[g].t().unwrap().to_vec_f64(),
+                    &xs[g].to_vec_f64(),
+                    (d_out, size, d_in),
+                );
+                assert_close(&per_group(&dw)[g].to_vec_f64(), &expect, 1e-4, &what);
+                assert_eq!(per_group(&dw)[g].to_vec_f64(), dw_g.to_vec_f64(), "{what}");
+                start += size;
+            }
+        }
+    }
 
     #[test]
     fn each_group_meets_its_own_weight() {
@@ -166,7 +245,7 @@ mod tests {
         // Weight gradients: each group's dyᵀ·x, zero for the empty group.
         let dy = random_strided(&[7, 4], -1.0, 1.0, 20);
         let stacked = Tensor::grouped_weight_grads(&dy, &x, &sizes).unwrap();
-        let grads = crate::ops::testing::per_group(&stacked);
+        let grads = per_group(&stacked);
         assert_eq!(grads.len(), 3);
         assert_eq!(grads[1].to_vec_f64(), vec![0.0; 12]);
         let last = dy

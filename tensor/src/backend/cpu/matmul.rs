@@ -1,13 +1,22 @@
-//! Matrix multiplication: batched, broadcasting over batch dimensions, any operand strides.
+//! Matrix multiplication on the CPU, batched and grouped, with any operand strides: one
+//! engine for both.
 //!
 //! The algorithm is the Goto/BLIS decomposition (Goto & van de Geijn, "Anatomy of
-//! High-Performance Matrix Multiplication", 2008): for cache-sized blocks of k and n, a block of B
-//! is packed into `NR`-wide column slivers and a block of A into `MR`-tall row slivers; a
+//! High-Performance Matrix Multiplication", 2008): for cache-sized blocks of the depth k, B is
+//! packed into `NR`-wide column slivers and a block of A into `MR`-tall row slivers; a
 //! register-blocked micro-kernel then multiplies one sliver pair into an `MR × NR` tile of
 //! accumulators. Packing reads the operands through their strides, which is why transposed
-//! operands (`a.t()`) cost no copy. Threads split the batch and the rows of each product.
+//! operands (`a.t()`, a linear layer's weight) cost no copy.
+//!
+//! The engine multiplies a list of products that share n — the experts of a MoE layer, each
+//! with its own rows and weight (a grouped GEMM, as MegaBlocks does on a GPU: Gale et al.,
+//! 2022), or the matrices of a batch. It runs as two parallel jobs over the whole list: every
+//! product's B is packed once (tasks over product × depth block), then tasks over product × row
+//! tile multiply, each writing its own rows of the output. Experts of any load share the pool
+//! in one job, and no thread waits for a small expert.
 
 use crate::backend::Operand;
+use crate::descriptors::GroupSizes;
 use crate::dtype::FloatElement;
 use crate::error::Result;
 use crate::layout::Layout;
@@ -15,18 +24,20 @@ use crate::parallel::{num_threads, pool};
 use crate::storage::Storage;
 use crate::with_float_type;
 use rayon::prelude::*;
+use std::ops::Range;
 
-/// Rows of the micro-kernel tile.
-const MR: usize = 6;
-/// Columns of the micro-kernel tile. 6 × 16 f32 accumulators fill 12 of the 16 AVX2 registers.
-const NR: usize = 16;
-/// Rows of A per packed block (sized for the L2 cache).
+// The micro-kernel tile is MR × NR, const parameters of the engine chosen per CPU in
+// [`grouped_gemm`]: 6 × 16 (12 of the 16 AVX2 registers for f32), or 12 × 32 for f32 with
+// AVX-512 (24 of its 32 registers: enough independent FMA chains to hide their latency).
+
+/// Rows of A per task at most (a packed block of A stays in the L2 cache).
 const MC: usize = 64;
-/// Depth of a packed block (an `MR × KC` sliver of A and a `KC × NR` sliver of B fit in L1).
+/// Depth of a packed block. It fixes each element's order of additions (the sum over a block,
+/// then the blocks in order), so every tiling and thread count gives the same bits.
 const KC: usize = 256;
-/// Columns of B per packed block (sized for the L3 cache).
-const NC: usize = 1024;
-/// Products below this many multiply-adds run on the calling thread: waking the pool costs
+/// Columns of B per pass over a task's rows (a `KC × NC` block of packed B stays in L2).
+const NC: usize = 256;
+/// Jobs below this many multiply-adds run on the calling thread: waking the pool costs
 /// more than they do.
 const PARALLEL_MACS: usize = 1 << 20;
 
@@ -46,11 +57,19 @@ impl<T: Copy> MatrixView<'_, T> {
     }
 }
 
+/// One product of the engine: `m × k` A times `k × n` B.
+struct Product<'a, T> {
+    a: MatrixView<'a, T>,
+    b: MatrixView<'a, T>,
+    m: usize,
+    k: usize,
+}
+
 /// Packs rows `rows` × depth `depth` of A into MR-tall slivers, column by column, zero-padded.
-fn pack_a<T: FloatElement>(
+fn pack_a<T: FloatElement, const MR: usize>(
     a: MatrixView<T>,
-    rows: std::ops::Range<usize>,
-    depth: std::ops::Range<usize>,
+    rows: Range<usize>,
+    depth: Range<usize>,
     packed: &mut Vec<T>,
 ) {
     let kc = depth.len();
@@ -58,7 +77,17 @@ fn pack_a<T: FloatElement>(
     packed.resize(rows.len().next_multiple_of(MR) * kc, T::zero());
     for (s, sliver) in rows.clone().step_by(MR).enumerate() {
         let block = &mut packed[s * kc * MR..(s + 1) * kc * MR];
-        for i in 0..MR.min(rows.end - sliver) {
+        let height = MR.min(rows.end - sliver);
+        if a.row_stride == 1 && height == MR {
+            // Column-major A (a transposed view): each sliver column is one contiguous run.
+            for (column, k) in block.chunks_exact_mut(MR).zip(depth.clone()) {
+                let start = a.offset + k * a.col_stride + sliver;
+                let run: &[T; MR] = a.data[start..start + MR].try_into().expect("MR long");
+                column.copy_from_slice(run);
+            }
+            continue;
+        }
+        for i in 0..height {
             if a.col_stride == 1 {
                 // Row-major A: read each row of the sliver as one contiguous run.
                 let start = a.offset + (sliver + i) * a.row_stride + depth.start;
@@ -74,25 +103,41 @@ fn pack_a<T: FloatElement>(
     }
 }
 
-/// Packs depth `depth` × columns `cols` of B into NR-wide slivers, row by row, zero-padded.
-fn pack_b<T: FloatElement>(
+/// Packs depth `depth` × all `n` columns of B into NR-wide slivers, row by row, zero-padded,
+/// into `packed` (`n` rounded up to NR, times the depth); every element is written.
+fn pack_b<T: FloatElement, const NR: usize>(
     b: MatrixView<T>,
-    depth: std::ops::Range<usize>,
-    cols: std::ops::Range<usize>,
-    packed: &mut Vec<T>,
+    depth: Range<usize>,
+    n: usize,
+    packed: &mut [T],
 ) {
-    packed.clear();
-    for sliver in cols.clone().step_by(NR) {
-        let width = NR.min(cols.end - sliver);
-        for p in depth.clone() {
-            if b.col_stride == 1 {
-                // Row-major B: each sliver row is a contiguous run.
+    let kc = depth.len();
+    for (s, block) in packed.chunks_mut(kc * NR).enumerate() {
+        let sliver = s * NR;
+        let width = NR.min(n - sliver);
+        if width < NR {
+            block.fill(T::zero());
+        }
+        if b.col_stride == 1 {
+            // Row-major B: each sliver row is a contiguous run.
+            for (p, row) in depth.clone().zip(block.chunks_exact_mut(NR)) {
                 let start = b.offset + p * b.row_stride + sliver;
-                packed.extend_from_slice(&b.data[start..start + width]);
-            } else {
-                packed.extend((sliver..sliver + width).map(|j| b.at(p, j)));
+                if width == NR {
+                    let run: &[T; NR] = b.data[start..start + NR].try_into().expect("NR long");
+                    row.copy_from_slice(run);
+                } else {
+                    row[..width].copy_from_slice(&b.data[start..start + width]);
+                }
             }
-            packed.extend(std::iter::repeat_n(T::zero(), NR - width));
+        } else {
+            // Any other strides, e.g. a transposed weight: column by column, each a run along
+            // the depth when B's rows are adjacent.
+            for j in 0..width {
+                let column = b.offset + (sliver + j) * b.col_stride + depth.start * b.row_stride;
+                for p in 0..kc {
+                    block[p * NR + j] = b.data[column + p * b.row_stride];
+                }
+            }
         }
     }
 }
@@ -100,7 +145,7 @@ fn pack_b<T: FloatElement>(
 /// The register tile: acc[i][j] = Σ_p a[p][i] · b[p][j] over one packed sliver pair.
 /// `FUSED` uses fused multiply-add, worth it only where the CPU has an FMA instruction.
 #[inline(always)]
-fn micro_kernel_body<T: FloatElement, const FUSED: bool>(
+fn micro_kernel_body<T: FloatElement, const MR: usize, const NR: usize, const FUSED: bool>(
     depth: usize,
     a: &[T],
     b: &[T],
@@ -125,18 +170,77 @@ fn micro_kernel_body<T: FloatElement, const FUSED: bool>(
 /// The micro-kernel compiled for AVX2 + FMA, chosen at run time where the CPU supports it.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn micro_kernel_avx2<T: FloatElement>(depth: usize, a: &[T], b: &[T]) -> [[T; NR]; MR] {
-    micro_kernel_body::<T, true>(depth, a, b)
+unsafe fn micro_kernel_avx2<T: FloatElement, const MR: usize, const NR: usize>(
+    depth: usize,
+    a: &[T],
+    b: &[T],
+) -> [[T; NR]; MR] {
+    micro_kernel_body::<T, MR, NR, true>(depth, a, b)
 }
 
-/// The micro-kernel compiled for AVX-512: one 16-lane register per tile row.
+/// The micro-kernel compiled for AVX-512: a tile row is NR / 16 registers of f32.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn micro_kernel_avx512<T: FloatElement>(depth: usize, a: &[T], b: &[T]) -> [[T; NR]; MR] {
-    micro_kernel_body::<T, true>(depth, a, b)
+unsafe fn micro_kernel_avx512<T: FloatElement, const MR: usize, const NR: usize>(
+    depth: usize,
+    a: &[T],
+    b: &[T],
+) -> [[T; NR]; MR] {
+    micro_kernel_body::<T, MR, NR, true>(depth, a, b)
 }
 
-fn micro_kernel<T: FloatElement>(depth: usize, a: &[T], b: &[T]) -> [[T; NR]; MR] {
+/// The f32 12 × 32 tile written with AVX-512 intrinsics: 24 accumulator registers that the
+/// compiler would otherwise spill from the generic body. Per depth step: two loads of B, twelve
+/// broadcasts of A, 24 fused multiply-adds — the generic body's arithmetic in its order, so
+/// the same bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn micro_kernel_f32_12x32(depth: usize, a: &[f32], b: &[f32]) -> [[f32; 32]; 12] {
+    use std::arch::x86_64::{_mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps};
+    use std::arch::x86_64::{_mm512_setzero_ps, _mm512_storeu_ps};
+    assert!(a.len() >= depth * 12 && b.len() >= depth * 32);
+    let mut acc = [[_mm512_setzero_ps(); 2]; 12];
+    for p in 0..depth {
+        // SAFETY: p < depth, and the slices hold depth × 12 and depth × 32 elements.
+        let (b_low, b_high) = unsafe {
+            let row = b.as_ptr().add(p * 32);
+            (_mm512_loadu_ps(row), _mm512_loadu_ps(row.add(16)))
+        };
+        for (i, acc) in acc.iter_mut().enumerate() {
+            let a_i = _mm512_set1_ps(a[p * 12 + i]);
+            acc[0] = _mm512_fmadd_ps(a_i, b_low, acc[0]);
+            acc[1] = _mm512_fmadd_ps(a_i, b_high, acc[1]);
+        }
+    }
+    let mut tile = [[0.0f32; 32]; 12];
+    for (row, acc) in tile.iter_mut().zip(&acc) {
+        // SAFETY: each row holds 32 f32.
+        unsafe {
+            _mm512_storeu_ps(row.as_mut_ptr(), acc[0]);
+            _mm512_storeu_ps(row.as_mut_ptr().add(16), acc[1]);
+        }
+    }
+    tile
+}
+
+fn micro_kernel<T: FloatElement, const MR: usize, const NR: usize>(
+    depth: usize,
+    a: &[T],
+    b: &[T],
+) -> [[T; NR]; MR] {
+    #[cfg(target_arch = "x86_64")]
+    if T::DTYPE == crate::DType::F32
+        && (MR, NR) == (12, 32)
+        && std::is_x86_feature_detected!("avx512f")
+    {
+        // SAFETY: T is f32 (the only Element of dtype F32), so the slices and the tile are
+        // reinterpreted as themselves; the CPU has AVX-512F.
+        unsafe {
+            let as_f32 = |x: &[T]| std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len());
+            let tile = micro_kernel_f32_12x32(depth, as_f32(a), as_f32(b));
+            return std::mem::transmute_copy::<[[f32; 32]; 12], [[T; NR]; MR]>(&tile);
+        }
+    }
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx512f") {
         // SAFETY: the CPU supports the features the function was compiled for.
@@ -147,74 +251,147 @@ fn micro_kernel<T: FloatElement>(depth: usize, a: &[T], b: &[T]) -> [[T; NR]; MR
         // SAFETY: the CPU supports the features the function was compiled for.
         return unsafe { micro_kernel_avx2(depth, a, b) };
     }
-    micro_kernel_body::<T, false>(depth, a, b)
+    micro_kernel_body::<T, MR, NR, false>(depth, a, b)
 }
 
-/// Multiplies one tile-row block: out += A[rows, depth] · packed B block, where `out` holds
-/// rows `rows` of the row-major result (n columns) and `cols` is the packed block's column range.
-fn multiply_block<T: FloatElement>(
-    a: MatrixView<T>,
+/// Rows `rows` of one product: `out` (those rows of its row-major `m × n` result) +=
+/// A[rows] · B, B packed by [`pack_b`] block after block of the depth (`n_padded` columns).
+/// Within a depth block an A sliver stays in L1 while the B slivers of NC columns stream by.
+fn multiply_rows<T: FloatElement, const MR: usize, const NR: usize>(
+    product: &Product<T>,
     packed_b: &[T],
-    rows: std::ops::Range<usize>,
-    depth: std::ops::Range<usize>,
-    cols: std::ops::Range<usize>,
-    n: usize,
+    rows: Range<usize>,
+    (n, n_padded): (usize, usize),
     out: &mut [T],
 ) {
-    let kc = depth.len();
-    let mut packed_a = Vec::with_capacity(rows.len().next_multiple_of(MR) * kc);
-    pack_a(a, rows.clone(), depth, &mut packed_a);
-    for (sj, jr) in cols.clone().step_by(NR).enumerate() {
-        let b_sliver = &packed_b[sj * kc * NR..(sj + 1) * kc * NR];
-        for (si, ir) in rows.clone().step_by(MR).enumerate() {
-            let tile = micro_kernel(kc, &packed_a[si * kc * MR..(si + 1) * kc * MR], b_sliver);
-            let width = NR.min(cols.end - jr);
-            for (i, tile_row) in tile.iter().enumerate().take(rows.end - ir) {
-                let start = (ir + i - rows.start) * n + jr;
-                for (o, &v) in out[start..start + width].iter_mut().zip(tile_row) {
-                    *o += v;
+    let mut packed_a = Vec::with_capacity(rows.len().next_multiple_of(MR) * KC);
+    for pc in (0..product.k).step_by(KC) {
+        let depth = pc..(pc + KC).min(product.k);
+        let kc = depth.len();
+        pack_a::<T, MR>(product.a, rows.clone(), depth, &mut packed_a);
+        let block = &packed_b[pc * n_padded..(pc + kc) * n_padded];
+        for jc in (0..n).step_by(NC) {
+            for (si, ir) in rows.clone().step_by(MR).enumerate() {
+                let a_sliver = &packed_a[si * kc * MR..(si + 1) * kc * MR];
+                for jr in (jc..(jc + NC).min(n)).step_by(NR) {
+                    let b_sliver = &block[jr * kc..(jr + NR) * kc];
+                    let tile = micro_kernel::<T, MR, NR>(kc, a_sliver, b_sliver);
+                    let width = NR.min(n - jr);
+                    for (i, tile_row) in tile.iter().enumerate().take(rows.end - ir) {
+                        let start = (ir + i - rows.start) * n + jr;
+                        if width == NR {
+                            let row: &mut [T; NR] =
+                                (&mut out[start..start + NR]).try_into().expect("NR long");
+                            for (o, &v) in row.iter_mut().zip(tile_row) {
+                                *o += v;
+                            }
+                        } else {
+                            for (o, &v) in out[start..start + width].iter_mut().zip(tile_row) {
+                                *o += v;
+                            }
+                        }
+                    }
                 }
             }
         }
     }
 }
 
-/// out = A · B for one m × k by k × n product, `out` row-major. B is packed once per
-/// (KC × NC) block and shared; the row blocks of A are spread over the pool when `parallel`.
-fn gemm<T: FloatElement>(
-    a: MatrixView<T>,
-    b: MatrixView<T>,
-    (m, k, n): (usize, usize, usize),
-    out: &mut [T],
-    parallel: bool,
-) {
-    out.iter_mut().for_each(|o| *o = T::zero());
-    // Rows per task: a few tasks per thread, a multiple of MR, at most MC.
-    let rows_per_task = if parallel {
-        m.div_ceil(2 * num_threads())
-            .next_multiple_of(MR)
-            .clamp(MR, MC)
-    } else {
-        MC
-    };
-    let mut packed_b = Vec::new();
-    for jc in (0..n).step_by(NC) {
-        let cols = jc..(jc + NC).min(n);
-        for pc in (0..k).step_by(KC) {
-            let depth = pc..(pc + KC).min(k);
-            pack_b(b, depth.clone(), cols.clone(), &mut packed_b);
-            let run = |(task, out): (usize, &mut [T])| {
-                let rows = task * rows_per_task..((task + 1) * rows_per_task).min(m);
-                multiply_block(a, &packed_b, rows, depth.clone(), cols.clone(), n, out);
-            };
-            if parallel {
-                out.par_chunks_mut(rows_per_task * n)
-                    .enumerate()
-                    .for_each(run);
-            } else {
-                out.chunks_mut(rows_per_task * n).enumerate().for_each(run);
-            }
+/// `out` = the products' results one after another (product i: `m_i × n`, row-major). Each
+/// element is the sum over the depth blocks in order of its micro-kernel tiles, whatever the
+/// tiling of rows and tasks: the same bits as one product at a time.
+fn grouped_gemm<T: FloatElement>(products: &[Product<T>], n: usize) -> Vec<T> {
+    #[cfg(target_arch = "x86_64")]
+    if T::DTYPE == crate::DType::F32 && std::is_x86_feature_detected!("avx512f") {
+        return gemm_engine::<T, 12, 32>(products, n);
+    }
+    gemm_engine::<T, 6, 16>(products, n)
+}
+
+/// [`grouped_gemm`] with an MR × NR micro-kernel tile.
+fn gemm_engine<T: FloatElement, const MR: usize, const NR: usize>(
+    products: &[Product<T>],
+    n: usize,
+) -> Vec<T> {
+    let n_padded = n.next_multiple_of(NR);
+    let rows: usize = products.iter().map(|p| p.m).sum();
+    let mut out = vec![T::zero(); rows * n];
+    let macs: usize = products.iter().map(|p| p.m * p.k * n).sum();
+    if macs == 0 {
+        return out;
+    }
+    let parallel = macs >= PARALLEL_MACS;
+
+    // Pass 1: every product's B, packed once (none for a product without rows).
+    let packed_len = |p: &Product<T>| if p.m == 0 { 0 } else { p.k * n_padded };
+    let mut packed = vec![T::zero(); products.iter().map(packed_len).sum()];
+    let mut pack_tasks = Vec::new();
+    let mut rest = &mut packed[..];
+    for product in products {
+        let (mine, after) = rest.split_at_mut(packed_len(product));
+        rest = after;
+        let mut blocks = mine;
+        for pc in (0..product.k * usize::from(product.m > 0)).step_by(KC) {
+            let depth = pc..(pc + KC).min(product.k);
+            let (block, after) = blocks.split_at_mut(depth.len() * n_padded);
+            blocks = after;
+            pack_tasks.push((product.b, depth, block));
         }
+    }
+    let pack = |(b, depth, block): (MatrixView<T>, Range<usize>, &mut [T])| {
+        pack_b::<T, NR>(b, depth, n, block)
+    };
+    if parallel {
+        pool().install(|| pack_tasks.into_par_iter().for_each(pack));
+    } else {
+        pack_tasks.into_iter().for_each(pack);
+    }
+
+    // Pass 2: tasks of at most MC rows of one product, each writing its own output rows.
+    let rows_per_task = rows
+        .div_ceil(4 * num_threads())
+        .next_multiple_of(MR)
+        .clamp(MR, MC.next_multiple_of(MR));
+    let mut tasks = Vec::new();
+    let (mut rest, mut packed_rest) = (&mut out[..], &packed[..]);
+    for product in products {
+        let (mine, after) = rest.split_at_mut(product.m * n);
+        let (packed_b, packed_after) = packed_rest.split_at(packed_len(product));
+        (rest, packed_rest) = (after, packed_after);
+        for (t, task_out) in mine.chunks_mut(rows_per_task * n).enumerate() {
+            let start = t * rows_per_task;
+            tasks.push((
+                product,
+                packed_b,
+                start..start + task_out.len() / n,
+                task_out,
+            ));
+        }
+    }
+    let multiply = |(product, packed_b, rows, out): (&Product<T>, &[T], Range<usize>, &mut [T])| {
+        multiply_rows::<T, MR, NR>(product, packed_b, rows, (n, n_padded), out)
+    };
+    if parallel {
+        pool().install(|| tasks.into_par_iter().for_each(multiply));
+    } else {
+        tasks.into_iter().for_each(multiply);
+    }
+    out
+}
+
+/// A matrix of `t`'s storage: rows and columns along dims `row_dim` and `col_dim` of its
+/// layout, starting `offset` elements into the storage.
+fn view<'a, T: FloatElement>(
+    t: &Operand<'a>,
+    offset: usize,
+    (row_dim, col_dim): (usize, usize),
+) -> MatrixView<'a, T> {
+    let strides = t.layout().strides();
+    MatrixView {
+        data: T::slice(t.storage()).expect("dtype checked"),
+        offset,
+        row_stride: strides[row_dim],
+        col_stride: strides[col_dim],
     }
 }
 
@@ -231,55 +408,89 @@ fn batch_offsets(t: &Operand) -> Vec<usize> {
     .collect()
 }
 
-fn matmul_typed<T: FloatElement>(
-    a: &Operand,
-    b: &Operand,
-    batch: &[usize],
-    m: usize,
-    k: usize,
-    n: usize,
-) -> Result<Storage> {
-    let a_data = T::slice(a.storage()).expect("dtype checked");
-    let b_data = T::slice(b.storage()).expect("dtype checked");
-    let (a_offsets, b_offsets) = (batch_offsets(a), batch_offsets(b));
-    let view = |t: &Operand, data, offset| {
-        let s = t.layout().strides();
-        MatrixView {
-            data,
-            offset,
-            row_stride: s[t.rank() - 2],
-            col_stride: s[t.rank() - 1],
-        }
-    };
-    let batches: usize = batch.iter().product();
-    let mut out = vec![T::zero(); batches * m * n];
-    let large = batches * m * n * k >= PARALLEL_MACS;
-    // Many products: one per task. Few large ones: split the rows of each.
-    let across_batch = large && batches >= num_threads();
-    let run = |(index, out): (usize, &mut [T])| {
-        let (av, bv) = (
-            view(a, a_data, a_offsets[index]),
-            view(b, b_data, b_offsets[index]),
-        );
-        gemm(av, bv, (m, k, n), out, large && !across_batch);
-    };
-    if m * n > 0 {
-        pool().install(|| {
-            if across_batch {
-                out.par_chunks_mut(m * n).enumerate().for_each(run);
-            } else {
-                out.chunks_mut(m * n).enumerate().for_each(run);
-            }
-        });
-    }
-    Ok(T::into_storage(out))
-}
-
-/// `[.., m, k] · [.., k, n]` with the batch dims broadcast to `batch`.
+/// `[.., m, k] · [.., k, n]` with the batch dims broadcast to `batch`: one product per
+/// matrix of the batch.
 pub(super) fn matmul(a: &Operand, b: &Operand, batch: &[usize]) -> Result<Storage> {
     let (m, k) = (a.shape()[a.rank() - 2], a.shape()[a.rank() - 1]);
     let n = b.shape()[b.rank() - 1];
     let a = a.broadcast_to(&[batch, &[m, k]].concat())?;
     let b = b.broadcast_to(&[batch, &[k, n]].concat())?;
-    with_float_type!(a.dtype(), "matmul", T => matmul_typed::<T>(&a, &b, batch, m, k, n))
+    let last_two = |t: &Operand| (t.rank() - 2, t.rank() - 1);
+    with_float_type!(a.dtype(), "matmul", T => {
+        let products: Vec<Product<T>> = batch_offsets(&a)
+            .into_iter()
+            .zip(batch_offsets(&b))
+            .map(|(a_offset, b_offset)| Product {
+                a: view(&a, a_offset, last_two(&a)),
+                b: view(&b, b_offset, last_two(&b)),
+                m,
+                k,
+            })
+            .collect();
+        Ok(T::into_storage(grouped_gemm(&products, n)))
+    })
+}
+
+/// The first row of each group of consecutive rows.
+fn group_starts(sizes: &[usize]) -> impl Iterator<Item = usize> + '_ {
+    sizes.iter().scan(0, |start, &size| {
+        let first = *start;
+        *start += size;
+        Some(first)
+    })
+}
+
+/// `y[rows_g] = x[rows_g] · op(W_g)` for every group in one job (see `Tensor::grouped_matmul`):
+/// `weights` `[G, out, in]` with op(W) = Wᵀ when `transpose_weights`, else `[G, in, out]`.
+pub(super) fn grouped_matmul(
+    x: &Operand,
+    groups: &GroupSizes,
+    weights: &Operand,
+    transpose_weights: bool,
+) -> Result<Storage> {
+    let sizes = groups.to_host()?;
+    let (x_strides, w_strides) = (x.layout().strides(), weights.layout().strides());
+    let (k, n) = (
+        x.shape()[1],
+        weights.shape()[if transpose_weights { 1 } else { 2 }],
+    );
+    // B = op(W_g): its rows run along W's input dim.
+    let b_dims = if transpose_weights { (2, 1) } else { (1, 2) };
+    with_float_type!(x.dtype(), "grouped_matmul", T => {
+        let products: Vec<Product<T>> = group_starts(sizes)
+            .zip(sizes)
+            .enumerate()
+            .map(|(g, (start, &m))| Product {
+                a: view(x, x.layout().offset() + start * x_strides[0], (0, 1)),
+                b: view(weights, weights.layout().offset() + g * w_strides[0], b_dims),
+                m,
+                k,
+            })
+            .collect();
+        Ok(T::into_storage(grouped_gemm(&products, n)))
+    })
+}
+
+/// `dW[g] = dy_gᵀ · x_g` for every group in one job (`[G, out, in]`; zero for an empty group).
+pub(super) fn grouped_weight_grads(
+    dy: &Operand,
+    x: &Operand,
+    groups: &GroupSizes,
+) -> Result<Storage> {
+    let sizes = groups.to_host()?;
+    let (dy_strides, x_strides) = (dy.layout().strides(), x.layout().strides());
+    let (out, inner) = (dy.shape()[1], x.shape()[1]);
+    with_float_type!(x.dtype(), "grouped_weight_grads", T => {
+        let products: Vec<Product<T>> = group_starts(sizes)
+            .zip(sizes)
+            .map(|(start, &rows)| Product {
+                // A = dy_gᵀ: its rows are dy's columns.
+                a: view(dy, dy.layout().offset() + start * dy_strides[0], (1, 0)),
+                b: view(x, x.layout().offset() + start * x_strides[0], (0, 1)),
+                m: out,
+                k: rows,
+            })
+            .collect();
+        Ok(T::into_storage(grouped_gemm(&products, inner)))
+    })
 }

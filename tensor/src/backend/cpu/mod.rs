@@ -14,7 +14,7 @@ pub use elementwise::{BinaryMath, UnaryMath};
 pub use rows::ReduceMath;
 
 use crate::backend::{Backend, DispatchStorage, Operand, ParamStep, Strided};
-use crate::descriptors::{AdamWHyper, BinaryOp, ReduceOp, UnaryOp};
+use crate::descriptors::{AdamWHyper, BinaryOp, GroupSizes, ReduceOp, UnaryOp};
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::layout::Layout;
@@ -76,6 +76,23 @@ impl Backend for CpuBackend {
 
     fn matmul(&self, a: &Operand, b: &Operand, batch: &[usize]) -> Result<Storage> {
         matmul::matmul(a, b, batch)
+    }
+    fn grouped_matmul(
+        &self,
+        x: &Operand,
+        groups: &GroupSizes,
+        weights: &Operand,
+        transpose_weights: bool,
+    ) -> Result<Option<Storage>> {
+        matmul::grouped_matmul(x, groups, weights, transpose_weights).map(Some)
+    }
+    fn grouped_weight_grads(
+        &self,
+        dy: &Operand,
+        x: &Operand,
+        groups: &GroupSizes,
+    ) -> Result<Option<Storage>> {
+        matmul::grouped_weight_grads(dy, x, groups).map(Some)
     }
     fn flash_attention(
         &self,
