@@ -301,11 +301,8 @@ impl Ema {
                 self.shadow.insert(name.clone(), p.value());
             }
         }
-        let listed: std::collections::HashSet<&str> =
-            params.iter().map(|(name, _)| name.as_str()).collect();
         self.shadow
             .iter_mut()
-            .filter(|(name, _)| listed.contains(name.as_str()))
             .map(|(name, value)| (name.as_str(), value))
             .collect()
     }

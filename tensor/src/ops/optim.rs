@@ -8,7 +8,7 @@
 
 pub use crate::descriptors::{AdamWHyper, AdamWUpdate};
 
-use crate::backend::{on_device, AdamState, Operand, ParamStep};
+use crate::backend::{on_device, AdamState, ParamStep};
 use crate::error::Result;
 use crate::layout::Layout;
 use crate::{DType, Device, Tensor, TensorError};
@@ -65,36 +65,30 @@ impl Tensor {
                 check_alike(op, what, t, shape, dtype, device)?;
             }
         }
-        // Gradients as one-dimensional contiguous operands (copied only when strided).
+        // Gradients flattened to one dimension (a view, copied only when strided).
         let grads: Vec<Option<Tensor>> = updates
             .iter()
-            .map(|u| u.adam.as_ref().map(|a| a.grad.contiguous()))
-            .collect();
-        let flat: Vec<Option<Layout>> = grads
-            .iter()
-            .map(|g| {
-                g.as_ref()
-                    .map(|g| g.layout().reshape(&[g.numel()]).expect("contiguous"))
+            .map(|u| {
+                u.adam
+                    .as_ref()
+                    .map(|a| a.grad.reshape(&[a.grad.numel()]))
+                    .transpose()
             })
-            .collect();
+            .collect::<Result<_>>()?;
         let mut steps = Vec::with_capacity(updates.len());
-        for ((update, grad), layout) in updates.iter_mut().zip(&grads).zip(&flat) {
-            let adam = match (&mut update.adam, grad, layout) {
-                (Some(adam), Some(grad), Some(layout)) => Some(AdamState {
-                    grad: Operand::new(grad.storage(), layout),
+        for (update, grad) in updates.iter_mut().zip(&grads) {
+            let adam = match (&mut update.adam, grad) {
+                (Some(adam), Some(grad)) => Some(AdamState {
+                    grad: grad.operand(),
                     m: adam.m.storage_mut()?,
                     v: adam.v.storage_mut()?,
                 }),
                 _ => None,
             };
-            let ema = match &mut update.ema {
-                Some(ema) => Some(ema.storage_mut()?),
-                None => None,
-            };
             steps.push(ParamStep {
                 param: update.param.storage_mut()?,
                 adam,
-                ema,
+                ema: update.ema.as_mut().map(|e| e.storage_mut()).transpose()?,
             });
         }
         on_device(device, |backend| {
