@@ -150,7 +150,7 @@ mod tests {
     /// The one-job grouped kernels against a naive loop and — bit for bit — against one
     /// `matmul` per group, on random f32 shapes across the tile sizes (depth past one packed
     /// block, rows past one task), with empty groups, one group holding most rows, and
-    /// strided inputs.
+    /// contiguous or column-major weights.
     #[test]
     fn one_job_over_all_groups_matches_one_product_per_group() {
         let mut rng = seeded_rng(7);
@@ -159,7 +159,7 @@ mod tests {
             let mut sizes: Vec<usize> = (0..groups).map(|_| rng.random_range(0..20)).collect();
             sizes[rng.random_range(0..groups)] = 0;
             sizes[rng.random_range(0..groups)] += 150; // a skewed load
-            let (d_in, d_out) = (rng.random_range(1..300), rng.random_range(1..40));
+            let (d_in, d_out) = (rng.random_range(1..300), rng.random_range(1..80));
             let rows: usize = sizes.iter().sum();
             let f32_random = |shape: &[usize], seed| {
                 random_strided(shape, -1.0, 1.0, seed)
@@ -167,12 +167,16 @@ mod tests {
                     .unwrap()
             };
             let x = f32_random(&[rows, d_in], 100 + case);
-            let w = f32_random(&[groups, d_out, d_in], 200 + case)
-                .transpose(1, 2)
-                .unwrap()
-                .contiguous()
-                .transpose(1, 2)
-                .unwrap();
+            // Odd cases: a column-major weight; even: contiguous (the transposed pack).
+            let mut w = f32_random(&[groups, d_out, d_in], 200 + case);
+            if case % 2 == 1 {
+                w = w
+                    .transpose(1, 2)
+                    .unwrap()
+                    .contiguous()
+                    .transpose(1, 2)
+                    .unwrap();
+            }
             let dy = f32_random(&[rows, d_out], 300 + case);
             let group_sizes = GroupSizes::host(&sizes);
             let y = Tensor::grouped_matmul(&x, &group_sizes, &w, true).unwrap();

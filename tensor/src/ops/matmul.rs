@@ -137,6 +137,23 @@ mod tests {
     }
 
     #[test]
+    fn f32_transposed_operands_match_reference() {
+        // A weight used as `w.t()`: the transposed pack, with depths off the 16-square grid
+        // and widths off the 32-column sliver.
+        for (i, &(m, k, n)) in [(13, 16, 33), (25, 300, 64), (70, 37, 100), (5, 520, 32)]
+            .iter()
+            .enumerate()
+        {
+            let a = random_strided(&[m, k], -1.0, 1.0, 20 + i as u64);
+            let w = random_strided(&[n, k], -1.0, 1.0, 30 + i as u64);
+            let f32_of = |t: &Tensor| t.to_dtype(crate::DType::F32).unwrap().contiguous();
+            let c = f32_of(&a).matmul(&f32_of(&w).t().unwrap()).unwrap();
+            let expect = reference(&a, &w.t().unwrap());
+            assert_close(&c.to_vec_f64(), &expect, 1e-4, &format!("{m}x{k}x{n}"));
+        }
+    }
+
+    #[test]
     fn shape_errors_name_both_shapes() {
         let a = Tensor::zeros(&[2, 3], crate::DType::F32).unwrap();
         let b = Tensor::zeros(&[4, 5], crate::DType::F32).unwrap();

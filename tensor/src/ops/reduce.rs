@@ -148,7 +148,7 @@ impl Tensor {
 mod tests {
     use super::*;
     use crate::ops::testing::{assert_close, random_strided, ravel, unravel};
-    use crate::DType;
+    use crate::{seeded_rng, DType};
 
     /// Naive reference: visit every input element and fold it into its output slot.
     fn reference(t: &Tensor, dims: &[usize], op: ReduceOp) -> Vec<f64> {
@@ -191,6 +191,24 @@ mod tests {
         let got = x.sum_of_squares().unwrap();
         assert_eq!(got.shape(), &[] as &[usize]);
         assert!((got.item().unwrap() - expected).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_long_sum_of_squares_is_accurate_in_f32() {
+        // Past the parallel threshold, many blocks, a ragged last block and lane remainder.
+        let shape = [3 * (1 << 14) + 17, 5];
+        let x = Tensor::rand_uniform(&shape, -1.0, 1.0, DType::F32, &mut seeded_rng(4)).unwrap();
+        let expected: f64 = x.to_vec_f64().iter().map(|v| v * v).sum();
+        let got = x.sum_of_squares().unwrap().item().unwrap();
+        assert!(
+            ((got - expected) / expected).abs() < 1e-6,
+            "{got} vs {expected}"
+        );
+        assert_eq!(
+            got,
+            x.sum_of_squares().unwrap().item().unwrap(),
+            "deterministic"
+        );
     }
 
     #[test]

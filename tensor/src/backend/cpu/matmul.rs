@@ -24,6 +24,7 @@ use crate::parallel::{num_threads, pool};
 use crate::storage::Storage;
 use crate::with_float_type;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 // The micro-kernel tile is MR × NR, const parameters of the engine chosen per CPU in
@@ -104,40 +105,147 @@ fn pack_a<T: FloatElement, const MR: usize>(
 }
 
 /// Packs depth `depth` × all `n` columns of B into NR-wide slivers, row by row, zero-padded,
-/// into `packed` (`n` rounded up to NR, times the depth); every element is written.
+/// into `packed` (`n` rounded up to NR, times the depth). Every element is written, so the
+/// buffer starts uninitialised: zeroing it first would be one more pass over it.
 fn pack_b<T: FloatElement, const NR: usize>(
     b: MatrixView<T>,
     depth: Range<usize>,
     n: usize,
-    packed: &mut [T],
+    packed: &mut [MaybeUninit<T>],
 ) {
     let kc = depth.len();
     for (s, block) in packed.chunks_mut(kc * NR).enumerate() {
         let sliver = s * NR;
         let width = NR.min(n - sliver);
         if width < NR {
-            block.fill(T::zero());
+            block.fill(MaybeUninit::new(T::zero()));
         }
         if b.col_stride == 1 {
             // Row-major B: each sliver row is a contiguous run.
             for (p, row) in depth.clone().zip(block.chunks_exact_mut(NR)) {
                 let start = b.offset + p * b.row_stride + sliver;
-                if width == NR {
-                    let run: &[T; NR] = b.data[start..start + NR].try_into().expect("NR long");
-                    row.copy_from_slice(run);
-                } else {
-                    row[..width].copy_from_slice(&b.data[start..start + width]);
+                for (packed, &v) in row.iter_mut().zip(&b.data[start..start + width]) {
+                    packed.write(v);
                 }
             }
         } else {
-            // Any other strides, e.g. a transposed weight: column by column, each a run along
-            // the depth when B's rows are adjacent.
-            for j in 0..width {
-                let column = b.offset + (sliver + j) * b.col_stride + depth.start * b.row_stride;
-                for p in 0..kc {
-                    block[p * NR + j] = b.data[column + p * b.row_stride];
+            // Any other strides, e.g. a transposed weight (each column a run along the depth):
+            // a tiled transpose. For TILE depth steps at a time, each column's run is read and
+            // written down its place in TILE sliver rows, which stay in L1 while the columns
+            // go by (a column at a time over the whole depth would write a cache line per
+            // element).
+            #[cfg(target_arch = "x86_64")]
+            if T::DTYPE == crate::DType::F32
+                && NR == 32
+                && width == NR
+                && b.row_stride == 1
+                && std::is_x86_feature_detected!("avx512f")
+            {
+                let first_column = b.offset + sliver * b.col_stride + depth.start;
+                // SAFETY: T is f32 (the only Element of dtype F32), reinterpreted as itself;
+                // the CPU has AVX-512F.
+                unsafe {
+                    let data = std::slice::from_raw_parts(b.data.as_ptr().cast(), b.data.len());
+                    let block =
+                        std::slice::from_raw_parts_mut(block.as_mut_ptr().cast(), block.len());
+                    pack_transposed_sliver_f32(data, first_column, b.col_stride, kc, block);
+                }
+                continue;
+            }
+            const TILE: usize = 16;
+            for (t, rows) in block.chunks_mut(TILE * NR).enumerate() {
+                let first = depth.start + t * TILE;
+                for j in 0..width {
+                    let column = b.offset + (sliver + j) * b.col_stride + first * b.row_stride;
+                    for (p, row) in rows.chunks_exact_mut(NR).enumerate() {
+                        row[j].write(b.data[column + p * b.row_stride]);
+                    }
                 }
             }
+        }
+    }
+}
+
+/// Packs a 32-column sliver of a transposed B (column j's `depth` elements contiguous from
+/// `first_column + j × col_stride`) into `block` (depth rows of 32), with AVX-512: each 16 × 16
+/// square is loaded as 16 column runs and transposed in registers (Intel's four-stage
+/// unpack/shuffle sequence), so every store writes 16 elements instead of one.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_transposed_sliver_f32(
+    data: &[f32],
+    first_column: usize,
+    col_stride: usize,
+    depth: usize,
+    block: &mut [MaybeUninit<f32>],
+) {
+    use std::arch::x86_64::{__m512, _mm512_loadu_ps, _mm512_shuffle_f32x4, _mm512_shuffle_ps};
+    use std::arch::x86_64::{_mm512_storeu_ps, _mm512_unpackhi_ps, _mm512_unpacklo_ps};
+    assert!(block.len() >= depth * 32);
+    assert!(first_column + 31 * col_stride + depth <= data.len());
+    let squares = depth / 16;
+    for half in 0..2 {
+        for square in 0..squares {
+            let p0 = square * 16;
+            // SAFETY: column (16·half + i) has `depth` elements from its start (checked above),
+            // and p0 + 16 <= depth.
+            let r: [__m512; 16] = std::array::from_fn(|i| unsafe {
+                let column = first_column + (16 * half + i) * col_stride;
+                _mm512_loadu_ps(data.as_ptr().add(column + p0))
+            });
+            // Stage 1: interleave pairs of columns within each 128-bit lane.
+            let t: [__m512; 16] = std::array::from_fn(|i| {
+                let (a, b) = (r[i & !1], r[i | 1]);
+                if i % 2 == 0 {
+                    _mm512_unpacklo_ps(a, b)
+                } else {
+                    _mm512_unpackhi_ps(a, b)
+                }
+            });
+            // Stage 2: u[4g + q] holds, in lane L, element 4L + q of columns 4g..4g + 4.
+            let u: [__m512; 16] = std::array::from_fn(|i| {
+                let (group, q) = (i / 4 * 4, i % 4);
+                let (a, b) = (t[group + q / 2], t[group + q / 2 + 2]);
+                if q % 2 == 0 {
+                    _mm512_shuffle_ps::<0x44>(a, b)
+                } else {
+                    _mm512_shuffle_ps::<0xEE>(a, b)
+                }
+            });
+            // Stage 3: pair the lanes of columns 0..8 and of 8..16.
+            let w: [__m512; 16] = std::array::from_fn(|i| {
+                let (q, base) = (i % 4, i / 8 * 8);
+                let (a, b) = (u[base + q], u[base + 4 + q]);
+                if (i / 4) % 2 == 0 {
+                    _mm512_shuffle_f32x4::<0x88>(a, b)
+                } else {
+                    _mm512_shuffle_f32x4::<0xDD>(a, b)
+                }
+            });
+            // Stage 4: c[p] = element p of all 16 columns, one packed row.
+            for p in 0..16 {
+                let q = p % 4;
+                let (a, b) = if (p / 4) % 2 == 0 {
+                    (w[q], w[8 + q])
+                } else {
+                    (w[4 + q], w[12 + q])
+                };
+                let row = if p < 8 {
+                    _mm512_shuffle_f32x4::<0x88>(a, b)
+                } else {
+                    _mm512_shuffle_f32x4::<0xDD>(a, b)
+                };
+                // SAFETY: (p0 + p) · 32 + 32 <= depth · 32 <= block.len() (checked above).
+                unsafe {
+                    let at = block.as_mut_ptr().add((p0 + p) * 32 + 16 * half);
+                    _mm512_storeu_ps(at.cast(), row);
+                }
+            }
+        }
+    }
+    for p in squares * 16..depth {
+        for (j, packed) in block[p * 32..p * 32 + 32].iter_mut().enumerate() {
+            packed.write(data[first_column + j * col_stride + p]);
         }
     }
 }
@@ -189,16 +297,45 @@ unsafe fn micro_kernel_avx512<T: FloatElement, const MR: usize, const NR: usize>
     micro_kernel_body::<T, MR, NR, true>(depth, a, b)
 }
 
+/// Where a micro-kernel puts its tile: `MR` rows of `NR` elements of `out`, `row_stride`
+/// apart. The first depth block writes the tile (plus 0.0, which is what adding it to a zeroed
+/// output would round to), so the output need not be zeroed first; later blocks add to it.
+struct TileOut<'a, T> {
+    out: &'a mut [MaybeUninit<T>],
+    row_stride: usize,
+    first_block: bool,
+}
+
+impl<T: FloatElement> TileOut<'_, T> {
+    /// Stores `tile`'s first `rows` rows and `width` columns.
+    fn store<const NR: usize>(&mut self, tile: &[[T; NR]], rows: usize, width: usize) {
+        for (i, tile_row) in tile.iter().enumerate().take(rows) {
+            let start = i * self.row_stride;
+            let out = &mut self.out[start..start + width];
+            for (o, &v) in out.iter_mut().zip(tile_row) {
+                // SAFETY (assume_init_read): after the first block every element was written.
+                let sum = if self.first_block {
+                    T::zero()
+                } else {
+                    unsafe { o.assume_init_read() }
+                };
+                o.write(sum + v);
+            }
+        }
+    }
+}
+
 /// The f32 12 × 32 tile written with AVX-512 intrinsics: 24 accumulator registers that the
-/// compiler would otherwise spill from the generic body. Per depth step: two loads of B, twelve
-/// broadcasts of A, 24 fused multiply-adds — the generic body's arithmetic in its order, so
-/// the same bits.
+/// compiler would otherwise spill from the generic body, added straight into the output. Per
+/// depth step: two loads of B, twelve broadcasts of A, 24 fused multiply-adds — the generic
+/// body's arithmetic in its order, so the same bits.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn micro_kernel_f32_12x32(depth: usize, a: &[f32], b: &[f32]) -> [[f32; 32]; 12] {
-    use std::arch::x86_64::{_mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps};
+unsafe fn micro_kernel_f32_12x32(depth: usize, a: &[f32], b: &[f32], out: TileOut<f32>) {
+    use std::arch::x86_64::{_mm512_add_ps, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps};
     use std::arch::x86_64::{_mm512_setzero_ps, _mm512_storeu_ps};
     assert!(a.len() >= depth * 12 && b.len() >= depth * 32);
+    assert!(out.out.len() >= 11 * out.row_stride + 32);
     let mut acc = [[_mm512_setzero_ps(); 2]; 12];
     for p in 0..depth {
         // SAFETY: p < depth, and the slices hold depth × 12 and depth × 32 elements.
@@ -212,35 +349,58 @@ unsafe fn micro_kernel_f32_12x32(depth: usize, a: &[f32], b: &[f32]) -> [[f32; 3
             acc[1] = _mm512_fmadd_ps(a_i, b_high, acc[1]);
         }
     }
-    let mut tile = [[0.0f32; 32]; 12];
-    for (row, acc) in tile.iter_mut().zip(&acc) {
-        // SAFETY: each row holds 32 f32.
+    for (i, acc) in acc.iter().enumerate() {
+        // SAFETY: row i of the tile is 32 elements from i × row_stride, inside `out` (checked
+        // above); after the first block they were written.
         unsafe {
-            _mm512_storeu_ps(row.as_mut_ptr(), acc[0]);
-            _mm512_storeu_ps(row.as_mut_ptr().add(16), acc[1]);
+            let row = out.out.as_mut_ptr().add(i * out.row_stride).cast::<f32>();
+            for (half, &acc) in acc.iter().enumerate() {
+                let at = row.add(16 * half);
+                let before = if out.first_block {
+                    _mm512_setzero_ps()
+                } else {
+                    _mm512_loadu_ps(at)
+                };
+                _mm512_storeu_ps(at, _mm512_add_ps(before, acc));
+            }
         }
     }
-    tile
 }
 
+/// Adds (or writes, for the first depth block) A sliver · B sliver into a full MR × NR tile.
 fn micro_kernel<T: FloatElement, const MR: usize, const NR: usize>(
     depth: usize,
     a: &[T],
     b: &[T],
-) -> [[T; NR]; MR] {
+    mut out: TileOut<T>,
+) {
     #[cfg(target_arch = "x86_64")]
     if T::DTYPE == crate::DType::F32
         && (MR, NR) == (12, 32)
         && std::is_x86_feature_detected!("avx512f")
     {
-        // SAFETY: T is f32 (the only Element of dtype F32), so the slices and the tile are
-        // reinterpreted as themselves; the CPU has AVX-512F.
+        // SAFETY: T is f32 (the only Element of dtype F32), so the slices are reinterpreted
+        // as themselves; the CPU has AVX-512F.
         unsafe {
             let as_f32 = |x: &[T]| std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len());
-            let tile = micro_kernel_f32_12x32(depth, as_f32(a), as_f32(b));
-            return std::mem::transmute_copy::<[[f32; 32]; 12], [[T; NR]; MR]>(&tile);
+            let out = TileOut {
+                out: std::slice::from_raw_parts_mut(out.out.as_mut_ptr().cast(), out.out.len()),
+                row_stride: out.row_stride,
+                first_block: out.first_block,
+            };
+            return micro_kernel_f32_12x32(depth, as_f32(a), as_f32(b), out);
         }
     }
+    let tile = micro_kernel_tile::<T, MR, NR>(depth, a, b);
+    out.store(&tile, MR, NR);
+}
+
+/// The tile `micro_kernel_body` computes, compiled for the best instruction set the CPU has.
+fn micro_kernel_tile<T: FloatElement, const MR: usize, const NR: usize>(
+    depth: usize,
+    a: &[T],
+    b: &[T],
+) -> [[T; NR]; MR] {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx512f") {
         // SAFETY: the CPU supports the features the function was compiled for.
@@ -254,16 +414,21 @@ fn micro_kernel<T: FloatElement, const MR: usize, const NR: usize>(
     micro_kernel_body::<T, MR, NR, false>(depth, a, b)
 }
 
-/// Rows `rows` of one product: `out` (those rows of its row-major `m × n` result) +=
+/// Rows `rows` of one product: `out` (those rows of its row-major `m × n` result) =
 /// A[rows] · B, B packed by [`pack_b`] block after block of the depth (`n_padded` columns).
 /// Within a depth block an A sliver stays in L1 while the B slivers of NC columns stream by.
+/// Every element of `out` is written.
 fn multiply_rows<T: FloatElement, const MR: usize, const NR: usize>(
     product: &Product<T>,
     packed_b: &[T],
     rows: Range<usize>,
     (n, n_padded): (usize, usize),
-    out: &mut [T],
+    out: &mut [MaybeUninit<T>],
 ) {
+    if product.k == 0 {
+        out.fill(MaybeUninit::new(T::zero()));
+        return;
+    }
     let mut packed_a = Vec::with_capacity(rows.len().next_multiple_of(MR) * KC);
     for pc in (0..product.k).step_by(KC) {
         let depth = pc..(pc + KC).min(product.k);
@@ -273,23 +438,43 @@ fn multiply_rows<T: FloatElement, const MR: usize, const NR: usize>(
         for jc in (0..n).step_by(NC) {
             for (si, ir) in rows.clone().step_by(MR).enumerate() {
                 let a_sliver = &packed_a[si * kc * MR..(si + 1) * kc * MR];
+                let height = MR.min(rows.end - ir);
                 for jr in (jc..(jc + NC).min(n)).step_by(NR) {
                     let b_sliver = &block[jr * kc..(jr + NR) * kc];
-                    let tile = micro_kernel::<T, MR, NR>(kc, a_sliver, b_sliver);
                     let width = NR.min(n - jr);
-                    for (i, tile_row) in tile.iter().enumerate().take(rows.end - ir) {
-                        let start = (ir + i - rows.start) * n + jr;
-                        if width == NR {
-                            let row: &mut [T; NR] =
-                                (&mut out[start..start + NR]).try_into().expect("NR long");
-                            for (o, &v) in row.iter_mut().zip(tile_row) {
-                                *o += v;
-                            }
-                        } else {
-                            for (o, &v) in out[start..start + width].iter_mut().zip(tile_row) {
-                                *o += v;
-                            }
+                    let start = (ir - rows.start) * n + jr;
+                    let first_block = pc == 0;
+                    if (height, width) == (MR, NR) {
+                        let out = &mut out[start..start + (MR - 1) * n + NR];
+                        let row_stride = n;
+                        micro_kernel::<T, MR, NR>(
+                            kc,
+                            a_sliver,
+                            b_sliver,
+                            TileOut {
+                                out,
+                                row_stride,
+                                first_block,
+                            },
+                        );
+                    } else {
+                        // An edge tile: computed whole into a tile of its own, stored in part.
+                        let mut tile = [[MaybeUninit::new(T::zero()); NR]; MR];
+                        let whole = TileOut {
+                            out: tile.as_flattened_mut(),
+                            row_stride: NR,
+                            first_block: true,
+                        };
+                        micro_kernel::<T, MR, NR>(kc, a_sliver, b_sliver, whole);
+                        // SAFETY: the kernel wrote every element of the tile.
+                        let tile = tile.map(|row| row.map(|v| unsafe { v.assume_init() }));
+                        let out = &mut out[start..];
+                        TileOut {
+                            out,
+                            row_stride: n,
+                            first_block,
                         }
+                        .store(&tile, height, width);
                     }
                 }
             }
@@ -315,18 +500,18 @@ fn gemm_engine<T: FloatElement, const MR: usize, const NR: usize>(
 ) -> Vec<T> {
     let n_padded = n.next_multiple_of(NR);
     let rows: usize = products.iter().map(|p| p.m).sum();
-    let mut out = vec![T::zero(); rows * n];
     let macs: usize = products.iter().map(|p| p.m * p.k * n).sum();
     if macs == 0 {
-        return out;
+        return vec![T::zero(); rows * n];
     }
     let parallel = macs >= PARALLEL_MACS;
 
     // Pass 1: every product's B, packed once (none for a product without rows).
     let packed_len = |p: &Product<T>| if p.m == 0 { 0 } else { p.k * n_padded };
-    let mut packed = vec![T::zero(); products.iter().map(packed_len).sum()];
+    let packed_total = products.iter().map(packed_len).sum();
+    let mut packed: Vec<T> = Vec::with_capacity(packed_total);
     let mut pack_tasks = Vec::new();
-    let mut rest = &mut packed[..];
+    let mut rest = &mut packed.spare_capacity_mut()[..packed_total];
     for product in products {
         let (mine, after) = rest.split_at_mut(packed_len(product));
         rest = after;
@@ -338,7 +523,7 @@ fn gemm_engine<T: FloatElement, const MR: usize, const NR: usize>(
             pack_tasks.push((product.b, depth, block));
         }
     }
-    let pack = |(b, depth, block): (MatrixView<T>, Range<usize>, &mut [T])| {
+    let pack = |(b, depth, block): (MatrixView<T>, Range<usize>, &mut [MaybeUninit<T>])| {
         pack_b::<T, NR>(b, depth, n, block)
     };
     if parallel {
@@ -346,6 +531,9 @@ fn gemm_engine<T: FloatElement, const MR: usize, const NR: usize>(
     } else {
         pack_tasks.into_iter().for_each(pack);
     }
+    // SAFETY: the tasks cover the first `packed_total` elements, and pack_b writes every
+    // element of its block.
+    unsafe { packed.set_len(packed_total) };
 
     // Pass 2: tasks of at most MC rows of one product, each writing its own output rows.
     let rows_per_task = rows
@@ -353,7 +541,8 @@ fn gemm_engine<T: FloatElement, const MR: usize, const NR: usize>(
         .next_multiple_of(MR)
         .clamp(MR, MC.next_multiple_of(MR));
     let mut tasks = Vec::new();
-    let (mut rest, mut packed_rest) = (&mut out[..], &packed[..]);
+    let mut out: Vec<T> = Vec::with_capacity(rows * n);
+    let (mut rest, mut packed_rest) = (&mut out.spare_capacity_mut()[..rows * n], &packed[..]);
     for product in products {
         let (mine, after) = rest.split_at_mut(product.m * n);
         let (packed_b, packed_after) = packed_rest.split_at(packed_len(product));
@@ -368,7 +557,13 @@ fn gemm_engine<T: FloatElement, const MR: usize, const NR: usize>(
             ));
         }
     }
-    let multiply = |(product, packed_b, rows, out): (&Product<T>, &[T], Range<usize>, &mut [T])| {
+    type Task<'a, T> = (
+        &'a Product<'a, T>,
+        &'a [T],
+        Range<usize>,
+        &'a mut [MaybeUninit<T>],
+    );
+    let multiply = |(product, packed_b, rows, out): Task<T>| {
         multiply_rows::<T, MR, NR>(product, packed_b, rows, (n, n_padded), out)
     };
     if parallel {
@@ -376,6 +571,9 @@ fn gemm_engine<T: FloatElement, const MR: usize, const NR: usize>(
     } else {
         tasks.into_iter().for_each(multiply);
     }
+    // SAFETY: the tasks cover every row of every product, and multiply_rows writes each
+    // element of its rows.
+    unsafe { out.set_len(rows * n) };
     out
 }
 
