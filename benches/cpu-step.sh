@@ -33,8 +33,6 @@ rounds="${ROUNDS:-3}"
 threads="${THREADS:-2}"
 configs="${CONFIGS:-benches/cpu/dit-moe-s4.toml benches/cpu/dit-moe-s2.toml benches/cpu/dit-s2.toml}"
 adamw="${TORCH_ADAMW:-default}"
-venv=benches/torch/.venv
-py="$venv/bin/python"
 
 if [ ! -x "$ditmoe" ]; then
     echo "cpu-step: no binary at $ditmoe; build it with" \
@@ -46,31 +44,8 @@ if [ "$steps" -lt 2 ]; then
     exit 2
 fi
 
-# --- PyTorch, from PyPI, into benches/torch/.venv --------------------------------------------
-# Tried first, as it would avoid ~5 GB of CUDA libraries we never use: `pip install --no-deps
-# torch` plus its pure-Python dependencies. It does NOT work: the Linux torch wheel on PyPI is
-# the CUDA build, and `import torch` fails without them ("OSError: libcudart.so.13: cannot open
-# shared object file", then "libcublasLt.so.*[0-9] not found") even with no GPU. So this is a
-# plain `pip install torch` with its dependencies (the CUDA libraries are installed, never
-# loaded onto a GPU: everything runs on the CPU). Python >= 3.11 for tomllib.
-if ! "$py" -c 'import torch, numpy, safetensors' 2>/dev/null; then
-    python=""
-    for candidate in python3.13 python3.12 python3.11 python3; do
-        if command -v "$candidate" >/dev/null &&
-            "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
-            python="$candidate"
-            break
-        fi
-    done
-    if [ -z "$python" ]; then
-        echo "cpu-step: needs Python >= 3.11 (for tomllib)" >&2
-        exit 2
-    fi
-    echo "cpu-step: installing PyTorch into $venv (once; about 5 GB with its CUDA libraries)"
-    "$python" -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check \
-        "${TORCH_SPEC:-torch==2.15.0}" numpy safetensors
-fi
+# PyTorch into benches/torch/.venv (once).
+source benches/torch/venv.sh
 
 # Wall, user and system seconds and max RSS of a command: GNU time where it is installed,
 # else a small getrusage(RUSAGE_CHILDREN) wrapper. `timed FILE COMMAND…`

@@ -1,5 +1,6 @@
 //! CPU kernel benchmarks, each against a baseline in the same run:
 //! - matmul: ditmoe's blocked GEMM vs `matrixmultiply` (a well-tuned SIMD crate) vs a naive loop;
+//!   and at the DiT shapes in every operand form (vs `torch.matmul`: `benches/gemm-vs-torch.sh`);
 //! - elementwise, softmax, layer_norm, sum: ditmoe vs a plain single-threaded loop over a `Vec`;
 //! - a forward + backward step of a small MLP through autograd;
 //! - the grouped expert GEMM (one job over all experts) vs one `matmul` per expert.
@@ -74,6 +75,37 @@ fn matmul(c: &mut Criterion) {
         if m * k * n <= 512 * 512 * 512 {
             group.bench_function(BenchmarkId::new("naive", &label), |bench| {
                 bench.iter(|| black_box(naive_matmul(&av, &bv, m, k, n)))
+            });
+        }
+    }
+    group.finish();
+}
+
+/// The products of a DiT-S / DiT-MoE-S training step (D = 384; 2048 or 1024 tokens; qkv,
+/// expert up and down projections) in the three forms a step uses: `a·b` (an input gradient,
+/// dy·W), `a·bᵀ` (a linear layer's forward, x·Wᵀ) and `aᵀ·b` (a weight gradient, dyᵀ·x).
+/// `benches/gemm-vs-torch.sh` runs this group and `torch.matmul` on the same shapes
+/// interleaved; the ids are `{form}/{m}x{k}x{n}`.
+const DIT_SHAPES: [(usize, usize, usize); 4] = [
+    (2048, 384, 1152),
+    (1024, 384, 1536),
+    (512, 384, 1536),
+    (512, 1536, 384),
+];
+
+fn matmul_dit_shapes(c: &mut Criterion) {
+    let mut group = c.benchmark_group("matmul_f32_dit_shapes");
+    for &(m, k, n) in &DIT_SHAPES {
+        let label = format!("{m}x{k}x{n}");
+        group.throughput(Throughput::Elements((2 * m * k * n) as u64));
+        let forms = [
+            ("a_b", random(&[m, k], 1), random(&[k, n], 2)),
+            ("a_bt", random(&[m, k], 1), random(&[n, k], 2).t().unwrap()),
+            ("at_b", random(&[k, m], 1).t().unwrap(), random(&[k, n], 2)),
+        ];
+        for (form, a, b) in &forms {
+            group.bench_function(BenchmarkId::new(*form, &label), |bench| {
+                bench.iter(|| black_box(a.matmul(b).unwrap()))
             });
         }
     }
@@ -275,5 +307,5 @@ fn config() -> Criterion {
         .measurement_time(Duration::from_secs(2))
 }
 
-criterion_group! { name = benches; config = config(); targets = matmul, grouped_gemm, elementwise_and_rows, mlp_step, swiglu }
+criterion_group! { name = benches; config = config(); targets = matmul, matmul_dit_shapes, grouped_gemm, elementwise_and_rows, mlp_step, swiglu }
 criterion_main!(benches);

@@ -83,7 +83,8 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(code) => return code,
     };
-    let result = match cli.command {
+    // Every command runs on a worker of the kernels' thread pool (see `run_on_pool`).
+    let result = ditmoe_tensor::parallel::run_on_pool(|| match cli.command {
         Command::Zoo { image_size, json } => commands::zoo(image_size, json),
         Command::Forward {
             checkpoint,
@@ -102,7 +103,7 @@ fn main() -> ExitCode {
             ignore_memory_limit,
         } => commands::ablate(preset, out, variants, seed, device, ignore_memory_limit)
             .map_err(|e| format!("{e:#}")),
-    };
+    });
     match result {
         Ok(()) if !console::stderr_failed() => ExitCode::SUCCESS,
         Ok(()) => ExitCode::FAILURE,

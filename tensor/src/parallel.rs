@@ -4,6 +4,7 @@
 //! variable is set, and lives for the whole process: kernels hand it work, they never spawn.
 
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 /// Below this many output elements a kernel runs on the calling thread: handing work to the
@@ -32,9 +33,47 @@ pub fn pool() -> &'static rayon::ThreadPool {
     })
 }
 
+/// Runs `f` on one of the pool's workers, so that the kernels it calls hand their work to the
+/// pool from a worker: the calling thread then takes part in the work instead of sleeping until
+/// the workers finish and waking again, once per kernel. A training step of a small model is
+/// thousands of short kernels, and those hand-offs (a futex sleep and wake each way, an
+/// inter-processor interrupt under a hypervisor) cost more than the kernels themselves. The
+/// work each kernel splits off, and so every result, is the same either way.
+pub fn run_on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    pool().install(f)
+}
+
 /// Number of worker threads in the pool.
 pub fn num_threads() -> usize {
     pool().current_num_threads()
+}
+
+/// A new buffer of `len` elements, filled by `f(chunk_index, chunk)` as [`for_each_chunk_mut`]
+/// calls it. Each chunk is zeroed by the task that fills it, just before, instead of the whole
+/// buffer on the calling thread first: a kernel's output costs one parallel pass, not a serial
+/// one and then a parallel one.
+pub fn filled_by_chunks<T: Copy + Default + Send>(
+    len: usize,
+    chunk_len: usize,
+    work: usize,
+    f: impl Fn(usize, &mut [T]) + Sync + Send,
+) -> Vec<T> {
+    let mut out = Vec::with_capacity(len);
+    for_each_chunk_mut(
+        &mut out.spare_capacity_mut()[..len],
+        chunk_len,
+        work,
+        |i, chunk| {
+            chunk.fill(MaybeUninit::new(T::default()));
+            // SAFETY: every element of the chunk was just initialised, and MaybeUninit<T> has
+            // the layout of T.
+            let chunk = unsafe { &mut *(chunk as *mut [MaybeUninit<T>] as *mut [T]) };
+            f(i, chunk)
+        },
+    );
+    // SAFETY: the chunks cover the first `len` elements and each was initialised.
+    unsafe { out.set_len(len) };
+    out
 }
 
 /// Calls `f(chunk_index, chunk)` for consecutive `chunk_len`-sized pieces of `out`, on the pool

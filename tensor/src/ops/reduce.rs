@@ -248,6 +248,32 @@ mod tests {
     }
 
     #[test]
+    fn sums_over_leading_dims_of_a_contiguous_tensor_are_the_general_path_bit_for_bit() {
+        // The column-sum kernel (contiguous input) against the row fold over a permuted view.
+        let x = random_strided(&[4, 5, 6], -2.0, 2.0, 11)
+            .to_dtype(DType::F32)
+            .unwrap()
+            .contiguous();
+        let strided = x
+            .transpose(0, 2)
+            .unwrap()
+            .contiguous()
+            .transpose(0, 2)
+            .unwrap();
+        assert!(x.is_contiguous() && !strided.is_contiguous());
+        for dims in [&[0][..], &[0, 1]] {
+            let (fast, general) = (
+                x.sum(dims, false).unwrap(),
+                strided.sum(dims, false).unwrap(),
+            );
+            assert_eq!(fast.shape(), general.shape());
+            assert_eq!(fast.to_vec_f64(), general.to_vec_f64(), "dims {dims:?}");
+        }
+        let empty = Tensor::zeros(&[0, 3], DType::F32).unwrap();
+        assert_eq!(empty.sum(&[0], false).unwrap().to_vec_f64(), vec![0.0; 3]);
+    }
+
+    #[test]
     fn sum_to_shape_undoes_broadcasting() {
         let t = Tensor::ones(&[2, 3, 4], DType::F64).unwrap();
         let s = t.sum_to_shape(&[3, 1]).unwrap();

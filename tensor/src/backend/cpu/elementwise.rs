@@ -7,7 +7,7 @@ use crate::descriptors::{BinaryOp, UnaryOp};
 use crate::dtype::{Element, FloatElement};
 use crate::error::Result;
 use crate::layout::{coalesce, Layout};
-use crate::parallel::{for_each_chunk_mut, for_each_chunk_pair_mut, rows_per_chunk};
+use crate::parallel::{filled_by_chunks, for_each_chunk_pair_mut, rows_per_chunk};
 use crate::storage::Storage;
 use crate::with_float_type;
 
@@ -135,9 +135,8 @@ impl BinaryMath for BinaryOp {
 /// Applies `f` to every element of `x` (any layout) into new contiguous storage.
 fn map_elements<T: FloatElement>(x: &Operand, f: impl Fn(T) -> T + Sync + Send) -> Result<Storage> {
     let input = x.values::<T>()?;
-    let mut out = vec![T::zero(); input.len()];
-    let chunk = crate::parallel::rows_per_chunk(out.len(), 1);
-    for_each_chunk_mut(&mut out, chunk, input.len(), |i, out| {
+    let chunk = crate::parallel::rows_per_chunk(input.len(), 1);
+    let out = filled_by_chunks(input.len(), chunk, input.len(), |i, out| {
         let start = i * chunk;
         for (o, &v) in out.iter_mut().zip(&input[start..]) {
             *o = f(v);
@@ -182,9 +181,8 @@ fn zip_map<T: FloatElement>(
     let (sa, sb) = (*strides[0].last().unwrap(), *strides[1].last().unwrap());
     let a_rows = row_starts(&merged, &strides[0], a.layout().offset());
     let b_rows = row_starts(&merged, &strides[1], b.layout().offset());
-    let mut out = vec![T::zero(); numel];
     let chunk = rows_per_chunk(numel, inner);
-    for_each_chunk_mut(&mut out, chunk, numel, |c, out| {
+    let out = filled_by_chunks(numel, chunk, numel, |c, out| {
         for (r, out_row) in out.chunks_mut(inner).enumerate() {
             let row = c * (chunk / inner) + r;
             let (ra, rb) = (a_rows[row], b_rows[row]);
@@ -274,9 +272,8 @@ pub(super) fn where_cond(
 fn swiglu_typed<T: FloatElement>(gate: &Operand, up: &Operand) -> Result<Storage> {
     let (g, u) = (gate.values::<T>()?, up.values::<T>()?);
     let n = g.len();
-    let mut out = vec![T::zero(); n];
     let chunk = rows_per_chunk(n, 1);
-    for_each_chunk_mut(&mut out, chunk, n, |c, out| {
+    let out = filled_by_chunks(n, chunk, n, |c, out| {
         for (i, o) in out.iter_mut().enumerate() {
             let j = c * chunk + i;
             *o = g[j] * sigmoid(g[j]) * u[j];

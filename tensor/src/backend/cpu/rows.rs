@@ -7,7 +7,9 @@ use crate::descriptors::ReduceOp;
 use crate::dtype::FloatElement;
 use crate::error::Result;
 use crate::layout::Layout;
-use crate::parallel::{for_each_chunk_mut, pool, rows_per_chunk, PARALLEL_THRESHOLD};
+use crate::parallel::{
+    filled_by_chunks, for_each_chunk_mut, pool, rows_per_chunk, PARALLEL_THRESHOLD,
+};
 use crate::storage::Storage;
 use crate::with_float_type;
 use rayon::prelude::*;
@@ -92,27 +94,54 @@ fn map_rows_to_rows<T: FloatElement>(
     inner: usize,
     f: impl Fn(usize, &[T], &mut [T]) + Sync + Send,
 ) -> Vec<T> {
-    let mut out = vec![T::zero(); values.len()];
     if inner == 0 {
-        return out;
+        return vec![T::zero(); values.len()];
     }
     let chunk = rows_per_chunk(values.len(), inner);
-    for_each_chunk_mut(&mut out, chunk, values.len(), |c, o| {
+    filled_by_chunks(values.len(), chunk, values.len(), |c, o| {
         let start = c * chunk;
         for (r, out_row) in o.chunks_mut(inner).enumerate() {
             let row = start + r * inner;
             f(row / inner, &values[row..row + inner], out_row);
         }
-    });
-    out
+    })
 }
 
 pub(super) fn reduce(x: &Operand, op: ReduceOp, dims: &[usize]) -> Result<Storage> {
+    let leading =
+        !dims.is_empty() && dims.len() < x.rank() && dims.iter().enumerate().all(|(i, &d)| i == d);
+    if op == ReduceOp::Sum && leading && x.is_contiguous() {
+        let columns: usize = x.shape()[dims.len()..].iter().product();
+        return with_float_type!(x.dtype(), op.name(), T => {
+            Ok(T::into_storage(column_sums(&x.values::<T>()?, columns)))
+        });
+    }
     let (rows, outer, inner) = reduced_dims_last(x, dims)?;
     with_float_type!(x.dtype(), op.name(), T => {
         let values = rows.values::<T>()?;
         Ok(T::into_storage(map_rows(&values, outer, inner, |row| op.reduce_row(row))))
     })
+}
+
+/// Σ over the rows of a row-major matrix of `columns` columns, per column — a bias gradient, dy summed over
+/// the tokens. One pass adding each row into the running sums, which the compiler vectorises
+/// across the columns, where reducing a transposed view would first copy every column out
+/// element by element. Each column is summed in row order, as the row fold of `reduce_row`.
+fn column_sums<T: FloatElement>(values: &[T], columns: usize) -> Vec<T> {
+    let mut sums = vec![T::zero(); columns];
+    if columns == 0 {
+        return sums;
+    }
+    let mut rows = values.chunks_exact(columns);
+    if let Some(first) = rows.next() {
+        sums.copy_from_slice(first);
+    }
+    for row in rows {
+        for (sum, &v) in sums.iter_mut().zip(row) {
+            *sum += v;
+        }
+    }
+    sums
 }
 
 pub(super) fn argmax(x: &Operand, dim: usize) -> Result<Storage> {
