@@ -72,6 +72,10 @@ pub fn reset_peak() {
 /// default glibc serves big blocks with `mmap` and trims the heap top on free, so the next step
 /// page-faults the same memory back in — 14% of a tiny-model training step under `perf`, and
 /// 23% of its wall time (60 steps of `tiny-moe`: 10.0 s → 7.3 s on the 2-core dev box).
+/// Every thread allocates from the one main arena: glibc otherwise gives each new thread its
+/// own arena of 64 MiB mmap'd heaps, which it unmaps when they empty, so a step running on a
+/// pool worker (see `parallel::run_on_pool`) page-faulted its buffers in again every time
+/// (11% of a DiT-MoE-S/4 step in the kernel's `clear_page` under `perf`).
 /// Call it once at the start of `main`. The cost is that the process's resident size stays at
 /// its high-water mark.
 pub fn keep_freed_memory() {
@@ -81,5 +85,6 @@ pub fn keep_freed_memory() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
