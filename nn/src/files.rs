@@ -34,14 +34,22 @@ pub fn write_destination(path: &Path) -> Result<PathBuf> {
 /// Writes `bytes` to `path` atomically (see the module docs). The error is the I/O error
 /// alone; callers name the path.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomically_with(path, |temporary| {
+        std::fs::File::create(temporary)?.write_all(bytes)
+    })
+}
+
+/// [`write_atomically`] for a writer that makes the file itself: `write` creates and fills
+/// the temporary file at the path it is given, which is then synced and renamed into place
+/// (or removed, if anything failed).
+pub fn write_atomically_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let target = write_destination(path)?;
     let mut temporary = target.as_os_str().to_owned();
     temporary.push(format!(".tmp-{}", std::process::id()));
     let temporary = PathBuf::from(temporary);
     let written = (|| {
-        let mut file = std::fs::File::create(&temporary)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
+        write(&temporary)?;
+        std::fs::File::open(&temporary)?.sync_all()?;
         std::fs::rename(&temporary, &target)
     })();
     if written.is_err() {

@@ -27,6 +27,9 @@ use rayon::prelude::*;
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
+#[cfg(target_arch = "x86_64")]
+mod simd_tile;
+
 // The micro-kernel tile is MR × NR, const parameters of the engine chosen per CPU in
 // [`grouped_gemm`]: 6 × 16 (12 of the 16 AVX2 registers for f32), or 12 × 32 for f32 with
 // AVX-512 (24 of its 32 registers: enough independent FMA chains to hide their latency).
@@ -325,48 +328,6 @@ impl<T: FloatElement> TileOut<'_, T> {
     }
 }
 
-/// The f32 12 × 32 tile written with AVX-512 intrinsics: 24 accumulator registers that the
-/// compiler would otherwise spill from the generic body, added straight into the output. Per
-/// depth step: two loads of B, twelve broadcasts of A, 24 fused multiply-adds — the generic
-/// body's arithmetic in its order, so the same bits.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn micro_kernel_f32_12x32(depth: usize, a: &[f32], b: &[f32], out: TileOut<f32>) {
-    use std::arch::x86_64::{_mm512_add_ps, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps};
-    use std::arch::x86_64::{_mm512_setzero_ps, _mm512_storeu_ps};
-    assert!(a.len() >= depth * 12 && b.len() >= depth * 32);
-    assert!(out.out.len() >= 11 * out.row_stride + 32);
-    let mut acc = [[_mm512_setzero_ps(); 2]; 12];
-    for p in 0..depth {
-        // SAFETY: p < depth, and the slices hold depth × 12 and depth × 32 elements.
-        let (b_low, b_high) = unsafe {
-            let row = b.as_ptr().add(p * 32);
-            (_mm512_loadu_ps(row), _mm512_loadu_ps(row.add(16)))
-        };
-        for (i, acc) in acc.iter_mut().enumerate() {
-            let a_i = _mm512_set1_ps(a[p * 12 + i]);
-            acc[0] = _mm512_fmadd_ps(a_i, b_low, acc[0]);
-            acc[1] = _mm512_fmadd_ps(a_i, b_high, acc[1]);
-        }
-    }
-    for (i, acc) in acc.iter().enumerate() {
-        // SAFETY: row i of the tile is 32 elements from i × row_stride, inside `out` (checked
-        // above); after the first block they were written.
-        unsafe {
-            let row = out.out.as_mut_ptr().add(i * out.row_stride).cast::<f32>();
-            for (half, &acc) in acc.iter().enumerate() {
-                let at = row.add(16 * half);
-                let before = if out.first_block {
-                    _mm512_setzero_ps()
-                } else {
-                    _mm512_loadu_ps(at)
-                };
-                _mm512_storeu_ps(at, _mm512_add_ps(before, acc));
-            }
-        }
-    }
-}
-
 /// Adds (or writes, for the first depth block) A sliver · B sliver into a full MR × NR tile.
 fn micro_kernel<T: FloatElement, const MR: usize, const NR: usize>(
     depth: usize,
@@ -375,20 +336,37 @@ fn micro_kernel<T: FloatElement, const MR: usize, const NR: usize>(
     mut out: TileOut<T>,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if T::DTYPE == crate::DType::F32
-        && (MR, NR) == (12, 32)
-        && std::is_x86_feature_detected!("avx512f")
-    {
-        // SAFETY: T is f32 (the only Element of dtype F32), so the slices are reinterpreted
-        // as themselves; the CPU has AVX-512F.
-        unsafe {
-            let as_f32 = |x: &[T]| std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len());
-            let out = TileOut {
-                out: std::slice::from_raw_parts_mut(out.out.as_mut_ptr().cast(), out.out.len()),
-                row_stride: out.row_stride,
-                first_block: out.first_block,
+    if T::DTYPE == crate::DType::F32 {
+        let wide = (MR, NR) == (12, 32) && std::is_x86_feature_detected!("avx512f");
+        let narrow = (MR, NR) == (6, 16)
+            && std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma");
+        if wide || narrow {
+            // SAFETY: T is f32 (the only Element of dtype F32), so the slices are
+            // reinterpreted as themselves.
+            let (a, b, out) = unsafe {
+                let as_f32 = |x: &[T]| std::slice::from_raw_parts(x.as_ptr().cast(), x.len());
+                let tile =
+                    std::slice::from_raw_parts_mut(out.out.as_mut_ptr().cast(), out.out.len());
+                let (row_stride, first_block) = (out.row_stride, out.first_block);
+                (
+                    as_f32(a),
+                    as_f32(b),
+                    TileOut {
+                        out: tile,
+                        row_stride,
+                        first_block,
+                    },
+                )
             };
-            return micro_kernel_f32_12x32(depth, as_f32(a), as_f32(b), out);
+            // SAFETY: the CPU has the instruction set of the kernel chosen.
+            return unsafe {
+                if wide {
+                    simd_tile::tile_12x32_avx512(depth, a, b, out)
+                } else {
+                    simd_tile::tile_6x16_avx2(depth, a, b, out)
+                }
+            };
         }
     }
     let tile = micro_kernel_tile::<T, MR, NR>(depth, a, b);
