@@ -138,8 +138,8 @@ mod tests {
 
     #[test]
     fn f32_transposed_operands_match_reference() {
-        // A weight used as `w.t()`: the transposed pack, with depths off the 16-square grid
-        // and widths off the 32-column sliver.
+        // A weight used as `w.t()`: the transposed pack (AVX2 or AVX-512), with depths off
+        // its 8- or 16-square grid and widths off its 16- or 32-column sliver.
         for (i, &(m, k, n)) in [(13, 16, 33), (25, 300, 64), (70, 37, 100), (5, 520, 32)]
             .iter()
             .enumerate()

@@ -138,22 +138,28 @@ fn pack_b<T: FloatElement, const NR: usize>(
             // go by (a column at a time over the whole depth would write a cache line per
             // element).
             #[cfg(target_arch = "x86_64")]
-            if T::DTYPE == crate::DType::F32
-                && NR == 32
-                && width == NR
-                && b.row_stride == 1
-                && std::is_x86_feature_detected!("avx512f")
-            {
-                let first_column = b.offset + sliver * b.col_stride + depth.start;
-                // SAFETY: T is f32 (the only Element of dtype F32), reinterpreted as itself;
-                // the CPU has AVX-512F.
-                unsafe {
-                    let data = std::slice::from_raw_parts(b.data.as_ptr().cast(), b.data.len());
-                    let block =
-                        std::slice::from_raw_parts_mut(block.as_mut_ptr().cast(), block.len());
-                    pack_transposed_sliver_f32(data, first_column, b.col_stride, kc, block);
+            if T::DTYPE == crate::DType::F32 && width == NR && b.row_stride == 1 {
+                let packer: Option<TransposedPacker> = match NR {
+                    32 if std::is_x86_feature_detected!("avx512f") => {
+                        Some(pack_transposed_sliver_f32)
+                    }
+                    16 if std::is_x86_feature_detected!("avx2") => {
+                        Some(pack_transposed_sliver_f32_avx2)
+                    }
+                    _ => None,
+                };
+                if let Some(packer) = packer {
+                    let first_column = b.offset + sliver * b.col_stride + depth.start;
+                    // SAFETY: T is f32 (the only Element of dtype F32), reinterpreted as
+                    // itself; the CPU has the packer's instruction set.
+                    unsafe {
+                        let data = std::slice::from_raw_parts(b.data.as_ptr().cast(), b.data.len());
+                        let block =
+                            std::slice::from_raw_parts_mut(block.as_mut_ptr().cast(), block.len());
+                        packer(data, first_column, b.col_stride, kc, block);
+                    }
+                    continue;
                 }
-                continue;
             }
             const TILE: usize = 16;
             for (t, rows) in block.chunks_mut(TILE * NR).enumerate() {
@@ -168,6 +174,11 @@ fn pack_b<T: FloatElement, const NR: usize>(
         }
     }
 }
+
+/// A SIMD packer of one sliver of a transposed f32 B: (data, first column's start, column
+/// stride, depth, the sliver's block).
+#[cfg(target_arch = "x86_64")]
+type TransposedPacker = unsafe fn(&[f32], usize, usize, usize, &mut [MaybeUninit<f32>]);
 
 /// Packs a 32-column sliver of a transposed B (column j's `depth` elements contiguous from
 /// `first_column + j × col_stride`) into `block` (depth rows of 32), with AVX-512: each 16 × 16
@@ -248,6 +259,73 @@ unsafe fn pack_transposed_sliver_f32(
     }
     for p in squares * 16..depth {
         for (j, packed) in block[p * 32..p * 32 + 32].iter_mut().enumerate() {
+            packed.write(data[first_column + j * col_stride + p]);
+        }
+    }
+}
+
+/// Packs a 16-column sliver of a transposed B into `block` (depth rows of 16) with AVX2, as
+/// [`pack_transposed_sliver_f32`] does with AVX-512: each 8 × 8 square is loaded as 8 column
+/// runs and transposed in registers (unpack, shuffle, then swap 128-bit halves).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn pack_transposed_sliver_f32_avx2(
+    data: &[f32],
+    first_column: usize,
+    col_stride: usize,
+    depth: usize,
+    block: &mut [MaybeUninit<f32>],
+) {
+    use std::arch::x86_64::{__m256, _mm256_loadu_ps, _mm256_permute2f128_ps, _mm256_shuffle_ps};
+    use std::arch::x86_64::{_mm256_storeu_ps, _mm256_unpackhi_ps, _mm256_unpacklo_ps};
+    assert!(block.len() >= depth * 16);
+    assert!(first_column + 15 * col_stride + depth <= data.len());
+    let squares = depth / 8;
+    for half in 0..2 {
+        for square in 0..squares {
+            let p0 = square * 8;
+            // SAFETY: column (8·half + i) has `depth` elements from its start (checked above),
+            // and p0 + 8 <= depth.
+            let r: [__m256; 8] = std::array::from_fn(|i| unsafe {
+                let column = first_column + (8 * half + i) * col_stride;
+                _mm256_loadu_ps(data.as_ptr().add(column + p0))
+            });
+            // t[2g], t[2g + 1]: columns 2g and 2g + 1 interleaved, low and high pairs per lane.
+            let t: [__m256; 8] = std::array::from_fn(|i| {
+                let (a, b) = (r[i & !1], r[i | 1]);
+                if i % 2 == 0 {
+                    _mm256_unpacklo_ps(a, b)
+                } else {
+                    _mm256_unpackhi_ps(a, b)
+                }
+            });
+            // u[4h + q]: element q (lane 0) and q + 4 (lane 1) of columns 4h..4h + 4.
+            let u: [__m256; 8] = std::array::from_fn(|i| {
+                let (base, q) = (i / 4 * 4, i % 4);
+                let (a, b) = (t[base + q / 2], t[base + q / 2 + 2]);
+                if q % 2 == 0 {
+                    _mm256_shuffle_ps::<0x44>(a, b)
+                } else {
+                    _mm256_shuffle_ps::<0xEE>(a, b)
+                }
+            });
+            for p in 0..8 {
+                let (a, b) = (u[p % 4], u[4 + p % 4]);
+                let row = if p < 4 {
+                    _mm256_permute2f128_ps::<0x20>(a, b)
+                } else {
+                    _mm256_permute2f128_ps::<0x31>(a, b)
+                };
+                // SAFETY: (p0 + p) · 16 + 16 <= depth · 16 <= block.len() (checked above).
+                unsafe {
+                    let at = block.as_mut_ptr().add((p0 + p) * 16 + 8 * half);
+                    _mm256_storeu_ps(at.cast(), row);
+                }
+            }
+        }
+    }
+    for p in squares * 8..depth {
+        for (j, packed) in block[p * 16..p * 16 + 16].iter_mut().enumerate() {
             packed.write(data[first_column + j * col_stride + p]);
         }
     }
