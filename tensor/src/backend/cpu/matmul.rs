@@ -28,7 +28,7 @@ use std::mem::MaybeUninit;
 use std::ops::Range;
 
 #[cfg(target_arch = "x86_64")]
-mod simd_tile;
+mod simd;
 
 // The micro-kernel tile is MR × NR, const parameters of the engine chosen per CPU in
 // [`grouped_gemm`]: 6 × 16 (12 of the 16 AVX2 registers for f32), or 12 × 32 for f32 with
@@ -139,12 +139,12 @@ fn pack_b<T: FloatElement, const NR: usize>(
             // element).
             #[cfg(target_arch = "x86_64")]
             if T::DTYPE == crate::DType::F32 && width == NR && b.row_stride == 1 {
-                let packer: Option<TransposedPacker> = match NR {
+                let packer: Option<simd::TransposedPacker> = match NR {
                     32 if std::is_x86_feature_detected!("avx512f") => {
-                        Some(pack_transposed_sliver_f32)
+                        Some(simd::pack_transposed_32_avx512)
                     }
                     16 if std::is_x86_feature_detected!("avx2") => {
-                        Some(pack_transposed_sliver_f32_avx2)
+                        Some(simd::pack_transposed_16_avx2)
                     }
                     _ => None,
                 };
@@ -171,162 +171,6 @@ fn pack_b<T: FloatElement, const NR: usize>(
                     }
                 }
             }
-        }
-    }
-}
-
-/// A SIMD packer of one sliver of a transposed f32 B: (data, first column's start, column
-/// stride, depth, the sliver's block).
-#[cfg(target_arch = "x86_64")]
-type TransposedPacker = unsafe fn(&[f32], usize, usize, usize, &mut [MaybeUninit<f32>]);
-
-/// Packs a 32-column sliver of a transposed B (column j's `depth` elements contiguous from
-/// `first_column + j × col_stride`) into `block` (depth rows of 32), with AVX-512: each 16 × 16
-/// square is loaded as 16 column runs and transposed in registers (Intel's four-stage
-/// unpack/shuffle sequence), so every store writes 16 elements instead of one.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn pack_transposed_sliver_f32(
-    data: &[f32],
-    first_column: usize,
-    col_stride: usize,
-    depth: usize,
-    block: &mut [MaybeUninit<f32>],
-) {
-    use std::arch::x86_64::{__m512, _mm512_loadu_ps, _mm512_shuffle_f32x4, _mm512_shuffle_ps};
-    use std::arch::x86_64::{_mm512_storeu_ps, _mm512_unpackhi_ps, _mm512_unpacklo_ps};
-    assert!(block.len() >= depth * 32);
-    assert!(first_column + 31 * col_stride + depth <= data.len());
-    let squares = depth / 16;
-    for half in 0..2 {
-        for square in 0..squares {
-            let p0 = square * 16;
-            // SAFETY: column (16·half + i) has `depth` elements from its start (checked above),
-            // and p0 + 16 <= depth.
-            let r: [__m512; 16] = std::array::from_fn(|i| unsafe {
-                let column = first_column + (16 * half + i) * col_stride;
-                _mm512_loadu_ps(data.as_ptr().add(column + p0))
-            });
-            // Stage 1: interleave pairs of columns within each 128-bit lane.
-            let t: [__m512; 16] = std::array::from_fn(|i| {
-                let (a, b) = (r[i & !1], r[i | 1]);
-                if i % 2 == 0 {
-                    _mm512_unpacklo_ps(a, b)
-                } else {
-                    _mm512_unpackhi_ps(a, b)
-                }
-            });
-            // Stage 2: u[4g + q] holds, in lane L, element 4L + q of columns 4g..4g + 4.
-            let u: [__m512; 16] = std::array::from_fn(|i| {
-                let (group, q) = (i / 4 * 4, i % 4);
-                let (a, b) = (t[group + q / 2], t[group + q / 2 + 2]);
-                if q % 2 == 0 {
-                    _mm512_shuffle_ps::<0x44>(a, b)
-                } else {
-                    _mm512_shuffle_ps::<0xEE>(a, b)
-                }
-            });
-            // Stage 3: pair the lanes of columns 0..8 and of 8..16.
-            let w: [__m512; 16] = std::array::from_fn(|i| {
-                let (q, base) = (i % 4, i / 8 * 8);
-                let (a, b) = (u[base + q], u[base + 4 + q]);
-                if (i / 4) % 2 == 0 {
-                    _mm512_shuffle_f32x4::<0x88>(a, b)
-                } else {
-                    _mm512_shuffle_f32x4::<0xDD>(a, b)
-                }
-            });
-            // Stage 4: c[p] = element p of all 16 columns, one packed row.
-            for p in 0..16 {
-                let q = p % 4;
-                let (a, b) = if (p / 4) % 2 == 0 {
-                    (w[q], w[8 + q])
-                } else {
-                    (w[4 + q], w[12 + q])
-                };
-                let row = if p < 8 {
-                    _mm512_shuffle_f32x4::<0x88>(a, b)
-                } else {
-                    _mm512_shuffle_f32x4::<0xDD>(a, b)
-                };
-                // SAFETY: (p0 + p) · 32 + 32 <= depth · 32 <= block.len() (checked above).
-                unsafe {
-                    let at = block.as_mut_ptr().add((p0 + p) * 32 + 16 * half);
-                    _mm512_storeu_ps(at.cast(), row);
-                }
-            }
-        }
-    }
-    for p in squares * 16..depth {
-        for (j, packed) in block[p * 32..p * 32 + 32].iter_mut().enumerate() {
-            packed.write(data[first_column + j * col_stride + p]);
-        }
-    }
-}
-
-/// Packs a 16-column sliver of a transposed B into `block` (depth rows of 16) with AVX2, as
-/// [`pack_transposed_sliver_f32`] does with AVX-512: each 8 × 8 square is loaded as 8 column
-/// runs and transposed in registers (unpack, shuffle, then swap 128-bit halves).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn pack_transposed_sliver_f32_avx2(
-    data: &[f32],
-    first_column: usize,
-    col_stride: usize,
-    depth: usize,
-    block: &mut [MaybeUninit<f32>],
-) {
-    use std::arch::x86_64::{__m256, _mm256_loadu_ps, _mm256_permute2f128_ps, _mm256_shuffle_ps};
-    use std::arch::x86_64::{_mm256_storeu_ps, _mm256_unpackhi_ps, _mm256_unpacklo_ps};
-    assert!(block.len() >= depth * 16);
-    assert!(first_column + 15 * col_stride + depth <= data.len());
-    let squares = depth / 8;
-    for half in 0..2 {
-        for square in 0..squares {
-            let p0 = square * 8;
-            // SAFETY: column (8·half + i) has `depth` elements from its start (checked above),
-            // and p0 + 8 <= depth.
-            let r: [__m256; 8] = std::array::from_fn(|i| unsafe {
-                let column = first_column + (8 * half + i) * col_stride;
-                _mm256_loadu_ps(data.as_ptr().add(column + p0))
-            });
-            // t[2g], t[2g + 1]: columns 2g and 2g + 1 interleaved, low and high pairs per lane.
-            let t: [__m256; 8] = std::array::from_fn(|i| {
-                let (a, b) = (r[i & !1], r[i | 1]);
-                if i % 2 == 0 {
-                    _mm256_unpacklo_ps(a, b)
-                } else {
-                    _mm256_unpackhi_ps(a, b)
-                }
-            });
-            // u[4h + q]: element q (lane 0) and q + 4 (lane 1) of columns 4h..4h + 4.
-            let u: [__m256; 8] = std::array::from_fn(|i| {
-                let (base, q) = (i / 4 * 4, i % 4);
-                let (a, b) = (t[base + q / 2], t[base + q / 2 + 2]);
-                if q % 2 == 0 {
-                    _mm256_shuffle_ps::<0x44>(a, b)
-                } else {
-                    _mm256_shuffle_ps::<0xEE>(a, b)
-                }
-            });
-            for p in 0..8 {
-                let (a, b) = (u[p % 4], u[4 + p % 4]);
-                let row = if p < 4 {
-                    _mm256_permute2f128_ps::<0x20>(a, b)
-                } else {
-                    _mm256_permute2f128_ps::<0x31>(a, b)
-                };
-                // SAFETY: (p0 + p) · 16 + 16 <= depth · 16 <= block.len() (checked above).
-                unsafe {
-                    let at = block.as_mut_ptr().add((p0 + p) * 16 + 8 * half);
-                    _mm256_storeu_ps(at.cast(), row);
-                }
-            }
-        }
-    }
-    for p in squares * 8..depth {
-        for (j, packed) in block[p * 16..p * 16 + 16].iter_mut().enumerate() {
-            packed.write(data[first_column + j * col_stride + p]);
         }
     }
 }
@@ -440,9 +284,9 @@ fn micro_kernel<T: FloatElement, const MR: usize, const NR: usize>(
             // SAFETY: the CPU has the instruction set of the kernel chosen.
             return unsafe {
                 if wide {
-                    simd_tile::tile_12x32_avx512(depth, a, b, out)
+                    simd::tile_12x32_avx512(depth, a, b, out)
                 } else {
-                    simd_tile::tile_6x16_avx2(depth, a, b, out)
+                    simd::tile_6x16_avx2(depth, a, b, out)
                 }
             };
         }
