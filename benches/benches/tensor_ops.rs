@@ -300,7 +300,10 @@ fn grouped_gemm(c: &mut Criterion) {
 fn config() -> Criterion {
     // As `ditmoe` does: freed activation buffers stay in the process instead of being
     // page-faulted back in by the next call.
-    ditmoe_tensor::memory::keep_freed_memory();
+    assert!(
+        ditmoe_tensor::memory::keep_freed_memory(),
+        "glibc refused a malloc setting"
+    );
     Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_millis(500))

@@ -78,7 +78,9 @@ static ALLOCATOR: ditmoe_tensor::memory::CountingAllocator =
 
 fn main() -> ExitCode {
     console::keep_standard_streams_open();
-    ditmoe_tensor::memory::keep_freed_memory();
+    if !ditmoe_tensor::memory::keep_freed_memory() {
+        eprintln!("warning: glibc refused a malloc setting; steps will page-fault more (sys time)");
+    }
     let cli: Cli = match console::parse_args() {
         Ok(cli) => cli,
         Err(code) => return code,
