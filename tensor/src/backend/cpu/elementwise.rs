@@ -80,7 +80,11 @@ pub trait UnaryMath {
     fn derivative<T: FloatElement>(self, x: T) -> T;
 }
 
+// Both methods inlined so that, called with a constant op, the match folds away and the
+// caller's loop vectorises (as calls, GELU's forward and derivative took 4% and 8% of a dense
+// DiT-S/2 step).
 impl UnaryMath for UnaryOp {
+    #[inline(always)]
     fn apply<T: FloatElement>(self, x: T) -> T {
         match self {
             UnaryOp::Neg => -x,
@@ -105,6 +109,7 @@ impl UnaryMath for UnaryOp {
         }
     }
 
+    #[inline(always)]
     fn derivative<T: FloatElement>(self, x: T) -> T {
         let one = T::one();
         match self {
