@@ -7,7 +7,7 @@ use crate::descriptors::{BinaryOp, UnaryOp};
 use crate::dtype::{Element, FloatElement};
 use crate::error::Result;
 use crate::layout::{coalesce, Layout};
-use crate::parallel::{filled_by_chunks, for_each_chunk_pair_mut, rows_per_chunk};
+use crate::parallel::{for_each_chunk_pair_mut, rows_per_chunk, written_by_chunks};
 use crate::storage::Storage;
 use crate::with_float_type;
 
@@ -189,12 +189,14 @@ impl BinaryMath for BinaryOp {
 fn map_elements<T: FloatElement>(x: &Operand, f: impl Fn(T) -> T + Sync + Send) -> Result<Storage> {
     let input = x.values::<T>()?;
     let chunk = crate::parallel::rows_per_chunk(input.len(), 1);
-    let out = filled_by_chunks(input.len(), chunk, input.len(), |i, out| {
-        let start = i * chunk;
-        for (o, &v) in out.iter_mut().zip(&input[start..]) {
-            *o = f(v);
-        }
-    });
+    // SAFETY: the chunks split the input's length, so each output element has an input.
+    let out = unsafe {
+        written_by_chunks(input.len(), chunk, input.len(), |i, out| {
+            for (o, &v) in out.iter_mut().zip(&input[i * chunk..]) {
+                o.write(f(v));
+            }
+        })
+    };
     Ok(T::into_storage(out))
 }
 
@@ -235,40 +237,43 @@ fn zip_map<T: FloatElement>(
     let a_rows = row_starts(&merged, &strides[0], a.layout().offset());
     let b_rows = row_starts(&merged, &strides[1], b.layout().offset());
     let chunk = rows_per_chunk(numel, inner);
-    let out = filled_by_chunks(numel, chunk, numel, |c, out| {
-        for (r, out_row) in out.chunks_mut(inner).enumerate() {
-            let row = c * (chunk / inner) + r;
-            let (ra, rb) = (a_rows[row], b_rows[row]);
-            match (sa, sb) {
-                (1, 1) => {
-                    for ((o, &x), &y) in out_row
-                        .iter_mut()
-                        .zip(&a_data[ra..ra + inner])
-                        .zip(&b_data[rb..rb + inner])
-                    {
-                        *o = f(x, y);
+    // SAFETY: every match arm writes each element of its row, and the rows tile the chunk.
+    let out = unsafe {
+        written_by_chunks(numel, chunk, numel, |c, out| {
+            for (r, out_row) in out.chunks_mut(inner).enumerate() {
+                let row = c * (chunk / inner) + r;
+                let (ra, rb) = (a_rows[row], b_rows[row]);
+                match (sa, sb) {
+                    (1, 1) => {
+                        for ((o, &x), &y) in out_row
+                            .iter_mut()
+                            .zip(&a_data[ra..ra + inner])
+                            .zip(&b_data[rb..rb + inner])
+                        {
+                            o.write(f(x, y));
+                        }
                     }
-                }
-                (1, 0) => {
-                    let y = b_data[rb];
-                    for (o, &x) in out_row.iter_mut().zip(&a_data[ra..ra + inner]) {
-                        *o = f(x, y);
+                    (1, 0) => {
+                        let y = b_data[rb];
+                        for (o, &x) in out_row.iter_mut().zip(&a_data[ra..ra + inner]) {
+                            o.write(f(x, y));
+                        }
                     }
-                }
-                (0, 1) => {
-                    let x = a_data[ra];
-                    for (o, &y) in out_row.iter_mut().zip(&b_data[rb..rb + inner]) {
-                        *o = f(x, y);
+                    (0, 1) => {
+                        let x = a_data[ra];
+                        for (o, &y) in out_row.iter_mut().zip(&b_data[rb..rb + inner]) {
+                            o.write(f(x, y));
+                        }
                     }
-                }
-                _ => {
-                    for (i, o) in out_row.iter_mut().enumerate() {
-                        *o = f(a_data[ra + i * sa], b_data[rb + i * sb]);
+                    _ => {
+                        for (i, o) in out_row.iter_mut().enumerate() {
+                            o.write(f(a_data[ra + i * sa], b_data[rb + i * sb]));
+                        }
                     }
                 }
             }
-        }
-    });
+        })
+    };
     Ok(T::into_storage(out))
 }
 
@@ -330,12 +335,15 @@ fn swiglu_typed<T: FloatElement>(gate: &Operand, up: &Operand) -> Result<Storage
     let (g, u) = (gate.values::<T>()?, up.values::<T>()?);
     let n = g.len();
     let chunk = rows_per_chunk(n, 1);
-    let out = filled_by_chunks(n, chunk, n, |c, out| {
-        for (i, o) in out.iter_mut().enumerate() {
-            let j = c * chunk + i;
-            *o = g[j] * sigmoid(g[j]) * u[j];
-        }
-    });
+    // SAFETY: the loop writes every element of its chunk.
+    let out = unsafe {
+        written_by_chunks(n, chunk, n, |c, out| {
+            for (i, o) in out.iter_mut().enumerate() {
+                let j = c * chunk + i;
+                o.write(g[j] * sigmoid(g[j]) * u[j]);
+            }
+        })
+    };
     Ok(T::into_storage(out))
 }
 
