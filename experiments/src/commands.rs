@@ -106,6 +106,7 @@ pub fn forward(
             ForwardOptions {
                 label_dropout: None,
                 record_routing: true,
+                training: false,
             },
         )
     })

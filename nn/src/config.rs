@@ -1,7 +1,7 @@
 //! `DitConfig`: every shape decision of a DiT / DiT-MoE / EC-DiT model, serialisable as JSON
 //! (stored in checkpoint metadata) and TOML.
 
-use crate::moe::{ExpertKind, MoeConfig, RoutingConfig};
+use crate::moe::{ExpertKind, MoeConfig, PoolInference, RoutingConfig};
 use crate::validate::Field;
 use serde::{Deserialize, Serialize};
 
@@ -129,10 +129,19 @@ impl DitConfig {
         }
     }
 
-    /// Parses our JSON, or a reference DiT / DiT-MoE `config.json`.
+    /// Parses our JSON, or a reference DiT / DiT-MoE / DiffMoE `config.json`.
     pub fn from_json(text: &str) -> Result<Self, String> {
-        let mut config: DitConfig =
+        let value: serde_json::Value =
             serde_json::from_str(text).map_err(|e| format!("model config: {e}"))?;
+        if value.get("capacity_pred_loss_weight").is_some() {
+            let reference: DiffMoeReference =
+                serde_json::from_value(value).map_err(|e| format!("DiffMoE model config: {e}"))?;
+            let config = reference.into_config(&Field::root("model"))?;
+            config.validate()?;
+            return Ok(config);
+        }
+        let mut config: DitConfig =
+            serde_json::from_value(value).map_err(|e| format!("model config: {e}"))?;
         config.resolve_reference_moe(&Field::root("model"))?;
         config.validate()?;
         Ok(config)
@@ -290,6 +299,104 @@ impl DitConfig {
                 self.depth
             ),
         )
+    }
+}
+
+/// DiffMoE's model config as its reference files carry it (the constructor arguments of
+/// `models_DiffMoE.py`, flattened): a DiT whose odd blocks (`interleave`) or every block hold a
+/// global-pool MoE of GELU(tanh) MLP experts with a capacity predictor.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DiffMoeReference {
+    input_size: usize,
+    patch_size: usize,
+    in_channels: usize,
+    hidden_size: usize,
+    depth: usize,
+    num_heads: usize,
+    #[serde(default = "default_mlp_ratio")]
+    mlp_ratio: f64,
+    num_classes: usize,
+    #[serde(default = "default_dropout")]
+    class_dropout_prob: f64,
+    #[serde(default = "default_true")]
+    learn_sigma: bool,
+    num_experts: usize,
+    capacity: f64,
+    #[serde(default)]
+    n_shared_experts: usize,
+    interleave: bool,
+    /// The MoE blocks, when given: must be the ones `interleave` picks.
+    #[serde(default)]
+    moe_layers: Option<Vec<usize>>,
+    expert: String,
+    #[serde(default)]
+    expert_hidden: Option<usize>,
+    /// The thresholds' moving-average decay.
+    ema_decay: f64,
+    capacity_pred_loss_weight: f64,
+}
+
+impl DiffMoeReference {
+    fn into_config(self, at: &Field) -> Result<DitConfig, String> {
+        if self.expert != "gelu_tanh_mlp" {
+            return Err(at.at("expert").error(
+                "\"gelu_tanh_mlp\" (DiffMoE's released experts; its SwiGLU option is not supported)",
+                format!("{:?}", self.expert),
+            ));
+        }
+        if self.n_shared_experts != 0 {
+            return Err(at.at("n_shared_experts").error(
+                "0 (DiffMoE's released configs have no shared expert)",
+                self.n_shared_experts,
+            ));
+        }
+        let mut config = DitConfig {
+            mlp_ratio: self.mlp_ratio,
+            class_dropout_prob: self.class_dropout_prob,
+            learn_sigma: self.learn_sigma,
+            ..DitConfig::dense(
+                self.input_size,
+                self.patch_size,
+                self.in_channels,
+                self.hidden_size,
+                self.depth,
+                self.num_heads,
+                self.num_classes,
+            )
+        };
+        let moe = MoeConfig {
+            num_experts: self.num_experts,
+            expert_hidden: self.expert_hidden.unwrap_or(config.mlp_hidden()),
+            expert_kind: ExpertKind::GeluMlp,
+            shared_expert_hidden: None,
+            routing: RoutingConfig::GlobalPool {
+                capacity: self.capacity,
+                predictor_loss_weight: self.capacity_pred_loss_weight,
+                threshold_decay: self.ema_decay,
+                inference: PoolInference::Predictor,
+            },
+        };
+        let placement = match self.interleave {
+            true => MoePlacement::EveryOther,
+            false => MoePlacement::EveryBlock,
+        };
+        config = config.with_moe(moe, placement);
+        if let Some(layers) = self.moe_layers {
+            let picked: Vec<usize> = (0..config.depth)
+                .filter(|&i| matches!(config.ffn(i), FfnKind::Moe(_)))
+                .collect();
+            if layers != picked {
+                return Err(at.at("moe_layers").error(
+                    format!(
+                        "{picked:?} (the blocks interleave = {} picks)",
+                        self.interleave
+                    ),
+                    format!("{layers:?}"),
+                ));
+            }
+        }
+        Ok(config)
     }
 }
 

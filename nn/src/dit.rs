@@ -46,7 +46,14 @@ impl DitBlock {
         })
     }
 
-    pub fn forward(&self, x: &Var, c: &Var, record_routing: bool) -> Result<(Var, BlockExtras)> {
+    /// One block; `training` as in [`ForwardOptions::training`].
+    pub fn forward(
+        &self,
+        x: &Var,
+        c: &Var,
+        record_routing: bool,
+        training: bool,
+    ) -> Result<(Var, BlockExtras)> {
         let m = self.ada_ln.forward(c)?;
         let (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp) =
             (&m[0], &m[1], &m[2], &m[3], &m[4], &m[5]);
@@ -67,7 +74,7 @@ impl DitBlock {
                 },
             ),
             Ffn::Moe(moe) => {
-                let out = moe.forward(&h, record_routing)?;
+                let out = moe.forward(&h, record_routing, training)?;
                 (
                     out.y,
                     BlockExtras {
@@ -86,7 +93,7 @@ impl Module for DitBlock {
         v.child("attn", &self.attn);
         match &self.ffn {
             Ffn::Dense(mlp) => v.child("mlp", mlp),
-            Ffn::Moe(moe) => v.child("moe", moe),
+            Ffn::Moe(moe) => v.child(moe.name_in_block(), moe),
         }
         v.child("adaLN_modulation", &self.ada_ln);
     }
@@ -129,13 +136,18 @@ pub struct ForwardOptions<'a> {
     pub label_dropout: Option<&'a mut SeededRng>,
     /// Keep each MoE layer's routing record.
     pub record_routing: bool,
+    /// A training pass: a global-pool MoE layer (DiffMoE) then routes by its training rule,
+    /// adds its capacity predictor's loss to the aux loss and moves its thresholds (state that
+    /// changes in the forward pass, as in the official code); otherwise it samples by its
+    /// inference rule. The other layers route the same either way.
+    pub training: bool,
 }
 
 /// A forward pass's results.
 pub struct DitOutput {
     /// `[N, C_out, H, W]`.
     pub out: Var,
-    /// Sum of the MoE layers' balance losses (already scaled by their α).
+    /// Sum of the MoE layers' auxiliary losses (already scaled by their coefficients).
     pub aux_loss: Option<Var>,
     /// Per block: the routing record of its MoE layer (when asked for and the block has one).
     pub routing: Vec<Option<RoutingRecord>>,
@@ -219,7 +231,8 @@ impl Dit {
         let mut aux_loss: Option<Var> = None;
         let mut routing = Vec::with_capacity(self.blocks.len());
         for block in &self.blocks {
-            let (next, extras) = block.forward(&h, &cond, options.record_routing)?;
+            let (next, extras) =
+                block.forward(&h, &cond, options.record_routing, options.training)?;
             h = next;
             if let Some(loss) = extras.aux_loss {
                 aux_loss = Some(match aux_loss {

@@ -30,6 +30,7 @@ fn step(config: &DitConfig, device: Device) -> (f64, Vec<(String, Vec<f64>)>) {
             ForwardOptions {
                 label_dropout: None,
                 record_routing: false,
+                training: true,
             },
         )
         .unwrap();
@@ -142,7 +143,7 @@ fn moe_routing_on_the_gpu_reads_nothing_back() {
         // device, so routing, dispatch, experts and combine never wait for the host.
         let _mixed = precision::set(precision::current().with_tensor_cores(true));
         let before = traffic::this_thread();
-        let out = layer.forward(&x, false).unwrap();
+        let out = layer.forward(&x, false, false).unwrap();
         out.y.sum_all().unwrap().backward().unwrap();
         let used = traffic::this_thread() - before;
         assert_eq!(used.downloads, 0, "forward and backward read nothing back");
@@ -150,7 +151,7 @@ fn moe_routing_on_the_gpu_reads_nothing_back() {
         // The same routing as the CPU's (exact f32 products): the decision recorded on the GPU
         // equals the CPU's.
         let on_gpu = precision::with(precision::current().with_tensor_cores(false), || {
-            layer.forward(&x, true)
+            layer.forward(&x, true, false)
         })
         .unwrap()
         .record
@@ -159,7 +160,7 @@ fn moe_routing_on_the_gpu_reads_nothing_back() {
         layer.to_device(Device::Cpu).unwrap();
         let cpu_x = Var::constant(x.value().to_device(Device::Cpu).unwrap());
         let on_cpu = layer
-            .forward(&cpu_x, true)
+            .forward(&cpu_x, true, false)
             .unwrap()
             .record
             .unwrap()

@@ -93,6 +93,7 @@ fn every_variant_runs_forward_and_backward() {
                 ForwardOptions {
                     label_dropout: Some(&mut rng),
                     record_routing: true,
+                    training: true,
                 },
             )
             .unwrap();

@@ -124,7 +124,7 @@ fn moe_output_equals_a_naive_per_token_loop() {
     for (routing, kind, shared) in routings() {
         let moe = layer(routing, kind, shared);
         let x = Var::constant(normal(&[2, 5, 5], 9));
-        let out = moe.forward(&x, true).unwrap();
+        let out = moe.forward(&x, true, false).unwrap();
         let record = out.record.unwrap();
         let scores = record.scores.to_vec_f64();
         let tokens = x.value().reshape(&[10, 5]).unwrap();
@@ -185,7 +185,12 @@ fn one_expert_top1_equals_the_dense_swiglu() {
     let moe = MoeLayer::new(5, config, &mut seeded_rng(1)).unwrap();
     let x = Var::constant(normal(&[3, 4, 5], 2).to_dtype(DType::F32).unwrap());
     let dense = moe.experts.expert(0).unwrap().forward(&x).unwrap();
-    assert!(max_abs_diff(&moe.forward(&x, false).unwrap().y.value(), &dense.value()) < 1e-6);
+    assert!(
+        max_abs_diff(
+            &moe.forward(&x, false, false).unwrap().y.value(),
+            &dense.value()
+        ) < 1e-6
+    );
 }
 
 #[test]
@@ -217,7 +222,7 @@ fn routing_records_report_load_and_drops() {
         None,
     );
     let out = moe
-        .forward(&Var::constant(normal(&[2, 8, 5], 1)), true)
+        .forward(&Var::constant(normal(&[2, 8, 5], 1)), true, false)
         .unwrap();
     let record = out.record.unwrap();
     assert_eq!(
@@ -230,7 +235,7 @@ fn routing_records_report_load_and_drops() {
     assert!((record.dropped_fraction() - histogram[0] as f64 / 16.0).abs() < 1e-12);
     assert!(out.aux_loss.is_none());
     assert!(moe
-        .forward(&Var::constant(normal(&[2, 8, 5], 1)), false)
+        .forward(&Var::constant(normal(&[2, 8, 5], 1)), false, false)
         .unwrap()
         .record
         .is_none());

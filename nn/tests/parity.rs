@@ -111,3 +111,120 @@ fn dense_dit_matches_the_reference() {
 fn token_choice_ditmoe_matches_the_reference() {
     check_parity("ditmoe-token-choice");
 }
+
+/// The selection of a routing record as a 0/1 mask `[N·E]`, token-major (DiffMoE's `mask.l`
+/// `[B, s, E]` flattened).
+fn selection_mask(record: &ditmoe_nn::moe::RoutingRecord) -> Vec<f64> {
+    let d = &record.decision;
+    let mut mask = vec![0.0; d.num_tokens * d.num_experts];
+    d.positions.iter().for_each(|&p| mask[p] = 1.0);
+    mask
+}
+
+/// The thresholds `[E]` of block `index`'s capacity predictor.
+fn thresholds(model: &ditmoe_nn::Dit, index: usize) -> Tensor {
+    match &model.blocks[index].ffn {
+        ditmoe_nn::dit::Ffn::Moe(moe) => moe.predictor.as_ref().unwrap().threshold.value(),
+        ditmoe_nn::dit::Ffn::Dense(_) => panic!("block {index} is dense"),
+    }
+}
+
+/// DiffMoE (KwaiVGI/DiffMoE's `models_DiffMoE.py`): in eval, the output with the stored
+/// thresholds and which tokens each expert took (the counts from the predictor, the tokens by
+/// router score); in train, the output, the global-pool selection, the predictor's BCE, the
+/// thresholds after the forward's update, the official loss and every gradient.
+#[test]
+fn diffmoe_matches_the_reference() {
+    let name = "diffmoe";
+    let moe_blocks = [1, 3];
+    let model = load_model(fixture(name, "weights.safetensors")).unwrap();
+    let inputs = read_tensors(fixture(name, "inputs.safetensors"))
+        .unwrap()
+        .tensors;
+    let (x, t, y) = (
+        Var::constant(inputs["x"].clone()),
+        &inputs["t"],
+        &inputs["y"],
+    );
+    let options = |training| ForwardOptions {
+        record_routing: true,
+        training,
+        ..ForwardOptions::default()
+    };
+
+    let eval = read_tensors(fixture(name, "eval.safetensors"))
+        .unwrap()
+        .tensors;
+    let result = model.forward(&x, t, y, options(false)).unwrap();
+    let err = relative_error(&result.out.value(), &eval["out"]);
+    assert!(err < 1e-5, "eval output differs by {err:.2e}");
+    for l in moe_blocks {
+        let record = result.routing[l].as_ref().expect("a MoE block's record");
+        let counts: Vec<f64> = record
+            .decision
+            .expert_counts()
+            .iter()
+            .map(|&c| c as f64)
+            .collect();
+        assert_eq!(
+            counts,
+            eval[&format!("count.{l}")].to_vec_f64(),
+            "eval counts of block {l}"
+        );
+        assert_eq!(
+            selection_mask(record),
+            eval[&format!("mask.{l}")].to_vec_f64(),
+            "eval mask of block {l}"
+        );
+    }
+
+    let train = read_tensors(fixture(name, "train.safetensors"))
+        .unwrap()
+        .tensors;
+    let result = model.forward(&x, t, y, options(true)).unwrap();
+    let err = relative_error(&result.out.value(), &train["out"]);
+    assert!(err < 1e-5, "train output differs by {err:.2e}");
+    for l in moe_blocks {
+        let record = result.routing[l].as_ref().expect("a MoE block's record");
+        assert_eq!(
+            selection_mask(record),
+            train[&format!("mask.{l}")].to_vec_f64(),
+            "train mask of block {l}"
+        );
+        let err = relative_error(&thresholds(&model, l), &train[&format!("threshold.{l}")]);
+        assert!(
+            err < 1e-6,
+            "block {l}'s updated thresholds differ by {err:.2e}"
+        );
+    }
+    // The repo's rectified-flow loss: the velocity MSE over the data half of the channels,
+    // plus the predictors' weighted BCE (our aux loss).
+    let data = result.out.narrow(1, 0, 4).unwrap();
+    let target = Var::constant(inputs["target"].clone());
+    let mse = data
+        .sub(&target)
+        .unwrap()
+        .powf(2.0)
+        .unwrap()
+        .mean_all()
+        .unwrap();
+    let aux = result.aux_loss.expect("the predictors' loss");
+    let loss = mse.add(&aux).unwrap();
+    for (ours, theirs) in [(&mse, "mse"), (&aux, "cp_loss"), (&loss, "loss")] {
+        let (ours, theirs_value) = (ours.item().unwrap(), train[theirs].item().unwrap());
+        let err = (ours - theirs_value).abs() / theirs_value.abs();
+        assert!(err < 1e-5, "{theirs}: {ours} vs {theirs_value}");
+    }
+    loss.backward().unwrap();
+    let mut checked = 0;
+    for (param, grad) in model.named_gradients() {
+        let expected = &train[&format!("grad.{param}")];
+        let err = relative_error(&grad, expected);
+        assert!(err < 1e-4, "gradient of {param} differs by {err:.2e}");
+        checked += 1;
+    }
+    assert_eq!(
+        checked,
+        train.keys().filter(|k| k.starts_with("grad.")).count()
+    );
+}

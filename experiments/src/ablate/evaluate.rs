@@ -13,7 +13,7 @@ use anyhow::Result;
 use ditmoe_autograd::{no_grad, Var};
 use ditmoe_diffusion::{flow_interpolate, GaussianDiffusion};
 use ditmoe_nn::accounting::model_cost;
-use ditmoe_nn::moe::RoutingConfig;
+use ditmoe_nn::moe::{PoolInference, RoutingConfig};
 use ditmoe_nn::{Dit, DitConfig, ForwardOptions, Module};
 use ditmoe_tensor::{seeded_rng, DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -107,7 +107,8 @@ pub fn evaluate(model: &Dit, variant: &Variant, judge: &Judge, grid: &Path) -> R
 }
 
 /// The model configs of the compute sweep with a label for each: top-k for token choice and
-/// expert race, the capacity factor for expert choice; nothing for a dense model.
+/// expert race, the capacity factor for expert choice, the sampling rule (predictor, static
+/// top-k, one threshold γ) for a global pool; nothing for a dense model.
 pub fn sweep_settings(config: &DitConfig, settings: &EvaluationConfig) -> Vec<(String, DitConfig)> {
     let Some(moe) = config.moe else {
         return Vec::new();
@@ -159,6 +160,35 @@ pub fn sweep_settings(config: &DitConfig, settings: &EvaluationConfig) -> Vec<(S
                 )
             })
             .collect(),
+        RoutingConfig::GlobalPool {
+            capacity,
+            predictor_loss_weight,
+            threshold_decay,
+            ..
+        } => {
+            let with_inference = |inference| {
+                with_routing(RoutingConfig::GlobalPool {
+                    capacity,
+                    predictor_loss_weight,
+                    threshold_decay,
+                    inference,
+                })
+            };
+            let thresholds = settings.threshold_sweep.iter().map(|&gamma| {
+                (
+                    format!("threshold γ = {gamma}"),
+                    with_inference(PoolInference::Threshold { gamma }),
+                )
+            });
+            [
+                ("predictor".to_string(), PoolInference::Predictor),
+                ("static top-k".to_string(), PoolInference::Static),
+            ]
+            .into_iter()
+            .map(|(label, inference)| (label, with_inference(inference)))
+            .chain(thresholds)
+            .collect()
+        }
     }
 }
 
@@ -228,6 +258,7 @@ fn specialization(
         let options = ForwardOptions {
             label_dropout: None,
             record_routing: true,
+            training: false,
         };
         let (input, t) = (input.to_device(device)?, t.to_device(device)?);
         let output = no_grad(|| model.forward(&Var::constant(input), &t, &y, options))?;

@@ -33,6 +33,15 @@ pub struct EvaluationConfig {
     pub top_k_sweep: Vec<usize>,
     /// Capacity factors tried at sampling time on expert-choice variants.
     pub capacity_sweep: Vec<f64>,
+    /// One threshold γ for every expert, tried at sampling time on global-pool (DiffMoE)
+    /// variants besides their predictor's thresholds and the static top-k (DiffMoE's
+    /// "interval search", its Table 10).
+    #[serde(default = "default_threshold_sweep")]
+    pub threshold_sweep: Vec<f64>,
+}
+
+fn default_threshold_sweep() -> Vec<f64> {
+    vec![0.9, 0.5, 0.1, 0.01]
 }
 
 impl Default for EvaluationConfig {
@@ -46,6 +55,7 @@ impl Default for EvaluationConfig {
             classifier: ClassifierConfig::default(),
             top_k_sweep: vec![1, 2, 4],
             capacity_sweep: vec![1.0, 2.0, 4.0],
+            threshold_sweep: default_threshold_sweep(),
         }
     }
 }
@@ -93,7 +103,12 @@ impl EvaluationConfig {
         };
         let top_k = at.at("top_k_sweep");
         top_k.at_most(self.top_k_sweep.len(), limits::SWEEP_POINTS)?;
-        let experts = most_experts(|r| !matches!(r, RoutingConfig::ExpertChoice { .. }));
+        let experts = most_experts(|r| {
+            matches!(
+                r,
+                RoutingConfig::TokenChoice { .. } | RoutingConfig::ExpertRace { .. }
+            )
+        });
         for (i, &k) in self.top_k_sweep.iter().enumerate() {
             top_k.index(i).positive_count(k, experts)?;
         }
@@ -103,6 +118,11 @@ impl EvaluationConfig {
         for (i, &f) in self.capacity_sweep.iter().enumerate() {
             capacity.index(i).positive(f)?;
             capacity.index(i).at_most(f, experts as f64)?;
+        }
+        let thresholds = at.at("threshold_sweep");
+        thresholds.at_most(self.threshold_sweep.len(), limits::SWEEP_POINTS)?;
+        for (i, &gamma) in self.threshold_sweep.iter().enumerate() {
+            thresholds.index(i).fraction(gamma)?;
         }
         Ok(())
     }

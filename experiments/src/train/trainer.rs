@@ -82,6 +82,7 @@ impl<O: Objective> Trainer<O> {
         let forward = ForwardOptions {
             label_dropout: Some(rng),
             record_routing,
+            training: true,
         };
         let result = self.model.forward(&input, &draw.model_time, &y, forward)?;
         let loss_section = profile::section("loss");

@@ -3,6 +3,7 @@
 use crate::config::limits;
 use crate::moe::expert_choice::ExpertChoice;
 use crate::moe::expert_race::ExpertRace;
+use crate::moe::global_pool::GlobalPool;
 use crate::moe::rule::RoutingRule;
 use crate::moe::token_choice::TokenChoice;
 use crate::validate::Field;
@@ -43,6 +44,23 @@ pub enum RaceGate {
     Sigmoid,
 }
 
+/// How a global-pool layer decides at sampling time how many tokens each expert takes (the
+/// router's scores always decide which).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum PoolInference {
+    /// DiffMoE's dynamic rule: as many as the capacity predictor gives a probability above the
+    /// expert's moving-average threshold. Each image's compute then depends on the image.
+    #[default]
+    Predictor,
+    /// The training rule over the sampling batch (top-⌊S/E·C⌋ of the batch): an image's
+    /// routing depends on the images sampled with it.
+    Static,
+    /// One threshold γ for every expert instead of the moving averages (DiffMoE's "interval
+    /// search", swept to trade compute for quality).
+    Threshold { gamma: f64 },
+}
+
 /// The routing strategy and its knobs.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
@@ -71,6 +89,20 @@ pub enum RoutingConfig {
         #[serde(default)]
         gate: RaceGate,
     },
+    /// DiffMoE (Shi et al., 2025): every expert takes its top ⌊S/E·C⌋ tokens of the whole
+    /// batch in training; a capacity predictor, trained alongside, sets the counts at sampling.
+    GlobalPool {
+        #[serde(default = "default_one")]
+        capacity: f64,
+        /// Weight of the capacity predictor's BCE (DiffMoE's released config: 1).
+        #[serde(default = "default_one")]
+        predictor_loss_weight: f64,
+        /// Decay of the thresholds' moving average (DiffMoE: 0.95).
+        #[serde(default = "default_threshold_decay")]
+        threshold_decay: f64,
+        #[serde(default)]
+        inference: PoolInference,
+    },
 }
 
 impl RoutingConfig {
@@ -94,12 +126,39 @@ impl RoutingConfig {
                 group,
             }),
             RoutingConfig::ExpertRace { top_k, gate } => Box::new(ExpertRace { top_k, gate }),
+            RoutingConfig::GlobalPool { .. } => {
+                Box::new(self.global_pool().expect("a global-pool config"))
+            }
+        }
+    }
+
+    /// The global-pool rule's knobs, for the layer that owns its capacity predictor.
+    pub fn global_pool(&self) -> Option<GlobalPool> {
+        match *self {
+            RoutingConfig::GlobalPool {
+                capacity,
+                predictor_loss_weight,
+                threshold_decay,
+                inference,
+            } => Some(GlobalPool {
+                capacity,
+                predictor_loss_weight,
+                threshold_decay,
+                inference,
+            }),
+            _ => None,
         }
     }
 }
 
 fn default_alpha() -> f64 {
     0.01
+}
+fn default_one() -> f64 {
+    1.0
+}
+fn default_threshold_decay() -> f64 {
+    0.95
 }
 
 /// A Mixture-of-Experts FFN.

@@ -1,11 +1,16 @@
 //! The MoE layer: router → routing rule (gate, pick) → dispatch (pairs sorted by expert) →
 //! grouped expert GEMMs → combine (weighted scatter-add back to token order) + shared expert.
+//! A global-pool layer (DiffMoE) also owns a [`CapacityPredictor`]: trained on each training
+//! pass's selection, it sets how many tokens each expert takes at sampling time.
 
 use crate::init;
 use crate::module::{Module, Visitor};
+use crate::moe::capacity_predictor::CapacityPredictor;
 use crate::moe::config::MoeConfig;
+use crate::moe::config::PoolInference;
 use crate::moe::decision::{RoutingDecision, RoutingRecord};
 use crate::moe::experts::{Experts, FeedForward};
+use crate::moe::global_pool::counted_pool_positions;
 use crate::moe::rule::RoutingRule;
 use ditmoe_autograd::Var;
 use ditmoe_tensor::{profile, DType, Device, Result, SeededRng, Tensor, TensorError};
@@ -13,14 +18,17 @@ use ditmoe_tensor::{profile, DType, Device, Result, SeededRng, Tensor, TensorErr
 /// What one MoE forward pass produces.
 pub struct MoeOutput {
     pub y: Var,
-    /// The rule's auxiliary loss, already scaled (token choice's balance loss with α > 0).
+    /// The rule's auxiliary loss, already scaled: token choice's balance loss with α > 0, the
+    /// capacity predictor's weighted BCE in a global-pool layer's training pass.
     pub aux_loss: Option<Var>,
     /// The routing of this pass, when asked for.
     pub record: Option<RoutingRecord>,
 }
 
 /// A Mixture-of-Experts FFN with parameters `gate.weight [E, D]`, `experts.{i}.*` (stacked,
-/// see [`Experts`]) and optionally `shared_experts.*` (DiT-MoE's names).
+/// see [`Experts`]) and optionally `shared_experts.*` (DiT-MoE's names); a global-pool layer
+/// uses DiffMoE's names (`gate_weight`, `experts.{i}.*`, `capacity_predictor.*` and the buffers
+/// `expert_threshold`, `ema_decay`) and sits in its block as `mlp`, as the official code has it.
 pub struct MoeLayer {
     pub config: MoeConfig,
     /// The router: `gate.weight [E, D]`.
@@ -28,19 +36,23 @@ pub struct MoeLayer {
     pub rule: Box<dyn RoutingRule>,
     pub experts: Experts,
     pub shared: Option<FeedForward>,
+    /// DiffMoE's capacity predictor (global-pool routing only).
+    pub predictor: Option<Box<CapacityPredictor>>,
 }
 
 impl MoeLayer {
-    /// Router U(±1/√D) (PyTorch's default for the DiT-MoE gate), experts xavier-uniform.
+    /// Router U(±1/√D) (PyTorch's default for the DiT-MoE gate; DiffMoE's N(0, 0.006²)),
+    /// experts xavier-uniform.
     pub fn new(dim: usize, config: MoeConfig, rng: &mut SeededRng) -> Result<Self> {
         config
             .validate()
             .map_err(|m| TensorError::invalid("MoE config", m))?;
-        let gate = Var::parameter(init::uniform(
-            &[config.num_experts, dim],
-            1.0 / (dim as f64).sqrt(),
-            rng,
-        )?);
+        let pool = config.routing.global_pool();
+        let router_shape = [config.num_experts, dim];
+        let gate = Var::parameter(match pool {
+            Some(_) => init::normal(&router_shape, 0.006, rng)?,
+            None => init::uniform(&router_shape, 1.0 / (dim as f64).sqrt(), rng)?,
+        });
         let experts = Experts::new(
             config.expert_kind,
             dim,
@@ -52,13 +64,29 @@ impl MoeLayer {
             .shared_expert_hidden
             .map(|h| FeedForward::new(config.expert_kind, dim, h, rng))
             .transpose()?;
+        let predictor = pool
+            .map(|pool| {
+                CapacityPredictor::new(dim, config.num_experts, pool.threshold_decay, rng)
+                    .map(Box::new)
+            })
+            .transpose()?;
         Ok(MoeLayer {
             config,
             gate,
             rule: config.routing.rule(),
             experts,
             shared,
+            predictor,
         })
+    }
+
+    /// The layer's name in its block: `mlp` for DiffMoE's layer, `moe` for DiT-MoE's.
+    pub fn name_in_block(&self) -> &'static str {
+        if self.predictor.is_some() {
+            "mlp"
+        } else {
+            "moe"
+        }
     }
 
     /// Router gate values `[N, E]` for flattened tokens `[N, D]`.
@@ -72,9 +100,11 @@ impl MoeLayer {
         self.rule.decide(scores, images)
     }
 
-    /// `[B, T, D] → [B, T, D]`, routing by this layer's rule.
-    pub fn forward(&self, x: &Var, record: bool) -> Result<MoeOutput> {
-        self.forward_routed(x, None, record)
+    /// `[B, T, D] → [B, T, D]`, routing by this layer's rule. `training` matters to a
+    /// global-pool layer only: it then trains its predictor and moves its thresholds; otherwise
+    /// it routes by the sampling rule.
+    pub fn forward(&self, x: &Var, record: bool, training: bool) -> Result<MoeOutput> {
+        self.forward_routed(x, None, record, training)
     }
 
     /// Like [`MoeLayer::forward`] but with the discrete routing given (held fixed, e.g. for a
@@ -85,7 +115,7 @@ impl MoeLayer {
         decision: &RoutingDecision,
         record: bool,
     ) -> Result<MoeOutput> {
-        self.forward_routed(x, Some(decision), record)
+        self.forward_routed(x, Some(decision), record, false)
     }
 
     fn forward_routed(
@@ -93,6 +123,7 @@ impl MoeLayer {
         x: &Var,
         fixed: Option<&RoutingDecision>,
         record: bool,
+        training: bool,
     ) -> Result<MoeOutput> {
         // Everything here but the experts' FFNs is routing: gate, pick, permutation, weighted
         // un-permutation, aux loss.
@@ -109,7 +140,10 @@ impl MoeLayer {
                 return Err(TensorError::invalid("MoE", format!("expected a routing decision for {n} tokens and {e} experts, found {} and {}", dec.num_tokens, dec.num_experts)));
             }
             Some(dec) => dec.positions_on(device)?,
-            None => self.rule.pick(&scores.value(), b)?,
+            None => match (&self.predictor, training) {
+                (Some(predictor), false) => self.sampling_positions(predictor, &tokens, &scores)?,
+                _ => self.rule.pick(&scores.value(), b)?,
+            },
         };
         let weights = self
             .rule
@@ -134,7 +168,10 @@ impl MoeLayer {
             y = y.add(&shared.forward(&tokens)?)?;
         }
 
-        let aux_loss = self.rule.aux_loss(&scores, &dispatch.expert_of)?;
+        let mut aux_loss = self.rule.aux_loss(&scores, &dispatch.expert_of)?;
+        if let (Some(predictor), true, None) = (&self.predictor, training, fixed) {
+            aux_loss = Some(self.train_predictor(predictor, &tokens, &positions)?);
+        }
         let record = if record {
             let decision = match fixed {
                 Some(dec) => dec.clone(),
@@ -157,12 +194,76 @@ impl MoeLayer {
     }
 }
 
+impl MoeLayer {
+    /// DiffMoE's sampling rule: how many tokens per expert from the predictor (or the
+    /// configured rule), which ones by the router's scores.
+    fn sampling_positions(
+        &self,
+        predictor: &CapacityPredictor,
+        tokens: &Var,
+        scores: &Var,
+    ) -> Result<Tensor> {
+        let pool = self
+            .config
+            .routing
+            .global_pool()
+            .expect("a predictor has a pool");
+        let logits = predictor.logits(tokens)?.value();
+        let counts = match pool.inference {
+            PoolInference::Static => return self.rule.pick(&scores.value(), 1),
+            PoolInference::Predictor => predictor.counts(&logits, &predictor.threshold.value())?,
+            PoolInference::Threshold { gamma } => {
+                let e = self.config.num_experts;
+                let gamma =
+                    Tensor::full(&[e], gamma, logits.dtype())?.to_device(logits.device())?;
+                predictor.counts(&logits, &gamma)?
+            }
+        };
+        counted_pool_positions(&scores.value(), &counts)
+    }
+
+    /// The predictor's weighted BCE against this pass's selection `[N, E]`, and the
+    /// thresholds' update toward the k-th largest predicted probability of each expert.
+    fn train_predictor(
+        &self,
+        predictor: &CapacityPredictor,
+        tokens: &Var,
+        positions: &Tensor,
+    ) -> Result<Var> {
+        let pool = self
+            .config
+            .routing
+            .global_pool()
+            .expect("a predictor has a pool");
+        let &[n, _] = tokens.shape() else {
+            unreachable!("tokens are flattened to [N, D]")
+        };
+        let e = self.config.num_experts;
+        let logits = predictor.logits(tokens)?;
+        let value = logits.value();
+        let (dtype, device) = (value.dtype(), value.device());
+        let ones = Tensor::zeros_on(&[positions.numel()], dtype, device)?.add_scalar(1.0)?;
+        let mask = Tensor::zeros_on(&[n * e], dtype, device)?
+            .scatter_add(0, positions, &ones)?
+            .reshape(&[n, e])?;
+        predictor.update_thresholds(&value, positions.numel() / e)?;
+        CapacityPredictor::loss(&logits, &mask)?.mul_scalar(pool.predictor_loss_weight)
+    }
+}
+
 impl Module for MoeLayer {
     fn visit(&self, v: &mut Visitor) {
-        v.param("gate.weight", &self.gate);
+        let router = match self.predictor {
+            Some(_) => "gate_weight",
+            None => "gate.weight",
+        };
+        v.param(router, &self.gate);
         v.stacked("experts", &self.experts.named_stacks());
         if let Some(shared) = &self.shared {
             v.child("shared_experts", shared);
+        }
+        if let Some(predictor) = &self.predictor {
+            predictor.visit(v);
         }
     }
 }
