@@ -75,6 +75,21 @@ proptest! {
         }
     }
 
+    /// Logits far from 0 and exactly 0 (where composing max and |x| has a kink), against
+    /// hard and soft targets.
+    #[test]
+    fn binary_cross_entropy_on_logits(shape in shape(3), seed in any::<u64>()) {
+        let x = normal(&shape, seed).mul_scalar(4.0).unwrap();
+        let mut values = x.to_vec::<f64>().unwrap();
+        values[0] = 0.0;
+        let x = Tensor::from_vec(values, &shape).unwrap();
+        let soft = Tensor::rand_uniform(&shape, 0.0, 1.0, DType::F64, &mut seeded_rng(seed ^ 1)).unwrap();
+        let hard = soft.gt(&Tensor::full(&shape, 0.5, DType::F64).unwrap()).unwrap();
+        for target in [soft, hard] {
+            assert_grads(|v| v[0].bce_with_logits(&target), std::slice::from_ref(&x));
+        }
+    }
+
     #[test]
     fn swiglu_gated_product(shape in shape(3), seed in any::<u64>()) {
         let (gate, up) = (normal(&shape, seed), normal(&shape, seed ^ 1));

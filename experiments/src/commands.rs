@@ -65,8 +65,8 @@ fn memory_limit(ignore: bool) -> Option<f64> {
     }
 }
 
-/// Loads a checkpoint, runs it on `inputs` in evaluation mode, writes `out` and the router
-/// probabilities of every MoE block.
+/// Loads a checkpoint, runs it on `inputs` in evaluation mode, writes `out` and, for every
+/// MoE block, the router probabilities and how many tokens each expert took.
 pub fn forward(
     checkpoint: &Path,
     inputs: &Path,
@@ -117,6 +117,17 @@ pub fn forward(
             written.insert(
                 format!("router_probs.blocks.{block}"),
                 record.scores.clone(),
+            );
+            let counts: Vec<i64> = record
+                .decision
+                .expert_counts()
+                .into_iter()
+                .map(|c| c as i64)
+                .collect();
+            let experts = counts.len();
+            written.insert(
+                format!("expert_counts.blocks.{block}"),
+                Tensor::from_vec(counts, &[experts]).map_err(|e| e.to_string())?,
             );
         }
     }

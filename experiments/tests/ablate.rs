@@ -8,7 +8,7 @@ use common::{ditmoe, scratch};
 use std::path::Path;
 use std::process::{Command, Output};
 
-/// A preset small enough to train and evaluate six variants in seconds.
+/// A preset small enough to train and evaluate seven variants in seconds.
 const MINI: &str = r#"
 description = "miniature ablation for the tests"
 
@@ -72,9 +72,22 @@ moe = { num_experts = 4, expert_hidden = 16, routing = { kind = "expert_choice",
 name = "race"
 about = "expert race"
 moe = { num_experts = 4, expert_hidden = 16, routing = { kind = "expert_race", top_k = 2 } }
+
+[[variant]]
+name = "pool"
+about = "global pool (DiffMoE)"
+moe = { num_experts = 4, expert_hidden = 16, routing = { kind = "global_pool", capacity = 2.0 } }
 "#;
 
-const VARIANTS: [&str; 6] = ["dense", "dense-iso", "tc", "tc-no-balance", "ec", "race"];
+const VARIANTS: [&str; 7] = [
+    "dense",
+    "dense-iso",
+    "tc",
+    "tc-no-balance",
+    "ec",
+    "race",
+    "pool",
+];
 
 /// `ditmoe ablate --preset PRESET --out OUT` followed by `flags`.
 fn ablate(preset: &Path, out: &Path, flags: &[&str]) -> Output {
@@ -154,7 +167,7 @@ fn a_miniature_ablation_writes_a_complete_consistent_report_and_resumes() {
         figures += 1;
     }
     // loss, balance, quality, experts per token, and per MoE variant: load, tables, positions.
-    assert_eq!(figures, 4 + 3 * 4);
+    assert_eq!(figures, 4 + 3 * 5);
     for link in report.split("](").skip(1) {
         let target = &link[..link.find(')').unwrap()];
         assert!(out.join(target).exists(), "the report links {target}");
@@ -211,15 +224,19 @@ fn a_miniature_ablation_writes_a_complete_consistent_report_and_resumes() {
             assert!((cv - logged).abs() < 1e-12, "{name}: {cv} vs {logged}");
         }
     }
-    let ec = rows.iter().find(|r| r["name"] == "ec").unwrap();
-    assert_eq!(ec["routing"]["exactly_uniform"], true);
-    assert_eq!(
-        ec["routing"]["coefficient_of_variation"].as_f64().unwrap(),
-        0.0
-    );
+    // Expert choice and the global pool's training rule give every expert the same load.
+    for name in ["ec", "pool"] {
+        let row = rows.iter().find(|r| r["name"] == name).unwrap();
+        assert_eq!(row["routing"]["exactly_uniform"], true, "{name}");
+        assert_eq!(
+            row["routing"]["coefficient_of_variation"].as_f64().unwrap(),
+            0.0,
+            "{name}"
+        );
+    }
     assert!(report.contains("exactly uniform"));
     let sweeps = summary["sweeps"].as_array().unwrap();
-    assert_eq!(sweeps.len(), 4, "one sweep per MoE variant");
+    assert_eq!(sweeps.len(), 5, "one sweep per MoE variant");
 
     // A second run skips every finished variant and leaves the checkpoints alone.
     let state = out.join("runs/tc/checkpoint/model.safetensors");

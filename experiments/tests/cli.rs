@@ -28,7 +28,7 @@ fn zoo_json_lists_the_dit_acceptance_numbers() {
 #[test]
 fn forward_reproduces_the_reference_outputs() {
     let dir = scratch("cli");
-    for model in ["dit-dense", "ditmoe-token-choice"] {
+    for model in ["dit-dense", "ditmoe-token-choice", "diffmoe"] {
         let out_path = dir.join(format!("{model}.safetensors"));
         let out = ditmoe(&[
             "forward",
@@ -58,6 +58,12 @@ fn forward_reproduces_the_reference_outputs() {
             .filter(|k| k.starts_with("router_probs.blocks."))
             .count();
         assert_eq!(routers, if model == "dit-dense" { 0 } else { 2 });
+        // DiffMoE's eval counts: how many tokens each expert took in blocks 1 and 3.
+        for (name, counts) in reference.iter().filter(|(k, _)| k.starts_with("count.")) {
+            let block = name.trim_start_matches("count.");
+            let ours = &ours[&format!("expert_counts.blocks.{block}")];
+            assert_eq!(ours.to_vec_f64(), counts.to_vec_f64(), "{model}: {name}");
+        }
     }
     std::fs::remove_dir_all(dir).unwrap();
 }

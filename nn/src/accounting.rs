@@ -42,23 +42,44 @@ fn expert_cost(kind: ExpertKind, d: usize, hidden: usize) -> (f64, f64) {
     }
 }
 
-/// (total params, activated params, MACs per token) of an MoE FFN.
-fn moe_cost(moe: &MoeConfig, d: usize) -> (f64, f64, f64) {
+/// (total params, activated params, MACs per token) of an MoE FFN whose tokens get `active`
+/// routed experts on average. A global pool's capacity predictor (Linear(D, D), Linear(D, E))
+/// runs on every token.
+fn moe_cost(moe: &MoeConfig, d: usize, active: f64) -> (f64, f64, f64) {
     let (expert_params, expert_macs) = expert_cost(moe.expert_kind, d, moe.expert_hidden);
     let (shared_params, shared_macs) = moe
         .shared_expert_hidden
         .map_or((0.0, 0.0), |h| expert_cost(moe.expert_kind, d, h));
+    let (predictor_params, predictor_macs) = match moe.routing.global_pool() {
+        Some(_) => (
+            linear_params(d, d, true) + linear_params(d, moe.num_experts, true),
+            (d * d + d * moe.num_experts) as f64,
+        ),
+        None => (0.0, 0.0),
+    };
     let router = (moe.num_experts * d) as f64;
-    let active = moe.experts_per_token();
+    let always = router + shared_params + predictor_params;
     (
-        router + moe.num_experts as f64 * expert_params + shared_params,
-        router + active * expert_params + shared_params,
-        router + active * expert_macs + shared_macs,
+        always + moe.num_experts as f64 * expert_params,
+        always + active * expert_params,
+        router + predictor_macs + active * expert_macs + shared_macs,
     )
 }
 
-/// Parameters and GMACs of `config`.
+/// Parameters and GMACs of `config`, each MoE block applying as many routed experts per token
+/// as its routing does on average (k, or the capacity).
 pub fn model_cost(config: &DitConfig) -> ModelCost {
+    cost(config, None)
+}
+
+/// [`model_cost`] with every MoE block applying `experts_per_token` routed experts per token
+/// on average: a measured value, for a rule whose compute depends on its inputs (DiffMoE's
+/// predictor or a threshold at sampling time).
+pub fn model_cost_at(config: &DitConfig, experts_per_token: f64) -> ModelCost {
+    cost(config, Some(experts_per_token))
+}
+
+fn cost(config: &DitConfig, experts_per_token: Option<f64>) -> ModelCost {
     let d = config.hidden_size;
     let t = config.tokens() as f64;
     let patch_in = config.in_channels * config.patch_size * config.patch_size;
@@ -88,7 +109,11 @@ pub fn model_cost(config: &DitConfig) -> ModelCost {
                 let p = linear_params(d, h, true) + linear_params(h, d, true);
                 (p, p, (2 * d * h) as f64)
             }
-            FfnKind::Moe(moe) => moe_cost(&moe, d),
+            FfnKind::Moe(moe) => moe_cost(
+                &moe,
+                d,
+                experts_per_token.unwrap_or(moe.experts_per_token()),
+            ),
         };
         total += shared + ffn_total;
         activated += shared + ffn_active;

@@ -1,5 +1,5 @@
 //! One training step of small DiT / DiT-MoE models — dense, token choice with a shared expert,
-//! expert choice, expert race with SwiGLU experts — on `cuda:0` against the same step on the
+//! expert choice, expert race with SwiGLU experts, DiffMoE's global pool — on `cuda:0` against the same step on the
 //! CPU: loss and every gradient. `cuda:0` is the real GPU when the driver has one, else the PTX
 //! emulator (the test says which).
 
@@ -8,7 +8,7 @@ mod common;
 use ditmoe_autograd::Var;
 use ditmoe_cuda::precision;
 use ditmoe_cuda::traffic;
-use ditmoe_nn::moe::{ExpertKind, MoeConfig, RaceGate, RoutingConfig, RoutingGroup};
+use ditmoe_nn::moe::{ExpertKind, MoeConfig, PoolInference, RaceGate, RoutingConfig, RoutingGroup};
 use ditmoe_nn::{Dit, DitConfig, ForwardOptions, Module, MoePlacement};
 use ditmoe_tensor::Device;
 
@@ -79,10 +79,15 @@ fn a_training_step_on_the_gpu_matches_the_cpu() {
             gate: RaceGate::Softmax,
         },
     };
+    let global_pool = MoeConfig {
+        routing: global_pool_routing(),
+        ..expert_choice
+    };
     for config in [
         base.clone(),
         base.clone()
             .with_moe(base.ditmoe_ffn(4, 2), MoePlacement::EveryBlock),
+        base.clone().with_moe(global_pool, MoePlacement::EveryOther),
         base.clone()
             .with_moe(expert_choice, MoePlacement::EveryOther),
         base.clone().with_moe(race, MoePlacement::DeepHalf),
@@ -107,6 +112,18 @@ fn a_training_step_on_the_gpu_matches_the_cpu() {
     }
 }
 
+/// DiffMoE's routing with its released knobs.
+fn global_pool_routing() -> RoutingConfig {
+    RoutingConfig::GlobalPool {
+        capacity: 1.0,
+        predictor_loss_weight: 1.0,
+        threshold_decay: 0.95,
+        inference: PoolInference::Predictor,
+    }
+}
+
+/// Every rule's training pass; a global pool's sampling pass reads its per-expert counts back
+/// (the size of its selection), which is not checked here.
 #[test]
 fn moe_routing_on_the_gpu_reads_nothing_back() {
     // Traffic is counted per thread, so these counts are this test's alone.
@@ -126,8 +143,13 @@ fn moe_routing_on_the_gpu_reads_nothing_back() {
         },
         ..token_choice
     };
+    let global_pool = MoeConfig {
+        routing: global_pool_routing(),
+        ..token_choice
+    };
     let mut rng = ditmoe_tensor::seeded_rng(3);
-    for config in [token_choice, expert_choice, expert_race] {
+    for config in [token_choice, expert_choice, expert_race, global_pool] {
+        let training = config.routing.global_pool().is_some();
         let layer = ditmoe_nn::moe::MoeLayer::new(16, config, &mut rng).unwrap();
         layer.to_device(GPU).unwrap();
         let x = ditmoe_tensor::Tensor::randn(
@@ -143,7 +165,7 @@ fn moe_routing_on_the_gpu_reads_nothing_back() {
         // device, so routing, dispatch, experts and combine never wait for the host.
         let _mixed = precision::set(precision::current().with_tensor_cores(true));
         let before = traffic::this_thread();
-        let out = layer.forward(&x, false, false).unwrap();
+        let out = layer.forward(&x, false, training).unwrap();
         out.y.sum_all().unwrap().backward().unwrap();
         let used = traffic::this_thread() - before;
         assert_eq!(used.downloads, 0, "forward and backward read nothing back");
@@ -151,7 +173,7 @@ fn moe_routing_on_the_gpu_reads_nothing_back() {
         // The same routing as the CPU's (exact f32 products): the decision recorded on the GPU
         // equals the CPU's.
         let on_gpu = precision::with(precision::current().with_tensor_cores(false), || {
-            layer.forward(&x, true, false)
+            layer.forward(&x, true, training)
         })
         .unwrap()
         .record
@@ -160,7 +182,7 @@ fn moe_routing_on_the_gpu_reads_nothing_back() {
         layer.to_device(Device::Cpu).unwrap();
         let cpu_x = Var::constant(x.value().to_device(Device::Cpu).unwrap());
         let on_cpu = layer
-            .forward(&cpu_x, true, false)
+            .forward(&cpu_x, true, training)
             .unwrap()
             .record
             .unwrap()

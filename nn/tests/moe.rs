@@ -69,6 +69,16 @@ fn routings() -> Vec<(RoutingConfig, ExpertKind, Option<usize>)> {
             None,
         ),
         (
+            RoutingConfig::GlobalPool {
+                capacity: 1.5,
+                predictor_loss_weight: 1.0,
+                threshold_decay: 0.95,
+                inference: PoolInference::Static,
+            },
+            ExpertKind::GeluMlp,
+            Some(3),
+        ),
+        (
             RoutingConfig::ExpertRace {
                 top_k: 1,
                 gate: RaceGate::Sigmoid,
@@ -116,6 +126,17 @@ proptest! {
         let worst_chosen = race.positions.iter().map(|&p| values[p]).fold(f64::MAX, f64::min);
         let chosen: HashSet<_> = race.positions.iter().collect();
         prop_assert!(values.iter().enumerate().all(|(p, &v)| chosen.contains(&p) || v <= worst_chosen));
+
+        let pool = rule(RoutingConfig::GlobalPool { capacity: cf.min(experts as f64), predictor_loss_weight: 1.0, threshold_decay: 0.95, inference: PoolInference::Predictor });
+        let c = pool_capacity(n, cf.min(experts as f64), experts);
+        prop_assert!(pool.expert_counts().iter().all(|&count| count == c), "global pool: every expert exactly ⌊N/E·C⌋ tokens of the batch");
+        prop_assert!(distinct(&pool.positions));
+        // Within each expert, no token left out scores higher than one taken.
+        for expert in 0..experts {
+            let taken: HashSet<usize> = pool.positions.iter().filter(|&&p| p % experts == expert).map(|&p| p / experts).collect();
+            let worst = taken.iter().map(|&t| values[t * experts + expert]).fold(f64::MAX, f64::min);
+            prop_assert!((0..n).all(|t| taken.contains(&t) || values[t * experts + expert] <= worst));
+        }
     }
 }
 

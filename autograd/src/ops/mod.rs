@@ -7,6 +7,7 @@ pub mod attention;
 pub mod binary;
 pub mod grouped;
 pub mod index;
+pub mod loss;
 pub mod matmul;
 pub mod norm;
 pub mod reduce;

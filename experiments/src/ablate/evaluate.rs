@@ -12,8 +12,8 @@ use crate::grid::write_grid;
 use anyhow::Result;
 use ditmoe_autograd::{no_grad, Var};
 use ditmoe_diffusion::{flow_interpolate, GaussianDiffusion};
-use ditmoe_nn::accounting::model_cost;
-use ditmoe_nn::moe::{PoolInference, RoutingConfig};
+use ditmoe_nn::accounting::{model_cost, model_cost_at};
+use ditmoe_nn::moe::{PoolInference, RoutingConfig, RoutingRecord};
 use ditmoe_nn::{Dit, DitConfig, ForwardOptions, Module};
 use ditmoe_tensor::{seeded_rng, DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -82,18 +82,35 @@ pub fn evaluate(model: &Dit, variant: &Variant, judge: &Judge, grid: &Path) -> R
     let mut sweep = Vec::new();
     for (setting, moe_config) in sweep_settings(&model.config, judge.settings) {
         let trained = moe_config == model.config;
+        let swept;
+        let routed = if trained {
+            model
+        } else {
+            swept = Dit::new(moe_config.clone(), 0)?;
+            swept.load_state_dict(&model.state_dict())?;
+            &swept
+        };
         let quality = if trained {
             quality
         } else {
-            let swept = Dit::new(moe_config.clone(), 0)?;
-            swept.load_state_dict(&model.state_dict())?;
-            let images = generate(&swept, config, &labels, &generation)?;
+            let images = generate(routed, config, &labels, &generation)?;
             score(judge.classifier, judge.reference, &images, &labels)?
+        };
+        let dynamic = moe_config
+            .moe
+            .and_then(|m| m.routing.global_pool())
+            .is_some();
+        let (experts_per_token, gmacs) = if dynamic {
+            let measured = measured_experts_per_token(routed, config, judge)?;
+            (measured, model_cost_at(&moe_config, measured).gmacs)
+        } else {
+            let nominal = moe_config.moe.map_or(0.0, |m| m.experts_per_token());
+            (nominal, model_cost(&moe_config).gmacs)
         };
         sweep.push(SweepPoint {
             setting,
-            experts_per_token: moe_config.moe.map_or(0.0, |m| m.experts_per_token()),
-            gmacs: model_cost(&moe_config).gmacs,
+            experts_per_token,
+            gmacs,
             quality,
             trained,
         });
@@ -218,25 +235,15 @@ fn noised(
     })
 }
 
-/// Routes the evaluation images at the centre of every timestep bin and counts expert choices
-/// by bin, patch position and class, per MoE block.
-fn specialization(
+/// Routes the evaluation images at the centre of every timestep bin (sampling-time routing) and
+/// hands `visit` each bin's routing records, one per MoE block.
+fn route_at_bins(
     model: &Dit,
     config: &TrainConfig,
     judge: &Judge,
-) -> Result<Vec<LayerSpecialization>> {
-    let Some(moe) = model.config.moe else {
-        return Ok(Vec::new());
-    };
+    mut visit: impl FnMut(usize, Vec<&RoutingRecord>),
+) -> Result<()> {
     let bins = judge.settings.timestep_bins;
-    let tokens = model.config.tokens();
-    let blocks: Vec<usize> = (0..model.config.depth)
-        .filter(|&b| matches!(model.config.ffn(b), ditmoe_nn::FfnKind::Moe(_)))
-        .collect();
-    let mut tables: Vec<Specialization> = blocks
-        .iter()
-        .map(|_| Specialization::new(bins, tokens, model.config.num_classes, moe.num_experts))
-        .collect();
     let diffusion = crate::train::diffusion_of(config, model.config.learn_sigma);
     let noise = Tensor::randn(
         judge.images.shape(),
@@ -262,11 +269,56 @@ fn specialization(
         };
         let (input, t) = (input.to_device(device)?, t.to_device(device)?);
         let output = no_grad(|| model.forward(&Var::constant(input), &t, &y, options))?;
-        let records = output.routing.iter().flatten();
+        visit(bin, output.routing.iter().flatten().collect());
+    }
+    Ok(())
+}
+
+/// The routed experts a token gets on average at sampling time, measured on the evaluation
+/// images at every timestep bin over every MoE block: what a global pool's sampling rule
+/// (predictor or threshold) applies varies with the inputs, where the other rules apply a
+/// fixed number.
+fn measured_experts_per_token(model: &Dit, config: &TrainConfig, judge: &Judge) -> Result<f64> {
+    let (mut pairs, mut tokens) = (0, 0);
+    route_at_bins(model, config, judge, |_, records| {
+        for record in records {
+            pairs += record.decision.len();
+            tokens += record.decision.num_tokens;
+        }
+    })?;
+    Ok(pairs as f64 / tokens.max(1) as f64)
+}
+
+/// Routes the evaluation images at the centre of every timestep bin and counts expert choices
+/// by bin, patch position and class, per MoE block.
+fn specialization(
+    model: &Dit,
+    config: &TrainConfig,
+    judge: &Judge,
+) -> Result<Vec<LayerSpecialization>> {
+    let Some(moe) = model.config.moe else {
+        return Ok(Vec::new());
+    };
+    let tokens = model.config.tokens();
+    let blocks: Vec<usize> = (0..model.config.depth)
+        .filter(|&b| matches!(model.config.ffn(b), ditmoe_nn::FfnKind::Moe(_)))
+        .collect();
+    let mut tables: Vec<Specialization> = blocks
+        .iter()
+        .map(|_| {
+            Specialization::new(
+                judge.settings.timestep_bins,
+                tokens,
+                model.config.num_classes,
+                moe.num_experts,
+            )
+        })
+        .collect();
+    route_at_bins(model, config, judge, |bin, records| {
         for (table, record) in tables.iter_mut().zip(records) {
             table.add(record, tokens, bin, judge.labels);
         }
-    }
+    })?;
     Ok(blocks
         .into_iter()
         .zip(tables)
@@ -307,5 +359,20 @@ mod tests {
                 model("ec-cf2").moe.unwrap().expert_hidden
             );
         }
+        // A global pool is swept over its sampling rules; the trained one (the predictor) is
+        // marked once.
+        let pool = sweep_settings(&model("pool"), settings);
+        assert_eq!(
+            pool.iter().map(|s| s.0.as_str()).collect::<Vec<_>>(),
+            [
+                "predictor",
+                "static top-k",
+                "threshold γ = 0.9",
+                "threshold γ = 0.5",
+                "threshold γ = 0.1",
+                "threshold γ = 0.01"
+            ]
+        );
+        assert_eq!(pool.iter().filter(|s| s.1 == model("pool")).count(), 1);
     }
 }

@@ -373,15 +373,32 @@ mod tests {
                 model_cost(&variants.iter().find(|v| v.name == name).unwrap().model()).gmacs
             };
             // Every MoE variant applies two experts' worth of compute per token, except the
-            // capacity-factor-1 ablation, which is the half-compute point by design.
+            // capacity-factor-1 ablation, which is the half-compute point by design; a global
+            // pool adds its capacity predictor (Linear(D, D), Linear(D, E)) on every token.
             let matched: Vec<&Variant> = variants
                 .iter()
                 .filter(|v| v.model().moe.is_some() && v.name != "ec-cf1")
                 .collect();
-            assert!(matched.len() >= 5, "{name}");
+            assert!(matched.len() >= 6, "{name}");
             for v in &matched {
-                let g = model_cost(&v.model()).gmacs;
-                assert!((g - gmacs("tc")).abs() < 1e-9, "{name}: {} {g}", v.name);
+                let config = v.model();
+                let moe = config.moe.unwrap();
+                let predictor = match moe.routing.global_pool() {
+                    Some(_) => {
+                        let (d, e) = (config.hidden_size, moe.num_experts);
+                        let moe_blocks = (0..config.depth)
+                            .filter(|&b| matches!(config.ffn(b), ditmoe_nn::FfnKind::Moe(_)))
+                            .count();
+                        (config.tokens() * moe_blocks * (d * d + d * e)) as f64 / 1e9
+                    }
+                    None => 0.0,
+                };
+                let g = model_cost(&config).gmacs;
+                assert!(
+                    (g - gmacs("tc") - predictor).abs() < 1e-9,
+                    "{name}: {} {g}",
+                    v.name
+                );
             }
             assert!(
                 (gmacs("dense-iso") / gmacs("tc") - 1.0).abs() < 0.01,

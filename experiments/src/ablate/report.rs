@@ -766,13 +766,13 @@ fn markdown(input: &ReportInput, figures: &Figures) -> String {
             s.name, s.name, s.name
         );
     }
-    let _ = writeln!(md, "## Quality vs compute\n\nMoE variants re-sampled with a different top-k or capacity factor than they were trained with (same weights); dense variants are single points.\n\n![quality vs compute]({})\n", figures.quality);
+    let _ = writeln!(md, "## Quality vs compute\n\nMoE variants re-sampled with a different top-k or capacity factor than they were trained with, global-pool (DiffMoE) variants with each sampling rule: the predictor's thresholds, the static top-k of the sampling batch, one threshold γ for every expert (same weights; a global pool's experts per token are measured on the evaluation images at every timestep bin, the others' are what their rule applies); dense variants are single points.\n\n![quality vs compute]({})\n", figures.quality);
     let _ = writeln!(md, "| variant | setting | experts per token | GMACs | Fréchet distance | class accuracy |\n|---|---|---|---|---|---|");
     for (v, e) in input.summaries.iter().zip(input.evaluations) {
         for p in &e.sweep {
             let _ = writeln!(
                 md,
-                "| `{}` | {}{} | {} | {:.4} | {:.3} | {:.3} |",
+                "| `{}` | {}{} | {:.2} | {:.4} | {:.3} | {:.3} |",
                 v.name,
                 p.setting,
                 if p.trained { " (trained)" } else { "" },

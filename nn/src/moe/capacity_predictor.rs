@@ -3,7 +3,7 @@
 //! token alone, the probability that each expert of the batch-level global pool would take it.
 //!
 //! - **Training**: the pool's selection mask `[N, E]` is the target of a binary cross-entropy on
-//!   the predictor's logits; the predictor reads a detached copy of the layer input, so the loss
+//!   the predictor's logits (`Var::bce_with_logits`); the predictor reads a detached copy of the layer input, so the loss
 //!   trains the predictor only. Every training forward also moves each expert's threshold toward
 //!   the k-th largest predicted probability of its column: τ ← d·τ + (1 − d)·q (d = 0.95).
 //! - **Sampling**: expert i takes as many tokens of the sampling batch as have a predicted
@@ -18,7 +18,7 @@
 use crate::layers::Linear;
 use crate::module::{Module, Visitor};
 use ditmoe_autograd::Var;
-use ditmoe_tensor::{DType, Device, Result, SeededRng, Tensor};
+use ditmoe_tensor::{DType, Result, SeededRng, Tensor};
 
 pub struct CapacityPredictor {
     pub hidden: Linear,
@@ -48,27 +48,17 @@ impl CapacityPredictor {
             .forward(&self.hidden.forward(&tokens.detach())?.silu()?)
     }
 
-    /// BCEWithLogits(logits, mask), the mean over all N·E entries, in its stable form
-    /// softplus(x) − x·m with softplus(x) = max(x, 0) + log(1 + e^−|x|).
-    pub fn loss(logits: &Var, mask: &Tensor) -> Result<Var> {
-        let softplus = logits
-            .relu()?
-            .add(&logits.abs()?.neg()?.exp()?.add_scalar(1.0)?.log()?)?;
-        softplus
-            .sub(&logits.mul(&Var::constant(mask.clone()))?)?
-            .mean_all()
-    }
-
-    /// τᵢ ← d·τᵢ + (1 − d)·(the `k`-th largest σ(logit) of expert i's column `[N]`).
+    /// τᵢ ← d·τᵢ + (1 − d)·(the `k`-th largest σ(logit) of expert i's column `[N]`), where
+    /// the logits are (nothing is read back from a GPU).
     pub fn update_thresholds(&self, logits: &Tensor, k: usize) -> Result<()> {
         let (top, _) = logits.sigmoid()?.topk(k, 0, true)?;
         let kth = top.narrow(0, k - 1, 1)?.flatten()?;
-        let decay = self.decay.value().to_device(Device::Cpu)?.item()?;
+        let decay = self.decay.value();
         let moved = self
             .threshold
             .value()
-            .mul_scalar(decay)?
-            .add(&kth.mul_scalar(1.0 - decay)?)?;
+            .mul(&decay)?
+            .add(&kth.mul(&decay.neg()?.add_scalar(1.0)?)?)?;
         self.threshold.set_value(moved)
     }
 
@@ -90,5 +80,45 @@ impl Module for CapacityPredictor {
         v.child("capacity_predictor.2", &self.out);
         v.buffer("expert_threshold", &self.threshold);
         v.buffer("ema_decay", &self.decay);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logits() -> Tensor {
+        // 4 tokens × 2 experts; σ of the columns: (0.731, 0.269, 0.881, 0.5) and
+        // (0.119, 0.953, 0.5, 0.622).
+        Tensor::from_vec(vec![1.0f32, -2.0, -1.0, 3.0, 2.0, 0.0, 0.0, 0.5], &[4, 2]).unwrap()
+    }
+
+    #[test]
+    fn thresholds_move_toward_the_kth_probability_and_counts_are_strict() {
+        let mut rng = ditmoe_tensor::seeded_rng(0);
+        let predictor = CapacityPredictor::new(3, 2, 0.95, &mut rng).unwrap();
+        predictor
+            .threshold
+            .set_value(Tensor::from_vec(vec![0.5f32, 0.2], &[2]).unwrap())
+            .unwrap();
+        predictor.update_thresholds(&logits(), 2).unwrap();
+        // The 2nd largest σ: column 0 σ(1) = 0.7311, column 1 σ(0.5) = 0.6225.
+        let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
+        let expected = [
+            0.95 * 0.5 + 0.05 * sigmoid(1.0),
+            0.95 * 0.2 + 0.05 * sigmoid(0.5),
+        ];
+        for (got, want) in predictor
+            .threshold
+            .value()
+            .to_vec_f64()
+            .iter()
+            .zip(expected)
+        {
+            assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        }
+        // σ = 0.5 exactly is not above a threshold of 0.5.
+        let half = Tensor::from_vec(vec![0.5f32, 0.5], &[2]).unwrap();
+        assert_eq!(predictor.counts(&logits(), &half).unwrap(), vec![2, 2]);
     }
 }

@@ -247,7 +247,9 @@ impl MoeLayer {
             .scatter_add(0, positions, &ones)?
             .reshape(&[n, e])?;
         predictor.update_thresholds(&value, positions.numel() / e)?;
-        CapacityPredictor::loss(&logits, &mask)?.mul_scalar(pool.predictor_loss_weight)
+        logits
+            .bce_with_logits(&mask)?
+            .mul_scalar(pool.predictor_loss_weight)
     }
 }
 

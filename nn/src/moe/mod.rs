@@ -22,5 +22,6 @@ pub use config::{ExpertKind, MoeConfig, PoolInference, RaceGate, RoutingConfig, 
 pub use decision::{RoutingDecision, RoutingRecord};
 pub use expert_choice::capacity;
 pub use experts::{Experts, FeedForward};
+pub use global_pool::pool_capacity;
 pub use layer::{MoeLayer, MoeOutput};
 pub use rule::RoutingRule;
