@@ -8,7 +8,7 @@ use common::{ditmoe, scratch};
 use std::path::Path;
 use std::process::{Command, Output};
 
-/// A preset small enough to train and evaluate seven variants in seconds.
+/// A preset small enough to train and evaluate eight variants in seconds.
 const MINI: &str = r#"
 description = "miniature ablation for the tests"
 
@@ -77,9 +77,14 @@ moe = { num_experts = 4, expert_hidden = 16, routing = { kind = "expert_race", t
 name = "pool"
 about = "global pool (DiffMoE)"
 moe = { num_experts = 4, expert_hidden = 16, routing = { kind = "global_pool", capacity = 2.0 } }
+
+[[variant]]
+name = "relu"
+about = "ReLU routing (ReMoE)"
+moe = { num_experts = 4, expert_hidden = 16, routing = { kind = "relu", top_k = 2 } }
 "#;
 
-const VARIANTS: [&str; 7] = [
+const VARIANTS: [&str; 8] = [
     "dense",
     "dense-iso",
     "tc",
@@ -87,6 +92,7 @@ const VARIANTS: [&str; 7] = [
     "ec",
     "race",
     "pool",
+    "relu",
 ];
 
 /// `ditmoe ablate --preset PRESET --out OUT` followed by `flags`.
@@ -167,7 +173,7 @@ fn a_miniature_ablation_writes_a_complete_consistent_report_and_resumes() {
         figures += 1;
     }
     // loss, balance, quality, experts per token, and per MoE variant: load, tables, positions.
-    assert_eq!(figures, 4 + 3 * 5);
+    assert_eq!(figures, 4 + 3 * 6);
     for link in report.split("](").skip(1) {
         let target = &link[..link.find(')').unwrap()];
         assert!(out.join(target).exists(), "the report links {target}");
@@ -236,7 +242,7 @@ fn a_miniature_ablation_writes_a_complete_consistent_report_and_resumes() {
     }
     assert!(report.contains("exactly uniform"));
     let sweeps = summary["sweeps"].as_array().unwrap();
-    assert_eq!(sweeps.len(), 5, "one sweep per MoE variant");
+    assert_eq!(sweeps.len(), 6, "one sweep per MoE variant");
 
     // A second run skips every finished variant and leaves the checkpoints alone.
     let state = out.join("runs/tc/checkpoint/model.safetensors");

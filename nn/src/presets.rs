@@ -6,7 +6,7 @@
 //! models with 10 classes for the built-in dataset, whatever the image size.
 
 use crate::config::{DitConfig, MoePlacement};
-use crate::moe::{ExpertKind, MoeConfig, RaceGate, RoutingConfig, RoutingGroup};
+use crate::moe::{ExpertKind, MoeConfig, RaceGate, RacePool, RoutingConfig, RoutingGroup};
 
 /// (name, depth, hidden, heads) of the backbone sizes.
 const SIZES: [(&str, usize, usize, usize); 5] = [
@@ -98,6 +98,7 @@ fn tiny(name: &str) -> DitConfig {
             experts(RoutingConfig::ExpertRace {
                 top_k: 2,
                 gate: RaceGate::Softmax,
+                pool: RacePool::Batch,
             }),
             MoePlacement::EveryBlock,
         ),

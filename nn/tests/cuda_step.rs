@@ -1,5 +1,6 @@
 //! One training step of small DiT / DiT-MoE models — dense, token choice with a shared expert,
-//! expert choice, expert race with SwiGLU experts, DiffMoE's global pool — on `cuda:0` against the same step on the
+//! expert choice, expert race with SwiGLU experts, DiffMoE's global pool, ReLU routing — on
+//! `cuda:0` against the same step on the
 //! CPU: loss and every gradient. `cuda:0` is the real GPU when the driver has one, else the PTX
 //! emulator (the test says which).
 
@@ -8,7 +9,9 @@ mod common;
 use ditmoe_autograd::Var;
 use ditmoe_cuda::precision;
 use ditmoe_cuda::traffic;
-use ditmoe_nn::moe::{ExpertKind, MoeConfig, PoolInference, RaceGate, RoutingConfig, RoutingGroup};
+use ditmoe_nn::moe::{
+    ExpertKind, MoeConfig, PoolInference, RaceGate, RacePool, RoutingConfig, RoutingGroup,
+};
 use ditmoe_nn::{Dit, DitConfig, ForwardOptions, Module, MoePlacement};
 use ditmoe_tensor::Device;
 
@@ -77,17 +80,28 @@ fn a_training_step_on_the_gpu_matches_the_cpu() {
         routing: RoutingConfig::ExpertRace {
             top_k: 2,
             gate: RaceGate::Softmax,
+            pool: RacePool::Position,
         },
     };
     let global_pool = MoeConfig {
         routing: global_pool_routing(),
         ..expert_choice
     };
+    // ReMoE's ReLU gates (its selection is read back to size it).
+    let relu = MoeConfig {
+        routing: RoutingConfig::Relu {
+            top_k: 1,
+            l1_init: 0.1,
+            l1_multiplier: 1.2,
+        },
+        ..race
+    };
     for config in [
         base.clone(),
         base.clone()
             .with_moe(base.ditmoe_ffn(4, 2), MoePlacement::EveryBlock),
         base.clone().with_moe(global_pool, MoePlacement::EveryOther),
+        base.clone().with_moe(relu, MoePlacement::EveryBlock),
         base.clone()
             .with_moe(expert_choice, MoePlacement::EveryOther),
         base.clone().with_moe(race, MoePlacement::DeepHalf),
@@ -140,6 +154,7 @@ fn moe_routing_on_the_gpu_reads_nothing_back() {
         routing: RoutingConfig::ExpertRace {
             top_k: 2,
             gate: RaceGate::Softmax,
+            pool: RacePool::Image,
         },
         ..token_choice
     };

@@ -6,7 +6,9 @@ mod common;
 use common::max_abs_diff;
 use ditmoe_autograd::Var;
 use ditmoe_nn::accounting::model_cost;
-use ditmoe_nn::moe::{ExpertKind, MoeConfig, RaceGate, RoutingConfig, RoutingGroup};
+use ditmoe_nn::moe::{
+    ExpertKind, MoeConfig, PoolInference, RaceGate, RacePool, RoutingConfig, RoutingGroup,
+};
 use ditmoe_nn::presets::preset;
 use ditmoe_nn::{Dit, DitConfig, ForwardOptions, Module, MoePlacement};
 use ditmoe_tensor::{seeded_rng, DType, Tensor};
@@ -15,16 +17,44 @@ fn small() -> DitConfig {
     DitConfig::dense(8, 2, 3, 16, 4, 2, 5)
 }
 
-fn variants() -> Vec<DitConfig> {
-    let base = small();
-    let moe = |routing, kind, shared| MoeConfig {
+fn moe(routing: RoutingConfig, kind: ExpertKind, shared: Option<usize>) -> MoeConfig {
+    MoeConfig {
         num_experts: 4,
         expert_hidden: 24,
         expert_kind: kind,
         shared_expert_hidden: shared,
         routing,
-    };
+    }
+}
+
+fn relu_routing() -> RoutingConfig {
+    RoutingConfig::Relu {
+        top_k: 1,
+        l1_init: 1e-8,
+        l1_multiplier: 1.2,
+    }
+}
+
+fn variants() -> Vec<DitConfig> {
+    let base = small();
     vec![
+        base.clone().with_moe(
+            moe(
+                RoutingConfig::GlobalPool {
+                    capacity: 1.0,
+                    predictor_loss_weight: 1.0,
+                    threshold_decay: 0.95,
+                    inference: PoolInference::Predictor,
+                },
+                ExpertKind::GeluMlp,
+                None,
+            ),
+            MoePlacement::EveryOther,
+        ),
+        base.clone().with_moe(
+            moe(relu_routing(), ExpertKind::SwiGlu, None),
+            MoePlacement::EveryBlock,
+        ),
         base.clone(),
         base.clone()
             .with_moe(base.ditmoe_ffn(4, 2), MoePlacement::EveryBlock),
@@ -44,6 +74,7 @@ fn variants() -> Vec<DitConfig> {
                 RoutingConfig::ExpertRace {
                     top_k: 2,
                     gate: RaceGate::Softmax,
+                    pool: RacePool::Batch,
                 },
                 ExpertKind::SwiGlu,
                 Some(8),
@@ -56,6 +87,60 @@ fn variants() -> Vec<DitConfig> {
 fn inputs(n: usize, config: &DitConfig) -> (Var, Tensor, Tensor) {
     let (x, t, y) = common::dit_inputs(n, config);
     (Var::constant(x), t, y)
+}
+
+/// An image sampled alone gets the output it gets inside a batch of 16 under every rule that
+/// routes an image by itself — token choice, per-image expert choice, the per-image race, ReLU
+/// routing — and not under the batch-wide race (which shows the test can fail). DiffMoE's
+/// global pool and batch-group expert choice depend on the batch by design.
+#[test]
+fn batch_independent_rules_give_an_image_the_same_output_alone() {
+    let base = small();
+    let race = |pool| RoutingConfig::ExpertRace {
+        top_k: 2,
+        gate: RaceGate::Softmax,
+        pool,
+    };
+    let routings = [
+        (base.ditmoe_ffn(4, 2).routing, true),
+        (
+            RoutingConfig::ExpertChoice {
+                capacity_factor: 2.0,
+                group: RoutingGroup::PerImage,
+            },
+            true,
+        ),
+        (race(RacePool::Image), true),
+        (relu_routing(), true),
+        (race(RacePool::Batch), false),
+    ];
+    for (routing, independent) in routings {
+        let config = base.clone().with_moe(
+            moe(routing, ExpertKind::SwiGlu, None),
+            MoePlacement::EveryBlock,
+        );
+        let model = Dit::new(config.clone(), 0).unwrap();
+        model.randomize(0.3, 1).unwrap();
+        let (x, t, y) = inputs(16, &config);
+        let first = |v: &Tensor| v.narrow(0, 0, 1).unwrap();
+        let batch = model
+            .forward(&x, &t, &y, ForwardOptions::default())
+            .unwrap()
+            .out
+            .value();
+        let alone = model
+            .forward(
+                &x.narrow(0, 0, 1).unwrap(),
+                &first(&t),
+                &first(&y),
+                ForwardOptions::default(),
+            )
+            .unwrap()
+            .out
+            .value();
+        let diff = max_abs_diff(&first(&batch), &alone);
+        assert_eq!(diff < 1e-6, independent, "{routing:?}: {diff}");
+    }
 }
 
 #[test]

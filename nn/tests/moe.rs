@@ -64,9 +64,19 @@ fn routings() -> Vec<(RoutingConfig, ExpertKind, Option<usize>)> {
             RoutingConfig::ExpertRace {
                 top_k: 2,
                 gate: RaceGate::Identity,
+                pool: RacePool::Image,
             },
             ExpertKind::SwiGlu,
             None,
+        ),
+        (
+            RoutingConfig::Relu {
+                top_k: 1,
+                l1_init: 0.5,
+                l1_multiplier: 1.2,
+            },
+            ExpertKind::SwiGlu,
+            Some(2),
         ),
         (
             RoutingConfig::GlobalPool {
@@ -82,6 +92,7 @@ fn routings() -> Vec<(RoutingConfig, ExpertKind, Option<usize>)> {
             RoutingConfig::ExpertRace {
                 top_k: 1,
                 gate: RaceGate::Sigmoid,
+                pool: RacePool::Position,
             },
             ExpertKind::SwiGlu,
             None,
@@ -118,7 +129,7 @@ proptest! {
             }
         }
 
-        let race = rule(RoutingConfig::ExpertRace { top_k: k, gate: RaceGate::Softmax });
+        let race = rule(RoutingConfig::ExpertRace { top_k: k, gate: RaceGate::Softmax, pool: RacePool::Batch });
         prop_assert_eq!(race.len(), n * k, "expert race: exactly N·k pairs");
         prop_assert!(distinct(&race.positions));
         // No unchosen pair scores higher than a chosen one.
@@ -126,6 +137,29 @@ proptest! {
         let worst_chosen = race.positions.iter().map(|&p| values[p]).fold(f64::MAX, f64::min);
         let chosen: HashSet<_> = race.positions.iter().collect();
         prop_assert!(values.iter().enumerate().all(|(p, &v)| chosen.contains(&p) || v <= worst_chosen));
+
+        // Race's other pools: each race's winners exactly its share, none outscored by a
+        // member of the same race left out.
+        for (pool, races, picks) in [
+            (RacePool::Image, images, tokens * k),
+            (RacePool::Position, tokens, images * k),
+            (RacePool::Expert, experts, (n * k / experts).clamp(1, n)),
+        ] {
+            let raced = rule(RoutingConfig::ExpertRace { top_k: k, gate: RaceGate::Softmax, pool });
+            prop_assert_eq!(raced.len(), races * picks, "{:?}", pool);
+            prop_assert!(distinct(&raced.positions));
+            let race_of = |p: usize| match pool {
+                RacePool::Image => p / experts / tokens,
+                RacePool::Position => (p / experts) % tokens,
+                _ => p % experts,
+            };
+            for race in 0..races {
+                let won: Vec<usize> = raced.positions.iter().copied().filter(|&p| race_of(p) == race).collect();
+                prop_assert_eq!(won.len(), picks, "{:?} race {}", pool, race);
+                let worst = won.iter().map(|&p| values[p]).fold(f64::MAX, f64::min);
+                prop_assert!((0..n * experts).all(|p| race_of(p) != race || won.contains(&p) || values[p] <= worst));
+            }
+        }
 
         let pool = rule(RoutingConfig::GlobalPool { capacity: cf.min(experts as f64), predictor_loss_weight: 1.0, threshold_decay: 0.95, inference: PoolInference::Predictor });
         let c = pool_capacity(n, cf.min(experts as f64), experts);
@@ -308,4 +342,69 @@ fn bad_configs_are_refused() {
         .unwrap()
         .to_string()
         .contains("capacity factor > 0"));
+}
+
+/// ReMoE's coefficient: each training pass multiplies λ by α while the layer is denser than
+/// k/E and divides it once sparser; the aux loss is λ times the load-weighted L1 of the gates;
+/// passes that are not training leave λ alone.
+#[test]
+fn relu_routing_steers_its_l1_coefficient_toward_the_target_sparsity() {
+    let routing = RoutingConfig::Relu {
+        top_k: 1,
+        l1_init: 1e-3,
+        l1_multiplier: 1.2,
+    };
+    let moe = layer(routing, ExpertKind::SwiGlu, None);
+    let lambda = || moe.l1_coefficient.as_ref().unwrap().value().item().unwrap();
+    let x = Var::constant(normal(&[2, 8, 5], 9));
+    let out = moe.forward(&x, true, false).unwrap();
+    assert_eq!(lambda(), f64::from(1e-3_f32), "sampling leaves λ alone");
+    let record = out.record.unwrap();
+    let active = record.decision.len() as f64 / (16.0 * 4.0);
+    assert!(
+        active > 0.25,
+        "random gates are denser than k/E = 1/4: {active}"
+    );
+    let relu = moe.config.routing.relu().unwrap();
+    let scores = moe.scores(&x.reshape(&[16, 5]).unwrap()).unwrap();
+    let dispatch = Tensor::dispatch_order(
+        &record
+            .decision
+            .positions_on(ditmoe_tensor::Device::Cpu)
+            .unwrap(),
+        4,
+    )
+    .unwrap();
+    let penalty = relu
+        .unscaled_l1(&scores, &dispatch.expert_of)
+        .unwrap()
+        .item()
+        .unwrap();
+    let aux = out.aux_loss.unwrap().item().unwrap();
+    assert!(
+        (aux - lambda() * penalty).abs() <= 1e-12 * aux.abs().max(1e-30),
+        "{aux} vs λ·{penalty}"
+    );
+
+    moe.forward(&x, false, true).unwrap();
+    assert!(
+        (lambda() - 1.2e-3).abs() < 1e-9,
+        "too dense: λ ×= 1.2, now {}",
+        lambda()
+    );
+    // All gates negative: sparsity 1, above the target, so λ shrinks.
+    moe.gate
+        .set_value(moe.gate.value().abs().unwrap().neg().unwrap())
+        .unwrap();
+    let positive = Var::constant(normal(&[2, 8, 5], 9).abs().unwrap());
+    let out = moe.forward(&positive, true, true).unwrap();
+    assert!(
+        out.record.unwrap().decision.is_empty(),
+        "no positive gate, no pair"
+    );
+    assert!(
+        (lambda() - 1e-3).abs() < 1e-9,
+        "too sparse: λ /= 1.2, now {}",
+        lambda()
+    );
 }

@@ -98,8 +98,7 @@ pub fn evaluate(model: &Dit, variant: &Variant, judge: &Judge, grid: &Path) -> R
         };
         let dynamic = moe_config
             .moe
-            .and_then(|m| m.routing.global_pool())
-            .is_some();
+            .is_some_and(|m| m.routing.rule().compute_varies());
         let (experts_per_token, gmacs) = if dynamic {
             let measured = measured_experts_per_token(routed, config, judge)?;
             (measured, model_cost_at(&moe_config, measured).gmacs)
@@ -153,12 +152,12 @@ pub fn sweep_settings(config: &DitConfig, settings: &EvaluationConfig) -> Vec<(S
                 (format!("top_k = {top_k}"), with_routing(routing))
             })
             .collect(),
-        RoutingConfig::ExpertRace { gate, .. } => settings
+        RoutingConfig::ExpertRace { gate, pool, .. } => settings
             .top_k_sweep
             .iter()
             .filter(|&&k| (1..=moe.num_experts).contains(&k))
             .map(|&top_k| {
-                let routing = RoutingConfig::ExpertRace { top_k, gate };
+                let routing = RoutingConfig::ExpertRace { top_k, gate, pool };
                 (format!("top_k = {top_k}"), with_routing(routing))
             })
             .collect(),
@@ -206,6 +205,8 @@ pub fn sweep_settings(config: &DitConfig, settings: &EvaluationConfig) -> Vec<(S
             .chain(thresholds)
             .collect()
         }
+        // ReLU routing has no sampling-time knob: its one point, at the measured compute.
+        RoutingConfig::Relu { .. } => vec![("relu gates".to_string(), config.clone())],
     }
 }
 

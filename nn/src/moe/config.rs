@@ -4,6 +4,7 @@ use crate::config::limits;
 use crate::moe::expert_choice::ExpertChoice;
 use crate::moe::expert_race::ExpertRace;
 use crate::moe::global_pool::GlobalPool;
+use crate::moe::relu_routing::ReluRouting;
 use crate::moe::rule::RoutingRule;
 use crate::moe::token_choice::TokenChoice;
 use crate::validate::Field;
@@ -61,6 +62,25 @@ pub enum PoolInference {
     Threshold { gamma: f64 },
 }
 
+/// Which pairs of the `[B images, L tokens, E experts]` score grid compete in one expert race
+/// (Race-DiT's Table 6: the top-𝒦 ranges over these dimensions, one race per index of the
+/// others). Each picks k pairs per token on average.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RacePool {
+    /// Every (token, expert) pair of the batch: B·L·E, one race of B·L·k (Expert Race).
+    #[default]
+    Batch,
+    /// Per image over its (token, expert) pairs: L·E, races of L·k ("LE choice"). An image's
+    /// routing does not depend on the others.
+    Image,
+    /// Per token position over the (image, expert) pairs: B·E, races of B·k ("BE choice").
+    Position,
+    /// Per expert over the batch's tokens: B·L, races of ⌊B·L·k/E⌋ ("BL choice", DiffMoE's
+    /// global pool without its predictor).
+    Expert,
+}
+
 /// The routing strategy and its knobs.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
@@ -88,6 +108,8 @@ pub enum RoutingConfig {
         top_k: usize,
         #[serde(default)]
         gate: RaceGate,
+        #[serde(default)]
+        pool: RacePool,
     },
     /// DiffMoE (Shi et al., 2025): every expert takes its top ⌊S/E·C⌋ tokens of the whole
     /// batch in training; a capacity predictor, trained alongside, sets the counts at sampling.
@@ -102,6 +124,15 @@ pub enum RoutingConfig {
         threshold_decay: f64,
         #[serde(default)]
         inference: PoolInference,
+    },
+    /// ReMoE (Wang et al., 2025): every expert whose ReLU gate is positive, an L1 penalty with
+    /// an adaptive coefficient steering the sparsity toward k experts per token.
+    Relu {
+        top_k: usize,
+        #[serde(default = "default_l1_init")]
+        l1_init: f64,
+        #[serde(default = "default_l1_multiplier")]
+        l1_multiplier: f64,
     },
 }
 
@@ -125,10 +156,29 @@ impl RoutingConfig {
                 capacity_factor,
                 group,
             }),
-            RoutingConfig::ExpertRace { top_k, gate } => Box::new(ExpertRace { top_k, gate }),
+            RoutingConfig::ExpertRace { top_k, gate, pool } => {
+                Box::new(ExpertRace { top_k, gate, pool })
+            }
             RoutingConfig::GlobalPool { .. } => {
                 Box::new(self.global_pool().expect("a global-pool config"))
             }
+            RoutingConfig::Relu { .. } => Box::new(self.relu().expect("a ReLU-routing config")),
+        }
+    }
+
+    /// ReLU routing's knobs, for the layer that owns its adaptive coefficient.
+    pub fn relu(&self) -> Option<ReluRouting> {
+        match *self {
+            RoutingConfig::Relu {
+                top_k,
+                l1_init,
+                l1_multiplier,
+            } => Some(ReluRouting {
+                top_k,
+                l1_init,
+                l1_multiplier,
+            }),
+            _ => None,
         }
     }
 
@@ -159,6 +209,12 @@ fn default_one() -> f64 {
 }
 fn default_threshold_decay() -> f64 {
     0.95
+}
+fn default_l1_init() -> f64 {
+    1e-8
+}
+fn default_l1_multiplier() -> f64 {
+    1.2
 }
 
 /// A Mixture-of-Experts FFN.

@@ -1,18 +1,21 @@
 //! Expert race (Race-DiT, Yuan et al., 2025, "Expert Race: A Flexible Routing Strategy for
 //! Scaling Diffusion Transformer with Mixture of Experts"): tokens and experts race together —
-//! the top K = N·k (token, expert) scores of the whole batch's grid are chosen. A token may get
-//! 0..E experts and the load is not enforced.
+//! the top (token, expert) scores of a pool are chosen, k per token on average. The pool is the
+//! whole batch's grid by default (Expert Race itself), or one race per image, per token
+//! position or per expert ([`RacePool`], the paper's Table 6). A token may get 0..E experts and
+//! the load is not enforced (but for the per-expert pool).
 
-use crate::moe::config::RaceGate;
+use crate::moe::config::{RaceGate, RacePool};
 use crate::moe::rule::{check_top_k, grid, RoutingRule};
 use crate::validate::Field;
 use ditmoe_autograd::Var;
-use ditmoe_tensor::{Result, Tensor};
+use ditmoe_tensor::{Device, Result, Tensor, TensorError};
 
 pub struct ExpertRace {
     /// k: the pairs chosen per token on average.
     pub top_k: usize,
     pub gate: RaceGate,
+    pub pool: RacePool,
 }
 
 impl RoutingRule for ExpertRace {
@@ -32,11 +35,67 @@ impl RoutingRule for ExpertRace {
         }
     }
 
-    /// The N·k highest scores of the grid, in grid order.
-    fn pick(&self, scores: &Tensor, _images: usize) -> Result<Tensor> {
-        let (n, _) = grid(scores)?;
-        Tensor::expert_race_positions(scores, n * self.top_k)
+    /// The batch pool: the N·k highest scores of the grid, in grid order. The per-image and
+    /// per-position pools: each race's winners, race by race, best first; the per-expert pool:
+    /// expert by expert, best first.
+    fn pick(&self, scores: &Tensor, images: usize) -> Result<Tensor> {
+        let (n, e) = grid(scores)?;
+        if self.pool == RacePool::Batch {
+            return Tensor::expert_race_positions(scores, n * self.top_k);
+        }
+        if images == 0 || n % images != 0 {
+            return Err(TensorError::invalid(
+                "expert race",
+                format!("expected {n} tokens to split into {images} equal images"),
+            ));
+        }
+        let (b, l, k) = (images, n / images, self.top_k);
+        match self.pool {
+            RacePool::Batch => unreachable!("handled above"),
+            // An image's pairs are one contiguous run of L·E grid positions: each race's
+            // winner m of image b is position b·L·E + m, the token-choice mapping.
+            RacePool::Image => {
+                let (_, winners) = scores.reshape(&[b, l * e])?.topk(l * k, 1, true)?;
+                Tensor::token_choice_positions(&winners, l * e)
+            }
+            // One race per expert over the batch: expert choice with the whole batch as the
+            // group (DiffMoE's training rule).
+            RacePool::Expert => {
+                let picks = (n * k / e).clamp(1, n);
+                let (_, winners) = scores.reshape(&[1, n, e])?.topk(picks, 1, true)?;
+                Tensor::expert_choice_positions(&winners, n)
+            }
+            // A position's pairs are strided through the grid: they are raced through a table
+            // of their positions, on the host (a read-back from a GPU).
+            RacePool::Position => {
+                let table = race_table(l, b * e, |g, m| ((m / e) * l + g) * e + m % e);
+                let on_host = scores.to_device(Device::Cpu)?;
+                pooled_race_positions(&on_host, &table, b * k)?.to_device(scores.device())
+            }
+        }
     }
+}
+
+/// A `[races, members]` i64 table of each race member's position `token·E + expert` in the
+/// score grid, from `position(race, member)`.
+fn race_table(races: usize, members: usize, position: impl Fn(usize, usize) -> usize) -> Tensor {
+    let values = (0..races)
+        .flat_map(|g| (0..members).map(move |m| (g, m)))
+        .map(|(g, m)| position(g, m) as i64)
+        .collect();
+    Tensor::from_vec(values, &[races, members]).expect("races × members values")
+}
+
+/// The `picks` best members of every race of `table` by `scores [N, E]`: `[races·picks]`
+/// positions, race by race, best first (ties to the earlier member).
+fn pooled_race_positions(scores: &Tensor, table: &Tensor, picks: usize) -> Result<Tensor> {
+    let shape = table.shape().to_vec();
+    let raced = scores
+        .flatten()?
+        .index_select(0, &table.flatten()?)?
+        .reshape(&shape)?;
+    let (_, winners) = raced.topk(picks, 1, true)?;
+    table.gather(1, &winners)?.flatten()
 }
 
 #[cfg(test)]
@@ -45,13 +104,17 @@ mod tests {
     use crate::moe::decision::RoutingRecord;
     use crate::moe::rule::tests::scores;
 
-    #[test]
-    fn expert_race_takes_the_best_pairs_of_the_batch() {
-        let rule = ExpertRace {
+    fn rule(pool: RacePool) -> ExpertRace {
+        ExpertRace {
             top_k: 1,
             gate: RaceGate::Softmax,
-        };
-        let d = rule.decide(&scores(), 2).unwrap();
+            pool,
+        }
+    }
+
+    #[test]
+    fn expert_race_takes_the_best_pairs_of_the_batch() {
+        let d = rule(RacePool::Batch).decide(&scores(), 2).unwrap();
         assert_eq!(d.positions, vec![0, 4, 6, 11]);
         let record = RoutingRecord {
             decision: d,
@@ -60,5 +123,20 @@ mod tests {
         };
         assert_eq!(record.experts_per_token_histogram(), vec![0, 4, 0, 0]);
         assert_eq!(record.dropped_fraction(), 0.0);
+    }
+
+    #[test]
+    fn each_pool_races_its_own_pairs() {
+        // Tokens 0, 1 are image 0 and tokens 2, 3 image 1 (positions 0, 1 of each); scores
+        // [0.7 0.2 0.1 | 0.1 0.5 0.4 | 0.6 0.3 0.1 | 0.2 0.2 0.6].
+        let picks = |pool| rule(pool).decide(&scores(), 2).unwrap().positions;
+        // Per image, 2 pairs each: image 0 → 0.7 (0), 0.5 (4); image 1 → 0.6 (6), 0.6 (11).
+        assert_eq!(picks(RacePool::Image), vec![0, 4, 6, 11]);
+        // Per position, 2 pairs each: position 0 = tokens 0, 2 → 0.7 (0), 0.6 (6); position 1
+        // = tokens 1, 3 → 0.6 (11), 0.5 (4).
+        assert_eq!(picks(RacePool::Position), vec![0, 6, 11, 4]);
+        // Per expert, ⌊4·1/3⌋ = 1 token each: 0.7 (0), 0.5 (4), 0.6 (11).
+        assert_eq!(picks(RacePool::Expert), vec![0, 4, 11]);
+        assert!(rule(RacePool::Image).pick(&scores(), 3).is_err());
     }
 }

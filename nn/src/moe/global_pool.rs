@@ -47,6 +47,11 @@ impl RoutingRule for GlobalPool {
         self.capacity.min(num_experts as f64)
     }
 
+    /// The predictor's or a threshold's counts depend on the sampled images.
+    fn compute_varies(&self) -> bool {
+        self.inference != PoolInference::Static
+    }
+
     /// Each expert's k best tokens of the whole batch: `[E·k]` positions, expert by expert,
     /// best first.
     fn pick(&self, scores: &Tensor, _images: usize) -> Result<Tensor> {

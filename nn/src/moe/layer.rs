@@ -11,6 +11,7 @@ use crate::moe::config::PoolInference;
 use crate::moe::decision::{RoutingDecision, RoutingRecord};
 use crate::moe::experts::{Experts, FeedForward};
 use crate::moe::global_pool::counted_pool_positions;
+use crate::moe::relu_routing::read_scalar;
 use crate::moe::rule::RoutingRule;
 use ditmoe_autograd::Var;
 use ditmoe_tensor::{profile, DType, Device, Result, SeededRng, Tensor, TensorError};
@@ -38,6 +39,9 @@ pub struct MoeLayer {
     pub shared: Option<FeedForward>,
     /// DiffMoE's capacity predictor (global-pool routing only).
     pub predictor: Option<Box<CapacityPredictor>>,
+    /// ReMoE's adaptive L1 coefficient λ `[1]` (ReLU routing only), a buffer that each
+    /// training pass moves.
+    pub l1_coefficient: Option<Var>,
 }
 
 impl MoeLayer {
@@ -70,6 +74,11 @@ impl MoeLayer {
                     .map(Box::new)
             })
             .transpose()?;
+        let l1_coefficient = config
+            .routing
+            .relu()
+            .map(|relu| relu.initial_coefficient())
+            .transpose()?;
         Ok(MoeLayer {
             config,
             gate,
@@ -77,6 +86,7 @@ impl MoeLayer {
             experts,
             shared,
             predictor,
+            l1_coefficient,
         })
     }
 
@@ -172,6 +182,20 @@ impl MoeLayer {
         if let (Some(predictor), true, None) = (&self.predictor, training, fixed) {
             aux_loss = Some(self.train_predictor(predictor, &tokens, &positions)?);
         }
+        if let Some(lambda) = &self.l1_coefficient {
+            let relu = self
+                .config
+                .routing
+                .relu()
+                .expect("λ belongs to ReLU routing");
+            let penalty = relu.unscaled_l1(&scores, &dispatch.expert_of)?;
+            aux_loss = Some(penalty.mul(&Var::constant(lambda.value()))?);
+            if training && fixed.is_none() {
+                let next = relu.next_coefficient(read_scalar(lambda)?, positions.numel(), n * e, e);
+                let value = lambda.value();
+                lambda.set_value(Tensor::full(&[1], next, value.dtype())?.to_device(device)?)?;
+            }
+        }
         let record = if record {
             let decision = match fixed {
                 Some(dec) => dec.clone(),
@@ -266,6 +290,9 @@ impl Module for MoeLayer {
         }
         if let Some(predictor) = &self.predictor {
             predictor.visit(v);
+        }
+        if let Some(lambda) = &self.l1_coefficient {
+            v.buffer("l1_coefficient", lambda);
         }
     }
 }

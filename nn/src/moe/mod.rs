@@ -1,5 +1,6 @@
 //! Mixture-of-Experts FFNs with pluggable routing rules: token choice (DiT-MoE), expert choice
-//! (EC-DiT), expert race (Race-DiT) and DiffMoE's global pool with its capacity predictor. Start with [`rule`] (the `RoutingRule` trait: gate,
+//! (EC-DiT), expert race (Race-DiT) and its pools, DiffMoE's global pool with its capacity
+//! predictor, and ReMoE's ReLU routing. Start with [`rule`] (the `RoutingRule` trait: gate,
 //! pick, combine weights, aux loss), then one rule ([`token_choice`]), then [`layer`] (how the
 //! chosen pairs are computed) and [`experts`] (the experts stacked as `[E, out, in]`).
 //!
@@ -14,11 +15,14 @@ pub mod expert_race;
 pub mod experts;
 pub mod global_pool;
 pub mod layer;
+pub mod relu_routing;
 pub mod rule;
 pub mod token_choice;
 
 pub use capacity_predictor::CapacityPredictor;
-pub use config::{ExpertKind, MoeConfig, PoolInference, RaceGate, RoutingConfig, RoutingGroup};
+pub use config::{
+    ExpertKind, MoeConfig, PoolInference, RaceGate, RacePool, RoutingConfig, RoutingGroup,
+};
 pub use decision::{RoutingDecision, RoutingRecord};
 pub use expert_choice::capacity;
 pub use experts::{Experts, FeedForward};

@@ -28,6 +28,12 @@ pub trait RoutingRule: Send + Sync {
     /// Average number of routed experts applied to each token (what compute accounting uses).
     fn experts_per_token(&self, num_experts: usize) -> f64;
 
+    /// Whether the experts per token at sampling time depend on the inputs, so that compute
+    /// must be measured rather than taken from [`RoutingRule::experts_per_token`].
+    fn compute_varies(&self) -> bool {
+        false
+    }
+
     /// Gate values `[N, E]` from router logits `[N, E]`: a softmax over experts unless the rule
     /// says otherwise.
     fn gate(&self, logits: &Var) -> Result<Var> {

@@ -41,29 +41,34 @@ impl RoutingRule for TokenChoice {
         per_token.div(&per_token.sum(&[1], true)?)?.flatten()
     }
 
-    /// L = α Σ_i P̄_i f_i with f_i = E·count_i/(N·k) (a constant) and P̄_i the mean gate value
-    /// of expert i. The counts are summed where the pairs are (no read-back on a GPU).
+    /// L = α Σ_i P̄_i f_i (see [`load_weighted_gate_loss`]).
     fn aux_loss(&self, scores: &Var, expert_of: &Tensor) -> Result<Option<Var>> {
         if self.balance_loss_alpha <= 0.0 {
             return Ok(None);
         }
-        let &[n, e] = scores.shape() else {
-            unreachable!("the gate keeps the [tokens, experts] shape");
-        };
-        let pairs = n * self.top_k;
-        let value = scores.value();
-        let (dtype, device) = (value.dtype(), value.device());
-        let ones = Tensor::zeros_on(&[pairs, 1], dtype, device)?.add_scalar(1.0)?;
-        let counts = Tensor::zeros_on(&[e, 1], dtype, device)?.index_add(0, expert_of, &ones)?;
-        let f = Var::constant(counts.flatten()?.mul_scalar(e as f64 / pairs as f64)?);
-        Ok(Some(
-            scores
-                .mean(&[0], false)?
-                .mul(&f)?
-                .sum_all()?
-                .mul_scalar(self.balance_loss_alpha)?,
-        ))
+        let loss = load_weighted_gate_loss(scores, expert_of, self.top_k)?;
+        Ok(Some(loss.mul_scalar(self.balance_loss_alpha)?))
     }
+}
+
+/// Σ_i P̄_i f_i with P̄_i the mean gate value of expert i over the N tokens and
+/// f_i = E·count_i/(N·k) its share of the pairs (`expert_of`, a constant) relative to an even
+/// split of N·k: DiT-MoE's expert-level balance loss without α, and ReMoE's L1 penalty without
+/// λ. The counts are summed where the pairs are (no read-back on a GPU).
+pub fn load_weighted_gate_loss(scores: &Var, expert_of: &Tensor, top_k: usize) -> Result<Var> {
+    let &[n, e] = scores.shape() else {
+        unreachable!("the gate keeps the [tokens, experts] shape");
+    };
+    let value = scores.value();
+    let (dtype, device) = (value.dtype(), value.device());
+    let ones = Tensor::zeros_on(&[expert_of.numel(), 1], dtype, device)?.add_scalar(1.0)?;
+    let counts = Tensor::zeros_on(&[e, 1], dtype, device)?.index_add(0, expert_of, &ones)?;
+    let f = Var::constant(
+        counts
+            .flatten()?
+            .mul_scalar(e as f64 / (n * top_k) as f64)?,
+    );
+    scores.mean(&[0], false)?.mul(&f)?.sum_all()
 }
 
 #[cfg(test)]
