@@ -434,12 +434,12 @@ fn optional(value: Option<f64>, digits: usize) -> String {
 }
 
 fn summary_table(summaries: &[VariantSummary]) -> String {
-    let mut table = String::from("| variant | final loss | Fréchet distance ↓ | class accuracy ↑ | train time s | images/s | activated GMACs | params activated / total | load max/mean | load CV | router entropy | dropped tokens | peak heap MiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    let mut table = String::from("| variant | final loss | Fréchet distance ↓ | class accuracy ↑ | train time s | images/s | activated GMACs | params activated / total | MaxVio | load CV | pair usage 95% | router entropy | dropped tokens | peak heap MiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for s in summaries {
         let routing = s.routing.as_ref();
         let _ = writeln!(
             table,
-            "| {} | {:.4} ± {:.4} | {:.3} | {:.3} | {:.0} | {:.0} | {:.4} | {:.3}M / {:.3}M | {} | {} | {} | {} | {} |",
+            "| {} | {:.4} ± {:.4} | {:.3} | {:.3} | {:.0} | {:.0} | {:.4} | {:.3}M / {:.3}M | {} | {} | {} | {} | {} | {} |",
             s.name,
             s.final_loss,
             s.final_loss_stderr,
@@ -450,8 +450,9 @@ fn summary_table(summaries: &[VariantSummary]) -> String {
             s.gmacs,
             s.params_activated as f64 / 1e6,
             s.params_total as f64 / 1e6,
-            optional(routing.map(|r| r.max_over_mean), 3),
+            optional(routing.map(|r| r.max_over_mean - 1.0), 3),
             optional(routing.map(|r| r.coefficient_of_variation), 3),
+            optional(routing.and_then(|r| r.pair_coverage), 3),
             optional(routing.map(|r| r.router_entropy), 3),
             optional(routing.map(|r| r.dropped), 3),
             optional(s.peak_heap_mib, 0),

@@ -23,6 +23,10 @@ pub struct RoutingSummary {
     pub experts_per_token: Vec<f64>,
     /// Whether every logged load of every block in the window was exactly uniform.
     pub exactly_uniform: bool,
+    /// Mean share of expert pairs covering 95% of co-activations (blocks and lines that have
+    /// pairs); `None` when no token ever had two experts.
+    #[serde(default)]
+    pub pair_coverage: Option<f64>,
 }
 
 /// One row of the summary table.
@@ -83,6 +87,10 @@ fn routing_summary(window: &[MetricsLine]) -> Option<RoutingSummary> {
         exactly_uniform: layers
             .iter()
             .all(|r| r.load.iter().all(|&l| l == r.load[0])),
+        pair_coverage: {
+            let covered: Vec<f64> = layers.iter().filter_map(|r| r.pair_coverage).collect();
+            (!covered.is_empty()).then(|| mean(covered))
+        },
     })
 }
 
@@ -159,6 +167,8 @@ mod tests {
                 router_entropy: 2.0,
                 dropped: 0.5,
                 experts_per_token: vec![0.5, 0.5],
+                // Pairs in every other logged line only.
+                pair_coverage: (step % 20 == 0).then_some(step as f64 / 1000.0),
             }],
         }
     }
@@ -196,6 +206,8 @@ mod tests {
         assert_eq!(s.peak_heap_mib, Some(100.0));
         let routing = s.routing.unwrap();
         assert_eq!(routing.coefficient_of_variation, 95.0);
+        // Of the window's steps 90 and 100 only 100 has pairs: lines without are left out.
+        assert_eq!(routing.pair_coverage, Some(0.1));
         assert!(routing.exactly_uniform);
         assert!(s.specialization.is_none());
         let mut uneven = lines.clone();

@@ -1,6 +1,6 @@
 //! Balance and information measures of expert routing.
 
-use ditmoe_nn::moe::RoutingRecord;
+use ditmoe_nn::moe::{RoutingDecision, RoutingRecord};
 use serde::{Deserialize, Serialize};
 
 /// How uneven a load distribution is.
@@ -72,6 +72,43 @@ pub fn normalized_mutual_information(counts: &[Vec<f64>]) -> f64 {
     }
 }
 
+/// Share of the E(E − 1)/2 expert pairs needed to cover 95% of the co-activations: every token
+/// routed to a set S of experts co-activates its |S|(|S| − 1)/2 pairs; the pairs are sorted by
+/// how often they fire together and counted until they cover 95% (Race-DiT's "combination
+/// usage", Fig. 13). Low: experts fire in fixed pairs, so a k-of-E MoE acts like fewer,
+/// larger experts. `None` when no token has two experts.
+pub fn pair_coverage(decision: &RoutingDecision) -> Option<f64> {
+    let e = decision.num_experts;
+    let mut experts_of = vec![Vec::new(); decision.num_tokens];
+    decision
+        .positions
+        .iter()
+        .for_each(|&p| experts_of[p / e].push(p % e));
+    let mut together = vec![0usize; e * e];
+    for experts in &experts_of {
+        for (i, &a) in experts.iter().enumerate() {
+            for &b in &experts[i + 1..] {
+                together[a.min(b) * e + a.max(b)] += 1;
+            }
+        }
+    }
+    let total: usize = together.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    together.sort_unstable_by(|a, b| b.cmp(a));
+    let needed = together
+        .iter()
+        .scan(0, |covered, &c| {
+            *covered += c;
+            Some(*covered)
+        })
+        .position(|covered| covered as f64 >= 0.95 * total as f64)
+        .expect("the counts add up to the total")
+        + 1;
+    Some(needed as f64 / (e * (e - 1) / 2) as f64)
+}
+
 /// Mean over tokens of the entropy (nats) of each token's router distribution. Rows of a
 /// softmax router are used as they are; gates that are not a distribution (expert race with
 /// identity or sigmoid gates) are put through a softmax first.
@@ -107,6 +144,9 @@ pub struct LayerRouting {
     pub dropped: f64,
     /// `experts_per_token[j]`: fraction of tokens processed by exactly j experts.
     pub experts_per_token: Vec<f64>,
+    /// [`pair_coverage`]; absent in logs written before it existed.
+    #[serde(default)]
+    pub pair_coverage: Option<f64>,
 }
 
 impl LayerRouting {
@@ -121,6 +161,7 @@ impl LayerRouting {
             router_entropy: router_entropy(&record.scores.to_vec_f64(), load.len()),
             dropped: record.dropped_fraction(),
             experts_per_token: histogram.iter().map(|&c| c as f64 / tokens).collect(),
+            pair_coverage: pair_coverage(&record.decision),
             load,
         }
     }
@@ -138,6 +179,23 @@ mod tests {
         // Logits are softmaxed first: equal logits are a uniform distribution.
         let h = router_entropy(&[-3.0, -3.0, -3.0], 3);
         assert!((h - 3f64.ln()).abs() < 1e-6, "{h}");
+    }
+
+    #[test]
+    fn pair_coverage_of_hand_made_routings() {
+        let decision = |positions: Vec<usize>| RoutingDecision {
+            num_tokens: 4,
+            num_experts: 4,
+            positions,
+        };
+        // Every token takes experts 0 and 1: one pair of six covers everything.
+        let fixed = decision(vec![0, 1, 4, 5, 8, 9, 12, 13]);
+        assert_eq!(pair_coverage(&fixed), Some(1.0 / 6.0));
+        // Four different pairs, once each: 95% of 4 needs all four.
+        let varied = decision(vec![0, 1, 6, 7, 8, 10, 13, 15]);
+        assert_eq!(pair_coverage(&varied), Some(4.0 / 6.0));
+        // One expert per token: no pairs.
+        assert_eq!(pair_coverage(&decision(vec![0, 5, 10, 15])), None);
     }
 
     #[test]
