@@ -6,7 +6,9 @@
 //! models with 10 classes for the built-in dataset, whatever the image size.
 
 use crate::config::{DitConfig, MoePlacement};
-use crate::moe::{ExpertKind, MoeConfig, RaceGate, RacePool, RoutingConfig, RoutingGroup};
+use crate::moe::{
+    ExpertKind, MoeConfig, RaceGate, RaceInference, RacePool, RoutingConfig, RoutingGroup,
+};
 
 /// (name, depth, hidden, heads) of the backbone sizes.
 const SIZES: [(&str, usize, usize, usize); 5] = [
@@ -99,6 +101,7 @@ fn tiny(name: &str) -> DitConfig {
                 top_k: 2,
                 gate: RaceGate::Softmax,
                 pool: RacePool::Batch,
+                inference: RaceInference::Static,
             }),
             MoePlacement::EveryBlock,
         ),

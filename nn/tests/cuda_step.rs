@@ -10,7 +10,8 @@ use ditmoe_autograd::Var;
 use ditmoe_cuda::precision;
 use ditmoe_cuda::traffic;
 use ditmoe_nn::moe::{
-    ExpertKind, MoeConfig, PoolInference, RaceGate, RacePool, RoutingConfig, RoutingGroup,
+    ExpertKind, MoeConfig, PoolInference, RaceGate, RaceInference, RacePool, RoutingConfig,
+    RoutingGroup,
 };
 use ditmoe_nn::{Dit, DitConfig, ForwardOptions, Module, MoePlacement};
 use ditmoe_tensor::Device;
@@ -81,6 +82,7 @@ fn a_training_step_on_the_gpu_matches_the_cpu() {
             top_k: 2,
             gate: RaceGate::Softmax,
             pool: RacePool::Position,
+            inference: RaceInference::Static,
         },
     };
     let global_pool = MoeConfig {
@@ -96,12 +98,23 @@ fn a_training_step_on_the_gpu_matches_the_cpu() {
         },
         ..race
     };
+    let thresholded_race = MoeConfig {
+        routing: RoutingConfig::ExpertRace {
+            top_k: 2,
+            gate: RaceGate::Identity,
+            pool: RacePool::Batch,
+            inference: RaceInference::Threshold { decay: 0.95 },
+        },
+        ..race
+    };
     for config in [
         base.clone(),
         base.clone()
             .with_moe(base.ditmoe_ffn(4, 2), MoePlacement::EveryBlock),
         base.clone().with_moe(global_pool, MoePlacement::EveryOther),
         base.clone().with_moe(relu, MoePlacement::EveryBlock),
+        base.clone()
+            .with_moe(thresholded_race, MoePlacement::EveryBlock),
         base.clone()
             .with_moe(expert_choice, MoePlacement::EveryOther),
         base.clone().with_moe(race, MoePlacement::DeepHalf),
@@ -155,6 +168,7 @@ fn moe_routing_on_the_gpu_reads_nothing_back() {
             top_k: 2,
             gate: RaceGate::Softmax,
             pool: RacePool::Image,
+            inference: RaceInference::Static,
         },
         ..token_choice
     };

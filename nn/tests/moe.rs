@@ -65,6 +65,7 @@ fn routings() -> Vec<(RoutingConfig, ExpertKind, Option<usize>)> {
                 top_k: 2,
                 gate: RaceGate::Identity,
                 pool: RacePool::Image,
+                inference: RaceInference::Static,
             },
             ExpertKind::SwiGlu,
             None,
@@ -93,6 +94,7 @@ fn routings() -> Vec<(RoutingConfig, ExpertKind, Option<usize>)> {
                 top_k: 1,
                 gate: RaceGate::Sigmoid,
                 pool: RacePool::Position,
+                inference: RaceInference::Static,
             },
             ExpertKind::SwiGlu,
             None,
@@ -129,7 +131,7 @@ proptest! {
             }
         }
 
-        let race = rule(RoutingConfig::ExpertRace { top_k: k, gate: RaceGate::Softmax, pool: RacePool::Batch });
+        let race = rule(RoutingConfig::ExpertRace { top_k: k, gate: RaceGate::Softmax, pool: RacePool::Batch, inference: RaceInference::Static });
         prop_assert_eq!(race.len(), n * k, "expert race: exactly N·k pairs");
         prop_assert!(distinct(&race.positions));
         // No unchosen pair scores higher than a chosen one.
@@ -145,7 +147,7 @@ proptest! {
             (RacePool::Position, tokens, images * k),
             (RacePool::Expert, experts, (n * k / experts).clamp(1, n)),
         ] {
-            let raced = rule(RoutingConfig::ExpertRace { top_k: k, gate: RaceGate::Softmax, pool });
+            let raced = rule(RoutingConfig::ExpertRace { top_k: k, gate: RaceGate::Softmax, pool, inference: RaceInference::Static });
             prop_assert_eq!(raced.len(), races * picks, "{:?}", pool);
             prop_assert!(distinct(&raced.positions));
             let race_of = |p: usize| match pool {
@@ -407,4 +409,37 @@ fn relu_routing_steers_its_l1_coefficient_toward_the_target_sparsity() {
         "too sparse: λ /= 1.2, now {}",
         lambda()
     );
+}
+
+/// Race-DiT's learned threshold: a training pass moves τ toward the lowest score the race
+/// took; a sampling pass takes every pair at or above τ.
+#[test]
+fn a_thresholded_race_learns_its_threshold_in_training_and_samples_by_it() {
+    let routing = RoutingConfig::ExpertRace {
+        top_k: 2,
+        gate: RaceGate::Softmax,
+        pool: RacePool::Batch,
+        inference: RaceInference::Threshold { decay: 0.9 },
+    };
+    let moe = layer(routing, ExpertKind::SwiGlu, None);
+    let tau = || moe.race_threshold.as_ref().unwrap().value().item().unwrap();
+    let x = Var::constant(normal(&[2, 8, 5], 9));
+    let scores = moe.scores(&x.reshape(&[16, 5]).unwrap()).unwrap().value();
+    let trained = moe.forward(&x, true, true).unwrap().record.unwrap();
+    let values = scores.to_vec_f64();
+    let kth = trained
+        .decision
+        .positions
+        .iter()
+        .map(|&p| values[p])
+        .fold(f64::MAX, f64::min);
+    assert_eq!(trained.decision.len(), 16 * 2, "training races: N·k pairs");
+    assert!(
+        (tau() - 0.1 * kth).abs() < 1e-12,
+        "τ = 0.9·0 + 0.1·{kth}, found {}",
+        tau()
+    );
+    let sampled = moe.forward(&x, true, false).unwrap().record.unwrap();
+    let expected: Vec<usize> = (0..values.len()).filter(|&p| values[p] >= tau()).collect();
+    assert_eq!(sampled.decision.positions, expected);
 }

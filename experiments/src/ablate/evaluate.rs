@@ -13,7 +13,7 @@ use anyhow::Result;
 use ditmoe_autograd::{no_grad, Var};
 use ditmoe_diffusion::{flow_interpolate, GaussianDiffusion};
 use ditmoe_nn::accounting::{model_cost, model_cost_at};
-use ditmoe_nn::moe::{PoolInference, RoutingConfig, RoutingRecord};
+use ditmoe_nn::moe::{PoolInference, RaceInference, RoutingConfig, RoutingRecord};
 use ditmoe_nn::{Dit, DitConfig, ForwardOptions, Module};
 use ditmoe_tensor::{seeded_rng, DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -152,15 +152,31 @@ pub fn sweep_settings(config: &DitConfig, settings: &EvaluationConfig) -> Vec<(S
                 (format!("top_k = {top_k}"), with_routing(routing))
             })
             .collect(),
-        RoutingConfig::ExpertRace { gate, pool, .. } => settings
-            .top_k_sweep
-            .iter()
-            .filter(|&&k| (1..=moe.num_experts).contains(&k))
-            .map(|&top_k| {
-                let routing = RoutingConfig::ExpertRace { top_k, gate, pool };
-                (format!("top_k = {top_k}"), with_routing(routing))
-            })
-            .collect(),
+        RoutingConfig::ExpertRace {
+            gate,
+            pool,
+            inference,
+            ..
+        } => {
+            // Under a learned threshold, the trained point (each pair against τ) beside the
+            // static top-k races over the sampling batch.
+            let thresholded = matches!(inference, RaceInference::Threshold { .. })
+                .then(|| ("learned threshold".to_string(), config.clone()));
+            let static_points = settings
+                .top_k_sweep
+                .iter()
+                .filter(|&&k| (1..=moe.num_experts).contains(&k))
+                .map(|&top_k| {
+                    let routing = RoutingConfig::ExpertRace {
+                        top_k,
+                        gate,
+                        pool,
+                        inference: RaceInference::Static,
+                    };
+                    (format!("top_k = {top_k}"), with_routing(routing))
+                });
+            thresholded.into_iter().chain(static_points).collect()
+        }
         RoutingConfig::ExpertChoice { group, .. } => settings
             .capacity_sweep
             .iter()

@@ -81,6 +81,22 @@ pub enum RacePool {
     Expert,
 }
 
+/// How an expert race picks at sampling time.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RaceInference {
+    /// The training rule over the sampling batch: an image's routing depends on the others.
+    #[default]
+    Static,
+    /// Race-DiT's learned threshold (as its re-implementations do it): every training pass
+    /// moves τ ← d·τ + (1 − d)·(the K-th largest score of the race); at sampling each pair is
+    /// taken when its score is at least τ, token by token (batch-independent).
+    Threshold {
+        #[serde(default = "default_threshold_decay")]
+        decay: f64,
+    },
+}
+
 /// The routing strategy and its knobs.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
@@ -110,6 +126,8 @@ pub enum RoutingConfig {
         gate: RaceGate,
         #[serde(default)]
         pool: RacePool,
+        #[serde(default)]
+        inference: RaceInference,
     },
     /// DiffMoE (Shi et al., 2025): every expert takes its top ⌊S/E·C⌋ tokens of the whole
     /// batch in training; a capacity predictor, trained alongside, sets the counts at sampling.
@@ -156,13 +174,32 @@ impl RoutingConfig {
                 capacity_factor,
                 group,
             }),
-            RoutingConfig::ExpertRace { top_k, gate, pool } => {
-                Box::new(ExpertRace { top_k, gate, pool })
-            }
+            RoutingConfig::ExpertRace {
+                top_k,
+                gate,
+                pool,
+                inference,
+            } => Box::new(ExpertRace {
+                top_k,
+                gate,
+                pool,
+                inference,
+            }),
             RoutingConfig::GlobalPool { .. } => {
                 Box::new(self.global_pool().expect("a global-pool config"))
             }
             RoutingConfig::Relu { .. } => Box::new(self.relu().expect("a ReLU-routing config")),
+        }
+    }
+
+    /// The decay of an expert race's learned threshold, when it samples by one.
+    pub fn race_threshold_decay(&self) -> Option<f64> {
+        match *self {
+            RoutingConfig::ExpertRace {
+                inference: RaceInference::Threshold { decay },
+                ..
+            } => Some(decay),
+            _ => None,
         }
     }
 

@@ -5,8 +5,8 @@
 //! position or per expert ([`RacePool`], the paper's Table 6). A token may get 0..E experts and
 //! the load is not enforced (but for the per-expert pool).
 
-use crate::moe::config::{RaceGate, RacePool};
-use crate::moe::rule::{check_top_k, grid, RoutingRule};
+use crate::moe::config::{RaceGate, RaceInference, RacePool};
+use crate::moe::rule::{check_top_k, grid, positions_where, RoutingRule};
 use crate::validate::Field;
 use ditmoe_autograd::Var;
 use ditmoe_tensor::{Device, Result, Tensor, TensorError};
@@ -16,15 +16,30 @@ pub struct ExpertRace {
     pub top_k: usize,
     pub gate: RaceGate,
     pub pool: RacePool,
+    pub inference: RaceInference,
 }
 
 impl RoutingRule for ExpertRace {
     fn validate(&self, num_experts: usize, at: &Field) -> std::result::Result<(), String> {
-        check_top_k(at, self.top_k, num_experts)
+        check_top_k(at, self.top_k, num_experts)?;
+        if let RaceInference::Threshold { decay } = self.inference {
+            at.at("inference").at("decay").fraction(decay)?;
+            at.at("inference").require(
+                self.pool == RacePool::Batch,
+                "the learned threshold of the batch pool (pool = \"batch\"), one τ for its one race",
+                format!("pool = {:?}", self.pool),
+            )?;
+        }
+        Ok(())
     }
 
     fn experts_per_token(&self, _num_experts: usize) -> f64 {
         self.top_k as f64
+    }
+
+    /// Under the learned threshold, each token's experts at sampling depend on its scores.
+    fn compute_varies(&self) -> bool {
+        matches!(self.inference, RaceInference::Threshold { .. })
     }
 
     fn gate(&self, logits: &Var) -> Result<Var> {
@@ -76,6 +91,14 @@ impl RoutingRule for ExpertRace {
     }
 }
 
+impl ExpertRace {
+    /// The sampling rule under a learned threshold τ: every pair scoring at least τ, in grid
+    /// order (sized on the host).
+    pub fn threshold_positions(scores: &Tensor, threshold: f64) -> Result<Tensor> {
+        positions_where(scores, |score| score >= threshold)
+    }
+}
+
 /// A `[races, members]` i64 table of each race member's position `token·E + expert` in the
 /// score grid, from `position(race, member)`.
 fn race_table(races: usize, members: usize, position: impl Fn(usize, usize) -> usize) -> Tensor {
@@ -109,6 +132,7 @@ mod tests {
             top_k: 1,
             gate: RaceGate::Softmax,
             pool,
+            inference: RaceInference::Static,
         }
     }
 
@@ -138,5 +162,20 @@ mod tests {
         // Per expert, ⌊4·1/3⌋ = 1 token each: 0.7 (0), 0.5 (4), 0.6 (11).
         assert_eq!(picks(RacePool::Expert), vec![0, 4, 11]);
         assert!(rule(RacePool::Image).pick(&scores(), 3).is_err());
+    }
+
+    #[test]
+    fn a_threshold_takes_every_pair_at_or_above_it() {
+        let positions = ExpertRace::threshold_positions(&scores(), 0.5).unwrap();
+        assert_eq!(positions.to_vec::<i64>().unwrap(), vec![0, 4, 6, 11]);
+        let at = Field::root("routing");
+        let refused = ExpertRace {
+            inference: RaceInference::Threshold { decay: 0.95 },
+            ..rule(RacePool::Image)
+        };
+        assert!(refused
+            .validate(3, &at)
+            .unwrap_err()
+            .starts_with("routing.inference"));
     }
 }

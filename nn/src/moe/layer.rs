@@ -9,6 +9,7 @@ use crate::moe::capacity_predictor::CapacityPredictor;
 use crate::moe::config::MoeConfig;
 use crate::moe::config::PoolInference;
 use crate::moe::decision::{RoutingDecision, RoutingRecord};
+use crate::moe::expert_race::ExpertRace;
 use crate::moe::experts::{Experts, FeedForward};
 use crate::moe::global_pool::counted_pool_positions;
 use crate::moe::relu_routing::read_scalar;
@@ -42,6 +43,9 @@ pub struct MoeLayer {
     /// ReMoE's adaptive L1 coefficient λ `[1]` (ReLU routing only), a buffer that each
     /// training pass moves.
     pub l1_coefficient: Option<Var>,
+    /// An expert race's learned threshold τ `[1]` (threshold inference only), a buffer that
+    /// each training pass moves.
+    pub race_threshold: Option<Var>,
 }
 
 impl MoeLayer {
@@ -79,6 +83,11 @@ impl MoeLayer {
             .relu()
             .map(|relu| relu.initial_coefficient())
             .transpose()?;
+        let race_threshold = config
+            .routing
+            .race_threshold_decay()
+            .map(|_| Tensor::zeros(&[1], DType::F32).map(Var::constant))
+            .transpose()?;
         Ok(MoeLayer {
             config,
             gate,
@@ -87,6 +96,7 @@ impl MoeLayer {
             shared,
             predictor,
             l1_coefficient,
+            race_threshold,
         })
     }
 
@@ -150,10 +160,7 @@ impl MoeLayer {
                 return Err(TensorError::invalid("MoE", format!("expected a routing decision for {n} tokens and {e} experts, found {} and {}", dec.num_tokens, dec.num_experts)));
             }
             Some(dec) => dec.positions_on(device)?,
-            None => match (&self.predictor, training) {
-                (Some(predictor), false) => self.sampling_positions(predictor, &tokens, &scores)?,
-                _ => self.rule.pick(&scores.value(), b)?,
-            },
+            None => self.pick(&tokens, &scores, b, training)?,
         };
         let weights = self
             .rule
@@ -181,6 +188,9 @@ impl MoeLayer {
         let mut aux_loss = self.rule.aux_loss(&scores, &dispatch.expert_of)?;
         if let (Some(predictor), true, None) = (&self.predictor, training, fixed) {
             aux_loss = Some(self.train_predictor(predictor, &tokens, &positions)?);
+        }
+        if let (Some(tau), true, None) = (&self.race_threshold, training, fixed) {
+            self.move_race_threshold(tau, &scores.value(), &positions)?;
         }
         if let Some(lambda) = &self.l1_coefficient {
             let relu = self
@@ -219,6 +229,42 @@ impl MoeLayer {
 }
 
 impl MoeLayer {
+    /// The rule's picks; at sampling time a global pool asks its predictor, a race with a
+    /// learned threshold takes every pair at or above it.
+    fn pick(&self, tokens: &Var, scores: &Var, images: usize, training: bool) -> Result<Tensor> {
+        if !training {
+            if let Some(predictor) = &self.predictor {
+                return self.sampling_positions(predictor, tokens, scores);
+            }
+            if let Some(tau) = &self.race_threshold {
+                return ExpertRace::threshold_positions(&scores.value(), read_scalar(tau)?);
+            }
+        }
+        self.rule.pick(&scores.value(), images)
+    }
+
+    /// τ ← d·τ + (1 − d)·(the lowest score the race took: its K-th largest), on the device.
+    fn move_race_threshold(&self, tau: &Var, scores: &Tensor, positions: &Tensor) -> Result<()> {
+        let decay = self
+            .config
+            .routing
+            .race_threshold_decay()
+            .expect("τ belongs to a thresholded race");
+        // min as −max(−x): the GPU reduces with max.
+        let kth = scores
+            .flatten()?
+            .index_select(0, positions)?
+            .neg()?
+            .max(&[], false)?
+            .neg()?
+            .reshape(&[1])?;
+        tau.set_value(
+            tau.value()
+                .mul_scalar(decay)?
+                .add(&kth.mul_scalar(1.0 - decay)?)?,
+        )
+    }
+
     /// DiffMoE's sampling rule: how many tokens per expert from the predictor (or the
     /// configured rule), which ones by the router's scores.
     fn sampling_positions(
@@ -293,6 +339,9 @@ impl Module for MoeLayer {
         }
         if let Some(lambda) = &self.l1_coefficient {
             v.buffer("l1_coefficient", lambda);
+        }
+        if let Some(tau) = &self.race_threshold {
+            v.buffer("race_threshold", tau);
         }
     }
 }

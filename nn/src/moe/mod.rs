@@ -21,7 +21,8 @@ pub mod token_choice;
 
 pub use capacity_predictor::CapacityPredictor;
 pub use config::{
-    ExpertKind, MoeConfig, PoolInference, RaceGate, RacePool, RoutingConfig, RoutingGroup,
+    ExpertKind, MoeConfig, PoolInference, RaceGate, RaceInference, RacePool, RoutingConfig,
+    RoutingGroup,
 };
 pub use decision::{RoutingDecision, RoutingRecord};
 pub use expert_choice::capacity;

@@ -10,7 +10,7 @@
 //! ([`crate::moe::MoeLayer`]'s `l1_coefficient` buffer), here one per layer where the official
 //! Megatron code keeps one for the model, steered by the sparsity averaged over its layers.
 
-use crate::moe::rule::{check_top_k, grid, RoutingRule};
+use crate::moe::rule::{check_top_k, positions_where, RoutingRule};
 use crate::moe::token_choice::load_weighted_gate_loss;
 use crate::validate::Field;
 use ditmoe_autograd::Var;
@@ -50,19 +50,9 @@ impl RoutingRule for ReluRouting {
         logits.relu()
     }
 
-    /// Every pair with a positive gate, in grid order. The count is known only after looking,
-    /// so the selection is made on the host (read back from a GPU).
+    /// Every pair with a positive gate, in grid order (sized on the host).
     fn pick(&self, scores: &Tensor, _images: usize) -> Result<Tensor> {
-        grid(scores)?;
-        let positions: Vec<i64> = scores
-            .to_vec_f64()
-            .iter()
-            .enumerate()
-            .filter(|(_, &gate)| gate > 0.0)
-            .map(|(p, _)| p as i64)
-            .collect();
-        let len = positions.len();
-        Tensor::from_vec(positions, &[len])?.to_device(scores.device())
+        positions_where(scores, |gate| gate > 0.0)
     }
 }
 

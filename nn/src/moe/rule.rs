@@ -76,6 +76,22 @@ pub(crate) fn grid(scores: &Tensor) -> Result<(usize, usize)> {
     }
 }
 
+/// The positions of the pairs of `scores [N, E]` that `keep` accepts, in grid order: a
+/// selection whose size is known only after looking, so it is made on the host (the scores
+/// are read back from a GPU) and the positions put back where the scores are.
+pub(crate) fn positions_where(scores: &Tensor, keep: impl Fn(f64) -> bool) -> Result<Tensor> {
+    grid(scores)?;
+    let positions: Vec<i64> = scores
+        .to_vec_f64()
+        .iter()
+        .enumerate()
+        .filter(|&(_, &score)| keep(score))
+        .map(|(p, _)| p as i64)
+        .collect();
+    let len = positions.len();
+    Tensor::from_vec(positions, &[len])?.to_device(scores.device())
+}
+
 /// Refuses a `top_k` (field `at.top_k`) outside `1..=num_experts`.
 pub(crate) fn check_top_k(
     at: &Field,
