@@ -5,6 +5,7 @@ use ditmoe_autograd::Var;
 use ditmoe_nn::checkpoint::{load_model, read_tensors};
 use ditmoe_nn::{ForwardOptions, Module};
 use ditmoe_tensor::Tensor;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 fn fixture(model: &str, file: &str) -> PathBuf {
@@ -28,20 +29,41 @@ fn relative_error(a: &Tensor, b: &Tensor) -> f64 {
     diff / norm.max(1e-30)
 }
 
+/// The tensors of a fixture file.
+fn tensors(model: &str, file: &str) -> BTreeMap<String, Tensor> {
+    read_tensors(fixture(model, file)).unwrap().tensors
+}
+
+/// Every parameter gradient of `model` against the fixture's `grad.<name>` (to 1e-4
+/// relative), and every one of those checked.
+fn assert_gradients_match(name: &str, model: &ditmoe_nn::Dit, train: &BTreeMap<String, Tensor>) {
+    let mut checked = 0;
+    for (param, grad) in model.named_gradients() {
+        let expected = &train[&format!("grad.{param}")];
+        let err = relative_error(&grad, expected);
+        assert!(
+            err < 1e-4,
+            "{name}: gradient of {param} differs by {err:.2e}"
+        );
+        checked += 1;
+    }
+    assert_eq!(
+        checked,
+        train.keys().filter(|k| k.starts_with("grad.")).count(),
+        "{name}: every reference gradient checked"
+    );
+}
+
 fn check_parity(name: &str) {
     let model = load_model(fixture(name, "weights.safetensors")).unwrap();
-    let inputs = read_tensors(fixture(name, "inputs.safetensors"))
-        .unwrap()
-        .tensors;
+    let inputs = tensors(name, "inputs.safetensors");
     let (x, t, y) = (
         Var::constant(inputs["x"].clone()),
         &inputs["t"],
         &inputs["y"],
     );
 
-    let expected = read_tensors(fixture(name, "eval.safetensors"))
-        .unwrap()
-        .tensors;
+    let expected = tensors(name, "eval.safetensors");
     let out = model
         .forward(&x, t, y, ForwardOptions::default())
         .unwrap()
@@ -49,9 +71,7 @@ fn check_parity(name: &str) {
     let err = relative_error(&out.value(), &expected["out"]);
     assert!(err < 1e-5, "{name}: eval output differs by {err:.2e}");
 
-    let train = read_tensors(fixture(name, "train.safetensors"))
-        .unwrap()
-        .tensors;
+    let train = tensors(name, "train.safetensors");
     let result = model.forward(&x, t, y, ForwardOptions::default()).unwrap();
     let target = Var::constant(inputs["target"].clone());
     let mse = result
@@ -85,21 +105,7 @@ fn check_parity(name: &str) {
         ),
     };
     total.backward().unwrap();
-    let mut checked = 0;
-    for (param, grad) in model.named_gradients() {
-        let expected = &train[&format!("grad.{param}")];
-        let err = relative_error(&grad, expected);
-        assert!(
-            err < 1e-4,
-            "{name}: gradient of {param} differs by {err:.2e}"
-        );
-        checked += 1;
-    }
-    assert_eq!(
-        checked,
-        train.keys().filter(|k| k.starts_with("grad.")).count(),
-        "{name}: every reference gradient checked"
-    );
+    assert_gradients_match(name, &model, &train);
 }
 
 #[test]
@@ -138,9 +144,7 @@ fn diffmoe_matches_the_reference() {
     let name = "diffmoe";
     let moe_blocks = [1, 3];
     let model = load_model(fixture(name, "weights.safetensors")).unwrap();
-    let inputs = read_tensors(fixture(name, "inputs.safetensors"))
-        .unwrap()
-        .tensors;
+    let inputs = tensors(name, "inputs.safetensors");
     let (x, t, y) = (
         Var::constant(inputs["x"].clone()),
         &inputs["t"],
@@ -152,9 +156,7 @@ fn diffmoe_matches_the_reference() {
         ..ForwardOptions::default()
     };
 
-    let eval = read_tensors(fixture(name, "eval.safetensors"))
-        .unwrap()
-        .tensors;
+    let eval = tensors(name, "eval.safetensors");
     let result = model.forward(&x, t, y, options(false)).unwrap();
     let err = relative_error(&result.out.value(), &eval["out"]);
     assert!(err < 1e-5, "eval output differs by {err:.2e}");
@@ -178,9 +180,7 @@ fn diffmoe_matches_the_reference() {
         );
     }
 
-    let train = read_tensors(fixture(name, "train.safetensors"))
-        .unwrap()
-        .tensors;
+    let train = tensors(name, "train.safetensors");
     let result = model.forward(&x, t, y, options(true)).unwrap();
     let err = relative_error(&result.out.value(), &train["out"]);
     assert!(err < 1e-5, "train output differs by {err:.2e}");
@@ -216,15 +216,5 @@ fn diffmoe_matches_the_reference() {
         assert!(err < 1e-5, "{theirs}: {ours} vs {theirs_value}");
     }
     loss.backward().unwrap();
-    let mut checked = 0;
-    for (param, grad) in model.named_gradients() {
-        let expected = &train[&format!("grad.{param}")];
-        let err = relative_error(&grad, expected);
-        assert!(err < 1e-4, "gradient of {param} differs by {err:.2e}");
-        checked += 1;
-    }
-    assert_eq!(
-        checked,
-        train.keys().filter(|k| k.starts_with("grad.")).count()
-    );
+    assert_gradients_match(name, &model, &train);
 }
