@@ -8,7 +8,7 @@ use common::{ditmoe, scratch};
 use std::path::Path;
 use std::process::{Command, Output};
 
-/// A preset small enough to train and evaluate eight variants in seconds.
+/// A preset small enough to train and evaluate nine variants in seconds.
 const MINI: &str = r#"
 description = "miniature ablation for the tests"
 
@@ -82,9 +82,14 @@ moe = { num_experts = 4, expert_hidden = 16, routing = { kind = "global_pool", c
 name = "relu"
 about = "ReLU routing (ReMoE)"
 moe = { num_experts = 4, expert_hidden = 16, routing = { kind = "relu", top_k = 2 } }
+
+[[variant]]
+name = "race-thr"
+about = "expert race, identity gates, learned threshold"
+moe = { num_experts = 4, expert_hidden = 16, routing = { kind = "expert_race", top_k = 2, gate = "identity", inference = { kind = "threshold" } } }
 "#;
 
-const VARIANTS: [&str; 8] = [
+const VARIANTS: [&str; 9] = [
     "dense",
     "dense-iso",
     "tc",
@@ -93,6 +98,7 @@ const VARIANTS: [&str; 8] = [
     "race",
     "pool",
     "relu",
+    "race-thr",
 ];
 
 /// `ditmoe ablate --preset PRESET --out OUT` followed by `flags`.
@@ -173,7 +179,7 @@ fn a_miniature_ablation_writes_a_complete_consistent_report_and_resumes() {
         figures += 1;
     }
     // loss, balance, quality, experts per token, and per MoE variant: load, tables, positions.
-    assert_eq!(figures, 4 + 3 * 6);
+    assert_eq!(figures, 4 + 3 * 7);
     for link in report.split("](").skip(1) {
         let target = &link[..link.find(')').unwrap()];
         assert!(out.join(target).exists(), "the report links {target}");
@@ -242,7 +248,7 @@ fn a_miniature_ablation_writes_a_complete_consistent_report_and_resumes() {
     }
     assert!(report.contains("exactly uniform"));
     let sweeps = summary["sweeps"].as_array().unwrap();
-    assert_eq!(sweeps.len(), 6, "one sweep per MoE variant");
+    assert_eq!(sweeps.len(), 7, "one sweep per MoE variant");
 
     // A second run skips every finished variant and leaves the checkpoints alone.
     let state = out.join("runs/tc/checkpoint/model.safetensors");

@@ -85,7 +85,7 @@ fn errors_name_the_problem() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("not a built-in preset (quick, full)")
+        stderr.contains("not a built-in preset (quick, full, routing)")
             && stderr.contains("/nonexistent/preset.toml"),
         "{stderr}"
     );

@@ -87,7 +87,15 @@ pub fn evaluate(model: &Dit, variant: &Variant, judge: &Judge, grid: &Path) -> R
             model
         } else {
             swept = Dit::new(moe_config.clone(), 0)?;
-            swept.load_state_dict(&model.state_dict())?;
+            // The trained weights; a routing buffer the swept setting has no use for (a
+            // race's learned threshold, when it samples by the static top-k) is left out.
+            let wanted = swept.state_dict();
+            let state = model
+                .state_dict()
+                .into_iter()
+                .filter(|(name, _)| wanted.contains_key(name))
+                .collect();
+            swept.load_state_dict(&state)?;
             &swept
         };
         let quality = if trained {
