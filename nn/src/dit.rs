@@ -136,10 +136,12 @@ pub struct ForwardOptions<'a> {
     pub label_dropout: Option<&'a mut SeededRng>,
     /// Keep each MoE layer's routing record.
     pub record_routing: bool,
-    /// A training pass: a global-pool MoE layer (DiffMoE) then routes by its training rule,
-    /// adds its capacity predictor's loss to the aux loss and moves its thresholds (state that
-    /// changes in the forward pass, as in the official code); otherwise it samples by its
-    /// inference rule. The other layers route the same either way.
+    /// A training pass: MoE layers with routing state move it (state that changes in the
+    /// forward pass, as in the official code): a global pool (DiffMoE) routes by its training
+    /// rule, adds its capacity predictor's loss to the aux loss and moves its thresholds; a
+    /// thresholded race moves τ; ReLU routing moves λ. Otherwise the global pool and the
+    /// thresholded race sample by their inference rule; the other rules route the same either
+    /// way.
     pub training: bool,
 }
 

@@ -12,7 +12,6 @@ use crate::moe::decision::{RoutingDecision, RoutingRecord};
 use crate::moe::expert_race::ExpertRace;
 use crate::moe::experts::{Experts, FeedForward};
 use crate::moe::global_pool::counted_pool_positions;
-use crate::moe::relu_routing::read_scalar;
 use crate::moe::rule::RoutingRule;
 use ditmoe_autograd::Var;
 use ditmoe_tensor::{profile, DType, Device, Result, SeededRng, Tensor, TensorError};
@@ -120,9 +119,9 @@ impl MoeLayer {
         self.rule.decide(scores, images)
     }
 
-    /// `[B, T, D] → [B, T, D]`, routing by this layer's rule. `training` matters to a
-    /// global-pool layer only: it then trains its predictor and moves its thresholds; otherwise
-    /// it routes by the sampling rule.
+    /// `[B, T, D] → [B, T, D]`, routing by this layer's rule. `training` matters to the rules
+    /// with state: a global pool trains its predictor and moves its thresholds, a thresholded
+    /// race moves τ, ReLU routing moves λ; otherwise the first two route by their sampling rule.
     pub fn forward(&self, x: &Var, record: bool, training: bool) -> Result<MoeOutput> {
         self.forward_routed(x, None, record, training)
     }
@@ -278,17 +277,16 @@ impl MoeLayer {
             .routing
             .global_pool()
             .expect("a predictor has a pool");
-        let logits = predictor.logits(tokens)?.value();
-        let counts = match pool.inference {
+        let thresholds = match pool.inference {
             PoolInference::Static => return self.rule.pick(&scores.value(), 1),
-            PoolInference::Predictor => predictor.counts(&logits, &predictor.threshold.value())?,
+            PoolInference::Predictor => predictor.threshold.value(),
             PoolInference::Threshold { gamma } => {
-                let e = self.config.num_experts;
-                let gamma =
-                    Tensor::full(&[e], gamma, logits.dtype())?.to_device(logits.device())?;
-                predictor.counts(&logits, &gamma)?
+                let own = predictor.threshold.value();
+                Tensor::full(own.shape(), gamma, own.dtype())?.to_device(own.device())?
             }
         };
+        let logits = predictor.logits(tokens)?.value();
+        let counts = predictor.counts(&logits, &thresholds)?;
         counted_pool_positions(&scores.value(), &counts)
     }
 
@@ -321,6 +319,11 @@ impl MoeLayer {
             .bce_with_logits(&mask)?
             .mul_scalar(pool.predictor_loss_weight)
     }
+}
+
+/// The value of a one-element buffer on the host.
+fn read_scalar(buffer: &Var) -> Result<f64> {
+    buffer.value().to_device(Device::Cpu)?.item()
 }
 
 impl Module for MoeLayer {

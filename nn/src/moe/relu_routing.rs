@@ -14,7 +14,7 @@ use crate::moe::rule::{check_top_k, positions_where, RoutingRule};
 use crate::moe::token_choice::load_weighted_gate_loss;
 use crate::validate::Field;
 use ditmoe_autograd::Var;
-use ditmoe_tensor::{DType, Device, Result, Tensor};
+use ditmoe_tensor::{DType, Result, Tensor};
 
 pub struct ReluRouting {
     /// k: the experts per token the penalty steers toward (target sparsity 1 − k/E).
@@ -84,11 +84,6 @@ impl ReluRouting {
     pub fn initial_coefficient(&self) -> Result<Var> {
         Ok(Var::constant(Tensor::full(&[1], self.l1_init, DType::F32)?))
     }
-}
-
-/// The value of a one-element buffer on the host.
-pub(crate) fn read_scalar(buffer: &Var) -> Result<f64> {
-    buffer.value().to_device(Device::Cpu)?.item()
 }
 
 #[cfg(test)]
