@@ -138,8 +138,9 @@ mod tests {
 
     #[test]
     fn f32_transposed_operands_match_reference() {
-        // A weight used as `w.t()`: the transposed pack (AVX2 or AVX-512), with depths off
-        // its 8- or 16-square grid and widths off its 16- or 32-column sliver.
+        // A weight used as `w.t()` and a row-major A: the interleaving pack of B's columns
+        // and of A's rows (AVX2 or AVX-512), with depths off its 8- or 16-square grid, widths
+        // off B's 16- or 32-column sliver and row counts off A's 6- or 12-row sliver.
         for (i, &(m, k, n)) in [(13, 16, 33), (25, 300, 64), (70, 37, 100), (5, 520, 32)]
             .iter()
             .enumerate()

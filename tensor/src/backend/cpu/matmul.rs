@@ -69,6 +69,45 @@ struct Product<'a, T> {
     k: usize,
 }
 
+/// Packs `W` runs of `data`, run j's `depth` elements contiguous from `first_run + j ×
+/// run_stride`, into `block` as depth rows of W (`block[p·W + j]` = run j's element p) with the
+/// SIMD packer for this CPU and width, if there is one (f32 only); returns whether it did.
+fn pack_interleaved_simd<T: FloatElement, const W: usize>(
+    data: &[T],
+    (first_run, run_stride): (usize, usize),
+    depth: usize,
+    block: &mut [MaybeUninit<T>],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if T::DTYPE == crate::DType::F32 {
+        let packer: Option<simd::InterleavingPacker> = match W {
+            // The widths of the two tiles' slivers: NR (B) and MR (A).
+            32 | 12 if std::is_x86_feature_detected!("avx512f") => Some(if W == 32 {
+                simd::pack_interleaved_avx512::<32>
+            } else {
+                simd::pack_interleaved_avx512::<12>
+            }),
+            16 | 6 if std::is_x86_feature_detected!("avx2") => Some(if W == 16 {
+                simd::pack_interleaved_avx2::<16>
+            } else {
+                simd::pack_interleaved_avx2::<6>
+            }),
+            _ => None,
+        };
+        if let Some(packer) = packer {
+            // SAFETY: T is f32 (the only Element of dtype F32), reinterpreted as itself; the
+            // CPU has the packer's instruction set.
+            unsafe {
+                let data = std::slice::from_raw_parts(data.as_ptr().cast(), data.len());
+                let block = std::slice::from_raw_parts_mut(block.as_mut_ptr().cast(), block.len());
+                packer(data, first_run, run_stride, depth, block);
+            }
+            return true;
+        }
+    }
+    false
+}
+
 /// Packs rows `rows` × depth `depth` of A into MR-tall slivers, column by column, zero-padded.
 fn pack_a<T: FloatElement, const MR: usize>(
     a: MatrixView<T>,
@@ -90,6 +129,16 @@ fn pack_a<T: FloatElement, const MR: usize>(
                 column.copy_from_slice(run);
             }
             continue;
+        }
+        if a.col_stride == 1 && height == MR {
+            // Row-major A: the sliver's rows are MR runs along the depth.
+            let first_row = a.offset + sliver * a.row_stride + depth.start;
+            // SAFETY: MaybeUninit<T> has T's layout, and only initialised values are written.
+            let block =
+                unsafe { std::slice::from_raw_parts_mut(block.as_mut_ptr().cast(), block.len()) };
+            if pack_interleaved_simd::<T, MR>(a.data, (first_row, a.row_stride), kc, block) {
+                continue;
+            }
         }
         for i in 0..height {
             if a.col_stride == 1 {
@@ -133,33 +182,16 @@ fn pack_b<T: FloatElement, const NR: usize>(
             }
         } else {
             // Any other strides, e.g. a transposed weight (each column a run along the depth):
-            // a tiled transpose. For TILE depth steps at a time, each column's run is read and
+            // the SIMD interleaving pack where it applies, else a tiled transpose. For TILE depth steps at a time, each column's run is read and
             // written down its place in TILE sliver rows, which stay in L1 while the columns
             // go by (a column at a time over the whole depth would write a cache line per
             // element).
-            #[cfg(target_arch = "x86_64")]
-            if T::DTYPE == crate::DType::F32 && width == NR && b.row_stride == 1 {
-                let packer: Option<simd::TransposedPacker> = match NR {
-                    32 if std::is_x86_feature_detected!("avx512f") => {
-                        Some(simd::pack_transposed_32_avx512)
-                    }
-                    16 if std::is_x86_feature_detected!("avx2") => {
-                        Some(simd::pack_transposed_16_avx2)
-                    }
-                    _ => None,
-                };
-                if let Some(packer) = packer {
-                    let first_column = b.offset + sliver * b.col_stride + depth.start;
-                    // SAFETY: T is f32 (the only Element of dtype F32), reinterpreted as
-                    // itself; the CPU has the packer's instruction set.
-                    unsafe {
-                        let data = std::slice::from_raw_parts(b.data.as_ptr().cast(), b.data.len());
-                        let block =
-                            std::slice::from_raw_parts_mut(block.as_mut_ptr().cast(), block.len());
-                        packer(data, first_column, b.col_stride, kc, block);
-                    }
-                    continue;
-                }
+            let first_column = b.offset + sliver * b.col_stride + depth.start;
+            if width == NR
+                && b.row_stride == 1
+                && pack_interleaved_simd::<T, NR>(b.data, (first_column, b.col_stride), kc, block)
+            {
+                continue;
             }
             const TILE: usize = 16;
             for (t, rows) in block.chunks_mut(TILE * NR).enumerate() {

@@ -8,9 +8,10 @@
 //!   registers and adds it straight into the output. Per depth step: `W` loads of a packed B
 //!   row, `MR` broadcasts of a packed A column and `MR × W` fused multiply-adds — the generic
 //!   body's arithmetic in its order, so the same bits.
-//! - The pack of a transposed B (a linear layer's `w.t()`): each LANES × LANES square of a
-//!   sliver is loaded as LANES column runs and transposed in registers, so every store writes
-//!   a register instead of one element.
+//! - The interleaving pack: W runs contiguous along the depth (the columns of a transposed B,
+//!   a linear layer's `w.t()`, or the rows of a row-major A) into depth rows of W. Each
+//!   LANES × LANES square is loaded as LANES runs and transposed in registers, so every store
+//!   writes a register (or its first W lanes) instead of one element.
 
 use super::TileOut;
 use std::arch::x86_64::{__m256, __m512};
@@ -26,6 +27,8 @@ trait F32Lanes: Copy {
     unsafe fn splat(from: *const f32) -> Self;
     unsafe fn load(from: *const f32) -> Self;
     unsafe fn store(self, to: *mut f32);
+    /// Stores the first `count` lanes (`count` < LANES), leaving the memory after them alone.
+    unsafe fn store_first(self, to: *mut f32, count: usize);
     /// self · b + c, rounded once.
     unsafe fn mul_add(self, b: Self, c: Self) -> Self;
     unsafe fn add(self, b: Self) -> Self;
@@ -50,6 +53,16 @@ impl F32Lanes for __m256 {
     #[inline(always)]
     unsafe fn store(self, to: *mut f32) {
         unsafe { std::arch::x86_64::_mm256_storeu_ps(to, self) }
+    }
+    #[inline(always)]
+    unsafe fn store_first(self, to: *mut f32, count: usize) {
+        use std::arch::x86_64::{_mm256_cmpgt_epi32, _mm256_maskstore_ps};
+        use std::arch::x86_64::{_mm256_set1_epi32, _mm256_setr_epi32};
+        unsafe {
+            let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            let below_count = _mm256_cmpgt_epi32(_mm256_set1_epi32(count as i32), lane);
+            _mm256_maskstore_ps(to, below_count, self)
+        }
     }
     #[inline(always)]
     unsafe fn mul_add(self, b: Self, c: Self) -> Self {
@@ -114,6 +127,10 @@ impl F32Lanes for __m512 {
     #[inline(always)]
     unsafe fn store(self, to: *mut f32) {
         unsafe { std::arch::x86_64::_mm512_storeu_ps(to, self) }
+    }
+    #[inline(always)]
+    unsafe fn store_first(self, to: *mut f32, count: usize) {
+        unsafe { std::arch::x86_64::_mm512_mask_storeu_ps(to, (1u16 << count) - 1, self) }
     }
     #[inline(always)]
     unsafe fn mul_add(self, b: Self, c: Self) -> Self {
@@ -243,84 +260,94 @@ pub(super) unsafe fn tile_12x32_avx512(depth: usize, a: &[f32], b: &[f32], out: 
     unsafe { add_tile::<__m512, 12, 2>(depth, a, b, out) }
 }
 
-/// A packer of one `NR`-column sliver of a transposed f32 B: (data, the first column's start,
-/// the column stride, depth, the sliver's block of depth rows of NR).
-pub(super) type TransposedPacker = unsafe fn(&[f32], usize, usize, usize, &mut [MaybeUninit<f32>]);
+/// An interleaving packer: (data, the first run's start, the stride between runs, depth, the
+/// block of depth rows of W it fills).
+pub(super) type InterleavingPacker =
+    unsafe fn(&[f32], usize, usize, usize, &mut [MaybeUninit<f32>]);
 
-/// Packs an `NR`-column sliver of a transposed B — column j's `depth` elements contiguous from
-/// `first_column + j × col_stride` — into `block`, depth rows of NR: square by square through
-/// [`F32Lanes::transpose`], the depth past the last whole square element by element.
+/// Packs `W` runs — run j's `depth` elements contiguous from `first_run + j × run_stride` —
+/// into `block`, depth rows of W (`block[p·W + j]` = run j's element p): LANES runs at a time,
+/// square by square through [`F32Lanes::transpose`] (a part of fewer than LANES runs stores the
+/// first lanes of each transposed row), the depth past the last whole square element by
+/// element. For B's slivers W = NR (runs: the columns of a transposed B); for A's, W = MR
+/// (runs: the rows of a row-major A).
 ///
 /// # Safety
 /// As [`add_tile`].
 #[inline(always)]
-unsafe fn pack_transposed<V: F32Lanes, const NR: usize>(
+unsafe fn pack_interleaved<V: F32Lanes, const W: usize>(
     data: &[f32],
-    first_column: usize,
-    col_stride: usize,
+    first_run: usize,
+    run_stride: usize,
     depth: usize,
     block: &mut [MaybeUninit<f32>],
 ) {
     let lanes = V::LANES;
-    assert!(block.len() >= depth * NR);
-    assert!(first_column + (NR - 1) * col_stride + depth <= data.len());
+    assert!(block.len() >= depth * W);
+    assert!(first_run + (W - 1) * run_stride + depth <= data.len());
     let squares = depth / lanes;
-    // SAFETY: column (part · lanes + i) has `depth` elements from its start and p0 + lanes <=
-    // depth; (p0 + p) · NR + NR <= depth · NR <= block.len() (both asserted above).
+    // SAFETY: run (part + i), i < count, has `depth` elements from its start and p0 + lanes <=
+    // depth; (p0 + p) · W + part + count <= depth · W <= block.len() (both asserted above).
     unsafe {
+        // Rows past a part's count stay zero; they land only in lanes that are not stored.
         let mut square = [V::zero(); 16];
         let square = &mut square[..lanes];
-        for part in 0..NR / lanes {
+        for part in (0..W).step_by(lanes) {
+            let count = lanes.min(W - part);
             for p0 in (0..squares * lanes).step_by(lanes) {
-                for (i, row) in square.iter_mut().enumerate() {
-                    let column = first_column + (part * lanes + i) * col_stride;
-                    *row = V::load(data.as_ptr().add(column + p0));
+                for (i, row) in square.iter_mut().enumerate().take(count) {
+                    let run = first_run + (part + i) * run_stride;
+                    *row = V::load(data.as_ptr().add(run + p0));
                 }
                 V::transpose(square);
                 for (p, row) in square.iter().enumerate() {
-                    let at = block.as_mut_ptr().add((p0 + p) * NR + part * lanes);
-                    row.store(at.cast());
+                    let at = block.as_mut_ptr().add((p0 + p) * W + part).cast();
+                    if count == lanes {
+                        row.store(at);
+                    } else {
+                        row.store_first(at, count);
+                    }
                 }
             }
         }
     }
     for p in squares * lanes..depth {
-        for (j, packed) in block[p * NR..p * NR + NR].iter_mut().enumerate() {
-            packed.write(data[first_column + j * col_stride + p]);
+        for (j, packed) in block[p * W..p * W + W].iter_mut().enumerate() {
+            packed.write(data[first_run + j * run_stride + p]);
         }
     }
 }
 
-/// [`pack_transposed`] for the AVX2 tile's 16-column slivers.
+/// [`pack_interleaved`] compiled for AVX2 (8 lanes), for `W` runs.
 ///
 /// # Safety
 /// The CPU has AVX2.
 #[target_feature(enable = "avx2")]
-pub(super) unsafe fn pack_transposed_16_avx2(
+pub(super) unsafe fn pack_interleaved_avx2<const W: usize>(
     data: &[f32],
-    first_column: usize,
-    col_stride: usize,
+    first_run: usize,
+    run_stride: usize,
     depth: usize,
     block: &mut [MaybeUninit<f32>],
 ) {
     // SAFETY: this function is compiled with AVX2, which the caller promises.
-    unsafe { pack_transposed::<__m256, 16>(data, first_column, col_stride, depth, block) }
+    unsafe { pack_interleaved::<__m256, W>(data, first_run, run_stride, depth, block) }
 }
 
-/// [`pack_transposed`] for the AVX-512 tile's 32-column slivers.
+/// [`pack_interleaved`] compiled for AVX-512 (16 lanes), for `W` runs.
 ///
 /// # Safety
 /// The CPU has AVX-512F.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn pack_transposed_32_avx512(
+pub(super) unsafe fn pack_interleaved_avx512<const W: usize>(
     data: &[f32],
-    first_column: usize,
-    col_stride: usize,
+    first_run: usize,
+    run_stride: usize,
     depth: usize,
     block: &mut [MaybeUninit<f32>],
 ) {
     // SAFETY: this function is compiled with AVX-512F, which the caller promises.
-    unsafe { pack_transposed::<__m512, 32>(data, first_column, col_stride, depth, block) }
+    unsafe { pack_interleaved::<__m512, W>(data, first_run, run_stride, depth, block) }
 }
 
 #[cfg(test)]
@@ -376,6 +403,54 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// A packer against its definition, `block[p·W + j]` = run j's element p, for depths on
+    /// and off its square grid and runs further apart than their length.
+    fn packs_runs_interleaved<const W: usize>(packer: super::InterleavingPacker) {
+        let mut rng = crate::seeded_rng(11);
+        for depth in [1, 7, 16, 37, 64] {
+            let (first_run, run_stride) = (3, depth + 5);
+            let data: Vec<f32> = (0..first_run + W * run_stride)
+                .map(|_| rng.random())
+                .collect();
+            let mut block = vec![MaybeUninit::new(f32::NAN); depth * W + 4];
+            // SAFETY: the caller checked the CPU has the packer's instruction set.
+            unsafe { packer(&data, first_run, run_stride, depth, &mut block) };
+            for p in 0..depth {
+                for j in 0..W {
+                    // SAFETY: every element was initialised above.
+                    let got = unsafe { block[p * W + j].assume_init() };
+                    let expect = data[first_run + j * run_stride + p];
+                    assert_eq!(
+                        got.to_bits(),
+                        expect.to_bits(),
+                        "W {W} depth {depth} ({p}, {j})"
+                    );
+                }
+            }
+            // Nothing past the block is written.
+            for v in &block[depth * W..] {
+                // SAFETY: as above.
+                assert!(unsafe { v.assume_init() }.is_nan());
+            }
+        }
+    }
+
+    #[test]
+    fn avx2_packs_match_their_definition() {
+        if is_x86_feature_detected!("avx2") {
+            packs_runs_interleaved::<16>(super::pack_interleaved_avx2::<16>);
+            packs_runs_interleaved::<6>(super::pack_interleaved_avx2::<6>);
+        }
+    }
+
+    #[test]
+    fn avx512_packs_match_their_definition() {
+        if is_x86_feature_detected!("avx512f") {
+            packs_runs_interleaved::<32>(super::pack_interleaved_avx512::<32>);
+            packs_runs_interleaved::<12>(super::pack_interleaved_avx512::<12>);
         }
     }
 
