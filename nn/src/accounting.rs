@@ -335,7 +335,7 @@ mod tests {
 mod memory_tests {
     use super::*;
     use crate::module::Module;
-    use crate::moe::{MoeConfig, RoutingConfig};
+    use crate::moe::{Gate, MoeConfig, RoutingConfig};
     use crate::{Dit, DitConfig, MoePlacement};
 
     #[test]
@@ -351,6 +351,7 @@ mod memory_tests {
                     top_k: 2,
                     renormalize: false,
                     balance_loss_alpha: 0.01,
+                    gate: Gate::Softmax,
                 },
             },
             MoePlacement::EveryOther,

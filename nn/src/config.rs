@@ -1,7 +1,7 @@
 //! `DitConfig`: every shape decision of a DiT / DiT-MoE / EC-DiT model, serialisable as JSON
 //! (stored in checkpoint metadata) and TOML.
 
-use crate::moe::{ExpertKind, MoeConfig, PoolInference, RoutingConfig};
+use crate::moe::{ExpertKind, Gate, MoeConfig, PoolInference, RoutingConfig};
 use crate::validate::Field;
 use serde::{Deserialize, Serialize};
 
@@ -125,6 +125,7 @@ impl DitConfig {
                 top_k,
                 renormalize: false,
                 balance_loss_alpha: 0.01,
+                gate: Gate::Softmax,
             },
         }
     }
@@ -375,6 +376,7 @@ impl DiffMoeReference {
                 predictor_loss_weight: self.capacity_pred_loss_weight,
                 threshold_decay: self.ema_decay,
                 inference: PoolInference::Predictor,
+                gate: Gate::Softmax,
             },
         };
         let placement = match self.interleave {
@@ -445,7 +447,7 @@ mod tests {
             (|c| c.moe.as_mut().unwrap().expert_hidden = 1_000_000_000, "model.moe.expert_hidden: expected expert_hidden <= 1048576"),
             (|c| c.moe.as_mut().unwrap().expert_hidden = 0, "model.moe.expert_hidden: expected expert_hidden > 0, found 0"),
             (|c| c.moe.as_mut().unwrap().shared_expert_hidden = Some(0), "model.moe.shared_expert_hidden: expected shared_expert_hidden > 0"),
-            (|c| c.moe.as_mut().unwrap().routing = RoutingConfig::TokenChoice { top_k: 2, renormalize: false, balance_loss_alpha: f64::NAN }, "model.moe.routing.balance_loss_alpha: expected 0 <= balance_loss_alpha <= 1, found NaN"),
+            (|c| c.moe.as_mut().unwrap().routing = RoutingConfig::TokenChoice { top_k: 2, renormalize: false, balance_loss_alpha: f64::NAN, gate: Gate::Softmax, }, "model.moe.routing.balance_loss_alpha: expected 0 <= balance_loss_alpha <= 1, found NaN"),
         ];
         for (change, expected) in cases {
             let err = refused(change);
@@ -455,6 +457,7 @@ mod tests {
             c.moe.as_mut().unwrap().routing = RoutingConfig::ExpertChoice {
                 capacity_factor: 5.0,
                 group: Default::default(),
+                gate: Gate::Softmax,
             }
         });
         assert!(

@@ -15,7 +15,8 @@ use ditmoe_tensor::{seeded_rng, DType, Result, SeededRng, Tensor, TensorError};
 /// A block's FFN.
 pub enum Ffn {
     Dense(Mlp),
-    Moe(MoeLayer),
+    /// Boxed: a MoE layer is many times the size of a dense MLP.
+    Moe(Box<MoeLayer>),
 }
 
 /// One DiT block: x += gate_msa·Attn(mod(LN(x))); x += gate_mlp·FFN(mod(LN(x))).
@@ -37,7 +38,7 @@ impl DitBlock {
         let attn = Attention::new(d, config.num_heads, rng)?;
         let ffn = match config.ffn(index) {
             FfnKind::Dense => Ffn::Dense(Mlp::new(d, config.mlp_hidden(), rng)?),
-            FfnKind::Moe(moe) => Ffn::Moe(MoeLayer::new(d, moe, rng)?),
+            FfnKind::Moe(moe) => Ffn::Moe(Box::new(MoeLayer::new(d, moe, rng)?)),
         };
         Ok(DitBlock {
             attn,
@@ -93,7 +94,7 @@ impl Module for DitBlock {
         v.child("attn", &self.attn);
         match &self.ffn {
             Ffn::Dense(mlp) => v.child("mlp", mlp),
-            Ffn::Moe(moe) => v.child(moe.name_in_block(), moe),
+            Ffn::Moe(moe) => v.child(moe.name_in_block(), moe.as_ref()),
         }
         v.child("adaLN_modulation", &self.ada_ln);
     }

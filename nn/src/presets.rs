@@ -7,7 +7,7 @@
 
 use crate::config::{DitConfig, MoePlacement};
 use crate::moe::{
-    ExpertKind, MoeConfig, RaceGate, RaceInference, RacePool, RoutingConfig, RoutingGroup,
+    ExpertKind, Gate, MoeConfig, RaceInference, RacePool, RoutingConfig, RoutingGroup,
 };
 
 /// (name, depth, hidden, heads) of the backbone sizes.
@@ -86,6 +86,7 @@ fn tiny(name: &str) -> DitConfig {
                 top_k: 2,
                 renormalize: false,
                 balance_loss_alpha: 0.01,
+                gate: Gate::Softmax,
             }),
             MoePlacement::EveryBlock,
         ),
@@ -93,13 +94,14 @@ fn tiny(name: &str) -> DitConfig {
             experts(RoutingConfig::ExpertChoice {
                 capacity_factor: 2.0,
                 group: RoutingGroup::PerImage,
+                gate: Gate::Softmax,
             }),
             MoePlacement::EveryBlock,
         ),
         "tiny-race" => base.clone().with_moe(
             experts(RoutingConfig::ExpertRace {
                 top_k: 2,
-                gate: RaceGate::Softmax,
+                gate: Gate::Softmax,
                 pool: RacePool::Batch,
                 inference: RaceInference::Static,
             }),
@@ -145,6 +147,7 @@ pub fn preset(name: &str, image_size: usize) -> Result<DitConfig, String> {
                 routing: RoutingConfig::ExpertChoice {
                     capacity_factor: capacity.parse().map_err(|_| unknown())?,
                     group: RoutingGroup::PerImage,
+                    gate: Gate::Softmax,
                 },
             };
             Ok(base.with_moe(moe, MoePlacement::EveryOther))

@@ -10,7 +10,7 @@ use ditmoe_autograd::Var;
 use ditmoe_cuda::precision;
 use ditmoe_cuda::traffic;
 use ditmoe_nn::moe::{
-    ExpertKind, MoeConfig, PoolInference, RaceGate, RaceInference, RacePool, RoutingConfig,
+    ExpertKind, Gate, MoeConfig, PoolInference, RaceInference, RacePool, RoutingConfig,
     RoutingGroup,
 };
 use ditmoe_nn::{Dit, DitConfig, ForwardOptions, Module, MoePlacement};
@@ -68,9 +68,11 @@ fn a_training_step_on_the_gpu_matches_the_cpu() {
         expert_hidden: 24,
         expert_kind: ExpertKind::GeluMlp,
         shared_expert_hidden: None,
+        // Sigmoid gates (Race-DiT's Table 1 knob on every rule).
         routing: RoutingConfig::ExpertChoice {
             capacity_factor: 2.0,
             group: RoutingGroup::PerImage,
+            gate: Gate::Sigmoid,
         },
     };
     let race = MoeConfig {
@@ -80,7 +82,7 @@ fn a_training_step_on_the_gpu_matches_the_cpu() {
         shared_expert_hidden: Some(8),
         routing: RoutingConfig::ExpertRace {
             top_k: 2,
-            gate: RaceGate::Softmax,
+            gate: Gate::Softmax,
             pool: RacePool::Position,
             inference: RaceInference::Static,
         },
@@ -101,7 +103,7 @@ fn a_training_step_on_the_gpu_matches_the_cpu() {
     let thresholded_race = MoeConfig {
         routing: RoutingConfig::ExpertRace {
             top_k: 2,
-            gate: RaceGate::Identity,
+            gate: Gate::Identity,
             pool: RacePool::Batch,
             inference: RaceInference::Threshold { decay: 0.95 },
         },
@@ -146,6 +148,7 @@ fn global_pool_routing() -> RoutingConfig {
         predictor_loss_weight: 1.0,
         threshold_decay: 0.95,
         inference: PoolInference::Predictor,
+        gate: Gate::Softmax,
     }
 }
 
@@ -160,13 +163,14 @@ fn moe_routing_on_the_gpu_reads_nothing_back() {
         routing: RoutingConfig::ExpertChoice {
             capacity_factor: 2.0,
             group: RoutingGroup::PerImage,
+            gate: Gate::Softmax,
         },
         ..token_choice
     };
     let expert_race = MoeConfig {
         routing: RoutingConfig::ExpertRace {
             top_k: 2,
-            gate: RaceGate::Softmax,
+            gate: Gate::Softmax,
             pool: RacePool::Image,
             inference: RaceInference::Static,
         },

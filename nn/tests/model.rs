@@ -7,7 +7,7 @@ use common::max_abs_diff;
 use ditmoe_autograd::Var;
 use ditmoe_nn::accounting::model_cost;
 use ditmoe_nn::moe::{
-    ExpertKind, MoeConfig, PoolInference, RaceGate, RaceInference, RacePool, RoutingConfig,
+    ExpertKind, Gate, MoeConfig, PoolInference, RaceInference, RacePool, RoutingConfig,
     RoutingGroup,
 };
 use ditmoe_nn::presets::preset;
@@ -46,6 +46,7 @@ fn variants() -> Vec<DitConfig> {
                     predictor_loss_weight: 1.0,
                     threshold_decay: 0.95,
                     inference: PoolInference::Predictor,
+                    gate: Gate::Softmax,
                 },
                 ExpertKind::GeluMlp,
                 None,
@@ -64,6 +65,7 @@ fn variants() -> Vec<DitConfig> {
                 RoutingConfig::ExpertChoice {
                     capacity_factor: 2.0,
                     group: RoutingGroup::PerImage,
+                    gate: Gate::Softmax,
                 },
                 ExpertKind::GeluMlp,
                 None,
@@ -74,7 +76,7 @@ fn variants() -> Vec<DitConfig> {
             moe(
                 RoutingConfig::ExpertRace {
                     top_k: 2,
-                    gate: RaceGate::Softmax,
+                    gate: Gate::Softmax,
                     pool: RacePool::Batch,
                     inference: RaceInference::Static,
                 },
@@ -100,7 +102,7 @@ fn batch_independent_rules_give_an_image_the_same_output_alone() {
     let base = small();
     let race = |pool| RoutingConfig::ExpertRace {
         top_k: 2,
-        gate: RaceGate::Softmax,
+        gate: Gate::Softmax,
         pool,
         inference: RaceInference::Static,
     };
@@ -110,6 +112,7 @@ fn batch_independent_rules_give_an_image_the_same_output_alone() {
             RoutingConfig::ExpertChoice {
                 capacity_factor: 2.0,
                 group: RoutingGroup::PerImage,
+                gate: Gate::Softmax,
             },
             true,
         ),
@@ -118,7 +121,7 @@ fn batch_independent_rules_give_an_image_the_same_output_alone() {
         (
             RoutingConfig::ExpertRace {
                 top_k: 2,
-                gate: RaceGate::Softmax,
+                gate: Gate::Softmax,
                 pool: RacePool::Batch,
                 inference: RaceInference::Threshold { decay: 0.5 },
             },

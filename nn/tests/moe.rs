@@ -31,6 +31,7 @@ fn routings() -> Vec<(RoutingConfig, ExpertKind, Option<usize>)> {
                 top_k: 2,
                 renormalize: false,
                 balance_loss_alpha: 0.01,
+                gate: Gate::Softmax,
             },
             ExpertKind::SwiGlu,
             Some(3),
@@ -40,6 +41,7 @@ fn routings() -> Vec<(RoutingConfig, ExpertKind, Option<usize>)> {
                 top_k: 2,
                 renormalize: true,
                 balance_loss_alpha: 0.0,
+                gate: Gate::Softmax,
             },
             ExpertKind::GeluMlp,
             None,
@@ -48,6 +50,7 @@ fn routings() -> Vec<(RoutingConfig, ExpertKind, Option<usize>)> {
             RoutingConfig::ExpertChoice {
                 capacity_factor: 2.0,
                 group: RoutingGroup::PerImage,
+                gate: Gate::Softmax,
             },
             ExpertKind::SwiGlu,
             None,
@@ -56,6 +59,7 @@ fn routings() -> Vec<(RoutingConfig, ExpertKind, Option<usize>)> {
             RoutingConfig::ExpertChoice {
                 capacity_factor: 1.0,
                 group: RoutingGroup::Batch,
+                gate: Gate::Softmax,
             },
             ExpertKind::GeluMlp,
             Some(3),
@@ -63,7 +67,7 @@ fn routings() -> Vec<(RoutingConfig, ExpertKind, Option<usize>)> {
         (
             RoutingConfig::ExpertRace {
                 top_k: 2,
-                gate: RaceGate::Identity,
+                gate: Gate::Identity,
                 pool: RacePool::Image,
                 inference: RaceInference::Static,
             },
@@ -85,6 +89,7 @@ fn routings() -> Vec<(RoutingConfig, ExpertKind, Option<usize>)> {
                 predictor_loss_weight: 1.0,
                 threshold_decay: 0.95,
                 inference: PoolInference::Static,
+                gate: Gate::Softmax,
             },
             ExpertKind::GeluMlp,
             Some(3),
@@ -92,9 +97,50 @@ fn routings() -> Vec<(RoutingConfig, ExpertKind, Option<usize>)> {
         (
             RoutingConfig::ExpertRace {
                 top_k: 1,
-                gate: RaceGate::Sigmoid,
+                gate: Gate::Sigmoid,
                 pool: RacePool::Position,
                 inference: RaceInference::Static,
+            },
+            ExpertKind::SwiGlu,
+            None,
+        ),
+        // Every gate under every rule that takes one (Race-DiT's Table 1 grid, and ReLU).
+        (
+            RoutingConfig::TokenChoice {
+                top_k: 2,
+                renormalize: true,
+                balance_loss_alpha: 0.01,
+                gate: Gate::Sigmoid,
+            },
+            ExpertKind::SwiGlu,
+            None,
+        ),
+        (
+            RoutingConfig::TokenChoice {
+                top_k: 1,
+                renormalize: false,
+                balance_loss_alpha: 0.01,
+                gate: Gate::Identity,
+            },
+            ExpertKind::GeluMlp,
+            Some(2),
+        ),
+        (
+            RoutingConfig::ExpertChoice {
+                capacity_factor: 1.5,
+                group: RoutingGroup::PerImage,
+                gate: Gate::Relu,
+            },
+            ExpertKind::SwiGlu,
+            None,
+        ),
+        (
+            RoutingConfig::GlobalPool {
+                capacity: 1.0,
+                predictor_loss_weight: 1.0,
+                threshold_decay: 0.95,
+                inference: PoolInference::Static,
+                gate: Gate::Sigmoid,
             },
             ExpertKind::SwiGlu,
             None,
@@ -113,12 +159,12 @@ proptest! {
         let distinct = |p: &[usize]| p.iter().collect::<HashSet<_>>().len() == p.len();
 
         let rule = |routing: RoutingConfig| routing.rule().decide(&scores, images).unwrap();
-        let tc = rule(RoutingConfig::TokenChoice { top_k: k, renormalize: false, balance_loss_alpha: 0.0 });
+        let tc = rule(RoutingConfig::TokenChoice { top_k: k, renormalize: false, balance_loss_alpha: 0.0, gate: Gate::Softmax, });
         prop_assert!(tc.token_counts().iter().all(|&c| c == k), "token choice: every token exactly k experts");
         prop_assert!(distinct(&tc.positions));
 
         for group in [RoutingGroup::PerImage, RoutingGroup::Batch] {
-            let ec = rule(RoutingConfig::ExpertChoice { capacity_factor: cf, group });
+            let ec = rule(RoutingConfig::ExpertChoice { capacity_factor: cf, group, gate: Gate::Softmax, });
             let group_tokens = if group == RoutingGroup::PerImage { tokens } else { n };
             let groups = n / group_tokens;
             let c = capacity(group_tokens, cf, experts);
@@ -131,7 +177,7 @@ proptest! {
             }
         }
 
-        let race = rule(RoutingConfig::ExpertRace { top_k: k, gate: RaceGate::Softmax, pool: RacePool::Batch, inference: RaceInference::Static });
+        let race = rule(RoutingConfig::ExpertRace { top_k: k, gate: Gate::Softmax, pool: RacePool::Batch, inference: RaceInference::Static });
         prop_assert_eq!(race.len(), n * k, "expert race: exactly N·k pairs");
         prop_assert!(distinct(&race.positions));
         // No unchosen pair scores higher than a chosen one.
@@ -147,7 +193,7 @@ proptest! {
             (RacePool::Position, tokens, images * k),
             (RacePool::Expert, experts, (n * k / experts).clamp(1, n)),
         ] {
-            let raced = rule(RoutingConfig::ExpertRace { top_k: k, gate: RaceGate::Softmax, pool, inference: RaceInference::Static });
+            let raced = rule(RoutingConfig::ExpertRace { top_k: k, gate: Gate::Softmax, pool, inference: RaceInference::Static });
             prop_assert_eq!(raced.len(), races * picks, "{:?}", pool);
             prop_assert!(distinct(&raced.positions));
             let race_of = |p: usize| match pool {
@@ -163,7 +209,7 @@ proptest! {
             }
         }
 
-        let pool = rule(RoutingConfig::GlobalPool { capacity: cf.min(experts as f64), predictor_loss_weight: 1.0, threshold_decay: 0.95, inference: PoolInference::Predictor });
+        let pool = rule(RoutingConfig::GlobalPool { capacity: cf.min(experts as f64), predictor_loss_weight: 1.0, threshold_decay: 0.95, inference: PoolInference::Predictor, gate: Gate::Softmax, });
         let c = pool_capacity(n, cf.min(experts as f64), experts);
         prop_assert!(pool.expert_counts().iter().all(|&count| count == c), "global pool: every expert exactly ⌊N/E·C⌋ tokens of the batch");
         prop_assert!(distinct(&pool.positions));
@@ -231,6 +277,7 @@ fn one_expert_top1_equals_the_dense_swiglu() {
         top_k: 1,
         renormalize: false,
         balance_loss_alpha: 0.0,
+        gate: Gate::Softmax,
     };
     let config = MoeConfig {
         num_experts: 1,
@@ -274,6 +321,7 @@ fn routing_records_report_load_and_drops() {
         RoutingConfig::ExpertChoice {
             capacity_factor: 1.0,
             group: RoutingGroup::PerImage,
+            gate: Gate::Softmax,
         },
         ExpertKind::SwiGlu,
         None,
@@ -325,6 +373,7 @@ fn bad_configs_are_refused() {
             top_k: 5,
             renormalize: false,
             balance_loss_alpha: 0.0,
+            gate: Gate::Softmax,
         },
     };
     let err = MoeLayer::new(5, config, &mut seeded_rng(1))
@@ -336,6 +385,7 @@ fn bad_configs_are_refused() {
         routing: RoutingConfig::ExpertChoice {
             capacity_factor: 0.0,
             group: RoutingGroup::PerImage,
+            gate: Gate::Softmax,
         },
         ..config
     };
@@ -417,7 +467,7 @@ fn relu_routing_steers_its_l1_coefficient_toward_the_target_sparsity() {
 fn a_thresholded_race_learns_its_threshold_in_training_and_samples_by_it() {
     let routing = RoutingConfig::ExpertRace {
         top_k: 2,
-        gate: RaceGate::Softmax,
+        gate: Gate::Softmax,
         pool: RacePool::Batch,
         inference: RaceInference::Threshold { decay: 0.9 },
     };

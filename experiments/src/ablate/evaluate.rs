@@ -146,6 +146,7 @@ pub fn sweep_settings(config: &DitConfig, settings: &EvaluationConfig) -> Vec<(S
         RoutingConfig::TokenChoice {
             renormalize,
             balance_loss_alpha,
+            gate,
             ..
         } => settings
             .top_k_sweep
@@ -156,6 +157,7 @@ pub fn sweep_settings(config: &DitConfig, settings: &EvaluationConfig) -> Vec<(S
                     top_k,
                     renormalize,
                     balance_loss_alpha,
+                    gate,
                 };
                 (format!("top_k = {top_k}"), with_routing(routing))
             })
@@ -185,7 +187,7 @@ pub fn sweep_settings(config: &DitConfig, settings: &EvaluationConfig) -> Vec<(S
                 });
             thresholded.into_iter().chain(static_points).collect()
         }
-        RoutingConfig::ExpertChoice { group, .. } => settings
+        RoutingConfig::ExpertChoice { group, gate, .. } => settings
             .capacity_sweep
             .iter()
             .filter(|&&f| f > 0.0 && f <= moe.num_experts as f64)
@@ -193,6 +195,7 @@ pub fn sweep_settings(config: &DitConfig, settings: &EvaluationConfig) -> Vec<(S
                 let routing = RoutingConfig::ExpertChoice {
                     capacity_factor,
                     group,
+                    gate,
                 };
                 (
                     format!("capacity_factor = {capacity_factor}"),
@@ -204,6 +207,7 @@ pub fn sweep_settings(config: &DitConfig, settings: &EvaluationConfig) -> Vec<(S
             capacity,
             predictor_loss_weight,
             threshold_decay,
+            gate,
             ..
         } => {
             let with_inference = |inference| {
@@ -212,6 +216,7 @@ pub fn sweep_settings(config: &DitConfig, settings: &EvaluationConfig) -> Vec<(S
                     predictor_loss_weight,
                     threshold_decay,
                     inference,
+                    gate,
                 })
             };
             let thresholds = settings.threshold_sweep.iter().map(|&gamma| {

@@ -8,6 +8,7 @@ use crate::moe::relu_routing::ReluRouting;
 use crate::moe::rule::RoutingRule;
 use crate::moe::token_choice::TokenChoice;
 use crate::validate::Field;
+use ditmoe_autograd::Var;
 use serde::{Deserialize, Serialize};
 
 /// The expert network, the same for every routing so an ablation compares routings only.
@@ -33,16 +34,39 @@ pub enum RoutingGroup {
     Batch,
 }
 
-/// How Expert Race turns router logits into gate values.
+/// How router logits `[N, E]` become gate values: the scores a rule ranks and the weights the
+/// chosen experts' outputs are summed with. Race-DiT's Table 1 compares the first three under
+/// token choice, expert choice and the race (identity and sigmoid beat softmax in all three).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
-pub enum RaceGate {
-    /// Softmax over experts, like the other routings (isolates the selection rule).
+pub enum Gate {
+    /// Softmax over experts (DiT-MoE, EC-DiT, DiffMoE).
     #[default]
     Softmax,
-    /// Raw logits (what Race-DiT found best).
+    /// The raw logits (what Race-DiT found best for its race).
     Identity,
+    /// σ(logit), each expert on its own.
     Sigmoid,
+    /// max(0, logit): ReMoE's gate, here under another rule's selection.
+    Relu,
+}
+
+impl Gate {
+    /// The gate values of `logits [N, E]`.
+    pub fn apply(self, logits: &Var) -> ditmoe_tensor::Result<Var> {
+        match self {
+            Gate::Softmax => logits.softmax(1),
+            Gate::Identity => Ok(logits.clone()),
+            Gate::Sigmoid => logits.sigmoid(),
+            Gate::Relu => logits.relu(),
+        }
+    }
+
+    /// Whether every gate value is positive, so that a token's weights can be renormalised to
+    /// sum to 1 (raw logits and ReLU gates may sum to zero or less).
+    pub fn is_positive(self) -> bool {
+        matches!(self, Gate::Softmax | Gate::Sigmoid)
+    }
 }
 
 /// How a global-pool layer decides at sampling time how many tokens each expert takes (the
@@ -110,6 +134,8 @@ pub enum RoutingConfig {
         /// Coefficient α of the expert-level balance loss (0 disables it).
         #[serde(default = "default_alpha")]
         balance_loss_alpha: f64,
+        #[serde(default)]
+        gate: Gate,
     },
     /// Expert Choice (Zhou et al., 2022; EC-DiT, Sun et al., 2024): each expert takes its top-C
     /// tokens, C = S·f_c/E for a group of S tokens.
@@ -117,13 +143,15 @@ pub enum RoutingConfig {
         capacity_factor: f64,
         #[serde(default)]
         group: RoutingGroup,
+        #[serde(default)]
+        gate: Gate,
     },
     /// Expert Race (Race-DiT, Yuan et al., 2025): the top K = N·k (token, expert) pairs of the
     /// whole batch's score grid.
     ExpertRace {
         top_k: usize,
         #[serde(default)]
-        gate: RaceGate,
+        gate: Gate,
         #[serde(default)]
         pool: RacePool,
         #[serde(default)]
@@ -142,6 +170,8 @@ pub enum RoutingConfig {
         threshold_decay: f64,
         #[serde(default)]
         inference: PoolInference,
+        #[serde(default)]
+        gate: Gate,
     },
     /// ReMoE (Wang et al., 2025): every expert whose ReLU gate is positive, an L1 penalty with
     /// an adaptive coefficient steering the sparsity toward k experts per token.
@@ -162,17 +192,21 @@ impl RoutingConfig {
                 top_k,
                 renormalize,
                 balance_loss_alpha,
+                gate,
             } => Box::new(TokenChoice {
                 top_k,
                 renormalize,
                 balance_loss_alpha,
+                gate,
             }),
             RoutingConfig::ExpertChoice {
                 capacity_factor,
                 group,
+                gate,
             } => Box::new(ExpertChoice {
                 capacity_factor,
                 group,
+                gate,
             }),
             RoutingConfig::ExpertRace {
                 top_k,
@@ -227,11 +261,13 @@ impl RoutingConfig {
                 predictor_loss_weight,
                 threshold_decay,
                 inference,
+                gate,
             } => Some(GlobalPool {
                 capacity,
                 predictor_loss_weight,
                 threshold_decay,
                 inference,
+                gate,
             }),
             _ => None,
         }
@@ -294,5 +330,46 @@ impl MoeConfig {
     /// k for token choice and race, the capacity factor for expert choice.
     pub fn experts_per_token(&self) -> f64 {
         self.routing.rule().experts_per_token(self.num_experts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ditmoe_tensor::Tensor;
+
+    #[test]
+    fn each_gate_maps_logits_as_named() {
+        let logits = [-1.0f64, 0.0, 2.0, 0.5, -0.5, 1.0];
+        let var = Var::constant(Tensor::from_vec(logits.to_vec(), &[2, 3]).unwrap());
+        let values = |gate: Gate| gate.apply(&var).unwrap().value().to_vec_f64();
+        let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
+        for (i, &x) in logits.iter().enumerate() {
+            let row = &logits[i / 3 * 3..i / 3 * 3 + 3];
+            let softmax = x.exp() / row.iter().map(|v| v.exp()).sum::<f64>();
+            assert!((values(Gate::Softmax)[i] - softmax).abs() < 1e-12);
+            assert_eq!(values(Gate::Identity)[i], x);
+            assert!((values(Gate::Sigmoid)[i] - sigmoid(x)).abs() < 1e-12);
+            assert_eq!(values(Gate::Relu)[i], x.max(0.0));
+        }
+    }
+
+    #[test]
+    fn every_rule_reads_a_gate_from_its_config() {
+        let parsed: RoutingConfig = serde_json::from_str(
+            r#"{"kind": "expert_choice", "capacity_factor": 1.0, "gate": "sigmoid"}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            parsed,
+            RoutingConfig::ExpertChoice {
+                gate: Gate::Sigmoid,
+                ..
+            }
+        ));
+        let refused = serde_json::from_str::<RoutingConfig>(
+            r#"{"kind": "token_choice", "top_k": 1, "gate": "tanh"}"#,
+        );
+        assert!(refused.unwrap_err().to_string().contains("softmax"));
     }
 }

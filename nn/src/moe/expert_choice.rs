@@ -3,15 +3,17 @@
 //! the whole batch) every expert takes the C = round(S·f_c/E) tokens that score it highest.
 //! The load is balanced by construction; a token may be taken by 0..E experts.
 
-use crate::moe::config::RoutingGroup;
+use crate::moe::config::{Gate, RoutingGroup};
 use crate::moe::rule::{grid, RoutingRule};
 use crate::validate::Field;
+use ditmoe_autograd::Var;
 use ditmoe_tensor::{Result, Tensor, TensorError};
 
 pub struct ExpertChoice {
     /// f_c: the average number of experts per token.
     pub capacity_factor: f64,
     pub group: RoutingGroup,
+    pub gate: Gate,
 }
 
 /// Expert capacity C = round(S · f_c / E), at least 1 and at most S.
@@ -38,6 +40,10 @@ impl RoutingRule for ExpertChoice {
 
     fn experts_per_token(&self, num_experts: usize) -> f64 {
         self.capacity_factor.min(num_experts as f64)
+    }
+
+    fn gate(&self, logits: &Var) -> Result<Var> {
+        self.gate.apply(logits)
     }
 
     /// Pairs ordered by group, expert, rank: E equal runs of C per group.
@@ -70,6 +76,7 @@ mod tests {
         let rule = |group| ExpertChoice {
             capacity_factor: 1.5,
             group,
+            gate: Gate::Softmax,
         };
         let d = rule(RoutingGroup::PerImage).decide(&scores(), 2).unwrap();
         // C = round(2·1.5/3) = 1 per expert per image.

@@ -5,7 +5,7 @@
 //! position or per expert ([`RacePool`], the paper's Table 6). A token may get 0..E experts and
 //! the load is not enforced (but for the per-expert pool).
 
-use crate::moe::config::{RaceGate, RaceInference, RacePool};
+use crate::moe::config::{Gate, RaceInference, RacePool};
 use crate::moe::rule::{check_top_k, grid, positions_where, RoutingRule};
 use crate::validate::Field;
 use ditmoe_autograd::Var;
@@ -14,7 +14,7 @@ use ditmoe_tensor::{Device, Result, Tensor, TensorError};
 pub struct ExpertRace {
     /// k: the pairs chosen per token on average.
     pub top_k: usize,
-    pub gate: RaceGate,
+    pub gate: Gate,
     pub pool: RacePool,
     pub inference: RaceInference,
 }
@@ -43,11 +43,7 @@ impl RoutingRule for ExpertRace {
     }
 
     fn gate(&self, logits: &Var) -> Result<Var> {
-        match self.gate {
-            RaceGate::Softmax => logits.softmax(1),
-            RaceGate::Identity => Ok(logits.clone()),
-            RaceGate::Sigmoid => logits.sigmoid(),
-        }
+        self.gate.apply(logits)
     }
 
     /// The batch pool: the N·k highest scores of the grid, in grid order. The per-image and
@@ -130,7 +126,7 @@ mod tests {
     fn rule(pool: RacePool) -> ExpertRace {
         ExpertRace {
             top_k: 1,
-            gate: RaceGate::Softmax,
+            gate: Gate::Softmax,
             pool,
             inference: RaceInference::Static,
         }

@@ -8,9 +8,10 @@
 //! it, so the layer asks its [`CapacityPredictor`](crate::moe::capacity_predictor) how many
 //! tokens each expert takes ([`PoolInference`]); this rule's scores still decide which.
 
-use crate::moe::config::PoolInference;
+use crate::moe::config::{Gate, PoolInference};
 use crate::moe::rule::{grid, RoutingRule};
 use crate::validate::Field;
+use ditmoe_autograd::Var;
 use ditmoe_tensor::{Device, Result, Tensor};
 
 pub struct GlobalPool {
@@ -21,6 +22,7 @@ pub struct GlobalPool {
     /// Decay of the per-expert thresholds' moving average.
     pub threshold_decay: f64,
     pub inference: PoolInference,
+    pub gate: Gate,
 }
 
 /// Tokens each expert takes from a pool of `tokens`: ⌊tokens / E · C⌋ as the official code's
@@ -45,6 +47,10 @@ impl RoutingRule for GlobalPool {
 
     fn experts_per_token(&self, num_experts: usize) -> f64 {
         self.capacity.min(num_experts as f64)
+    }
+
+    fn gate(&self, logits: &Var) -> Result<Var> {
+        self.gate.apply(logits)
     }
 
     /// The predictor's or a threshold's counts depend on the sampled images.
@@ -94,6 +100,7 @@ mod tests {
             predictor_loss_weight: 1.0,
             threshold_decay: 0.95,
             inference: PoolInference::Predictor,
+            gate: Gate::Softmax,
         }
     }
 

@@ -110,7 +110,12 @@ impl MoeLayer {
 
     /// Router gate values `[N, E]` for flattened tokens `[N, D]`.
     pub fn scores(&self, tokens: &Var) -> Result<Var> {
-        self.rule.gate(&tokens.matmul(&self.gate.t()?)?)
+        self.rule.gate(&self.logits(tokens)?)
+    }
+
+    /// Router logits `[N, E]` for flattened tokens `[N, D]`.
+    fn logits(&self, tokens: &Var) -> Result<Var> {
+        tokens.matmul(&self.gate.t()?)
     }
 
     /// The routing rule of this layer applied to gate values of `images` images (downloaded
@@ -153,7 +158,8 @@ impl MoeLayer {
         let (n, e) = (b * t, self.config.num_experts);
         let device = x.value().device();
         let tokens = x.reshape(&[n, d])?;
-        let scores = self.scores(&tokens)?;
+        let logits = self.logits(&tokens)?;
+        let scores = self.rule.gate(&logits)?;
         let positions = match fixed {
             Some(dec) if dec.num_tokens != n || dec.num_experts != e => {
                 return Err(TensorError::invalid("MoE", format!("expected a routing decision for {n} tokens and {e} experts, found {} and {}", dec.num_tokens, dec.num_experts)));
@@ -184,7 +190,7 @@ impl MoeLayer {
             y = y.add(&shared.forward(&tokens)?)?;
         }
 
-        let mut aux_loss = self.rule.aux_loss(&scores, &dispatch.expert_of)?;
+        let mut aux_loss = self.rule.aux_loss(&logits, &scores, &dispatch.expert_of)?;
         if let (Some(predictor), true, None) = (&self.predictor, training, fixed) {
             aux_loss = Some(self.train_predictor(predictor, &tokens, &positions)?);
         }

@@ -21,7 +21,7 @@ pub mod token_choice;
 
 pub use capacity_predictor::CapacityPredictor;
 pub use config::{
-    ExpertKind, MoeConfig, PoolInference, RaceGate, RaceInference, RacePool, RoutingConfig,
+    ExpertKind, Gate, MoeConfig, PoolInference, RaceInference, RacePool, RoutingConfig,
     RoutingGroup,
 };
 pub use decision::{RoutingDecision, RoutingRecord};

@@ -34,11 +34,8 @@ pub trait RoutingRule: Send + Sync {
         false
     }
 
-    /// Gate values `[N, E]` from router logits `[N, E]`: a softmax over experts unless the rule
-    /// says otherwise.
-    fn gate(&self, logits: &Var) -> Result<Var> {
-        logits.softmax(1)
-    }
+    /// Gate values `[N, E]` from router logits `[N, E]` (the rule's [`Gate`](crate::moe::Gate)).
+    fn gate(&self, logits: &Var) -> Result<Var>;
 
     /// The chosen pairs of gate values `scores [N, E]` of `images` images, as a `[P]` i64
     /// tensor of positions `token·E + expert` where the scores are (on a GPU the picks never
@@ -51,9 +48,10 @@ pub trait RoutingRule: Send + Sync {
         Ok(gathered)
     }
 
-    /// The auxiliary loss (already scaled) from the gate values and each pair's expert
-    /// (`expert_of`, `[P]` i64, where the scores are); none unless the rule has one.
-    fn aux_loss(&self, _scores: &Var, _expert_of: &Tensor) -> Result<Option<Var>> {
+    /// The auxiliary loss (already scaled) from the router logits, the gate values and each
+    /// pair's expert (`expert_of`, `[P]` i64, where the scores are); none unless the rule has
+    /// one.
+    fn aux_loss(&self, _logits: &Var, _scores: &Var, _expert_of: &Tensor) -> Result<Option<Var>> {
         Ok(None)
     }
 
