@@ -55,6 +55,10 @@ impl Objective for RectifiedFlow {
     fn loss(&self, draw: &Draw<Tensor>, out: &Var) -> Result<LossTerms> {
         Ok(LossTerms::mse_only(flow_loss(out, &draw.target)?))
     }
+
+    fn prediction_target<'a>(&self, draw: &'a Draw<Tensor>) -> &'a Tensor {
+        &draw.target
+    }
 }
 
 #[cfg(test)]

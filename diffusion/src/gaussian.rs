@@ -221,6 +221,10 @@ impl Objective for GaussianDiffusion {
         let DdpmTarget { x0, noise, t } = &draw.target;
         self.training_losses(out, x0, &draw.model_input, t, noise)
     }
+
+    fn prediction_target<'a>(&self, draw: &'a Draw<DdpmTarget>) -> &'a Tensor {
+        &draw.target.noise
+    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,10 @@ pub trait Objective {
 
     /// The loss of the model output `out` (for the input `draw.model_input`).
     fn loss(&self, draw: &Draw<Self::Target>, out: &Var) -> Result<LossTerms>;
+
+    /// What the model's data channels are trained to predict, `[N, C, H, W]` where the draw
+    /// is (ε for DDPM, the velocity for flow); Race-DiT's two-layer routers learn it too.
+    fn prediction_target<'a>(&self, draw: &'a Draw<Self::Target>) -> &'a Tensor;
 }
 
 /// One batch as an objective prepared it.

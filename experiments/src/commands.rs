@@ -107,6 +107,7 @@ pub fn forward(
                 label_dropout: None,
                 record_routing: true,
                 training: false,
+                prediction_target: None,
             },
         )
     })

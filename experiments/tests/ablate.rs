@@ -84,9 +84,9 @@ about = "ReLU routing (ReMoE)"
 moe = { num_experts = 4, expert_hidden = 16, routing = { kind = "relu", top_k = 2 } }
 
 [[variant]]
-name = "race-thr"
-about = "expert race, identity gates, learned threshold"
-moe = { num_experts = 4, expert_hidden = 16, routing = { kind = "expert_race", top_k = 2, gate = "identity", inference = { kind = "threshold" } } }
+name = "race-full"
+about = "expert race, identity gates, learned threshold, two-layer router, similarity loss"
+moe = { num_experts = 4, expert_hidden = 16, router = { kind = "two_layer" }, routing = { kind = "expert_race", top_k = 2, gate = "identity", similarity_loss_weight = 0.01, inference = { kind = "threshold" } } }
 "#;
 
 const VARIANTS: [&str; 9] = [
@@ -98,7 +98,7 @@ const VARIANTS: [&str; 9] = [
     "race",
     "pool",
     "relu",
-    "race-thr",
+    "race-full",
 ];
 
 /// `ditmoe ablate --preset PRESET --out OUT` followed by `flags`.

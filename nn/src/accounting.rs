@@ -13,7 +13,7 @@
 
 use crate::config::{DitConfig, FfnKind};
 use crate::layers::timestep::FREQUENCY_DIM;
-use crate::moe::{ExpertKind, MoeConfig};
+use crate::moe::{ExpertKind, MoeConfig, RouterConfig};
 use serde::Serialize;
 
 /// The size and cost of a model.
@@ -44,8 +44,9 @@ fn expert_cost(kind: ExpertKind, d: usize, hidden: usize) -> (f64, f64) {
 
 /// (total params, activated params, MACs per token) of an MoE FFN whose tokens get `active`
 /// routed experts on average. A global pool's capacity predictor (Linear(D, D), Linear(D, E))
-/// runs on every token.
-fn moe_cost(moe: &MoeConfig, d: usize, active: f64) -> (f64, f64, f64) {
+/// and a two-layer router's hidden layer (Linear(D, D)) run on every token; the router's target
+/// head (Linear(D, `target_width`)) runs only in training, so it counts in the totals alone.
+fn moe_cost(moe: &MoeConfig, d: usize, target_width: usize, active: f64) -> (f64, f64, f64) {
     let (expert_params, expert_macs) = expert_cost(moe.expert_kind, d, moe.expert_hidden);
     let (shared_params, shared_macs) = moe
         .shared_expert_hidden
@@ -57,12 +58,22 @@ fn moe_cost(moe: &MoeConfig, d: usize, active: f64) -> (f64, f64, f64) {
         ),
         None => (0.0, 0.0),
     };
-    let router = (moe.num_experts * d) as f64;
+    let (router, target_head) = match moe.router {
+        RouterConfig::Linear => ((moe.num_experts * d) as f64, 0.0),
+        RouterConfig::TwoLayer { .. } => (
+            linear_params(d, d, true) + (moe.num_experts * d) as f64,
+            linear_params(d, target_width, true),
+        ),
+    };
+    let router_macs = match moe.router {
+        RouterConfig::Linear => (moe.num_experts * d) as f64,
+        RouterConfig::TwoLayer { .. } => (d * d + moe.num_experts * d) as f64,
+    };
     let always = router + shared_params + predictor_params;
     (
-        always + moe.num_experts as f64 * expert_params,
+        always + target_head + moe.num_experts as f64 * expert_params,
         always + active * expert_params,
-        router + predictor_macs + active * expert_macs + shared_macs,
+        router_macs + predictor_macs + active * expert_macs + shared_macs,
     )
 }
 
@@ -112,6 +123,7 @@ fn cost(config: &DitConfig, experts_per_token: Option<f64>) -> ModelCost {
             FfnKind::Moe(moe) => moe_cost(
                 &moe,
                 d,
+                patch_in,
                 experts_per_token.unwrap_or(moe.experts_per_token()),
             ),
         };
@@ -335,7 +347,7 @@ mod tests {
 mod memory_tests {
     use super::*;
     use crate::module::Module;
-    use crate::moe::{Gate, MoeConfig, RoutingConfig};
+    use crate::moe::{Gate, MoeConfig, RouterConfig, RoutingConfig};
     use crate::{Dit, DitConfig, MoePlacement};
 
     #[test]
@@ -353,10 +365,16 @@ mod memory_tests {
                     balance_loss_alpha: 0.01,
                     gate: Gate::Softmax,
                 },
+                router: RouterConfig::Linear,
             },
             MoePlacement::EveryOther,
         );
-        for config in [dense, moe] {
+        let mut two_layer = moe.moe.unwrap();
+        two_layer.router = RouterConfig::TwoLayer {
+            regularization_weight: 1.0,
+        };
+        let two_layer = moe.clone().with_moe(two_layer, MoePlacement::EveryBlock);
+        for config in [dense, moe, two_layer] {
             let model = Dit::new(config.clone(), 0).unwrap();
             let every_tensor: usize = model.state_dict().values().map(|t| t.numel()).sum();
             let estimate = memory_estimate(&config, Workload::Inference { batch: 1 });

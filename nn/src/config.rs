@@ -1,7 +1,7 @@
 //! `DitConfig`: every shape decision of a DiT / DiT-MoE / EC-DiT model, serialisable as JSON
 //! (stored in checkpoint metadata) and TOML.
 
-use crate::moe::{ExpertKind, Gate, MoeConfig, PoolInference, RoutingConfig};
+use crate::moe::{ExpertKind, Gate, MoeConfig, PoolInference, RouterConfig, RoutingConfig};
 use crate::validate::Field;
 use serde::{Deserialize, Serialize};
 
@@ -127,6 +127,7 @@ impl DitConfig {
                 balance_loss_alpha: 0.01,
                 gate: Gate::Softmax,
             },
+            router: RouterConfig::Linear,
         }
     }
 
@@ -378,6 +379,7 @@ impl DiffMoeReference {
                 inference: PoolInference::Predictor,
                 gate: Gate::Softmax,
             },
+            router: RouterConfig::Linear,
         };
         let placement = match self.interleave {
             true => MoePlacement::EveryOther,

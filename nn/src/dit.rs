@@ -4,8 +4,8 @@
 use crate::config::{DitConfig, FfnKind};
 use crate::layers::adaln::norm;
 use crate::layers::{
-    modulate, sincos_pos_embed_2d, unpatchify, AdaLnModulation, Attention, LabelEmbedder, Linear,
-    Mlp, PatchEmbed, TimestepEmbedder,
+    modulate, patchify, sincos_pos_embed_2d, unpatchify, AdaLnModulation, Attention, LabelEmbedder,
+    Linear, Mlp, PatchEmbed, TimestepEmbedder,
 };
 use crate::module::{Module, Visitor};
 use crate::moe::{MoeLayer, RoutingRecord};
@@ -38,7 +38,12 @@ impl DitBlock {
         let attn = Attention::new(d, config.num_heads, rng)?;
         let ffn = match config.ffn(index) {
             FfnKind::Dense => Ffn::Dense(Mlp::new(d, config.mlp_hidden(), rng)?),
-            FfnKind::Moe(moe) => Ffn::Moe(Box::new(MoeLayer::new(d, moe, rng)?)),
+            FfnKind::Moe(moe) => {
+                // A two-layer router's target head predicts one token's patch of the target.
+                let target_width = config.patch_size * config.patch_size * config.in_channels;
+                let layer = MoeLayer::with_target_width(d, moe, Some(target_width), rng)?;
+                Ffn::Moe(Box::new(layer))
+            }
         };
         Ok(DitBlock {
             attn,
@@ -47,11 +52,13 @@ impl DitBlock {
         })
     }
 
-    /// One block; `training` as in [`ForwardOptions::training`].
+    /// One block; `training` as in [`ForwardOptions::training`], `target` each token's patch of
+    /// the training target `[B, T, p²·C]` (for a two-layer router's regularisation).
     pub fn forward(
         &self,
         x: &Var,
         c: &Var,
+        target: Option<&Tensor>,
         record_routing: bool,
         training: bool,
     ) -> Result<(Var, BlockExtras)> {
@@ -75,7 +82,7 @@ impl DitBlock {
                 },
             ),
             Ffn::Moe(moe) => {
-                let out = moe.forward(&h, record_routing, training)?;
+                let out = moe.forward_with_target(&h, target, record_routing, training)?;
                 (
                     out.y,
                     BlockExtras {
@@ -144,6 +151,10 @@ pub struct ForwardOptions<'a> {
     /// thresholded race sample by their inference rule; the other rules route the same either
     /// way.
     pub training: bool,
+    /// What the model's data channels are trained to predict, `[N, C, H, W]` (ε, or the flow
+    /// velocity): Race-DiT's two-layer routers learn to predict it too (a training pass of a
+    /// model with such routers needs it).
+    pub prediction_target: Option<&'a Tensor>,
 }
 
 /// A forward pass's results.
@@ -226,6 +237,13 @@ impl Dit {
         }
         t.check_shape("DiT forward (t)", &[expected[0]])?;
         y.check_shape("DiT forward (y)", &[expected[0]])?;
+        let target = match options.prediction_target {
+            Some(target) => {
+                target.check_shape("DiT forward (prediction target)", &expected)?;
+                Some(patchify(&Var::constant(target.clone()), c.patch_size)?.value())
+            }
+            None => None,
+        };
         let mut h = self.x_embedder.forward(x)?.add(&self.pos_embed)?;
         let cond = self
             .t_embedder
@@ -234,8 +252,13 @@ impl Dit {
         let mut aux_loss: Option<Var> = None;
         let mut routing = Vec::with_capacity(self.blocks.len());
         for block in &self.blocks {
-            let (next, extras) =
-                block.forward(&h, &cond, options.record_routing, options.training)?;
+            let (next, extras) = block.forward(
+                &h,
+                &cond,
+                target.as_ref(),
+                options.record_routing,
+                options.training,
+            )?;
             h = next;
             if let Some(loss) = extras.aux_loss {
                 aux_loss = Some(match aux_loss {

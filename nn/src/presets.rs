@@ -7,7 +7,7 @@
 
 use crate::config::{DitConfig, MoePlacement};
 use crate::moe::{
-    ExpertKind, Gate, MoeConfig, RaceInference, RacePool, RoutingConfig, RoutingGroup,
+    ExpertKind, Gate, MoeConfig, RaceInference, RacePool, RouterConfig, RoutingConfig, RoutingGroup,
 };
 
 /// (name, depth, hidden, heads) of the backbone sizes.
@@ -79,6 +79,7 @@ fn tiny(name: &str) -> DitConfig {
         expert_kind: ExpertKind::SwiGlu,
         shared_expert_hidden: None,
         routing,
+        router: RouterConfig::Linear,
     };
     match name {
         "tiny-moe" => base.clone().with_moe(
@@ -104,6 +105,7 @@ fn tiny(name: &str) -> DitConfig {
                 gate: Gate::Softmax,
                 pool: RacePool::Batch,
                 inference: RaceInference::Static,
+                similarity_loss_weight: 0.0,
             }),
             MoePlacement::EveryBlock,
         ),
@@ -149,6 +151,7 @@ pub fn preset(name: &str, image_size: usize) -> Result<DitConfig, String> {
                     group: RoutingGroup::PerImage,
                     gate: Gate::Softmax,
                 },
+                router: RouterConfig::Linear,
             };
             Ok(base.with_moe(moe, MoePlacement::EveryOther))
         }

@@ -10,8 +10,8 @@ use ditmoe_autograd::Var;
 use ditmoe_cuda::precision;
 use ditmoe_cuda::traffic;
 use ditmoe_nn::moe::{
-    ExpertKind, Gate, MoeConfig, PoolInference, RaceInference, RacePool, RoutingConfig,
-    RoutingGroup,
+    ExpertKind, Gate, MoeConfig, PoolInference, RaceInference, RacePool, RouterConfig,
+    RoutingConfig, RoutingGroup,
 };
 use ditmoe_nn::{Dit, DitConfig, ForwardOptions, Module, MoePlacement};
 use ditmoe_tensor::Device;
@@ -24,8 +24,11 @@ fn step(config: &DitConfig, device: Device) -> (f64, Vec<(String, Vec<f64>)>) {
     model.randomize(0.05, 2).unwrap();
     model.to_device(device).unwrap();
     let (x, t, y) = common::dit_inputs(2, config);
-    let x = Var::constant(x.to_device(device).unwrap());
+    let x = x.to_device(device).unwrap();
     let (t, y) = (t.to_device(device).unwrap(), y.to_device(device).unwrap());
+    // Any tensor shaped like x serves as the target two-layer routers learn to predict.
+    let target = x.mul_scalar(0.5).unwrap();
+    let x = Var::constant(x);
     let out = model
         .forward(
             &x,
@@ -35,6 +38,7 @@ fn step(config: &DitConfig, device: Device) -> (f64, Vec<(String, Vec<f64>)>) {
                 label_dropout: None,
                 record_routing: false,
                 training: true,
+                prediction_target: Some(&target),
             },
         )
         .unwrap();
@@ -74,6 +78,7 @@ fn a_training_step_on_the_gpu_matches_the_cpu() {
             group: RoutingGroup::PerImage,
             gate: Gate::Sigmoid,
         },
+        router: RouterConfig::Linear,
     };
     let race = MoeConfig {
         num_experts: 4,
@@ -85,7 +90,9 @@ fn a_training_step_on_the_gpu_matches_the_cpu() {
             gate: Gate::Softmax,
             pool: RacePool::Position,
             inference: RaceInference::Static,
+            similarity_loss_weight: 0.0,
         },
+        router: RouterConfig::Linear,
     };
     let global_pool = MoeConfig {
         routing: global_pool_routing(),
@@ -100,12 +107,18 @@ fn a_training_step_on_the_gpu_matches_the_cpu() {
         },
         ..race
     };
-    let thresholded_race = MoeConfig {
+    // Race-DiT's full router: identity gates, learned threshold, router-similarity loss and
+    // the two-layer router with its regularisation.
+    let race_full = MoeConfig {
         routing: RoutingConfig::ExpertRace {
             top_k: 2,
             gate: Gate::Identity,
             pool: RacePool::Batch,
             inference: RaceInference::Threshold { decay: 0.95 },
+            similarity_loss_weight: 0.5,
+        },
+        router: RouterConfig::TwoLayer {
+            regularization_weight: 1.0,
         },
         ..race
     };
@@ -115,8 +128,7 @@ fn a_training_step_on_the_gpu_matches_the_cpu() {
             .with_moe(base.ditmoe_ffn(4, 2), MoePlacement::EveryBlock),
         base.clone().with_moe(global_pool, MoePlacement::EveryOther),
         base.clone().with_moe(relu, MoePlacement::EveryBlock),
-        base.clone()
-            .with_moe(thresholded_race, MoePlacement::EveryBlock),
+        base.clone().with_moe(race_full, MoePlacement::EveryBlock),
         base.clone()
             .with_moe(expert_choice, MoePlacement::EveryOther),
         base.clone().with_moe(race, MoePlacement::DeepHalf),
@@ -173,6 +185,7 @@ fn moe_routing_on_the_gpu_reads_nothing_back() {
             gate: Gate::Softmax,
             pool: RacePool::Image,
             inference: RaceInference::Static,
+            similarity_loss_weight: 0.0,
         },
         ..token_choice
     };

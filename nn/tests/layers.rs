@@ -112,7 +112,7 @@ fn adaln_attention_final_layer_and_dense_block() {
     let block = DitBlock::new(&config, 0, &mut rng()).unwrap();
     randomized_f64(&block, 0.3, 11);
     check_module(&block, &[x.clone(), c.clone()], || {
-        Ok(block.forward(&x, &c, false, false)?.0)
+        Ok(block.forward(&x, &c, None, false, false)?.0)
     });
 }
 

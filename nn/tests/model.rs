@@ -7,8 +7,8 @@ use common::max_abs_diff;
 use ditmoe_autograd::Var;
 use ditmoe_nn::accounting::model_cost;
 use ditmoe_nn::moe::{
-    ExpertKind, Gate, MoeConfig, PoolInference, RaceInference, RacePool, RoutingConfig,
-    RoutingGroup,
+    ExpertKind, Gate, MoeConfig, PoolInference, RaceInference, RacePool, RouterConfig,
+    RoutingConfig, RoutingGroup,
 };
 use ditmoe_nn::presets::preset;
 use ditmoe_nn::{Dit, DitConfig, ForwardOptions, Module, MoePlacement};
@@ -25,6 +25,7 @@ fn moe(routing: RoutingConfig, kind: ExpertKind, shared: Option<usize>) -> MoeCo
         expert_kind: kind,
         shared_expert_hidden: shared,
         routing,
+        router: RouterConfig::Linear,
     }
 }
 
@@ -79,6 +80,7 @@ fn variants() -> Vec<DitConfig> {
                     gate: Gate::Softmax,
                     pool: RacePool::Batch,
                     inference: RaceInference::Static,
+                    similarity_loss_weight: 0.0,
                 },
                 ExpertKind::SwiGlu,
                 Some(8),
@@ -105,6 +107,7 @@ fn batch_independent_rules_give_an_image_the_same_output_alone() {
         gate: Gate::Softmax,
         pool,
         inference: RaceInference::Static,
+        similarity_loss_weight: 0.0,
     };
     let routings = [
         (base.ditmoe_ffn(4, 2).routing, true),
@@ -124,6 +127,7 @@ fn batch_independent_rules_give_an_image_the_same_output_alone() {
                 gate: Gate::Softmax,
                 pool: RacePool::Batch,
                 inference: RaceInference::Threshold { decay: 0.5 },
+                similarity_loss_weight: 0.0,
             },
             true,
         ),
@@ -202,6 +206,7 @@ fn every_variant_runs_forward_and_backward() {
                     label_dropout: Some(&mut rng),
                     record_routing: true,
                     training: true,
+                    prediction_target: None,
                 },
             )
             .unwrap();

@@ -12,14 +12,26 @@ use proptest::prelude::*;
 use std::collections::HashSet;
 
 fn layer(routing: RoutingConfig, kind: ExpertKind, shared: Option<usize>) -> MoeLayer {
+    layer_routed_by(RouterConfig::Linear, routing, kind, shared)
+}
+
+/// A layer of 4 experts on D = 5 whose router (a two-layer one predicts a target of width 3)
+/// and experts have random f64 weights.
+fn layer_routed_by(
+    router: RouterConfig,
+    routing: RoutingConfig,
+    kind: ExpertKind,
+    shared: Option<usize>,
+) -> MoeLayer {
     let config = MoeConfig {
         num_experts: 4,
         expert_hidden: 6,
         expert_kind: kind,
         shared_expert_hidden: shared,
         routing,
+        router,
     };
-    let moe = MoeLayer::new(5, config, &mut seeded_rng(3)).unwrap();
+    let moe = MoeLayer::with_target_width(5, config, Some(3), &mut seeded_rng(3)).unwrap();
     randomized_f64(&moe, 0.5, 4);
     moe
 }
@@ -70,6 +82,7 @@ fn routings() -> Vec<(RoutingConfig, ExpertKind, Option<usize>)> {
                 gate: Gate::Identity,
                 pool: RacePool::Image,
                 inference: RaceInference::Static,
+                similarity_loss_weight: 0.0,
             },
             ExpertKind::SwiGlu,
             None,
@@ -100,6 +113,7 @@ fn routings() -> Vec<(RoutingConfig, ExpertKind, Option<usize>)> {
                 gate: Gate::Sigmoid,
                 pool: RacePool::Position,
                 inference: RaceInference::Static,
+                similarity_loss_weight: 0.0,
             },
             ExpertKind::SwiGlu,
             None,
@@ -148,6 +162,29 @@ fn routings() -> Vec<(RoutingConfig, ExpertKind, Option<usize>)> {
     ]
 }
 
+/// A layer for each of [`routings`], plus Race-DiT's full router (two-layer router, identity
+/// gate, router-similarity loss).
+fn layers() -> Vec<MoeLayer> {
+    let race_full = layer_routed_by(
+        RouterConfig::TwoLayer {
+            regularization_weight: 1.0,
+        },
+        RoutingConfig::ExpertRace {
+            top_k: 2,
+            gate: Gate::Identity,
+            pool: RacePool::Batch,
+            inference: RaceInference::Static,
+            similarity_loss_weight: 0.5,
+        },
+        ExpertKind::SwiGlu,
+        Some(2),
+    );
+    let each_rule = routings()
+        .into_iter()
+        .map(|(routing, kind, shared)| layer(routing, kind, shared));
+    each_rule.chain([race_full]).collect()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
@@ -177,7 +214,7 @@ proptest! {
             }
         }
 
-        let race = rule(RoutingConfig::ExpertRace { top_k: k, gate: Gate::Softmax, pool: RacePool::Batch, inference: RaceInference::Static });
+        let race = rule(RoutingConfig::ExpertRace { top_k: k, gate: Gate::Softmax, pool: RacePool::Batch, inference: RaceInference::Static, similarity_loss_weight: 0.0, });
         prop_assert_eq!(race.len(), n * k, "expert race: exactly N·k pairs");
         prop_assert!(distinct(&race.positions));
         // No unchosen pair scores higher than a chosen one.
@@ -193,7 +230,7 @@ proptest! {
             (RacePool::Position, tokens, images * k),
             (RacePool::Expert, experts, (n * k / experts).clamp(1, n)),
         ] {
-            let raced = rule(RoutingConfig::ExpertRace { top_k: k, gate: Gate::Softmax, pool, inference: RaceInference::Static });
+            let raced = rule(RoutingConfig::ExpertRace { top_k: k, gate: Gate::Softmax, pool, inference: RaceInference::Static, similarity_loss_weight: 0.0, });
             prop_assert_eq!(raced.len(), races * picks, "{:?}", pool);
             prop_assert!(distinct(&raced.positions));
             let race_of = |p: usize| match pool {
@@ -224,8 +261,8 @@ proptest! {
 
 #[test]
 fn moe_output_equals_a_naive_per_token_loop() {
-    for (routing, kind, shared) in routings() {
-        let moe = layer(routing, kind, shared);
+    for moe in layers() {
+        let routing = moe.config.routing;
         let x = Var::constant(normal(&[2, 5, 5], 9));
         let out = moe.forward(&x, true, false).unwrap();
         let record = out.record.unwrap();
@@ -285,6 +322,7 @@ fn one_expert_top1_equals_the_dense_swiglu() {
         expert_kind: ExpertKind::SwiGlu,
         shared_expert_hidden: None,
         routing,
+        router: RouterConfig::Linear,
     };
     let moe = MoeLayer::new(5, config, &mut seeded_rng(1)).unwrap();
     let x = Var::constant(normal(&[3, 4, 5], 2).to_dtype(DType::F32).unwrap());
@@ -299,8 +337,7 @@ fn one_expert_top1_equals_the_dense_swiglu() {
 
 #[test]
 fn gradients_with_the_routing_held_fixed() {
-    for (routing, kind, shared) in routings() {
-        let moe = layer(routing, kind, shared);
+    for moe in layers() {
         let x = Var::parameter(normal(&[2, 3, 5], 5));
         let scores = moe.scores(&x.reshape(&[6, 5]).unwrap()).unwrap().value();
         let decision = moe.route(&scores, 2).unwrap();
@@ -375,6 +412,7 @@ fn bad_configs_are_refused() {
             balance_loss_alpha: 0.0,
             gate: Gate::Softmax,
         },
+        router: RouterConfig::Linear,
     };
     let err = MoeLayer::new(5, config, &mut seeded_rng(1))
         .err()
@@ -461,6 +499,60 @@ fn relu_routing_steers_its_l1_coefficient_toward_the_target_sparsity() {
     );
 }
 
+/// Race-DiT's full router: the two-layer router's regularisation (weighted) joins the
+/// router-similarity loss (weighted) in a training pass, which needs the target; a sampling
+/// pass adds neither the regularisation nor needs the target.
+#[test]
+fn a_two_layer_router_adds_its_regularization_to_the_similarity_loss_in_training() {
+    let routing = RoutingConfig::ExpertRace {
+        top_k: 2,
+        gate: Gate::Identity,
+        pool: RacePool::Batch,
+        inference: RaceInference::Static,
+        similarity_loss_weight: 0.5,
+    };
+    let router = RouterConfig::TwoLayer {
+        regularization_weight: 0.25,
+    };
+    let moe = layer_routed_by(router, routing, ExpertKind::SwiGlu, None);
+    let x = Var::constant(normal(&[2, 8, 5], 9));
+    let target = normal(&[2, 8, 3], 10);
+    let trained = moe
+        .forward_with_target(&x, Some(&target), true, true)
+        .unwrap();
+    let tokens = x.reshape(&[16, 5]).unwrap();
+    let router_of = moe.router.as_ref().unwrap();
+    let features = router_of.features(&tokens).unwrap();
+    let logits = features.matmul(&moe.gate.t().unwrap()).unwrap();
+    let positions = trained
+        .record
+        .unwrap()
+        .decision
+        .positions_on(ditmoe_tensor::Device::Cpu)
+        .unwrap();
+    let similarity = expert_race::router_similarity_loss(&logits, &positions).unwrap();
+    let regularization = router_of
+        .regularization(&features, &target.reshape(&[16, 3]).unwrap())
+        .unwrap();
+    let expect =
+        0.5 * similarity.value().item().unwrap() + 0.25 * regularization.value().item().unwrap();
+    let aux = trained.aux_loss.unwrap().value().item().unwrap();
+    assert!(
+        (aux - expect).abs() <= 1e-12 * expect.abs(),
+        "{aux} vs {expect}"
+    );
+
+    let sampled = moe.forward(&x, false, false).unwrap().aux_loss.unwrap();
+    let only_similarity = 0.5 * similarity.value().item().unwrap();
+    assert!((sampled.value().item().unwrap() - only_similarity).abs() <= 1e-12);
+    let err = moe.forward(&x, false, true).err().unwrap().to_string();
+    assert!(err.contains("prediction_target"), "{err}");
+    let standalone = MoeLayer::new(5, moe.config, &mut seeded_rng(1))
+        .err()
+        .unwrap();
+    assert!(standalone.to_string().contains("with_target_width"));
+}
+
 /// Race-DiT's learned threshold: a training pass moves τ toward the lowest score the race
 /// took; a sampling pass takes every pair at or above τ.
 #[test]
@@ -470,6 +562,7 @@ fn a_thresholded_race_learns_its_threshold_in_training_and_samples_by_it() {
         gate: Gate::Softmax,
         pool: RacePool::Batch,
         inference: RaceInference::Threshold { decay: 0.9 },
+        similarity_loss_weight: 0.0,
     };
     let moe = layer(routing, ExpertKind::SwiGlu, None);
     let tau = || moe.race_threshold.as_ref().unwrap().value().item().unwrap();

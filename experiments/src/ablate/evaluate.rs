@@ -182,6 +182,7 @@ pub fn sweep_settings(config: &DitConfig, settings: &EvaluationConfig) -> Vec<(S
                         gate,
                         pool,
                         inference: RaceInference::Static,
+                        similarity_loss_weight: 0.0,
                     };
                     (format!("top_k = {top_k}"), with_routing(routing))
                 });
@@ -296,6 +297,7 @@ fn route_at_bins(
             label_dropout: None,
             record_routing: true,
             training: false,
+            prediction_target: None,
         };
         let (input, t) = (input.to_device(device)?, t.to_device(device)?);
         let output = no_grad(|| model.forward(&Var::constant(input), &t, &y, options))?;

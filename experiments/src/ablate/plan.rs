@@ -364,6 +364,7 @@ pub fn iso_flop_dense(backbone: &DitConfig, target: f64) -> DitConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ditmoe_nn::moe::RouterConfig;
 
     #[test]
     fn the_builtin_presets_parse_and_match_compute_across_moe_variants() {
@@ -374,31 +375,48 @@ mod tests {
                 model_cost(&variants.iter().find(|v| v.name == name).unwrap().model()).gmacs
             };
             // Every MoE variant applies two experts' worth of compute per token, except the
-            // capacity-factor-1 ablation, which is the half-compute point by design; a global
-            // pool adds its capacity predictor (Linear(D, D), Linear(D, E)) on every token.
+            // capacity-factor-1 ablation, which is the half-compute point by design, and DiffMoE's
+            // published point, which matches the dense model instead. On every token of a MoE
+            // block a global pool adds its capacity predictor (Linear(D, D), Linear(D, E)) and a
+            // two-layer router its hidden layer (Linear(D, D)).
+            let overhead = |config: &DitConfig, with_router: bool| {
+                let moe = config.moe.unwrap();
+                let (d, e) = (config.hidden_size, moe.num_experts);
+                let mut per_token = if with_router { d * e } else { 0 };
+                if moe.routing.global_pool().is_some() {
+                    per_token += d * d + d * e;
+                }
+                if moe.router != RouterConfig::Linear {
+                    per_token += d * d;
+                }
+                let moe_blocks = (0..config.depth)
+                    .filter(|&b| matches!(config.ffn(b), ditmoe_nn::FfnKind::Moe(_)))
+                    .count();
+                (config.tokens() * moe_blocks * per_token) as f64 / 1e9
+            };
             let matched: Vec<&Variant> = variants
                 .iter()
-                .filter(|v| v.model().moe.is_some() && v.name != "ec-cf1")
+                .filter(|v| {
+                    v.model().moe.is_some() && !["ec-cf1", "diffmoe"].contains(&v.name.as_str())
+                })
                 .collect();
             assert!(matched.len() >= 6, "{name}");
             for v in &matched {
                 let config = v.model();
-                let moe = config.moe.unwrap();
-                let predictor = match moe.routing.global_pool() {
-                    Some(_) => {
-                        let (d, e) = (config.hidden_size, moe.num_experts);
-                        let moe_blocks = (0..config.depth)
-                            .filter(|&b| matches!(config.ffn(b), ditmoe_nn::FfnKind::Moe(_)))
-                            .count();
-                        (config.tokens() * moe_blocks * (d * d + d * e)) as f64 / 1e9
-                    }
-                    None => 0.0,
-                };
                 let g = model_cost(&config).gmacs;
                 assert!(
-                    (g - gmacs("tc") - predictor).abs() < 1e-9,
+                    (g - gmacs("tc") - overhead(&config, false)).abs() < 1e-9,
                     "{name}: {} {g}",
                     v.name
+                );
+            }
+            if let Some(diffmoe) = variants.iter().find(|v| v.name == "diffmoe") {
+                let config = diffmoe.model();
+                let g = model_cost(&config).gmacs;
+                assert!(
+                    (g - gmacs("dense") - overhead(&config, true)).abs() < 1e-9,
+                    "{name}: diffmoe {g} vs dense {}",
+                    gmacs("dense")
                 );
             }
             if name == "routing" {

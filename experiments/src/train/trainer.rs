@@ -83,6 +83,7 @@ impl<O: Objective> Trainer<O> {
             label_dropout: Some(rng),
             record_routing,
             training: true,
+            prediction_target: Some(self.objective.prediction_target(&draw)),
         };
         let result = self.model.forward(&input, &draw.model_time, &y, forward)?;
         let loss_section = profile::section("loss");

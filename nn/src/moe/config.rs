@@ -121,6 +121,23 @@ pub enum RaceInference {
     },
 }
 
+/// What computes the router logits from a token.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RouterConfig {
+    /// logits = x·W_gᵀ (DiT-MoE, EC-DiT, DiffMoE).
+    #[default]
+    Linear,
+    /// Race-DiT's router: h' = GELU(Linear_{D→D}(x)), logits = h'·W_gᵀ, and a target head on
+    /// h' whose mean squared error against the training target, times `regularization_weight`,
+    /// joins the aux loss in training passes (the per-layer regularisation, one term per MoE
+    /// layer; see `moe::race_router`).
+    TwoLayer {
+        #[serde(default = "default_one")]
+        regularization_weight: f64,
+    },
+}
+
 /// The routing strategy and its knobs.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
@@ -156,6 +173,9 @@ pub enum RoutingConfig {
         pool: RacePool,
         #[serde(default)]
         inference: RaceInference,
+        /// Coefficient of Race-DiT's router-similarity loss (0 disables it).
+        #[serde(default)]
+        similarity_loss_weight: f64,
     },
     /// DiffMoE (Shi et al., 2025): every expert takes its top ⌊S/E·C⌋ tokens of the whole
     /// batch in training; a capacity predictor, trained alongside, sets the counts at sampling.
@@ -213,11 +233,13 @@ impl RoutingConfig {
                 gate,
                 pool,
                 inference,
+                similarity_loss_weight,
             } => Box::new(ExpertRace {
                 top_k,
                 gate,
                 pool,
                 inference,
+                similarity_loss_weight,
             }),
             RoutingConfig::GlobalPool { .. } => {
                 Box::new(self.global_pool().expect("a global-pool config"))
@@ -303,6 +325,8 @@ pub struct MoeConfig {
     #[serde(default)]
     pub shared_expert_hidden: Option<usize>,
     pub routing: RoutingConfig,
+    #[serde(default)]
+    pub router: RouterConfig,
 }
 
 impl MoeConfig {
@@ -320,6 +344,14 @@ impl MoeConfig {
         if let Some(hidden) = self.shared_expert_hidden {
             at.at("shared_expert_hidden")
                 .positive_count(hidden, limits::EXPERT_HIDDEN)?;
+        }
+        if let RouterConfig::TwoLayer {
+            regularization_weight,
+        } = self.router
+        {
+            at.at("router")
+                .at("regularization_weight")
+                .non_negative(regularization_weight)?;
         }
         self.routing
             .rule()

@@ -6,7 +6,7 @@
 //! the load is not enforced (but for the per-expert pool).
 
 use crate::moe::config::{Gate, RaceInference, RacePool};
-use crate::moe::rule::{check_top_k, grid, positions_where, RoutingRule};
+use crate::moe::rule::{check_top_k, grid, positions_where, selection_mask, Routed, RoutingRule};
 use crate::validate::Field;
 use ditmoe_autograd::Var;
 use ditmoe_tensor::{Device, Result, Tensor, TensorError};
@@ -17,11 +17,15 @@ pub struct ExpertRace {
     pub gate: Gate,
     pub pool: RacePool,
     pub inference: RaceInference,
+    /// Coefficient of the router-similarity loss (0 disables it).
+    pub similarity_loss_weight: f64,
 }
 
 impl RoutingRule for ExpertRace {
     fn validate(&self, num_experts: usize, at: &Field) -> std::result::Result<(), String> {
         check_top_k(at, self.top_k, num_experts)?;
+        at.at("similarity_loss_weight")
+            .non_negative(self.similarity_loss_weight)?;
         if let RaceInference::Threshold { decay } = self.inference {
             at.at("inference").at("decay").fraction(decay)?;
             at.at("inference").require(
@@ -44,6 +48,14 @@ impl RoutingRule for ExpertRace {
 
     fn gate(&self, logits: &Var) -> Result<Var> {
         self.gate.apply(logits)
+    }
+
+    fn aux_loss(&self, routed: &Routed) -> Result<Option<Var>> {
+        if self.similarity_loss_weight <= 0.0 {
+            return Ok(None);
+        }
+        let loss = router_similarity_loss(routed.logits, routed.positions)?;
+        Ok(Some(loss.mul_scalar(self.similarity_loss_weight)?))
     }
 
     /// The batch pool: the N·k highest scores of the grid, in grid order. The per-image and
@@ -95,6 +107,48 @@ impl ExpertRace {
     }
 }
 
+/// Race-DiT's router-similarity loss (§3.3, as its re-implementations write it): with
+/// P = softmax(logits) `[N, E]` and M the selection mask, L = Σ_ij W_ij·(PᵀP)_ij / N, where
+/// W is the co-selection count M' = MᵀM normalised on its diagonal to E·M'_ii / Σ_j M'_jj and
+/// off it to (E² − E)·M'_ij / Σ_{i≠j} M'_ij. Expert pairs chosen together often weigh most, so
+/// the loss pushes them to score tokens differently — balance over pairs, which a per-expert
+/// balance cannot see (two experts always firing together are one expert).
+pub fn router_similarity_loss(logits: &Var, positions: &Tensor) -> Result<Var> {
+    let &[n, e] = logits.shape() else {
+        return Err(TensorError::shape(
+            "router similarity",
+            "logits [tokens, experts]",
+            logits.shape(),
+        ));
+    };
+    let value = logits.value();
+    let mask = selection_mask(positions, (n, e), &value)?;
+    let co_selected = mask.t()?.matmul(&mask)?;
+    let identity: Vec<f32> = (0..e * e)
+        .map(|i| f32::from(u8::from(i % (e + 1) == 0)))
+        .collect();
+    let identity = Tensor::from_vec(identity, &[e, e])?
+        .to_dtype(value.dtype())?
+        .to_device(value.device())?;
+    let diagonal = co_selected.mul(&identity)?;
+    let off_diagonal = co_selected.sub(&diagonal)?;
+    // Counts are whole numbers: a part that sums to 0 is all zeros, so dividing by at least 1
+    // leaves it zero and changes no other value.
+    let normalised = |part: &Tensor, total: f64| {
+        part.mul_scalar(total)?
+            .div(&part.sum_all()?.maximum_scalar(1.0)?)
+    };
+    let weights =
+        normalised(&diagonal, e as f64)?.add(&normalised(&off_diagonal, (e * e - e) as f64)?)?;
+    let probabilities = logits.softmax(1)?;
+    probabilities
+        .t()?
+        .matmul(&probabilities)?
+        .mul(&Var::constant(weights))?
+        .sum_all()?
+        .div_scalar(n as f64)
+}
+
 /// A `[races, members]` i64 table of each race member's position `token·E + expert` in the
 /// score grid, from `position(race, member)`.
 fn race_table(races: usize, members: usize, position: impl Fn(usize, usize) -> usize) -> Tensor {
@@ -129,6 +183,7 @@ mod tests {
             gate: Gate::Softmax,
             pool,
             inference: RaceInference::Static,
+            similarity_loss_weight: 0.0,
         }
     }
 
@@ -158,6 +213,82 @@ mod tests {
         // Per expert, ⌊4·1/3⌋ = 1 token each: 0.7 (0), 0.5 (4), 0.6 (11).
         assert_eq!(picks(RacePool::Expert), vec![0, 4, 11]);
         assert!(rule(RacePool::Image).pick(&scores(), 3).is_err());
+    }
+
+    /// The router-similarity loss from its formula, element by element in f64.
+    fn similarity_by_hand(
+        logits: &[f64],
+        chosen: &[(usize, usize)],
+        (n, e): (usize, usize),
+    ) -> f64 {
+        let mut mask = vec![0.0; n * e];
+        for &(token, expert) in chosen {
+            mask[token * e + expert] = 1.0;
+        }
+        let co = |i: usize, j: usize| {
+            (0..n)
+                .map(|t| mask[t * e + i] * mask[t * e + j])
+                .sum::<f64>()
+        };
+        let diagonal_total: f64 = (0..e).map(|i| co(i, i)).sum();
+        let off_total: f64 = (0..e)
+            .flat_map(|i| (0..e).filter(move |&j| j != i).map(move |j| (i, j)))
+            .map(|(i, j)| co(i, j))
+            .sum();
+        let p: Vec<f64> = (0..n * e)
+            .map(|x| {
+                let row = &logits[x / e * e..x / e * e + e];
+                logits[x].exp() / row.iter().map(|v| v.exp()).sum::<f64>()
+            })
+            .collect();
+        let mut loss = 0.0;
+        for i in 0..e {
+            for j in 0..e {
+                let weight = if i == j {
+                    e as f64 * co(i, i) / diagonal_total.max(1.0)
+                } else {
+                    (e * e - e) as f64 * co(i, j) / off_total.max(1.0)
+                };
+                let pp: f64 = (0..n).map(|t| p[t * e + i] * p[t * e + j]).sum();
+                loss += weight * pp;
+            }
+        }
+        loss / n as f64
+    }
+
+    #[test]
+    fn the_router_similarity_loss_follows_its_formula() {
+        let (n, e) = (4, 3);
+        let logits: Vec<f64> = vec![
+            0.3, -1.0, 2.0, 0.5, 0.5, -0.2, 1.5, 0.1, -0.7, -0.4, 0.9, 0.2,
+        ];
+        let var = Var::constant(Tensor::from_vec(logits.clone(), &[n, e]).unwrap());
+        // Pairs chosen together (tokens 0 and 2 take experts 0 and 2), and a selection with no
+        // co-selection at all (every token one expert: the off-diagonal part is empty).
+        for chosen in [
+            vec![(0, 0), (0, 2), (1, 1), (2, 0), (2, 2), (3, 1)],
+            vec![(0, 1), (1, 0), (2, 2), (3, 1)],
+        ] {
+            let positions: Vec<i64> = chosen.iter().map(|&(t, x)| (t * e + x) as i64).collect();
+            let positions = Tensor::from_vec(positions, &[chosen.len()]).unwrap();
+            let loss = router_similarity_loss(&var, &positions).unwrap();
+            let expect = similarity_by_hand(&logits, &chosen, (n, e));
+            assert!((loss.value().item().unwrap() - expect).abs() < 1e-12);
+            ditmoe_autograd::check_gradients(
+                |v| router_similarity_loss(&v[0], &positions),
+                &[var.value()],
+            )
+            .unwrap();
+        }
+        let rule = ExpertRace {
+            similarity_loss_weight: -1.0,
+            ..rule(RacePool::Batch)
+        };
+        let at = Field::root("routing");
+        assert!(rule
+            .validate(3, &at)
+            .unwrap_err()
+            .starts_with("routing.similarity_loss_weight"));
     }
 
     #[test]

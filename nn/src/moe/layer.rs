@@ -6,13 +6,13 @@
 use crate::init;
 use crate::module::{Module, Visitor};
 use crate::moe::capacity_predictor::CapacityPredictor;
-use crate::moe::config::MoeConfig;
-use crate::moe::config::PoolInference;
+use crate::moe::config::{MoeConfig, PoolInference, RouterConfig};
 use crate::moe::decision::{RoutingDecision, RoutingRecord};
 use crate::moe::expert_race::ExpertRace;
 use crate::moe::experts::{Experts, FeedForward};
 use crate::moe::global_pool::counted_pool_positions;
-use crate::moe::rule::RoutingRule;
+use crate::moe::race_router::TargetRouter;
+use crate::moe::rule::{selection_mask, Routed, RoutingRule};
 use ditmoe_autograd::Var;
 use ditmoe_tensor::{profile, DType, Device, Result, SeededRng, Tensor, TensorError};
 
@@ -20,7 +20,9 @@ use ditmoe_tensor::{profile, DType, Device, Result, SeededRng, Tensor, TensorErr
 pub struct MoeOutput {
     pub y: Var,
     /// The rule's auxiliary loss, already scaled: token choice's balance loss with α > 0, the
-    /// capacity predictor's weighted BCE in a global-pool layer's training pass.
+    /// race's router-similarity loss, the capacity predictor's weighted BCE in a global-pool
+    /// layer's training pass, ReLU routing's L1; plus a two-layer router's regularisation in
+    /// a training pass.
     pub aux_loss: Option<Var>,
     /// The routing of this pass, when asked for.
     pub record: Option<RoutingRecord>,
@@ -45,12 +47,26 @@ pub struct MoeLayer {
     /// An expert race's learned threshold τ `[1]` (threshold inference only), a buffer that
     /// each training pass moves.
     pub race_threshold: Option<Var>,
+    /// Race-DiT's two-layer router: its hidden layer and target head (`router.*`), in front
+    /// of the gating head `gate.weight`.
+    pub router: Option<TargetRouter>,
 }
 
 impl MoeLayer {
     /// Router U(±1/√D) (PyTorch's default for the DiT-MoE gate; DiffMoE's N(0, 0.006²)),
-    /// experts xavier-uniform.
+    /// experts xavier-uniform. A two-layer router needs [`MoeLayer::with_target_width`].
     pub fn new(dim: usize, config: MoeConfig, rng: &mut SeededRng) -> Result<Self> {
+        Self::with_target_width(dim, config, None, rng)
+    }
+
+    /// [`MoeLayer::new`] for a layer whose two-layer router predicts the training target:
+    /// `target_width` is the width p²·C of one token's patch of it (a DiT passes it).
+    pub fn with_target_width(
+        dim: usize,
+        config: MoeConfig,
+        target_width: Option<usize>,
+        rng: &mut SeededRng,
+    ) -> Result<Self> {
         config
             .validate()
             .map_err(|m| TensorError::invalid("MoE config", m))?;
@@ -87,6 +103,19 @@ impl MoeLayer {
             .race_threshold_decay()
             .map(|_| Tensor::zeros(&[1], DType::F32).map(Var::constant))
             .transpose()?;
+        let router = match (config.router, target_width) {
+            (RouterConfig::Linear, _) => None,
+            (RouterConfig::TwoLayer { .. }, Some(width)) => {
+                Some(TargetRouter::new(dim, width, rng)?)
+            }
+            (RouterConfig::TwoLayer { .. }, None) => {
+                return Err(TensorError::invalid(
+                    "MoE config",
+                    "a two-layer router predicts the training target: build the layer with \
+                     MoeLayer::with_target_width (a DiT does)",
+                ))
+            }
+        };
         Ok(MoeLayer {
             config,
             gate,
@@ -96,6 +125,7 @@ impl MoeLayer {
             predictor,
             l1_coefficient,
             race_threshold,
+            router,
         })
     }
 
@@ -110,12 +140,22 @@ impl MoeLayer {
 
     /// Router gate values `[N, E]` for flattened tokens `[N, D]`.
     pub fn scores(&self, tokens: &Var) -> Result<Var> {
-        self.rule.gate(&self.logits(tokens)?)
+        self.rule
+            .gate(&self.logits(&self.router_features(tokens)?)?)
     }
 
-    /// Router logits `[N, E]` for flattened tokens `[N, D]`.
-    fn logits(&self, tokens: &Var) -> Result<Var> {
-        tokens.matmul(&self.gate.t()?)
+    /// What the gating head reads: the tokens `[N, D]` themselves, or a two-layer router's
+    /// features h'.
+    fn router_features(&self, tokens: &Var) -> Result<Var> {
+        match &self.router {
+            Some(router) => router.features(tokens),
+            None => Ok(tokens.clone()),
+        }
+    }
+
+    /// Router logits `[N, E]` from the gating head's input `[N, D]`.
+    fn logits(&self, features: &Var) -> Result<Var> {
+        features.matmul(&self.gate.t()?)
     }
 
     /// The routing rule of this layer applied to gate values of `images` images (downloaded
@@ -128,7 +168,19 @@ impl MoeLayer {
     /// with state: a global pool trains its predictor and moves its thresholds, a thresholded
     /// race moves τ, ReLU routing moves λ; otherwise the first two route by their sampling rule.
     pub fn forward(&self, x: &Var, record: bool, training: bool) -> Result<MoeOutput> {
-        self.forward_routed(x, None, record, training)
+        self.forward_with_target(x, None, record, training)
+    }
+
+    /// [`MoeLayer::forward`] given each token's patch of the training target `[B, T, p²·C]`,
+    /// which a two-layer router's training pass needs.
+    pub fn forward_with_target(
+        &self,
+        x: &Var,
+        target: Option<&Tensor>,
+        record: bool,
+        training: bool,
+    ) -> Result<MoeOutput> {
+        self.forward_routed(x, None, target, record, training)
     }
 
     /// Like [`MoeLayer::forward`] but with the discrete routing given (held fixed, e.g. for a
@@ -139,13 +191,14 @@ impl MoeLayer {
         decision: &RoutingDecision,
         record: bool,
     ) -> Result<MoeOutput> {
-        self.forward_routed(x, Some(decision), record, false)
+        self.forward_routed(x, Some(decision), None, record, false)
     }
 
     fn forward_routed(
         &self,
         x: &Var,
         fixed: Option<&RoutingDecision>,
+        target: Option<&Tensor>,
         record: bool,
         training: bool,
     ) -> Result<MoeOutput> {
@@ -158,7 +211,8 @@ impl MoeLayer {
         let (n, e) = (b * t, self.config.num_experts);
         let device = x.value().device();
         let tokens = x.reshape(&[n, d])?;
-        let logits = self.logits(&tokens)?;
+        let features = self.router_features(&tokens)?;
+        let logits = self.logits(&features)?;
         let scores = self.rule.gate(&logits)?;
         let positions = match fixed {
             Some(dec) if dec.num_tokens != n || dec.num_experts != e => {
@@ -190,7 +244,12 @@ impl MoeLayer {
             y = y.add(&shared.forward(&tokens)?)?;
         }
 
-        let mut aux_loss = self.rule.aux_loss(&logits, &scores, &dispatch.expert_of)?;
+        let mut aux_loss = self.rule.aux_loss(&Routed {
+            logits: &logits,
+            scores: &scores,
+            positions: &positions,
+            expert_of: &dispatch.expert_of,
+        })?;
         if let (Some(predictor), true, None) = (&self.predictor, training, fixed) {
             aux_loss = Some(self.train_predictor(predictor, &tokens, &positions)?);
         }
@@ -210,6 +269,29 @@ impl MoeLayer {
                 let value = lambda.value();
                 lambda.set_value(Tensor::full(&[1], next, value.dtype())?.to_device(device)?)?;
             }
+        }
+        if let (Some(router), true, None) = (&self.router, training, fixed) {
+            let RouterConfig::TwoLayer {
+                regularization_weight,
+            } = self.config.router
+            else {
+                unreachable!("a target router belongs to a two-layer router config")
+            };
+            let target = target.ok_or_else(|| {
+                TensorError::invalid(
+                    "MoE",
+                    "a two-layer router's training pass needs the training target \
+                     (ForwardOptions::prediction_target)",
+                )
+            })?;
+            let per_token = target.reshape(&[n, usize::MAX])?;
+            let regularization = router
+                .regularization(&features, &per_token)?
+                .mul_scalar(regularization_weight)?;
+            aux_loss = Some(match aux_loss {
+                Some(total) => total.add(&regularization)?,
+                None => regularization,
+            });
         }
         let record = if record {
             let decision = match fixed {
@@ -315,11 +397,7 @@ impl MoeLayer {
         let e = self.config.num_experts;
         let logits = predictor.logits(tokens)?;
         let value = logits.value();
-        let (dtype, device) = (value.dtype(), value.device());
-        let ones = Tensor::zeros_on(&[positions.numel()], dtype, device)?.add_scalar(1.0)?;
-        let mask = Tensor::zeros_on(&[n * e], dtype, device)?
-            .scatter_add(0, positions, &ones)?
-            .reshape(&[n, e])?;
+        let mask = selection_mask(positions, (n, e), &value)?;
         predictor.update_thresholds(&value, positions.numel() / e)?;
         logits
             .bce_with_logits(&mask)?
@@ -351,6 +429,9 @@ impl Module for MoeLayer {
         }
         if let Some(tau) = &self.race_threshold {
             v.buffer("race_threshold", tau);
+        }
+        if let Some(router) = &self.router {
+            v.child("router", router);
         }
     }
 }

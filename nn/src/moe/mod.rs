@@ -15,14 +15,15 @@ pub mod expert_race;
 pub mod experts;
 pub mod global_pool;
 pub mod layer;
+pub mod race_router;
 pub mod relu_routing;
 pub mod rule;
 pub mod token_choice;
 
 pub use capacity_predictor::CapacityPredictor;
 pub use config::{
-    ExpertKind, Gate, MoeConfig, PoolInference, RaceInference, RacePool, RoutingConfig,
-    RoutingGroup,
+    ExpertKind, Gate, MoeConfig, PoolInference, RaceInference, RacePool, RouterConfig,
+    RoutingConfig, RoutingGroup,
 };
 pub use decision::{RoutingDecision, RoutingRecord};
 pub use expert_choice::capacity;

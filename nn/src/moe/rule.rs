@@ -48,10 +48,8 @@ pub trait RoutingRule: Send + Sync {
         Ok(gathered)
     }
 
-    /// The auxiliary loss (already scaled) from the router logits, the gate values and each
-    /// pair's expert (`expert_of`, `[P]` i64, where the scores are); none unless the rule has
-    /// one.
-    fn aux_loss(&self, _logits: &Var, _scores: &Var, _expert_of: &Tensor) -> Result<Option<Var>> {
+    /// The auxiliary loss (already scaled) of a routed pass; none unless the rule has one.
+    fn aux_loss(&self, _routed: &Routed) -> Result<Option<Var>> {
         Ok(None)
     }
 
@@ -60,6 +58,30 @@ pub trait RoutingRule: Send + Sync {
         let (n, e) = grid(scores)?;
         RoutingDecision::from_positions(&self.pick(scores, images)?, n, e)
     }
+}
+
+/// What a rule's auxiliary loss may look at: the router logits and gate values `[N, E]`, and
+/// the chosen pairs as grid positions `token·E + expert` and as each pair's expert in dispatch
+/// order (both `[P]` i64, where the scores are).
+pub struct Routed<'a> {
+    pub logits: &'a Var,
+    pub scores: &'a Var,
+    pub positions: &'a Tensor,
+    pub expert_of: &'a Tensor,
+}
+
+/// The chosen pairs as a 0/1 mask `[N, E]` in `like`'s dtype and device, built where the
+/// positions are.
+pub(crate) fn selection_mask(
+    positions: &Tensor,
+    (n, e): (usize, usize),
+    like: &Tensor,
+) -> Result<Tensor> {
+    let (dtype, device) = (like.dtype(), like.device());
+    let ones = Tensor::zeros_on(&[positions.numel()], dtype, device)?.add_scalar(1.0)?;
+    Tensor::zeros_on(&[n * e], dtype, device)?
+        .scatter_add(0, positions, &ones)?
+        .reshape(&[n, e])
 }
 
 /// (tokens N, experts E) of a `[N, E]` score grid.

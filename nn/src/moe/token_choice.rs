@@ -3,7 +3,7 @@
 //! expert-level balance loss α·Σ_i P̄_i·f_i keeps the load even.
 
 use crate::moe::config::Gate;
-use crate::moe::rule::{check_top_k, grid, RoutingRule};
+use crate::moe::rule::{check_top_k, grid, Routed, RoutingRule};
 use crate::validate::Field;
 use ditmoe_autograd::Var;
 use ditmoe_tensor::{Result, Tensor};
@@ -57,15 +57,15 @@ impl RoutingRule for TokenChoice {
     /// L = α Σ_i P̄_i f_i (see [`load_weighted_gate_loss`]), P̄ from the softmax of the logits
     /// whatever the gate (DiT-MoE's router probabilities; raw logits would make the loss
     /// unbounded below).
-    fn aux_loss(&self, logits: &Var, scores: &Var, expert_of: &Tensor) -> Result<Option<Var>> {
+    fn aux_loss(&self, routed: &Routed) -> Result<Option<Var>> {
         if self.balance_loss_alpha <= 0.0 {
             return Ok(None);
         }
         let probabilities = match self.gate {
-            Gate::Softmax => scores.clone(),
-            _ => logits.softmax(1)?,
+            Gate::Softmax => routed.scores.clone(),
+            _ => routed.logits.softmax(1)?,
         };
-        let loss = load_weighted_gate_loss(&probabilities, expert_of, self.top_k)?;
+        let loss = load_weighted_gate_loss(&probabilities, routed.expert_of, self.top_k)?;
         Ok(Some(loss.mul_scalar(self.balance_loss_alpha)?))
     }
 }
@@ -120,7 +120,13 @@ mod tests {
                 gate,
             };
             let gated = rule.gate(&logits).unwrap();
-            let loss = rule.aux_loss(&logits, &gated, &expert_of).unwrap().unwrap();
+            let routed = Routed {
+                logits: &logits,
+                scores: &gated,
+                positions: &expert_of,
+                expert_of: &expert_of,
+            };
+            let loss = rule.aux_loss(&routed).unwrap().unwrap();
             loss.value().item().unwrap()
         };
         // By hand: P̄ = the column means of softmax(logits); f = E·count/(N·k) = (3/4)·[1, 2, 1].
