@@ -247,6 +247,30 @@ fn a_miniature_ablation_writes_a_complete_consistent_report_and_resumes() {
         );
     }
     assert!(report.contains("exactly uniform"));
+    // Sampling alone or in a batch of 16: identical for the rules that route each image on its
+    // own, different for the batch race; token choice gives every token k = 2 experts at every
+    // noise level.
+    let gap = |name: &str| {
+        let evaluation = json(&out.join(format!("runs/{name}/evaluation.json")));
+        evaluation["batch_gap"]["max_abs"].as_f64().unwrap()
+    };
+    assert_eq!(gap("tc"), 0.0);
+    assert_eq!(
+        gap("race-full"),
+        0.0,
+        "the learned threshold routes each image alone"
+    );
+    assert!(gap("race") > 0.0, "the batch race depends on the batch");
+    assert!(report.contains("## Batch-size gap"));
+    assert!(report.contains("## Experts per token by timestep and class"));
+    let (_, per_token) = report
+        .split_once("## Experts per token by timestep and class")
+        .unwrap();
+    let tc_block = per_token
+        .lines()
+        .find(|line| line.starts_with("| `tc` | 1 |"))
+        .unwrap();
+    assert!(tc_block.matches("2.00").count() >= 2, "{tc_block}");
     let sweeps = summary["sweeps"].as_array().unwrap();
     assert_eq!(sweeps.len(), 7, "one sweep per MoE variant");
 
@@ -369,10 +393,13 @@ fn a_train_run_directory_too_many_real_images_or_a_damaged_variant_is_refused_un
 
 #[test]
 fn the_ablation_runs_on_a_gpu() {
-    // cuda:0 is the PTX emulator unless this machine has a GPU: slow, so one variant.
+    // cuda:0 is the PTX emulator unless this machine has a GPU: slow, so one variant and no
+    // batch-size gap.
     let dir = scratch("ablate-gpu");
     let preset = dir.join("mini.toml");
-    std::fs::write(&preset, MINI).unwrap();
+    let without_gap = MINI.replace("[evaluation]\n", "[evaluation]\nbatch_gap_seeds = 0\n");
+    assert_ne!(without_gap, MINI);
+    std::fs::write(&preset, without_gap).unwrap();
     let out = dir.join("out");
     let mut command = Command::new(env!("CARGO_BIN_EXE_ditmoe"));
     command

@@ -11,7 +11,7 @@ use crate::generate::{generate, sample_labels, Generation};
 use crate::grid::write_grid;
 use anyhow::Result;
 use ditmoe_autograd::{no_grad, Var};
-use ditmoe_diffusion::{flow_interpolate, GaussianDiffusion};
+use ditmoe_diffusion::{flow_interpolate, GaussianDiffusion, SamplerKind};
 use ditmoe_nn::accounting::{model_cost, model_cost_at};
 use ditmoe_nn::moe::{PoolInference, RaceInference, RoutingConfig, RoutingRecord};
 use ditmoe_nn::{Dit, DitConfig, ForwardOptions, Module};
@@ -48,7 +48,66 @@ pub struct Evaluation {
     pub sweep: Vec<SweepPoint>,
     /// One entry per MoE block.
     pub specialization: Vec<LayerSpecialization>,
+    /// How much an image depends on the others sampled with it; none for a dense model, for a
+    /// sampler with noise after the start (DDPM), whose draws depend on the batch size, and in
+    /// evaluations written before it was measured.
+    #[serde(default)]
+    pub batch_gap: Option<BatchGap>,
     pub seconds: f64,
+}
+
+/// The batch-size gap: images sampled alone against the same images (same label, same starting
+/// noise) sampled as the first of a batch of [`GAP_BATCH`], over `batch_gap_seeds` seeds —
+/// zero for a rule that routes every image on its own, as batch-global pools do not.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct BatchGap {
+    /// Mean |alone − in batch| over pixels and seeds (images in [−1, 1]).
+    pub mean_abs: f64,
+    /// The largest pixel difference.
+    pub max_abs: f64,
+}
+
+/// The batch the gap's images are sampled in.
+pub const GAP_BATCH: usize = 16;
+
+/// The batch-size gap of `model` over `seeds` seeds (see [`BatchGap`]); none for a dense model,
+/// without seeds, or under a sampler that draws noise after the start.
+fn batch_gap(
+    model: &Dit,
+    config: &TrainConfig,
+    labels: &[usize],
+    (generation, seeds): (&Generation, u64),
+) -> Result<Option<BatchGap>> {
+    let draws_later_noise = match generation.sampler {
+        SamplerKind::Ddpm => true,
+        SamplerKind::Ddim { eta } => eta > 0.0,
+        SamplerKind::Euler => false,
+    };
+    if draws_later_noise || model.config.moe.is_none() || seeds == 0 {
+        return Ok(None);
+    }
+    let batch_labels: Vec<usize> = labels.iter().copied().cycle().take(GAP_BATCH).collect();
+    let (mut sum, mut max, mut count) = (0.0f64, 0.0f64, 0usize);
+    for seed in 0..seeds {
+        let generation = Generation {
+            seed: generation.seed ^ (0xBA7C4 + seed),
+            ..*generation
+        };
+        // The first image of the batch starts from the noise the lone image starts from.
+        let in_batch = generate(model, config, &batch_labels, &generation)?
+            .narrow(0, 0, 1)?
+            .to_vec_f64();
+        let alone = generate(model, config, &batch_labels[..1], &generation)?.to_vec_f64();
+        for (a, b) in alone.iter().zip(&in_batch) {
+            sum += (a - b).abs();
+            max = max.max((a - b).abs());
+        }
+        count += alone.len();
+    }
+    Ok(Some(BatchGap {
+        mean_abs: sum / count.max(1) as f64,
+        max_abs: max,
+    }))
 }
 
 /// The shared inputs of every evaluation, so all variants are judged identically.
@@ -126,6 +185,12 @@ pub fn evaluate(model: &Dit, variant: &Variant, judge: &Judge, grid: &Path) -> R
         quality,
         sweep,
         specialization: specialization(model, config, judge)?,
+        batch_gap: batch_gap(
+            model,
+            config,
+            &labels,
+            (&generation, judge.settings.batch_gap_seeds),
+        )?,
         seconds: began.elapsed().as_secs_f64(),
     })
 }

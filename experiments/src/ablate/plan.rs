@@ -39,10 +39,18 @@ pub struct EvaluationConfig {
     /// "interval search", its Table 10).
     #[serde(default = "default_threshold_sweep")]
     pub threshold_sweep: Vec<f64>,
+    /// Seeds of the batch-size gap (each samples one image alone and in a batch of 16, on MoE
+    /// variants); 0 skips it.
+    #[serde(default = "default_batch_gap_seeds")]
+    pub batch_gap_seeds: u64,
 }
 
 fn default_threshold_sweep() -> Vec<f64> {
     vec![0.9, 0.5, 0.1, 0.01]
+}
+
+fn default_batch_gap_seeds() -> u64 {
+    2
 }
 
 impl Default for EvaluationConfig {
@@ -57,6 +65,7 @@ impl Default for EvaluationConfig {
             top_k_sweep: vec![1, 2, 4],
             capacity_sweep: vec![1.0, 2.0, 4.0],
             threshold_sweep: default_threshold_sweep(),
+            batch_gap_seeds: default_batch_gap_seeds(),
         }
     }
 }
@@ -69,6 +78,7 @@ pub mod limits {
     /// Each bin is one forward pass of the specialisation images.
     pub const TIMESTEP_BINS: usize = 100;
     pub const SWEEP_POINTS: usize = 16;
+    pub const BATCH_GAP_SEEDS: u64 = 64;
 }
 
 impl EvaluationConfig {
@@ -93,6 +103,11 @@ impl EvaluationConfig {
         at.at("timestep_bins")
             .positive_count(self.timestep_bins, bins)?;
         self.classifier.validate_at(&at.at("classifier"))?;
+        at.at("batch_gap_seeds").require(
+            self.batch_gap_seeds <= limits::BATCH_GAP_SEEDS,
+            format!("at most {} seeds", limits::BATCH_GAP_SEEDS),
+            self.batch_gap_seeds,
+        )?;
         let most_experts = |takes: fn(&RoutingConfig) -> bool| {
             variants
                 .iter()
@@ -483,6 +498,8 @@ mod tests {
             .contains("iso_flop_with = `nope`"));
         assert!(bad("top_k = 2", "top_k = 9").contains("top_k = 9"));
         assert!(bad("batch_size = ", "batch_size = 0 #").contains("batch_size > 0"));
+        assert!(bad("[evaluation]\n", "[evaluation]\nbatch_gap_seeds = 65\n")
+            .contains("evaluation.batch_gap_seeds: expected at most 64 seeds, found 65"));
         let err = bad("warmup_steps = 50", "warmup_steps = 5000");
         assert!(
             err.contains("train.warmup_steps: expected warmup_steps <= steps (900), found 5000"),

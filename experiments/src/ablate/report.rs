@@ -7,6 +7,7 @@ use super::summary::{VariantSummary, FINAL_FRACTION};
 use crate::plot::{write_figure, BarChart, Bars, Heatmap, LineChart, Panel, Series};
 use crate::train::MetricsLine;
 use anyhow::{Context, Result};
+use ditmoe_nn::accounting::model_cost_at;
 use ditmoe_nn::files::write_atomically;
 use ditmoe_nn::moe::{RoutingConfig, RoutingGroup};
 use serde::Serialize;
@@ -646,6 +647,120 @@ fn reading(input: &ReportInput) -> Vec<String> {
     notes
 }
 
+/// Routed experts per token on the evaluation images by timestep bin (per MoE block) and by
+/// class (mean over blocks), with what they cost: GMACs per image at each bin — the compute
+/// per sampling step of the rules whose selection varies with the input. Empty when no
+/// evaluation kept token counts.
+fn experts_per_token_section(input: &ReportInput) -> String {
+    let with_counts: Vec<(&VariantSummary, &Evaluation)> = input
+        .summaries
+        .iter()
+        .zip(input.evaluations)
+        .filter(|(_, e)| {
+            e.specialization
+                .iter()
+                .any(|l| !l.tables.tokens_by_timestep.is_empty())
+        })
+        .collect();
+    let Some((_, first)) = with_counts.first() else {
+        return String::new();
+    };
+    let bins = first.specialization[0].tables.tokens_by_timestep.len();
+    let classes = first.specialization[0].tables.tokens_by_class.len();
+    let centres: Vec<String> = (0..bins)
+        .map(|b| format!("{:.2}", (b as f64 + 0.5) / bins as f64))
+        .collect();
+    let mut md = format!(
+        "## Experts per token by timestep and class\n\nRouted experts per token on the evaluation images at sampling time, by noise level (the bins' centre, 0 = clean) and block; GMACs per image at that level (all blocks); then by class, mean over blocks.\n\n| variant | block | {} |\n|---|---|{}\n",
+        centres.join(" | "),
+        "---:|".repeat(bins)
+    );
+    let mean_over_blocks = |rows: &[Vec<f64>], i: usize| {
+        rows.iter().map(|r| r[i]).sum::<f64>() / rows.len().max(1) as f64
+    };
+    let cells = |values: &[f64]| {
+        values
+            .iter()
+            .map(|v| format!("{v:.2}"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    };
+    let mut by_class = Vec::new();
+    for (summary, evaluation) in &with_counts {
+        let (by_bin, classes_of): (Vec<Vec<f64>>, Vec<Vec<f64>>) = evaluation
+            .specialization
+            .iter()
+            .map(|layer| layer.tables.experts_per_token())
+            .unzip();
+        for (layer, row) in evaluation.specialization.iter().zip(&by_bin) {
+            let _ = writeln!(
+                md,
+                "| `{}` | {} | {} |",
+                summary.name,
+                layer.block + 1,
+                cells(row)
+            );
+        }
+        if let Some(variant) = input.variants.iter().find(|v| v.name == summary.name) {
+            let config = variant.model();
+            let gmacs: Vec<f64> = (0..bins)
+                .map(|b| model_cost_at(&config, mean_over_blocks(&by_bin, b)).gmacs)
+                .collect();
+            let gmacs: Vec<String> = gmacs.iter().map(|g| format!("{g:.4}")).collect();
+            let _ = writeln!(md, "| `{}` | GMACs | {} |", summary.name, gmacs.join(" | "));
+        }
+        let class_means: Vec<f64> = (0..classes)
+            .map(|c| mean_over_blocks(&classes_of, c))
+            .collect();
+        by_class.push((summary.name.as_str(), class_means));
+    }
+    let _ = writeln!(
+        md,
+        "\n| variant | {} |\n|---|{}",
+        (0..classes)
+            .map(|c| format!("class {c}"))
+            .collect::<Vec<_>>()
+            .join(" | "),
+        "---:|".repeat(classes)
+    );
+    for (name, means) in by_class {
+        let _ = writeln!(md, "| `{name}` | {} |", cells(&means));
+    }
+    md + "\n"
+}
+
+/// Each MoE variant's batch-size gap (images sampled alone against the same images in a batch
+/// of 16); empty when none was measured.
+fn batch_gap_section(input: &ReportInput) -> String {
+    let rows: Vec<String> = input
+        .summaries
+        .iter()
+        .zip(input.evaluations)
+        .filter(|(s, _)| is_moe(s))
+        .filter_map(|(s, e)| {
+            let gap = e.batch_gap?;
+            let verdict = if gap.max_abs == 0.0 {
+                "batch-independent"
+            } else {
+                "depends on the batch"
+            };
+            Some(format!(
+                "| `{}` | {:.2e} | {:.2e} | {verdict} |",
+                s.name, gap.mean_abs, gap.max_abs
+            ))
+        })
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    format!(
+        "## Batch-size gap\n\nThe same images (label, starting noise) sampled alone and as the first of a batch of {}, over {} seeds: pixel differences (images in [−1, 1]). A rule that routes each image on its own gives exactly 0; a batch-global pool makes an image depend on what it is sampled with.\n\n| variant | mean abs difference | max abs difference | |\n|---|---:|---:|---|\n{}\n\n",
+        super::evaluate::GAP_BATCH,
+        input.preset.evaluation.batch_gap_seeds,
+        rows.join("\n")
+    )
+}
+
 fn markdown(input: &ReportInput, figures: &Figures) -> String {
     let train = &input.preset.train;
     let setup = input.setup;
@@ -756,6 +871,8 @@ fn markdown(input: &ReportInput, figures: &Figures) -> String {
             let _ = writeln!(md, "`{name}` — share of each timestep bin's and class's token-slots per expert:\n\n![specialisation of {name}]({tables})\n\n`{name}` — share of each patch position's token-slots per expert (one map per block and expert, common colour scale per block):\n\n![positions of {name}]({positions})\n");
         }
     }
+    md += &experts_per_token_section(input);
+    md += &batch_gap_section(input);
     let _ = writeln!(
         md,
         "## Samples\n\nOne row per class (EMA weights, same noise for every variant):\n"

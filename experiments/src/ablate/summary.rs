@@ -186,6 +186,7 @@ mod tests {
             },
             sweep: vec![],
             specialization: vec![],
+            batch_gap: None,
             seconds: 2.0,
         };
         let cost = ModelCost {
