@@ -39,8 +39,9 @@ _MODEL_REQUIRED = (
     "input_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads",
     "num_classes",
 )
-_MOE_KEYS = {"num_experts", "expert_hidden", "expert_kind", "shared_expert_hidden", "routing"}
-_ROUTING_KEYS = {"kind", "top_k", "renormalize", "balance_loss_alpha"}
+_MOE_KEYS = {"num_experts", "expert_hidden", "expert_kind", "shared_expert_hidden", "routing",
+             "router"}
+_ROUTING_KEYS = {"kind", "top_k", "renormalize", "balance_loss_alpha", "gate"}
 
 
 class ConfigError(ValueError):
@@ -80,6 +81,10 @@ def model_config(table):
         raise ConfigError(f"model.moe_placement: only every_block is implemented here, "
                           f"found {cfg['moe_placement']!r}")
     moe = {"expert_kind": "swi_glu", "shared_expert_hidden": None, **moe}
+    router = moe.pop("router", {"kind": "linear"})
+    if router.get("kind") != "linear":
+        raise ConfigError(f"model.moe.router: only the linear router is implemented here, "
+                          f"found {router!r}")
     if moe["expert_kind"] != "swi_glu":
         raise ConfigError(f"model.moe.expert_kind: only swi_glu is implemented here, "
                           f"found {moe['expert_kind']!r}")
@@ -88,7 +93,10 @@ def model_config(table):
         raise ConfigError(f"model.moe.routing.kind: only token_choice is implemented here, "
                           f"found {routing.get('kind')!r}")
     _refuse_unknown(routing, _ROUTING_KEYS, "model.moe.routing")
-    routing = {"renormalize": False, "balance_loss_alpha": 0.01, **routing}
+    routing = {"renormalize": False, "balance_loss_alpha": 0.01, "gate": "softmax", **routing}
+    if routing.pop("gate") != "softmax":
+        raise ConfigError("model.moe.routing.gate: only DiT-MoE's softmax gate is implemented "
+                          "here")
     if routing["renormalize"]:
         raise ConfigError("model.moe.routing.renormalize: DiT-MoE does not renormalise; "
                           "true is not implemented here")

@@ -262,6 +262,11 @@ fn a_miniature_ablation_writes_a_complete_consistent_report_and_resumes() {
     );
     assert!(gap("race") > 0.0, "the batch race depends on the batch");
     assert!(report.contains("## Batch-size gap"));
+    assert!(report.contains("## Block output norm by depth"));
+    assert!(report.contains("| DiffMoE Table 3 | global pool < expert choice < dense"));
+    assert!(report.contains("| Race-DiT Table 2, ReMoE Fig. 8 |"));
+    let evaluation = json(&out.join("runs/dense/evaluation.json"));
+    assert_eq!(evaluation["block_output_rms"].as_array().unwrap().len(), 2);
     assert!(report.contains("## Experts per token by timestep and class"));
     let (_, per_token) = report
         .split_once("## Experts per token by timestep and class")

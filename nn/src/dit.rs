@@ -10,7 +10,7 @@ use crate::layers::{
 use crate::module::{Module, Visitor};
 use crate::moe::{MoeLayer, RoutingRecord};
 use ditmoe_autograd::Var;
-use ditmoe_tensor::{seeded_rng, DType, Result, SeededRng, Tensor, TensorError};
+use ditmoe_tensor::{seeded_rng, DType, Device, Result, SeededRng, Tensor, TensorError};
 
 /// A block's FFN.
 pub enum Ffn {
@@ -165,6 +165,10 @@ pub struct DitOutput {
     pub aux_loss: Option<Var>,
     /// Per block: the routing record of its MoE layer (when asked for and the block has one).
     pub routing: Vec<Option<RoutingRecord>>,
+    /// Per block, when routing is recorded: the root mean square of its output (the residual
+    /// stream after it), whose growth with depth is Race-DiT's motivation for regularising the
+    /// shallow routers.
+    pub block_output_rms: Vec<f64>,
 }
 
 pub struct Dit {
@@ -251,6 +255,7 @@ impl Dit {
             .add(&self.y_embedder.forward(y, options.label_dropout)?)?;
         let mut aux_loss: Option<Var> = None;
         let mut routing = Vec::with_capacity(self.blocks.len());
+        let mut block_output_rms = Vec::new();
         for block in &self.blocks {
             let (next, extras) = block.forward(
                 &h,
@@ -260,6 +265,11 @@ impl Dit {
                 options.training,
             )?;
             h = next;
+            if options.record_routing {
+                let value = h.value();
+                let sum_of_squares = value.powf(2.0)?.sum_all()?.to_device(Device::Cpu)?.item()?;
+                block_output_rms.push((sum_of_squares / value.numel().max(1) as f64).sqrt());
+            }
             if let Some(loss) = extras.aux_loss {
                 aux_loss = Some(match aux_loss {
                     Some(total) => total.add(&loss)?,
@@ -277,6 +287,7 @@ impl Dit {
             out,
             aux_loss,
             routing,
+            block_output_rms,
         })
     }
 

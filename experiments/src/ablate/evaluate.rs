@@ -13,8 +13,8 @@ use anyhow::Result;
 use ditmoe_autograd::{no_grad, Var};
 use ditmoe_diffusion::{flow_interpolate, GaussianDiffusion, SamplerKind};
 use ditmoe_nn::accounting::{model_cost, model_cost_at};
-use ditmoe_nn::moe::{PoolInference, RaceInference, RoutingConfig, RoutingRecord};
-use ditmoe_nn::{Dit, DitConfig, ForwardOptions, Module};
+use ditmoe_nn::moe::{PoolInference, RaceInference, RoutingConfig};
+use ditmoe_nn::{Dit, DitConfig, DitOutput, ForwardOptions, Module};
 use ditmoe_tensor::{seeded_rng, DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -48,6 +48,10 @@ pub struct Evaluation {
     pub sweep: Vec<SweepPoint>,
     /// One entry per MoE block.
     pub specialization: Vec<LayerSpecialization>,
+    /// Per block, the root mean square of its output on the evaluation images, mean over the
+    /// timestep bins (empty in evaluations written before it was measured).
+    #[serde(default)]
+    pub block_output_rms: Vec<f64>,
     /// How much an image depends on the others sampled with it; none for a dense model, for a
     /// sampler with noise after the start (DDPM), whose draws depend on the batch size, and in
     /// evaluations written before it was measured.
@@ -185,6 +189,7 @@ pub fn evaluate(model: &Dit, variant: &Variant, judge: &Judge, grid: &Path) -> R
         quality,
         sweep,
         specialization: specialization(model, config, judge)?,
+        block_output_rms: block_output_rms(model, config, judge)?,
         batch_gap: batch_gap(
             model,
             config,
@@ -332,12 +337,13 @@ fn noised(
 }
 
 /// Routes the evaluation images at the centre of every timestep bin (sampling-time routing) and
-/// hands `visit` each bin's routing records, one per MoE block.
+/// hands `visit` each bin's forward pass (its routing records, one per MoE block, and its
+/// blocks' output norms).
 fn route_at_bins(
     model: &Dit,
     config: &TrainConfig,
     judge: &Judge,
-    mut visit: impl FnMut(usize, Vec<&RoutingRecord>),
+    mut visit: impl FnMut(usize, &DitOutput),
 ) -> Result<()> {
     let bins = judge.settings.timestep_bins;
     let diffusion = crate::train::diffusion_of(config, model.config.learn_sigma);
@@ -366,7 +372,7 @@ fn route_at_bins(
         };
         let (input, t) = (input.to_device(device)?, t.to_device(device)?);
         let output = no_grad(|| model.forward(&Var::constant(input), &t, &y, options))?;
-        visit(bin, output.routing.iter().flatten().collect());
+        visit(bin, &output);
     }
     Ok(())
 }
@@ -377,13 +383,25 @@ fn route_at_bins(
 /// fixed number.
 fn measured_experts_per_token(model: &Dit, config: &TrainConfig, judge: &Judge) -> Result<f64> {
     let (mut pairs, mut tokens) = (0, 0);
-    route_at_bins(model, config, judge, |_, records| {
-        for record in records {
+    route_at_bins(model, config, judge, |_, output| {
+        for record in output.routing.iter().flatten() {
             pairs += record.decision.len();
             tokens += record.decision.num_tokens;
         }
     })?;
     Ok(pairs as f64 / tokens.max(1) as f64)
+}
+
+/// Each block's output RMS on the evaluation images, mean over the timestep bins.
+fn block_output_rms(model: &Dit, config: &TrainConfig, judge: &Judge) -> Result<Vec<f64>> {
+    let mut sums = vec![0.0; model.config.depth];
+    route_at_bins(model, config, judge, |_, output| {
+        for (sum, rms) in sums.iter_mut().zip(&output.block_output_rms) {
+            *sum += rms;
+        }
+    })?;
+    let bins = judge.settings.timestep_bins as f64;
+    Ok(sums.into_iter().map(|s| s / bins).collect())
 }
 
 /// Routes the evaluation images at the centre of every timestep bin and counts expert choices
@@ -411,8 +429,8 @@ fn specialization(
             )
         })
         .collect();
-    route_at_bins(model, config, judge, |bin, records| {
-        for (table, record) in tables.iter_mut().zip(records) {
+    route_at_bins(model, config, judge, |bin, output| {
+        for (table, record) in tables.iter_mut().zip(output.routing.iter().flatten()) {
             table.add(record, tokens, bin, judge.labels);
         }
     })?;

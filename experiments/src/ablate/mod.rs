@@ -9,6 +9,7 @@
 //! `report.md`. A variant whose `evaluation.json` exists is finished: running again with the
 //! same `--out` skips it, and a half-trained one continues from its checkpoint.
 
+pub mod claims;
 pub mod classifier;
 pub mod evaluate;
 pub mod plan;

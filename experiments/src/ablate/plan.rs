@@ -498,8 +498,10 @@ mod tests {
             .contains("iso_flop_with = `nope`"));
         assert!(bad("top_k = 2", "top_k = 9").contains("top_k = 9"));
         assert!(bad("batch_size = ", "batch_size = 0 #").contains("batch_size > 0"));
-        assert!(bad("[evaluation]\n", "[evaluation]\nbatch_gap_seeds = 65\n")
-            .contains("evaluation.batch_gap_seeds: expected at most 64 seeds, found 65"));
+        assert!(
+            bad("[evaluation]\n", "[evaluation]\nbatch_gap_seeds = 65\n")
+                .contains("evaluation.batch_gap_seeds: expected at most 64 seeds, found 65")
+        );
         let err = bad("warmup_steps = 50", "warmup_steps = 5000");
         assert!(
             err.contains("train.warmup_steps: expected warmup_steps <= steps (900), found 5000"),

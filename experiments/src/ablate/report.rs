@@ -208,8 +208,26 @@ fn write_plots(dir: &Path, input: &ReportInput) -> std::io::Result<Figures> {
         series: series(&|l| layer_mean(l, |r| r.max_over_mean), true),
         ..Default::default()
     };
+    // Σ_j j·(share of tokens with j experts): fixed for most rules, ReMoE's sparsity trace
+    // (1 − this / E) as its L1 coefficient adapts.
+    let mean_experts = |r: &crate::analysis::LayerRouting| {
+        let shares = r.experts_per_token.iter().enumerate();
+        shares.map(|(j, share)| j as f64 * share).sum::<f64>()
+    };
+    let per_token = LineChart {
+        title: "routed experts per token (mean over MoE blocks)".into(),
+        x_label: "step".into(),
+        y_label: "experts per token".into(),
+        series: series(&|l| layer_mean(l, mean_experts), true),
+        ..Default::default()
+    };
     if !cv.series.is_empty() {
-        write_figure(&dir.join("load-balance.svg"), &[&cv, &max], 2, wide)?;
+        write_figure(
+            &dir.join("load-balance.svg"),
+            &[&cv, &max, &per_token],
+            2,
+            wide,
+        )?;
         figures.balance = Some("plots/load-balance.svg".into());
     }
 
@@ -761,6 +779,32 @@ fn batch_gap_section(input: &ReportInput) -> String {
     )
 }
 
+/// Each block's output RMS by depth (Race-DiT's Fig. 5 measure: in a pre-norm / adaLN DiT the
+/// residual stream grows with depth, so shallow blocks contribute little); empty when none
+/// was measured.
+fn output_norm_section(input: &ReportInput) -> String {
+    let rows: Vec<(&str, &[f64])> = input
+        .summaries
+        .iter()
+        .zip(input.evaluations)
+        .filter(|(_, e)| !e.block_output_rms.is_empty())
+        .map(|(s, e)| (s.name.as_str(), e.block_output_rms.as_slice()))
+        .collect();
+    let Some(depth) = rows.iter().map(|(_, r)| r.len()).max() else {
+        return String::new();
+    };
+    let mut md = format!(
+        "## Block output norm by depth\n\nRoot mean square of the residual stream after each block on the evaluation images (mean over the noise levels). Race-DiT regularises its routers because this grows with depth, leaving the shallow blocks' contributions small.\n\n| variant | {} |\n|---|{}\n",
+        (1..=depth).map(|b| format!("block {b}")).collect::<Vec<_>>().join(" | "),
+        "---:|".repeat(depth)
+    );
+    for (name, norms) in rows {
+        let cells: Vec<String> = norms.iter().map(|v| format!("{v:.3}")).collect();
+        let _ = writeln!(md, "| `{name}` | {} |", cells.join(" | "));
+    }
+    md + "\n"
+}
+
 fn markdown(input: &ReportInput, figures: &Figures) -> String {
     let train = &input.preset.train;
     let setup = input.setup;
@@ -843,7 +887,7 @@ fn markdown(input: &ReportInput, figures: &Figures) -> String {
     }
     let _ = writeln!(md, "\n## Loss curves\n\n![loss curves]({})\n", figures.loss);
     if let Some(balance) = &figures.balance {
-        let _ = writeln!(md, "## Expert load\n\nHow far each MoE variant's load is from uniform over training (0 and 1 are uniform):\n\n![load balance]({balance})\n");
+        let _ = writeln!(md, "## Expert load\n\nHow far each MoE variant's load is from uniform over training (0 and 1 are uniform), and the routed experts per token over training (fixed by token choice, expert choice and the pools; ReLU routing's sparsity, 1 − this / E, moves as its L1 coefficient adapts):\n\n![load balance]({balance})\n");
         for (name, file) in &figures.load {
             let _ = writeln!(md, "Load per expert of `{name}` (share of token-slots; 1/E is uniform):\n\n![load of {name}]({file})\n");
         }
@@ -871,8 +915,10 @@ fn markdown(input: &ReportInput, figures: &Figures) -> String {
             let _ = writeln!(md, "`{name}` — share of each timestep bin's and class's token-slots per expert:\n\n![specialisation of {name}]({tables})\n\n`{name}` — share of each patch position's token-slots per expert (one map per block and expert, common colour scale per block):\n\n![positions of {name}]({positions})\n");
         }
     }
+    md += &super::claims::section(input.summaries, input.evaluations);
     md += &experts_per_token_section(input);
     md += &batch_gap_section(input);
+    md += &output_norm_section(input);
     let _ = writeln!(
         md,
         "## Samples\n\nOne row per class (EMA weights, same noise for every variant):\n"

@@ -186,6 +186,7 @@ mod tests {
             },
             sweep: vec![],
             specialization: vec![],
+            block_output_rms: vec![],
             batch_gap: None,
             seconds: 2.0,
         };
