@@ -219,7 +219,10 @@ fn every_variant_runs_forward_and_backward() {
         );
         // Recorded passes also measure each block's output RMS: positive, one per block.
         assert_eq!(out.block_output_rms.len(), 4);
-        assert!(out.block_output_rms.iter().all(|&rms| rms > 0.0 && rms.is_finite()));
+        assert!(out
+            .block_output_rms
+            .iter()
+            .all(|&rms| rms > 0.0 && rms.is_finite()));
         let loss = out.out.powf(2.0).unwrap().mean_all().unwrap();
         let loss = match out.aux_loss {
             Some(aux) => loss.add(&aux).unwrap(),
