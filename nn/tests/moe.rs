@@ -432,6 +432,19 @@ fn bad_configs_are_refused() {
         .unwrap()
         .to_string()
         .contains("capacity factor > 0"));
+    let config = MoeConfig {
+        routing: RoutingConfig::ExpertChoice {
+            capacity_factor: 1.0,
+            group: RoutingGroup::PerImage,
+            gate: Gate::Softmax,
+        },
+        router: RouterConfig::TwoLayer {
+            regularization_weight: -1.0,
+        },
+        ..config
+    };
+    let err = config.validate().unwrap_err();
+    assert!(err.starts_with("moe.router.regularization_weight"), "{err}");
 }
 
 /// ReMoE's coefficient: each training pass multiplies λ by α while the layer is denser than

@@ -120,10 +120,12 @@ fn experts_at_noise_ends(evaluation: &Evaluation) -> Option<(f64, f64)> {
 pub fn findings(summaries: &[VariantSummary], evaluations: &[Evaluation]) -> Vec<Finding> {
     let find = |name: &str| summaries.iter().find(|s| s.name == name);
     let mut found = Vec::new();
-    let pool = if find("diffmoe").is_some() {
-        "diffmoe"
-    } else {
+    // The compute-matched global pool; DiffMoE's published point (dense compute) only where the
+    // run has no other.
+    let pool = if find("pool").is_some() {
         "pool"
+    } else {
+        "diffmoe"
     };
     found.extend(ranking(
         summaries,

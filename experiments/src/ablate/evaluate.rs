@@ -103,8 +103,12 @@ fn batch_gap(
             .to_vec_f64();
         let alone = generate(model, config, &batch_labels[..1], &generation)?.to_vec_f64();
         for (a, b) in alone.iter().zip(&in_batch) {
-            sum += (a - b).abs();
-            max = max.max((a - b).abs());
+            let difference = (a - b).abs();
+            sum += difference;
+            // A NaN difference must not vanish (f64::max ignores NaN).
+            if difference.is_nan() || difference > max {
+                max = difference;
+            }
         }
         count += alone.len();
     }
@@ -236,6 +240,7 @@ pub fn sweep_settings(config: &DitConfig, settings: &EvaluationConfig) -> Vec<(S
             gate,
             pool,
             inference,
+            similarity_loss_weight,
             ..
         } => {
             // Under a learned threshold, the trained point (each pair against τ) beside the
@@ -252,7 +257,7 @@ pub fn sweep_settings(config: &DitConfig, settings: &EvaluationConfig) -> Vec<(S
                         gate,
                         pool,
                         inference: RaceInference::Static,
-                        similarity_loss_weight: 0.0,
+                        similarity_loss_weight,
                     };
                     (format!("top_k = {top_k}"), with_routing(routing))
                 });

@@ -696,10 +696,14 @@ fn experts_per_token_section(input: &ReportInput) -> String {
     let mean_over_blocks = |rows: &[Vec<f64>], i: usize| {
         rows.iter().map(|r| r[i]).sum::<f64>() / rows.len().max(1) as f64
     };
+    // NaN: no token of that bin or class among the evaluation images.
     let cells = |values: &[f64]| {
         values
             .iter()
-            .map(|v| format!("{v:.2}"))
+            .map(|v| match v.is_nan() {
+                true => "–".to_string(),
+                false => format!("{v:.2}"),
+            })
             .collect::<Vec<_>>()
             .join(" | ")
     };
@@ -757,7 +761,9 @@ fn batch_gap_section(input: &ReportInput) -> String {
         .filter(|(s, _)| is_moe(s))
         .filter_map(|(s, e)| {
             let gap = e.batch_gap?;
-            let verdict = if gap.max_abs == 0.0 {
+            let verdict = if !gap.max_abs.is_finite() {
+                "non-finite samples"
+            } else if gap.max_abs == 0.0 {
                 "batch-independent"
             } else {
                 "depends on the batch"

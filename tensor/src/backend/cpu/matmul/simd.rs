@@ -289,7 +289,8 @@ unsafe fn pack_interleaved<V: F32Lanes, const W: usize>(
     // SAFETY: run (part + i), i < count, has `depth` elements from its start and p0 + lanes <=
     // depth; (p0 + p) · W + part + count <= depth · W <= block.len() (both asserted above).
     unsafe {
-        // Rows past a part's count stay zero; they land only in lanes that are not stored.
+        // Rows past a part's count hold zeros or an earlier square's values; they land only in
+        // lanes that are not stored.
         let mut square = [V::zero(); 16];
         let square = &mut square[..lanes];
         for part in (0..W).step_by(lanes) {
