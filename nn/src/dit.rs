@@ -8,7 +8,7 @@ use crate::layers::{
     Linear, Mlp, PatchEmbed, TimestepEmbedder,
 };
 use crate::module::{Module, Visitor};
-use crate::moe::{MoeLayer, RoutingRecord};
+use crate::moe::{MoeLayer, RouterConfig, RoutingRecord};
 use ditmoe_autograd::Var;
 use ditmoe_tensor::{seeded_rng, DType, Device, Result, SeededRng, Tensor, TensorError};
 
@@ -241,10 +241,16 @@ impl Dit {
         }
         t.check_shape("DiT forward (t)", &[expected[0]])?;
         y.check_shape("DiT forward (y)", &[expected[0]])?;
+        // Each token's patch of the target, for the two-layer routers that predict it (none
+        // otherwise: no copy).
+        let predicts_target = c.moe.is_some_and(|m| m.router != RouterConfig::Linear);
         let target = match options.prediction_target {
             Some(target) => {
                 target.check_shape("DiT forward (prediction target)", &expected)?;
-                Some(patchify(&Var::constant(target.clone()), c.patch_size)?.value())
+                predicts_target
+                    .then(|| patchify(&Var::constant(target.clone()), c.patch_size))
+                    .transpose()?
+                    .map(|tokens| tokens.value())
             }
             None => None,
         };
@@ -255,7 +261,7 @@ impl Dit {
             .add(&self.y_embedder.forward(y, options.label_dropout)?)?;
         let mut aux_loss: Option<Var> = None;
         let mut routing = Vec::with_capacity(self.blocks.len());
-        let mut block_output_rms = Vec::new();
+        let mut block_sum_of_squares = Vec::new();
         for block in &self.blocks {
             let (next, extras) = block.forward(
                 &h,
@@ -266,9 +272,7 @@ impl Dit {
             )?;
             h = next;
             if options.record_routing {
-                let value = h.value();
-                let sum_of_squares = value.powf(2.0)?.sum_all()?.to_device(Device::Cpu)?.item()?;
-                block_output_rms.push((sum_of_squares / value.numel().max(1) as f64).sqrt());
+                block_sum_of_squares.push(h.value().sum_of_squares()?);
             }
             if let Some(loss) = extras.aux_loss {
                 aux_loss = Some(match aux_loss {
@@ -278,6 +282,12 @@ impl Dit {
             }
             routing.push(extras.routing);
         }
+        // Read back after the last block, so that no block waits for the host.
+        let elements = h.value().numel().max(1) as f64;
+        let block_output_rms = block_sum_of_squares
+            .iter()
+            .map(|s| Ok((s.to_device(Device::Cpu)?.item()? / elements).sqrt()))
+            .collect::<Result<Vec<f64>>>()?;
         let out = unpatchify(
             &self.final_layer.forward(&h, &cond)?,
             c.patch_size,

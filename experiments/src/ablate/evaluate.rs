@@ -189,11 +189,12 @@ pub fn evaluate(model: &Dit, variant: &Variant, judge: &Judge, grid: &Path) -> R
             trained,
         });
     }
+    let (specialization, block_output_rms) = routed_statistics(model, config, judge)?;
     Ok(Evaluation {
         quality,
         sweep,
-        specialization: specialization(model, config, judge)?,
-        block_output_rms: block_output_rms(model, config, judge)?,
+        specialization,
+        block_output_rms,
         batch_gap: batch_gap(
             model,
             config,
@@ -397,29 +398,16 @@ fn measured_experts_per_token(model: &Dit, config: &TrainConfig, judge: &Judge) 
     Ok(pairs as f64 / tokens.max(1) as f64)
 }
 
-/// Each block's output RMS on the evaluation images, mean over the timestep bins.
-fn block_output_rms(model: &Dit, config: &TrainConfig, judge: &Judge) -> Result<Vec<f64>> {
-    let mut sums = vec![0.0; model.config.depth];
-    route_at_bins(model, config, judge, |_, output| {
-        for (sum, rms) in sums.iter_mut().zip(&output.block_output_rms) {
-            *sum += rms;
-        }
-    })?;
-    let bins = judge.settings.timestep_bins as f64;
-    Ok(sums.into_iter().map(|s| s / bins).collect())
-}
-
-/// Routes the evaluation images at the centre of every timestep bin and counts expert choices
-/// by bin, patch position and class, per MoE block.
-fn specialization(
+/// Routes the evaluation images at the centre of every timestep bin, once for both: the expert
+/// choices counted by bin, patch position and class per MoE block (none for a dense model), and
+/// each block's output RMS, mean over the bins.
+fn routed_statistics(
     model: &Dit,
     config: &TrainConfig,
     judge: &Judge,
-) -> Result<Vec<LayerSpecialization>> {
-    let Some(moe) = model.config.moe else {
-        return Ok(Vec::new());
-    };
+) -> Result<(Vec<LayerSpecialization>, Vec<f64>)> {
     let tokens = model.config.tokens();
+    let experts = model.config.moe.map_or(0, |moe| moe.num_experts);
     let blocks: Vec<usize> = (0..model.config.depth)
         .filter(|&b| matches!(model.config.ffn(b), ditmoe_nn::FfnKind::Moe(_)))
         .collect();
@@ -430,16 +418,20 @@ fn specialization(
                 judge.settings.timestep_bins,
                 tokens,
                 model.config.num_classes,
-                moe.num_experts,
+                experts,
             )
         })
         .collect();
+    let mut rms_sums = vec![0.0; model.config.depth];
     route_at_bins(model, config, judge, |bin, output| {
         for (table, record) in tables.iter_mut().zip(output.routing.iter().flatten()) {
             table.add(record, tokens, bin, judge.labels);
         }
+        for (sum, rms) in rms_sums.iter_mut().zip(&output.block_output_rms) {
+            *sum += rms;
+        }
     })?;
-    Ok(blocks
+    let specialization = blocks
         .into_iter()
         .zip(tables)
         .map(|(block, tables)| LayerSpecialization {
@@ -447,7 +439,12 @@ fn specialization(
             nmi: tables.scores(),
             tables,
         })
-        .collect())
+        .collect();
+    let bins = judge.settings.timestep_bins as f64;
+    Ok((
+        specialization,
+        rms_sums.into_iter().map(|s| s / bins).collect(),
+    ))
 }
 
 #[cfg(test)]

@@ -270,13 +270,15 @@ impl MoeLayer {
                 lambda.set_value(Tensor::full(&[1], next, value.dtype())?.to_device(device)?)?;
             }
         }
-        if let (Some(router), true, None) = (&self.router, training, fixed) {
-            let RouterConfig::TwoLayer {
+        if let (
+            Some(router),
+            RouterConfig::TwoLayer {
                 regularization_weight,
-            } = self.config.router
-            else {
-                unreachable!("a target router belongs to a two-layer router config")
-            };
+            },
+            true,
+            None,
+        ) = (&self.router, self.config.router, training, fixed)
+        {
             let target = target.ok_or_else(|| {
                 TensorError::invalid(
                     "MoE",

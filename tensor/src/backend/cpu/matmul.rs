@@ -82,16 +82,12 @@ fn pack_interleaved_simd<T: FloatElement, const W: usize>(
     if T::DTYPE == crate::DType::F32 {
         let packer: Option<simd::InterleavingPacker> = match W {
             // The widths of the two tiles' slivers: NR (B) and MR (A).
-            32 | 12 if std::is_x86_feature_detected!("avx512f") => Some(if W == 32 {
-                simd::pack_interleaved_avx512::<32>
-            } else {
-                simd::pack_interleaved_avx512::<12>
-            }),
-            16 | 6 if std::is_x86_feature_detected!("avx2") => Some(if W == 16 {
-                simd::pack_interleaved_avx2::<16>
-            } else {
-                simd::pack_interleaved_avx2::<6>
-            }),
+            32 | 12 if std::is_x86_feature_detected!("avx512f") => {
+                Some(simd::pack_interleaved_avx512::<W>)
+            }
+            16 | 6 if std::is_x86_feature_detected!("avx2") => {
+                Some(simd::pack_interleaved_avx2::<W>)
+            }
             _ => None,
         };
         if let Some(packer) = packer {
